@@ -1,0 +1,207 @@
+//! HTTP plumbing shared by every service: the one JSON error shape, health endpoints and the
+//! shutdown signal.
+//!
+//! Every error a client sees is `{"error": {"code", "message"}}` with the status that names
+//! the problem. Internal errors are logged with their whole cause chain and answered with a
+//! generic message: a client never sees SQL or broker details.
+
+use axum::{
+    Json,
+    extract::rejection::{JsonRejection, PathRejection},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use serde_json::json;
+
+/// The one error type a handler returns.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The request is malformed or fails validation (400 or 422, chosen by the caller).
+    #[error("{message}")]
+    BadRequest {
+        status: StatusCode,
+        code: &'static str,
+        message: String,
+    },
+    #[error("{0}")]
+    NotFound(String),
+    /// The request conflicts with the current state (for example an idempotency key reused
+    /// with another body).
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
+    /// A dependency (database, broker, upstream) cannot be reached right now.
+    #[error("{message}")]
+    Unavailable { code: &'static str, message: String },
+    /// Anything unexpected: logged with its cause chain, never shown to the client.
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl ApiError {
+    pub fn validation(message: impl Into<String>) -> Self {
+        ApiError::BadRequest {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            code: "validation_failed",
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::BadRequest {
+            status: StatusCode::BAD_REQUEST,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest { status, .. } => *status,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest { code, .. }
+            | ApiError::Conflict { code, .. }
+            | ApiError::Unavailable { code, .. } => code,
+            ApiError::NotFound(_) => "not_found",
+            ApiError::Internal(_) => "internal_error",
+        }
+    }
+}
+
+/// The project's error body, for callers that build a response without an `ApiError`
+/// (the gateway answering for an upstream, a fallback route).
+pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
+    (
+        status,
+        Json(json!({ "error": { "code": code, "message": message } })),
+    )
+        .into_response()
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let message = match &self {
+            ApiError::Internal(err) => {
+                tracing::error!(error = format!("{err:#}"), "internal error");
+                "internal error".to_string()
+            }
+            ApiError::Unavailable { message, .. } => {
+                tracing::warn!(%message, "dependency unavailable");
+                message.clone()
+            }
+            other => other.to_string(),
+        };
+        error_response(self.status(), self.code(), &message)
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(err: sqlx::Error) -> Self {
+        if is_connection_error(&err) {
+            ApiError::Unavailable {
+                code: "database_unavailable",
+                message: "the database is unavailable, try again later".into(),
+            }
+        } else {
+            ApiError::Internal(anyhow::Error::new(err))
+        }
+    }
+}
+
+/// True when the error says "cannot talk to the database" rather than "the query is wrong".
+pub fn is_connection_error(err: &sqlx::Error) -> bool {
+    matches!(
+        err,
+        sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+    ) || matches!(err, sqlx::Error::Database(db) if db.code().is_some_and(|c| c.starts_with("57P") || c.starts_with("08")))
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        let (status, code) = match &rejection {
+            JsonRejection::MissingJsonContentType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+            JsonRejection::JsonDataError(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_body"),
+            JsonRejection::BytesRejection(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+            _ => (StatusCode::BAD_REQUEST, "malformed_json"),
+        };
+        ApiError::BadRequest {
+            status,
+            code,
+            message: rejection.body_text(),
+        }
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        ApiError::bad_request("invalid_path", rejection.body_text())
+    }
+}
+
+/// 404 for every unknown route, in the project's error shape.
+pub async fn not_found() -> Response {
+    error_response(StatusCode::NOT_FOUND, "not_found", "no such route")
+}
+
+/// 405 in the project's error shape (axum's default has an empty body).
+pub async fn method_not_allowed() -> Response {
+    error_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed on this route",
+    )
+}
+
+/// `GET /healthz`: the process is alive and serving HTTP.
+pub async fn healthz() -> Response {
+    Json(json!({ "status": "ok" })).into_response()
+}
+
+/// Answer for `GET /readyz` from named checks: 200 when all pass, 503 otherwise, with each
+/// check's result so an operator sees what is down.
+pub fn readiness(checks: &[(&str, bool)]) -> Response {
+    let ready = checks.iter().all(|(_, ok)| *ok);
+    let body = json!({
+        "status": if ready { "ready" } else { "not_ready" },
+        "checks": checks.iter().map(|(name, ok)| (name.to_string(), json!(if *ok { "up" } else { "down" }))).collect::<serde_json::Map<_, _>>(),
+    });
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+/// Resolves on SIGINT or SIGTERM: pass it to `axum::serve(..).with_graceful_shutdown`.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+    tracing::info!("shutdown signal received");
+}

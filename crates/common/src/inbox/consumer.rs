@@ -1,0 +1,157 @@
+//! The AMQP side of the inbox: consume with manual ack, hand each delivery to
+//! [`Inbox::receive`], ack only after its outcome is committed.
+//!
+//! Deliveries are processed concurrently up to the prefetch count (the broker never has
+//! more than that many unacked on this channel). A delivery whose outcome could not be
+//! recorded (the database is down) is nacked with requeue after a pause, so the broker
+//! keeps it; the pause keeps a database outage from turning into a hot redelivery loop.
+//! If the connection drops, unacked deliveries go back to the queue by themselves and come
+//! back (marked redelivered) to this or another consumer, where the inbox deduplicates.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use lapin::{
+    message::Delivery,
+    options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions},
+    types::{FieldTable, ShortString},
+};
+use tokio_util::sync::CancellationToken;
+
+use super::{Inbox, Outcome};
+use crate::{
+    amqp::{self, AmqpConfig, BrokerStatus},
+    backoff::RetryPolicy,
+};
+
+pub struct InboxConsumer {
+    inbox: Inbox,
+    amqp: AmqpConfig,
+    queue: String,
+    routing_keys: Vec<String>,
+    name: String,
+    status: BrokerStatus,
+}
+
+impl InboxConsumer {
+    pub fn new(
+        inbox: Inbox,
+        amqp: AmqpConfig,
+        queue: impl Into<String>,
+        routing_keys: &[&str],
+        name: impl Into<String>,
+    ) -> Self {
+        Self {
+            inbox,
+            amqp,
+            queue: queue.into(),
+            routing_keys: routing_keys.iter().map(|s| s.to_string()).collect(),
+            name: name.into(),
+            status: BrokerStatus::default(),
+        }
+    }
+
+    pub fn status(&self) -> BrokerStatus {
+        self.status.clone()
+    }
+
+    /// Consumes until `shutdown`, reconnecting with backoff whenever the broker goes away.
+    /// On shutdown it stops taking deliveries, lets those in progress finish and ack, then
+    /// closes the channel (the broker requeues anything prefetched but not started).
+    pub async fn run(self, shutdown: CancellationToken) {
+        let backoff = RetryPolicy {
+            base: Duration::from_millis(200),
+            max: Duration::from_secs(10),
+            max_attempts: i32::MAX,
+        };
+        let mut failures = 0;
+        while !shutdown.is_cancelled() {
+            match self.consume_until_lost(&shutdown).await {
+                Ok(()) => failures = 0,
+                Err(e) => {
+                    failures += 1;
+                    let delay = backoff.delay(failures);
+                    tracing::warn!(consumer = %self.name, error = format!("{e:#}"), retry_in = ?delay, "consumer lost the broker");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = shutdown.cancelled() => {}
+                    }
+                }
+            }
+            self.status.set(false);
+        }
+        tracing::info!(consumer = %self.name, "consumer stopped");
+    }
+
+    async fn consume_until_lost(&self, shutdown: &CancellationToken) -> anyhow::Result<()> {
+        let conn = amqp::connect(&self.amqp, &self.name).await?;
+        let channel = conn.create_channel().await?;
+        channel
+            .basic_qos(self.inbox.config().prefetch, BasicQosOptions::default())
+            .await?;
+        let keys: Vec<&str> = self.routing_keys.iter().map(String::as_str).collect();
+        amqp::declare_queue(&channel, &self.amqp, &self.queue, &keys).await?;
+        let deliveries = channel
+            .basic_consume(
+                ShortString::from(self.queue.as_str()),
+                ShortString::from(self.name.as_str()),
+                BasicConsumeOptions::default(), // no_ack = false: manual ack
+                FieldTable::default(),
+            )
+            .await?;
+        self.status.set(true);
+        tracing::info!(consumer = %self.name, queue = %self.queue, "consuming");
+
+        let prefetch = self.inbox.config().prefetch as usize;
+        // A stream error means the channel or connection is gone.
+        let stream_error = std::sync::Mutex::new(None);
+        deliveries
+            .take_until(shutdown.cancelled())
+            .for_each_concurrent(prefetch, |delivery| {
+                let stream_error = &stream_error;
+                async move {
+                    match delivery {
+                        Ok(delivery) => handle_delivery(&self.inbox, delivery).await,
+                        Err(e) => *stream_error.lock().unwrap() = Some(e),
+                    }
+                }
+            })
+            .await;
+        let stream_error = stream_error.into_inner().unwrap();
+        let _ = tokio::time::timeout(Duration::from_secs(2), conn.close(200, ShortString::from("bye"))).await;
+        match stream_error {
+            Some(e) => Err(e.into()),
+            None if shutdown.is_cancelled() => Ok(()),
+            None => anyhow::bail!("the broker closed the consumer"),
+        }
+    }
+}
+
+/// Receives one delivery through the inbox and acks it once its outcome is committed.
+async fn handle_delivery(inbox: &Inbox, delivery: Delivery) {
+    match inbox.receive((&delivery).into()).await {
+        Ok(outcome) => {
+            if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
+                // The outcome is committed; a redelivery will be dropped as a duplicate.
+                tracing::warn!(error = %e, ?outcome, "ack failed after commit");
+            }
+            if matches!(outcome, Outcome::Duplicate) && delivery.redelivered {
+                tracing::debug!("redelivered copy dropped");
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not record the delivery; handing it back to the broker");
+            tokio::time::sleep(NACK_PAUSE).await;
+            let requeue = BasicNackOptions {
+                requeue: true,
+                ..Default::default()
+            };
+            if let Err(e) = delivery.acker.nack(requeue).await {
+                tracing::warn!(error = %e, "nack failed; the broker requeues the delivery when the channel closes");
+            }
+        }
+    }
+}
+
+/// Pause before handing back a delivery that could not be recorded.
+const NACK_PAUSE: Duration = Duration::from_secs(1);

@@ -1,0 +1,395 @@
+//! The idempotent inbox: every message is processed once, however often it arrives.
+//!
+//! # The problem
+//! The outbox delivers at least once: a relay that crashed after the broker stored a
+//! message publishes it again; RabbitMQ redelivers whatever was unacked when a consumer's
+//! connection dropped. A consumer that debits an account per delivery debits twice.
+//!
+//! # The mechanism
+//! [`Inbox::receive`] runs, for one delivery, a single database transaction:
+//!
+//! 1. `INSERT` the message id into `inbox` with `ON CONFLICT DO NOTHING`. If the id is
+//!    already there, the message was handled (or is owned by the retry sweeper): the
+//!    delivery is a duplicate and is dropped. Two copies arriving *concurrently* are
+//!    serialised by the primary key: the second insert waits for the first transaction and
+//!    then sees the conflict.
+//! 2. Run the service's [`MessageHandler`] on the same transaction, inside a savepoint: the
+//!    business effect (debit, payment, reply in the outbox) commits together with the
+//!    inbox row or not at all.
+//! 3. If the handler fails, roll back to the savepoint and record the failure on the inbox
+//!    row instead: `failed` with attempts and a backed-off next attempt (a technical error),
+//!    or `dead` (a permanent one). The [`retry_sweeper`] re-runs `failed` rows.
+//! 4. Commit. Only then does the consumer ack the delivery.
+//!
+//! A message that cannot even be read (no message id, not JSON, wrong content type, too
+//! large) is *poison*: it is recorded `dead` with its reason and raw body, acked, and the
+//! next message goes on. Nothing loops, nothing blocks the queue.
+//!
+//! If even recording fails (the database is down), nothing was committed: the delivery is
+//! not acked but handed back to the broker, which redelivers it later.
+
+pub mod consumer;
+pub mod retry_sweeper;
+
+use std::{sync::Arc, time::Duration};
+
+use async_trait::async_trait;
+use lapin::{message::Delivery, types::AMQPValue};
+use serde_json::Value;
+use sqlx::{Acquire, PgConnection, PgExecutor, PgPool};
+use uuid::Uuid;
+
+use crate::{backoff::RetryPolicy, config};
+
+/// A message as the handler sees it.
+#[derive(Debug, Clone)]
+pub struct InboxMessage {
+    pub message_id: Uuid,
+    pub event_type: String,
+    pub payload: Value,
+    pub headers: Value,
+    /// 1 on the first delivery, then 2, 3… on the sweeper's retries.
+    pub attempt: i32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// Worth retrying (database error, a dependency down): `failed`, retried with backoff.
+    #[error("{0:#}")]
+    Transient(#[from] anyhow::Error),
+    /// Will never succeed (a payload the handler cannot understand): `dead` at once.
+    #[error("{0}")]
+    Permanent(String),
+}
+
+impl From<sqlx::Error> for HandlerError {
+    fn from(e: sqlx::Error) -> Self {
+        HandlerError::Transient(e.into())
+    }
+}
+
+/// A service's business logic for incoming messages. It gets the inbox's transaction:
+/// everything it writes commits atomically with the "processed" mark.
+///
+/// Business outcomes (insufficient funds…) are *not* errors: the handler records them and
+/// returns `Ok`. Errors are for "could not do the work".
+#[async_trait]
+pub trait MessageHandler: Send + Sync + 'static {
+    async fn handle(&self, tx: &mut PgConnection, msg: &InboxMessage) -> Result<(), HandlerError>;
+}
+
+/// A delivery as it came off the wire, independent of the AMQP client.
+#[derive(Debug, Clone, Default)]
+pub struct Incoming {
+    pub message_id: Option<String>,
+    pub event_type: Option<String>,
+    pub content_type: Option<String>,
+    pub headers: Value,
+    pub body: Vec<u8>,
+}
+
+impl From<&Delivery> for Incoming {
+    fn from(d: &Delivery) -> Self {
+        let p = &d.properties;
+        let headers = p
+            .headers()
+            .as_ref()
+            .map(|t| {
+                Value::Object(
+                    t.inner()
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), amqp_to_json(v)))
+                        .collect(),
+                )
+            })
+            .unwrap_or(Value::Object(Default::default()));
+        Incoming {
+            message_id: p.message_id().as_ref().map(|s| s.to_string()),
+            event_type: p.kind().as_ref().map(|s| s.to_string()),
+            content_type: p.content_type().as_ref().map(|s| s.to_string()),
+            headers,
+            body: d.data.clone(),
+        }
+    }
+}
+
+fn amqp_to_json(v: &AMQPValue) -> Value {
+    match v {
+        AMQPValue::LongString(s) => Value::String(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Value::String(s.to_string()),
+        AMQPValue::LongInt(i) => Value::from(*i),
+        AMQPValue::LongLongInt(i) => Value::from(*i),
+        AMQPValue::Boolean(b) => Value::Bool(*b),
+        other => Value::String(format!("{other:?}")),
+    }
+}
+
+/// What happened to one delivery. Every variant means "safe to ack".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Processed,
+    /// The id was already in the inbox: no effect.
+    Duplicate,
+    /// A technical failure, recorded; the retry sweeper takes it from here.
+    Failed { attempts: i32, error: String },
+    /// Will not be retried (permanent error or attempts exhausted).
+    Dead { reason: String },
+    /// Unreadable; recorded dead with its raw body.
+    Poison { reason: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct InboxConfig {
+    /// Deliveries the broker may push ahead, and how many are processed at once.
+    pub prefetch: u16,
+    pub retry: RetryPolicy,
+    /// Longest sleep of the retry sweeper between looks at the table.
+    pub poll_interval: Duration,
+    /// Larger bodies are poison.
+    pub max_body_bytes: usize,
+}
+
+impl InboxConfig {
+    pub fn from_env() -> anyhow::Result<Self> {
+        let cfg = Self {
+            prefetch: config::env_or("INBOX_PREFETCH", 32)?,
+            retry: RetryPolicy {
+                base: config::env_millis("INBOX_RETRY_BASE_MS", 1_000)?,
+                max: config::env_millis("INBOX_RETRY_MAX_MS", 300_000)?,
+                max_attempts: config::env_or("INBOX_MAX_ATTEMPTS", 8)?,
+            },
+            poll_interval: config::env_millis("INBOX_POLL_INTERVAL_MS", 1_000)?,
+            max_body_bytes: config::env_or("INBOX_MAX_BODY_BYTES", 1 << 20)?,
+        };
+        anyhow::ensure!(cfg.prefetch > 0, "INBOX_PREFETCH must be > 0");
+        anyhow::ensure!(cfg.retry.max_attempts > 0, "INBOX_MAX_ATTEMPTS must be > 0");
+        Ok(cfg)
+    }
+}
+
+/// Raw bodies of poison messages are kept up to this size, for a human to look at.
+const MAX_KEPT_RAW_BODY: usize = 64 * 1024;
+
+#[derive(Clone)]
+pub struct Inbox {
+    pool: PgPool,
+    handler: Arc<dyn MessageHandler>,
+    cfg: InboxConfig,
+}
+
+impl Inbox {
+    pub fn new(pool: PgPool, handler: Arc<dyn MessageHandler>, cfg: InboxConfig) -> Self {
+        Self { pool, handler, cfg }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub fn handler(&self) -> Arc<dyn MessageHandler> {
+        self.handler.clone()
+    }
+
+    pub fn config(&self) -> &InboxConfig {
+        &self.cfg
+    }
+
+    /// Handles one delivery (see the module docs). `Ok` means the outcome is committed and
+    /// the delivery may be acked; `Err` means nothing was recorded: do not ack.
+    pub async fn receive(&self, incoming: Incoming) -> sqlx::Result<Outcome> {
+        let msg = match self.parse(&incoming) {
+            Ok(msg) => msg,
+            Err(poison) => return self.record_poison(&incoming, poison).await,
+        };
+
+        let mut tx = self.pool.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO inbox (message_id, event_type, payload, headers, status, attempts, processed_at)
+             VALUES ($1, $2, $3, $4, 'processed', 1, now())
+             ON CONFLICT (message_id) DO NOTHING",
+        )
+        .bind(msg.message_id)
+        .bind(&msg.event_type)
+        .bind(&msg.payload)
+        .bind(&msg.headers)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            tx.rollback().await?;
+            tracing::info!(message_id = %msg.message_id, event_type = %msg.event_type, "duplicate message dropped by the inbox");
+            return Ok(Outcome::Duplicate);
+        }
+
+        let outcome = match run_handler(self.handler.as_ref(), &mut tx, &msg).await? {
+            Ok(()) => Outcome::Processed,
+            Err(e) => record_failure(&mut tx, &msg, &e, &self.cfg.retry).await?,
+        };
+        tx.commit().await?;
+        log_outcome(&msg, &outcome);
+        Ok(outcome)
+    }
+
+    fn parse(&self, incoming: &Incoming) -> Result<InboxMessage, String> {
+        let id_text = incoming
+            .message_id
+            .as_deref()
+            .ok_or("no message_id property")?;
+        let message_id =
+            Uuid::parse_str(id_text).map_err(|e| format!("message_id {id_text:?} is not a UUID: {e}"))?;
+        if incoming.body.len() > self.cfg.max_body_bytes {
+            return Err(format!(
+                "body of {} bytes exceeds the limit of {} bytes",
+                incoming.body.len(),
+                self.cfg.max_body_bytes
+            ));
+        }
+        match incoming.content_type.as_deref() {
+            Some(ct) if ct.starts_with("application/json") => {}
+            other => return Err(format!("content type {other:?} is not application/json")),
+        }
+        let event_type = incoming
+            .event_type
+            .clone()
+            .filter(|t| !t.is_empty())
+            .ok_or("no type property (event type)")?;
+        let payload: Value = serde_json::from_slice(&incoming.body)
+            .map_err(|e| format!("body is not valid JSON: {e}"))?;
+        Ok(InboxMessage {
+            message_id,
+            event_type,
+            payload,
+            headers: incoming.headers.clone(),
+            attempt: 1,
+        })
+    }
+
+    async fn record_poison(&self, incoming: &Incoming, reason: String) -> sqlx::Result<Outcome> {
+        // A readable id is kept (a redelivered copy is then a duplicate); otherwise a new one.
+        let id = incoming
+            .message_id
+            .as_deref()
+            .and_then(|s| Uuid::parse_str(s).ok())
+            .unwrap_or_else(Uuid::now_v7);
+        let raw = &incoming.body[..incoming.body.len().min(MAX_KEPT_RAW_BODY)];
+        let inserted = sqlx::query(
+            "INSERT INTO inbox (message_id, event_type, raw_body, headers, status, attempts, last_error)
+             VALUES ($1, $2, $3, $4, 'dead', 1, $5)
+             ON CONFLICT (message_id) DO NOTHING",
+        )
+        .bind(id)
+        .bind(incoming.event_type.as_deref().unwrap_or(""))
+        .bind(raw)
+        .bind(&incoming.headers)
+        .bind(format!("poison message: {reason}"))
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            return Ok(Outcome::Duplicate);
+        }
+        tracing::error!(message_id = %id, raw_message_id = ?incoming.message_id, %reason, "poison message recorded dead");
+        Ok(Outcome::Poison { reason })
+    }
+}
+
+/// Runs the handler inside a savepoint of `tx`, so a failing handler leaves the
+/// transaction usable for recording the failure. The outer `Err` is a database error of
+/// the savepoint itself (the connection is gone).
+pub(crate) async fn run_handler(
+    handler: &dyn MessageHandler,
+    tx: &mut PgConnection,
+    msg: &InboxMessage,
+) -> sqlx::Result<Result<(), HandlerError>> {
+    let mut savepoint = tx.begin().await?;
+    match handler.handle(&mut savepoint, msg).await {
+        Ok(()) => {
+            savepoint.commit().await?;
+            Ok(Ok(()))
+        }
+        Err(e) => {
+            savepoint.rollback().await?;
+            Ok(Err(e))
+        }
+    }
+}
+
+/// Writes a handler failure onto the message's inbox row (in the caller's transaction):
+/// `failed` with a backed-off next attempt, or `dead` when permanent or exhausted.
+pub(crate) async fn record_failure(
+    tx: &mut PgConnection,
+    msg: &InboxMessage,
+    error: &HandlerError,
+    policy: &RetryPolicy,
+) -> sqlx::Result<Outcome> {
+    let dead = matches!(error, HandlerError::Permanent(_)) || policy.exhausted(msg.attempt);
+    let text = error.to_string();
+    sqlx::query(
+        "UPDATE inbox SET attempts = $2, last_error = $3, processed_at = NULL,
+                status = CASE WHEN $4 THEN 'dead' ELSE 'failed' END,
+                next_attempt_at = CASE WHEN $4 THEN NULL ELSE now() + make_interval(secs => $5) END
+         WHERE message_id = $1",
+    )
+    .bind(msg.message_id)
+    .bind(msg.attempt)
+    .bind(&text)
+    .bind(dead)
+    .bind(policy.delay(msg.attempt).as_secs_f64())
+    .execute(&mut *tx)
+    .await?;
+    Ok(if dead {
+        Outcome::Dead { reason: text }
+    } else {
+        Outcome::Failed {
+            attempts: msg.attempt,
+            error: text,
+        }
+    })
+}
+
+fn log_outcome(msg: &InboxMessage, outcome: &Outcome) {
+    let (id, ty, attempt) = (msg.message_id, msg.event_type.as_str(), msg.attempt);
+    match outcome {
+        Outcome::Processed => tracing::debug!(message_id = %id, event_type = ty, attempt, "message processed"),
+        Outcome::Failed { error, .. } => tracing::warn!(message_id = %id, event_type = ty, attempt, %error, "message failed; the retry sweeper will run it again"),
+        Outcome::Dead { reason } => tracing::error!(message_id = %id, event_type = ty, attempt, %reason, "message is dead"),
+        Outcome::Duplicate | Outcome::Poison { .. } => {}
+    }
+}
+
+/// Puts a `dead` message back for the retry sweeper (attempts reset). Poison messages,
+/// which have no parsed payload, cannot be requeued. Returns false when nothing matched.
+pub async fn requeue_dead(db: impl PgExecutor<'_>, message_id: Uuid) -> sqlx::Result<bool> {
+    let res = sqlx::query(
+        "UPDATE inbox SET status = 'failed', attempts = 0, next_attempt_at = now(),
+                last_error = 'requeued by operator; was: ' || coalesce(last_error, '')
+         WHERE message_id = $1 AND status = 'dead' AND payload IS NOT NULL",
+    )
+    .bind(message_id)
+    .execute(db)
+    .await?;
+    Ok(res.rows_affected() == 1)
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct InboxStats {
+    pub processed: i64,
+    pub failed: i64,
+    pub dead: i64,
+}
+
+pub async fn stats(db: impl PgExecutor<'_>) -> sqlx::Result<InboxStats> {
+    let (processed, failed, dead): (i64, i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE status = 'processed'),
+                count(*) FILTER (WHERE status = 'failed'),
+                count(*) FILTER (WHERE status = 'dead')
+         FROM inbox",
+    )
+    .fetch_one(db)
+    .await?;
+    Ok(InboxStats {
+        processed,
+        failed,
+        dead,
+    })
+}

@@ -1,0 +1,129 @@
+//! The retry sweeper: re-runs `failed` inbox rows when their backoff has passed.
+//!
+//! The message is already safe in the inbox (it was recorded before its delivery was
+//! acked), so a retry needs no broker: the sweeper locks one due row with
+//! `FOR UPDATE SKIP LOCKED`, runs the same handler on the same transaction as the
+//! first delivery did, and commits `processed`, or `failed` with the next backoff, or
+//! `dead` when attempts are exhausted. The row lock keeps several sweepers (several
+//! instances) from running the same message at once, and one slow or failing message
+//! never holds up the others.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::{Inbox, InboxConfig, InboxMessage, MessageHandler, Outcome, record_failure, run_handler};
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    pub processed: usize,
+    pub failed: usize,
+    pub dead: usize,
+}
+
+pub struct RetrySweeper {
+    pool: PgPool,
+    handler: Arc<dyn MessageHandler>,
+    cfg: InboxConfig,
+    /// Rows retried per round at most, so a round ends and shutdown is noticed.
+    batch: usize,
+}
+
+impl RetrySweeper {
+    pub fn new(inbox: &Inbox) -> Self {
+        Self {
+            pool: inbox.pool().clone(),
+            handler: inbox.handler(),
+            cfg: inbox.config().clone(),
+            batch: 100,
+        }
+    }
+
+    /// Retries every due row (up to the batch size), one transaction each.
+    pub async fn run_once(&self) -> sqlx::Result<SweepReport> {
+        let mut report = SweepReport::default();
+        for _ in 0..self.batch {
+            match self.retry_next().await? {
+                None => break,
+                Some(Outcome::Processed) => report.processed += 1,
+                Some(Outcome::Failed { .. }) => report.failed += 1,
+                Some(_) => report.dead += 1,
+            }
+        }
+        Ok(report)
+    }
+
+    async fn retry_next(&self) -> sqlx::Result<Option<Outcome>> {
+        let mut tx = self.pool.begin().await?;
+        let row: Option<(Uuid, String, Option<Value>, Value, i32)> = sqlx::query_as(
+            "SELECT message_id, event_type, payload, headers, attempts FROM inbox
+             WHERE status = 'failed' AND next_attempt_at <= now()
+             ORDER BY next_attempt_at
+             LIMIT 1
+             FOR UPDATE SKIP LOCKED",
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((message_id, event_type, payload, headers, attempts)) = row else {
+            return Ok(None);
+        };
+        let msg = InboxMessage {
+            message_id,
+            event_type,
+            payload: payload.unwrap_or(Value::Null),
+            headers,
+            attempt: attempts + 1,
+        };
+        let outcome = match run_handler(self.handler.as_ref(), &mut tx, &msg).await? {
+            Ok(()) => {
+                sqlx::query(
+                    "UPDATE inbox SET status = 'processed', attempts = $2, processed_at = now(),
+                            next_attempt_at = NULL
+                     WHERE message_id = $1",
+                )
+                .bind(message_id)
+                .bind(msg.attempt)
+                .execute(&mut *tx)
+                .await?;
+                Outcome::Processed
+            }
+            Err(e) => record_failure(&mut tx, &msg, &e, &self.cfg.retry).await?,
+        };
+        tx.commit().await?;
+        match &outcome {
+            Outcome::Processed => tracing::info!(%message_id, attempt = msg.attempt, "retried message processed"),
+            Outcome::Failed { error, .. } => tracing::warn!(%message_id, attempt = msg.attempt, %error, "retry failed; backing off"),
+            other => tracing::error!(%message_id, attempt = msg.attempt, ?other, "message is dead after retries"),
+        }
+        Ok(Some(outcome))
+    }
+
+    async fn next_due(&self) -> sqlx::Result<Option<DateTime<Utc>>> {
+        sqlx::query_scalar("SELECT min(next_attempt_at) FROM inbox WHERE status = 'failed'")
+            .fetch_one(&self.pool)
+            .await
+    }
+
+    /// Sweeps until `shutdown`, sleeping until the next row is due (at most the poll
+    /// interval, so rows failed by other instances are seen too).
+    pub async fn run(self, shutdown: CancellationToken) {
+        let max_sleep = self.cfg.poll_interval;
+        while !shutdown.is_cancelled() {
+            let sleep = match self.run_once().await {
+                Ok(_) => crate::backoff::sleep_until(self.next_due().await.ok().flatten(), max_sleep),
+                Err(e) => {
+                    tracing::warn!(error = %e, "retry sweep failed");
+                    max_sleep
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(sleep) => {}
+                _ = shutdown.cancelled() => {}
+            }
+        }
+    }
+}

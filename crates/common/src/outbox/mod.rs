@@ -1,0 +1,256 @@
+//! The transactional outbox: the only way a service sends a message.
+//!
+//! # The problem
+//! A service must change its database *and* tell another service. Two writes to two systems
+//! cannot be atomic: publish first and the transaction may roll back (a message about an
+//! order that does not exist); commit first and the publish may fail (an order nobody
+//! will ever pay). See README, "The two failure scenarios".
+//!
+//! # The mechanism
+//! [`enqueue`] writes the message as a row of the `outbox` table **in the caller's
+//! transaction**, next to the business rows. Either both commit or neither does. A
+//! `pg_notify` in the same transaction wakes the [`relay`] at commit time.
+//!
+//! The [`relay`] then publishes each row with publisher confirms and `mandatory`, and marks
+//! it `sent` only after the broker acknowledged it *and* did not return it as unroutable.
+//! The [`resend_scheduler`] takes care of time: it hands back rows whose relay died
+//! mid-publish (expired leases), turns rows past their expiry into `dead`, and wakes the
+//! relay when a retry falls due.
+//!
+//! # Row life cycle
+//! ```text
+//! pending ──claim (token + lease)──► in flight ──own ack──► sent
+//!    ▲                                   │
+//!    └── nack / return / timeout / lease expired: attempts+1, next_attempt_at = backoff
+//!        attempts ≥ max or past expires_at ──► dead (kept, visible, re-queueable)
+//! ```
+//! Delivery is at-least-once: a relay that dies after the broker stored a message but
+//! before marking the row publishes it again after the lease expires. The consumer's
+//! [`inbox`](crate::inbox) removes that duplicate by message id.
+
+pub mod relay;
+pub mod resend_scheduler;
+
+use std::time::Duration;
+
+use serde_json::Value;
+use sqlx::{PgConnection, PgExecutor};
+use uuid::Uuid;
+
+use crate::{backoff::RetryPolicy, config};
+
+/// The NOTIFY channel the relay listens on.
+pub const NOTIFY_CHANNEL: &str = "outbox_new";
+
+/// A message to send, as the business code describes it.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    /// The message id (UUIDv7: unique, ordered by creation time). Known before the insert so
+    /// business rows can reference it.
+    pub id: Uuid,
+    /// The entity the message is about (an order id); carried as a header.
+    pub aggregate_id: String,
+    /// The event name, e.g. `OrderCreated`; sent as the AMQP `type` property.
+    pub event_type: String,
+    /// Topic routing key, e.g. `order.created`.
+    pub routing_key: String,
+    pub payload: Value,
+    /// Extra string headers (e.g. `traceparent`).
+    pub headers: serde_json::Map<String, Value>,
+}
+
+impl NewMessage {
+    pub fn new(
+        aggregate_id: impl ToString,
+        event_type: &str,
+        routing_key: &str,
+        payload: Value,
+    ) -> Self {
+        Self {
+            id: Uuid::now_v7(),
+            aggregate_id: aggregate_id.to_string(),
+            event_type: event_type.to_string(),
+            routing_key: routing_key.to_string(),
+            payload,
+            headers: Default::default(),
+        }
+    }
+
+    /// Adds a string header (carried in the row and in the AMQP headers).
+    pub fn with_header(mut self, name: &str, value: impl Into<String>) -> Self {
+        self.headers.insert(name.to_string(), Value::String(value.into()));
+        self
+    }
+}
+
+/// Writes `msg` into the outbox within the caller's transaction. Nothing is published here.
+pub async fn enqueue(tx: &mut PgConnection, msg: &NewMessage, ttl: Duration) -> sqlx::Result<()> {
+    let id = msg.id;
+    sqlx::query(
+        "INSERT INTO outbox (id, aggregate_id, event_type, routing_key, payload, headers, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6, now() + make_interval(secs => $7))",
+    )
+    .bind(id)
+    .bind(&msg.aggregate_id)
+    .bind(&msg.event_type)
+    .bind(&msg.routing_key)
+    .bind(&msg.payload)
+    .bind(Value::Object(msg.headers.clone()))
+    .bind(ttl.as_secs_f64())
+    .execute(&mut *tx)
+    .await?;
+    // Delivered at commit, dropped on rollback: exactly the semantics a wake-up needs.
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(NOTIFY_CHANNEL)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+/// Outbox settings shared by the relay and the resend scheduler.
+#[derive(Debug, Clone)]
+pub struct OutboxConfig {
+    /// Rows claimed (and published in one pipelined window) per round.
+    pub batch_size: i64,
+    /// How long a claim holds a row; a relay that has not finished by then is presumed dead.
+    pub lease: Duration,
+    /// How long the relay waits for the broker's confirm of one window.
+    pub confirm_timeout: Duration,
+    /// Fallback poll when no NOTIFY arrives (NOTIFY is lost while the listener reconnects).
+    pub poll_interval: Duration,
+    /// A new message's time to live: past it, an unsent message is `dead` (seed 004).
+    pub message_ttl: Duration,
+    pub retry: RetryPolicy,
+}
+
+impl OutboxConfig {
+    pub fn from_env() -> anyhow::Result<Self> {
+        Ok(Self {
+            batch_size: config::env_or("OUTBOX_BATCH_SIZE", 200)?,
+            lease: config::env_millis("OUTBOX_LEASE_MS", 30_000)?,
+            confirm_timeout: config::env_millis("OUTBOX_CONFIRM_TIMEOUT_MS", 10_000)?,
+            poll_interval: config::env_millis("OUTBOX_POLL_INTERVAL_MS", 1_000)?,
+            message_ttl: config::env_secs("OUTBOX_MESSAGE_TTL_SECS", 24 * 3600)?,
+            retry: RetryPolicy {
+                base: config::env_millis("OUTBOX_RETRY_BASE_MS", 500)?,
+                max: config::env_millis("OUTBOX_RETRY_MAX_MS", 60_000)?,
+                max_attempts: config::env_or("OUTBOX_MAX_ATTEMPTS", 12)?,
+            },
+        })
+        .and_then(Self::validate)
+    }
+
+    pub fn validate(self) -> anyhow::Result<Self> {
+        anyhow::ensure!(self.batch_size > 0, "OUTBOX_BATCH_SIZE must be > 0");
+        anyhow::ensure!(self.retry.max_attempts > 0, "OUTBOX_MAX_ATTEMPTS must be > 0");
+        // A lease shorter than the confirm wait would let another relay re-publish rows
+        // whose confirms are still on their way: duplicates in steady state.
+        anyhow::ensure!(
+            self.lease > self.confirm_timeout,
+            "OUTBOX_LEASE_MS ({:?}) must be longer than OUTBOX_CONFIRM_TIMEOUT_MS ({:?})",
+            self.lease,
+            self.confirm_timeout
+        );
+        Ok(self)
+    }
+}
+
+/// One publish that did not end in `sent`, as recorded against its row.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub id: Uuid,
+    /// The claim that published it; the update only applies while that claim is current.
+    pub claim_token: Uuid,
+    /// Attempts before this one.
+    pub attempts: i32,
+    pub error: String,
+}
+
+/// Records failed publishes: attempts + 1 and a backed-off next attempt, or `dead` when
+/// attempts are exhausted or the message expired. Only rows still held by the named
+/// claim are touched, so a late answer from a relay whose lease was already taken over
+/// changes nothing. Returns the ids that became `dead`.
+pub async fn record_failures(
+    db: impl PgExecutor<'_>,
+    failures: &[Failure],
+    policy: &RetryPolicy,
+) -> sqlx::Result<Vec<Uuid>> {
+    if failures.is_empty() {
+        return Ok(vec![]);
+    }
+    let ids: Vec<Uuid> = failures.iter().map(|f| f.id).collect();
+    let tokens: Vec<Uuid> = failures.iter().map(|f| f.claim_token).collect();
+    let errors: Vec<String> = failures.iter().map(|f| f.error.clone()).collect();
+    let delays: Vec<f64> = failures
+        .iter()
+        .map(|f| policy.delay(f.attempts + 1).as_secs_f64())
+        .collect();
+    let exhausted: Vec<bool> = failures
+        .iter()
+        .map(|f| policy.exhausted(f.attempts + 1))
+        .collect();
+    sqlx::query_scalar(
+        "UPDATE outbox o SET
+             attempts = o.attempts + 1,
+             last_error = f.error,
+             claim_token = NULL,
+             lease_expires_at = NULL,
+             next_attempt_at = now() + make_interval(secs => f.delay),
+             status = CASE WHEN f.exhausted OR o.expires_at <= now() THEN 'dead' ELSE 'pending' END
+         FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::float8[], $5::bool[])
+              AS f(id, token, error, delay, exhausted)
+         WHERE o.id = f.id AND o.claim_token = f.token
+         RETURNING CASE WHEN o.status = 'dead' THEN o.id END",
+    )
+    .bind(&ids)
+    .bind(&tokens)
+    .bind(&errors)
+    .bind(&delays)
+    .bind(&exhausted)
+    .fetch_all(db)
+    .await
+    .map(|rows: Vec<Option<Uuid>>| rows.into_iter().flatten().collect())
+}
+
+/// Puts a `dead` message back in line: attempts reset, due now, a fresh time to live.
+/// Returns false when no dead message has that id.
+pub async fn requeue_dead(db: impl PgExecutor<'_>, id: Uuid, ttl: Duration) -> sqlx::Result<bool> {
+    let res = sqlx::query(
+        "UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = now(),
+                expires_at = now() + make_interval(secs => $2),
+                last_error = 'requeued by operator; was: ' || coalesce(last_error, '')
+         WHERE id = $1 AND status = 'dead'",
+    )
+    .bind(id)
+    .bind(ttl.as_secs_f64())
+    .execute(db)
+    .await?;
+    Ok(res.rows_affected() == 1)
+}
+
+/// Counts by status, for `/readyz`-style reports, metrics and tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct OutboxStats {
+    pub pending: i64,
+    pub in_flight: i64,
+    pub sent: i64,
+    pub dead: i64,
+}
+
+pub async fn stats(db: impl PgExecutor<'_>) -> sqlx::Result<OutboxStats> {
+    let (pending, in_flight, sent, dead): (i64, i64, i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE status = 'pending' AND claim_token IS NULL),
+                count(*) FILTER (WHERE status = 'pending' AND claim_token IS NOT NULL),
+                count(*) FILTER (WHERE status = 'sent'),
+                count(*) FILTER (WHERE status = 'dead')
+         FROM outbox",
+    )
+    .fetch_one(db)
+    .await?;
+    Ok(OutboxStats {
+        pending,
+        in_flight,
+        sent,
+        dead,
+    })
+}

@@ -1,0 +1,408 @@
+//! The relay: moves committed outbox rows to RabbitMQ, honestly.
+//!
+//! One round ([`Relay::run_once`]) is the whole algorithm:
+//!
+//! 1. **Connect first.** Without a broker channel nothing is claimed, so a broker outage
+//!    does not burn the rows' attempts.
+//! 2. **Claim** up to `batch_size` due rows with `FOR UPDATE SKIP LOCKED`, stamping each with
+//!    this round's claim token and a lease, and **commit** the claim before publishing.
+//!    Other relays skip these rows; if this process dies, the lease runs out and the
+//!    [resend scheduler](super::resend_scheduler) hands the rows back.
+//! 3. **Publish the whole window pipelined**: every row goes out as a persistent message
+//!    with `mandatory`, its message id and type, without waiting in between. Each publish
+//!    returns its own confirm future, so each row is matched to its own broker answer.
+//! 4. **Await the confirms** together, under one deadline.
+//!    - ack, not returned → the row is `sent`;
+//!    - ack *with* a basic.return → no queue was bound: the message is *not* delivered,
+//!      the row is retried (without `mandatory` the broker would drop it silently);
+//!    - nack, timeout, channel error → retried with backoff, or `dead` when exhausted.
+//! 5. **Settle**: mark rows `sent` / record failures — each update only applies while this
+//!    round's claim token is still on the row.
+//!
+//! A row is therefore `sent` only when the broker has taken responsibility for it.
+
+use std::{sync::Arc, time::Duration};
+
+use futures::future::join_all;
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection,
+    options::{BasicPublishOptions, ConfirmSelectOptions},
+    types::{AMQPValue, FieldTable, LongString, ShortString},
+};
+use serde_json::Value;
+use sqlx::{FromRow, PgPool, postgres::PgListener};
+use tokio::{sync::Notify, time::Instant};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::{Failure, NOTIFY_CHANNEL, OutboxConfig, record_failures};
+use crate::amqp::{self, AmqpConfig, BrokerStatus};
+
+/// A claimed row, as it will be published.
+#[derive(Debug, Clone, FromRow)]
+pub struct OutboxRow {
+    pub id: Uuid,
+    pub aggregate_id: String,
+    pub event_type: String,
+    pub routing_key: String,
+    pub payload: Value,
+    pub headers: Value,
+    pub attempts: i32,
+}
+
+/// The rows one round holds, and the token that proves it holds them.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    pub token: Uuid,
+    pub rows: Vec<OutboxRow>,
+}
+
+/// What the broker said about one row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PublishOutcome {
+    Confirmed,
+    Failed(String),
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RelayReport {
+    pub claimed: usize,
+    pub sent: usize,
+    pub retried: usize,
+    pub dead: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("broker unavailable: {0:#}")]
+    Broker(anyhow::Error),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+pub struct Relay {
+    pool: PgPool,
+    amqp: AmqpConfig,
+    cfg: OutboxConfig,
+    /// Shown as the AMQP connection name and the messages' `app_id`.
+    name: String,
+    link: Option<(Connection, Channel)>,
+    status: BrokerStatus,
+    wake: Arc<Notify>,
+}
+
+impl Relay {
+    pub fn new(pool: PgPool, amqp: AmqpConfig, cfg: OutboxConfig, name: impl Into<String>) -> Self {
+        Self {
+            pool,
+            amqp,
+            cfg,
+            name: name.into(),
+            link: None,
+            status: BrokerStatus::default(),
+            wake: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Broker connection state, for `/readyz`.
+    pub fn status(&self) -> BrokerStatus {
+        self.status.clone()
+    }
+
+    /// Notify this to make the relay run a round now (the resend scheduler does).
+    pub fn wake_handle(&self) -> Arc<Notify> {
+        self.wake.clone()
+    }
+
+    /// One full round: connect, claim, publish, await confirms, settle.
+    pub async fn run_once(&mut self) -> Result<RelayReport, RelayError> {
+        self.channel().await?;
+        let claim = self.claim().await?;
+        if claim.rows.is_empty() {
+            return Ok(RelayReport::default());
+        }
+        let outcomes = self.publish(&claim).await;
+        Ok(self.settle(&claim, &outcomes).await?)
+    }
+
+    /// Step 2: claim due rows under a fresh token and a lease, committed before publishing.
+    pub async fn claim(&self) -> sqlx::Result<Claim> {
+        let token = Uuid::new_v4();
+        let mut rows: Vec<OutboxRow> = sqlx::query_as(
+            "WITH due AS (
+                 SELECT id FROM outbox
+                 WHERE status = 'pending' AND claim_token IS NULL
+                   AND next_attempt_at <= now() AND expires_at > now()
+                 ORDER BY next_attempt_at, id
+                 LIMIT $1
+                 FOR UPDATE SKIP LOCKED)
+             UPDATE outbox o
+             SET claim_token = $2, lease_expires_at = now() + make_interval(secs => $3)
+             FROM due WHERE o.id = due.id
+             RETURNING o.id, o.aggregate_id, o.event_type, o.routing_key, o.payload, o.headers, o.attempts",
+        )
+        .bind(self.cfg.batch_size)
+        .bind(token)
+        .bind(self.cfg.lease.as_secs_f64())
+        .fetch_all(&self.pool)
+        .await?;
+        // RETURNING has no order; ids are UUIDv7, so this is creation order.
+        rows.sort_by_key(|r| r.id);
+        Ok(Claim { token, rows })
+    }
+
+    /// Steps 3 and 4: publish every row of the claim, then await each row's own confirm.
+    /// Never fails as a whole: every row gets an outcome.
+    pub async fn publish(&mut self, claim: &Claim) -> Vec<PublishOutcome> {
+        let channel = match self.channel().await {
+            Ok(c) => c,
+            Err(e) => return vec![PublishOutcome::Failed(e.to_string()); claim.rows.len()],
+        };
+        let mut pending = Vec::with_capacity(claim.rows.len());
+        let mut broken: Option<String> = None;
+        for row in &claim.rows {
+            if let Some(err) = &broken {
+                pending.push(Err(err.clone()));
+                continue;
+            }
+            let published = channel
+                .basic_publish(
+                    ShortString::from(self.amqp.exchange.as_str()),
+                    ShortString::from(row.routing_key.as_str()),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
+                    &serde_json::to_vec(&row.payload).unwrap_or_default(),
+                    self.properties(row),
+                )
+                .await;
+            match published {
+                Ok(confirm) => pending.push(Ok(confirm)),
+                Err(e) => {
+                    let err = format!("publish failed: {e}");
+                    broken = Some(err.clone());
+                    pending.push(Err(err));
+                }
+            }
+        }
+
+        let deadline = Instant::now() + self.cfg.confirm_timeout;
+        let outcomes = join_all(pending.into_iter().map(|p| async move {
+            let confirm = match p {
+                Ok(confirm) => confirm,
+                Err(e) => return PublishOutcome::Failed(e),
+            };
+            match tokio::time::timeout_at(deadline, confirm).await {
+                Ok(Ok(Confirmation::Ack(None))) => PublishOutcome::Confirmed,
+                Ok(Ok(Confirmation::Ack(Some(ret)))) | Ok(Ok(Confirmation::Nack(Some(ret)))) => {
+                    PublishOutcome::Failed(format!(
+                        "returned by broker as unroutable: {} {}",
+                        ret.reply_code, ret.reply_text
+                    ))
+                }
+                Ok(Ok(Confirmation::Nack(None))) => {
+                    PublishOutcome::Failed("nacked by broker".into())
+                }
+                Ok(Ok(Confirmation::NotRequested)) => {
+                    PublishOutcome::Failed("channel not in confirm mode".into())
+                }
+                Ok(Err(e)) => PublishOutcome::Failed(format!("confirm failed: {e}")),
+                Err(_) => PublishOutcome::Failed("no confirm before the deadline".into()),
+            }
+        }))
+        .await;
+
+        // A channel that lost a confirm or errored cannot be trusted with the next window.
+        let channel_suspect = broken.is_some()
+            || outcomes.iter().any(|o| {
+                matches!(o, PublishOutcome::Failed(e) if e.starts_with("confirm failed") || e.starts_with("no confirm"))
+            });
+        if channel_suspect {
+            self.disconnect().await;
+        }
+        outcomes
+    }
+
+    /// Step 5: confirmed rows become `sent`; the others are retried or `dead`.
+    pub async fn settle(
+        &self,
+        claim: &Claim,
+        outcomes: &[PublishOutcome],
+    ) -> sqlx::Result<RelayReport> {
+        let mut sent_ids = Vec::new();
+        let mut failures = Vec::new();
+        for (row, outcome) in claim.rows.iter().zip(outcomes) {
+            match outcome {
+                PublishOutcome::Confirmed => sent_ids.push(row.id),
+                PublishOutcome::Failed(error) => failures.push(Failure {
+                    id: row.id,
+                    claim_token: claim.token,
+                    attempts: row.attempts,
+                    error: error.clone(),
+                }),
+            }
+        }
+        let sent = sqlx::query(
+            "UPDATE outbox SET status = 'sent', sent_at = now(), attempts = attempts + 1,
+                    claim_token = NULL, lease_expires_at = NULL, last_error = NULL
+             WHERE id = ANY($1) AND claim_token = $2",
+        )
+        .bind(&sent_ids)
+        .bind(claim.token)
+        .execute(&self.pool)
+        .await?
+        .rows_affected() as usize;
+        for f in &failures {
+            tracing::warn!(message_id = %f.id, attempt = f.attempts + 1, error = %f.error, "publish not confirmed; will retry");
+        }
+        let dead = record_failures(&self.pool, &failures, &self.cfg.retry).await?;
+        for id in &dead {
+            tracing::error!(message_id = %id, "outbox message is dead: attempts exhausted or expired");
+        }
+        Ok(RelayReport {
+            claimed: claim.rows.len(),
+            sent,
+            retried: failures.len() - dead.len(),
+            dead: dead.len(),
+        })
+    }
+
+    fn properties(&self, row: &OutboxRow) -> BasicProperties {
+        let mut headers = FieldTable::default();
+        if let Value::Object(map) = &row.headers {
+            for (k, v) in map {
+                let text = v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
+                headers.insert(ShortString::from(k.as_str()), AMQPValue::LongString(LongString::from(text)));
+            }
+        }
+        headers.insert(
+            ShortString::from("aggregate_id"),
+            AMQPValue::LongString(LongString::from(row.aggregate_id.clone())),
+        );
+        headers.insert(ShortString::from("attempt"), AMQPValue::LongInt(row.attempts + 1));
+        BasicProperties::default()
+            .with_message_id(ShortString::from(row.id.to_string()))
+            .with_type(ShortString::from(row.event_type.as_str()))
+            .with_content_type(ShortString::from("application/json"))
+            .with_delivery_mode(2) // persistent
+            .with_app_id(ShortString::from(self.name.as_str()))
+            .with_timestamp(chrono::Utc::now().timestamp() as u64)
+            .with_headers(headers)
+    }
+
+    /// Step 1: a live confirm-mode channel, reconnecting when needed.
+    async fn channel(&mut self) -> Result<Channel, RelayError> {
+        if let Some((conn, ch)) = &self.link {
+            if conn.status().connected() && ch.status().connected() {
+                return Ok(ch.clone());
+            }
+            self.disconnect().await;
+        }
+        let connect = async {
+            let conn = amqp::connect(&self.amqp, &self.name).await?;
+            let ch = conn.create_channel().await?;
+            ch.confirm_select(ConfirmSelectOptions::default()).await?;
+            amqp::declare_exchange(&ch, &self.amqp).await?;
+            anyhow::Ok((conn, ch))
+        };
+        match connect.await {
+            Ok((conn, ch)) => {
+                tracing::info!(relay = %self.name, "relay connected to the broker");
+                self.link = Some((conn, ch.clone()));
+                self.status.set(true);
+                Ok(ch)
+            }
+            Err(e) => {
+                self.status.set(false);
+                Err(RelayError::Broker(e))
+            }
+        }
+    }
+
+    async fn disconnect(&mut self) {
+        self.status.set(false);
+        if let Some((conn, _)) = self.link.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), conn.close(200, ShortString::from("relay reset"))).await;
+        }
+    }
+
+    /// Runs rounds until `shutdown`: woken by NOTIFY at commit, by the resend scheduler, or
+    /// by the fallback poll. A round in progress is finished before stopping, so no claimed
+    /// row is left waiting for its lease.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let listener = tokio::spawn(listen_for_new_messages(
+            self.pool.clone(),
+            self.wake.clone(),
+            shutdown.clone(),
+        ));
+        let broker_backoff = crate::backoff::RetryPolicy {
+            base: Duration::from_millis(200),
+            max: Duration::from_secs(10),
+            max_attempts: i32::MAX,
+        };
+        let mut failures_in_a_row = 0;
+        while !shutdown.is_cancelled() {
+            let idle = match self.run_once().await {
+                Ok(report) => {
+                    failures_in_a_row = 0;
+                    if report.claimed > 0 {
+                        tracing::debug!(?report, "relay round");
+                    }
+                    // A full batch means more may be waiting: go again at once.
+                    if report.claimed as i64 >= self.cfg.batch_size {
+                        continue;
+                    }
+                    self.cfg.poll_interval
+                }
+                Err(e) => {
+                    failures_in_a_row += 1;
+                    let delay = broker_backoff.delay(failures_in_a_row);
+                    tracing::warn!(error = %e, retry_in = ?delay, "relay round failed");
+                    delay
+                }
+            };
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(idle) => {}
+                _ = shutdown.cancelled() => {}
+            }
+        }
+        listener.abort();
+        self.disconnect().await;
+        tracing::info!(relay = %self.name, "relay stopped");
+    }
+}
+
+/// LISTENs for the NOTIFY that [`super::enqueue`] sends at commit and wakes the relay.
+/// When the listener's connection drops, notifications are lost until it is back; the
+/// relay's fallback poll covers that gap.
+async fn listen_for_new_messages(pool: PgPool, wake: Arc<Notify>, shutdown: CancellationToken) {
+    while !shutdown.is_cancelled() {
+        let mut listener = match PgListener::connect_with(&pool).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::debug!(error = %e, "outbox listener cannot connect; relying on polling");
+                tokio::select! { _ = tokio::time::sleep(Duration::from_secs(1)) => continue, _ = shutdown.cancelled() => return }
+            }
+        };
+        if let Err(e) = listener.listen(NOTIFY_CHANNEL).await {
+            tracing::debug!(error = %e, "outbox listener cannot LISTEN; relying on polling");
+            tokio::select! { _ = tokio::time::sleep(Duration::from_secs(1)) => continue, _ = shutdown.cancelled() => return }
+        }
+        // Anything committed while we were not listening is picked up by this round.
+        wake.notify_one();
+        loop {
+            tokio::select! {
+                n = listener.recv() => match n {
+                    Ok(_) => wake.notify_one(),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "outbox listener lost its connection");
+                        break;
+                    }
+                },
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! The resend scheduler: everything in the outbox that depends on the clock.
+//!
+//! The relay only ever claims rows that are due and unclaimed. Time moves rows into that
+//! state, and this component is where it happens, on each [`ResendScheduler::tick`]:
+//!
+//! 1. **Expired leases.** A row still claimed after its lease ran out belongs to a relay
+//!    that died (or stalled) between publishing and marking it sent. The broker may or may
+//!    not have it. It is handed back (attempts + 1, backed-off next attempt, or `dead`):
+//!    publishing it again is safe because the consumer's inbox drops the duplicate.
+//!    No look-back window guesses what is "stuck": only an expired lease says so.
+//! 2. **Expired messages.** An unsent row past its `expires_at` becomes `dead` (seed 004):
+//!    kept, visible, re-queueable with [`super::requeue_dead`], never silently dropped.
+//! 3. **Due retries.** When a backed-off row falls due, the relay is woken right away
+//!    instead of waiting for its fallback poll. The scheduler then sleeps until the next
+//!    due time or lease expiry, so retry timing is precise without busy polling.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::{Failure, OutboxConfig, record_failures};
+
+pub const LEASE_EXPIRED: &str = "lease expired before the publish was confirmed (relay crashed or stalled); publishing again";
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SchedulerReport {
+    /// Rows whose lease had expired, handed back for another publish.
+    pub released: usize,
+    /// Rows that became `dead` (expired lease with attempts exhausted, or past their TTL).
+    pub dead: usize,
+    /// Whether a due row was waiting and the relay was woken.
+    pub woke_relay: bool,
+}
+
+pub struct ResendScheduler {
+    pool: PgPool,
+    cfg: OutboxConfig,
+    relay_wake: Arc<Notify>,
+}
+
+impl ResendScheduler {
+    pub fn new(pool: PgPool, cfg: OutboxConfig, relay_wake: Arc<Notify>) -> Self {
+        Self {
+            pool,
+            cfg,
+            relay_wake,
+        }
+    }
+
+    pub async fn tick(&self) -> sqlx::Result<SchedulerReport> {
+        let mut report = SchedulerReport::default();
+
+        // 1. Expired leases: compare-and-set on the claim token, so a relay that settles
+        //    at the same moment wins or loses cleanly, never both.
+        let expired: Vec<(Uuid, Uuid, i32)> = sqlx::query_as(
+            "SELECT id, claim_token, attempts FROM outbox
+             WHERE status = 'pending' AND claim_token IS NOT NULL AND lease_expires_at < now()
+             ORDER BY lease_expires_at LIMIT $1",
+        )
+        .bind(self.cfg.batch_size)
+        .fetch_all(&self.pool)
+        .await?;
+        if !expired.is_empty() {
+            let failures: Vec<Failure> = expired
+                .iter()
+                .map(|(id, token, attempts)| Failure {
+                    id: *id,
+                    claim_token: *token,
+                    attempts: *attempts,
+                    error: LEASE_EXPIRED.to_string(),
+                })
+                .collect();
+            let dead = record_failures(&self.pool, &failures, &self.cfg.retry).await?;
+            tracing::warn!(count = failures.len(), dead = dead.len(), "outbox leases expired; messages handed back");
+            report.released = failures.len() - dead.len();
+            report.dead += dead.len();
+        }
+
+        // 2. Expired messages.
+        let expired_ids: Vec<Uuid> = sqlx::query_scalar(
+            "UPDATE outbox SET status = 'dead',
+                    last_error = 'expired before it could be published'
+                                 || coalesce('; last error: ' || last_error, '')
+             WHERE status = 'pending' AND claim_token IS NULL AND expires_at <= now()
+             RETURNING id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        for id in &expired_ids {
+            tracing::error!(message_id = %id, "outbox message expired unsent; it is dead");
+        }
+        report.dead += expired_ids.len();
+
+        // 3. Due retries.
+        let due: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM outbox
+                            WHERE status = 'pending' AND claim_token IS NULL AND next_attempt_at <= now())",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        if due {
+            self.relay_wake.notify_one();
+            report.woke_relay = true;
+        }
+        Ok(report)
+    }
+
+    /// When the next thing happens: the next retry falls due or the next lease expires.
+    async fn next_event(&self) -> sqlx::Result<Option<DateTime<Utc>>> {
+        sqlx::query_scalar(
+            "SELECT least(
+                 (SELECT min(next_attempt_at) FROM outbox WHERE status = 'pending' AND claim_token IS NULL AND next_attempt_at > now()),
+                 (SELECT min(lease_expires_at) FROM outbox WHERE status = 'pending' AND claim_token IS NOT NULL))",
+        )
+        .fetch_one(&self.pool)
+        .await
+    }
+
+    pub async fn run(self, shutdown: CancellationToken) {
+        let max_sleep = self.cfg.poll_interval;
+        while !shutdown.is_cancelled() {
+            if let Err(e) = self.tick().await {
+                tracing::warn!(error = %e, "resend scheduler tick failed");
+            }
+            let next = self.next_event().await.ok().flatten();
+            let sleep = crate::backoff::sleep_until(next, max_sleep);
+            tokio::select! {
+                _ = tokio::time::sleep(sleep) => {}
+                _ = shutdown.cancelled() => {}
+            }
+        }
+    }
+}

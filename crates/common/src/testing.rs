@@ -1,0 +1,206 @@
+//! Test support (feature `testing`): real PostgreSQL and RabbitMQ, isolated per test.
+//!
+//! - [`TestDb`]: a fresh database per test, migrated, dropped afterwards.
+//! - [`test_amqp`]: a unique exchange per test (queues get unique names from
+//!   [`unique_name`]), removed by the broker when unused.
+//! - [`TcpProxy`]: stands between a service and the broker or database so a test can
+//!   cut the connection ("broker down") without stopping the shared server that other
+//!   tests use in parallel.
+//! - [`eventually`]: wait for a condition with a deadline instead of sleeping.
+
+use std::{future::Future, net::SocketAddr, str::FromStr, sync::Arc, time::Duration};
+
+use sqlx::{
+    AssertSqlSafe, ConnectOptions, PgPool,
+    migrate::Migrator,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::Mutex,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::{amqp::AmqpConfig, config::env_string};
+
+/// A throw-away name: `prefix-<12 hex>`.
+pub fn unique_name(prefix: &str) -> String {
+    format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+}
+
+fn admin_url() -> String {
+    env_string("TEST_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+}
+
+pub fn amqp_url() -> String {
+    env_string("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f")
+}
+
+/// A unique exchange on the local broker; queues declared by tests expire when unused.
+pub fn test_amqp() -> AmqpConfig {
+    AmqpConfig {
+        url: amqp_url(),
+        exchange: unique_name("test.events"),
+        queue_expires: Some(Duration::from_secs(120)),
+        exchange_auto_delete: true,
+    }
+}
+
+/// A fresh, migrated database, dropped when this value is dropped.
+pub struct TestDb {
+    pub pool: PgPool,
+    pub url: String,
+    name: String,
+}
+
+impl TestDb {
+    pub async fn new(migrator: &Migrator) -> Self {
+        let name = unique_name("lmt_test").replace('-', "_");
+        let admin = PgConnectOptions::from_str(&admin_url()).expect("TEST_DATABASE_URL");
+        let mut conn = admin.connect().await.expect("connect to PostgreSQL for tests");
+        sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await
+            .expect("create test database");
+        let opts = admin.clone().database(&name);
+        let url = opts.to_url_lossy().to_string();
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .connect_with(opts)
+            .await
+            .expect("connect to test database");
+        migrator.run(&pool).await.expect("migrate test database");
+        TestDb { pool, url, name }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let pool = self.pool.clone();
+        // Drop runs outside async; a short-lived runtime on its own thread does the cleanup.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            rt.block_on(async move {
+                pool.close().await;
+                let admin = PgConnectOptions::from_str(&admin_url()).ok()?;
+                let mut conn = admin.connect().await.ok()?;
+                sqlx::raw_sql(AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
+                    .execute(&mut conn)
+                    .await
+                    .ok()
+            })
+        })
+        .join();
+    }
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, or panics after `timeout` naming
+/// what was awaited. Tests wait for outcomes, never for a fixed time.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A TCP forwarder that can be switched off: every open connection is cut and new ones
+/// are refused (accepted and closed at once) until it is switched on again.
+pub struct TcpProxy {
+    addr: SocketAddr,
+    state: Arc<Mutex<ProxyState>>,
+    task: CancellationToken,
+}
+
+struct ProxyState {
+    enabled: bool,
+    connections: CancellationToken,
+}
+
+impl TcpProxy {
+    pub async fn start(target: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(Mutex::new(ProxyState {
+            enabled: true,
+            connections: CancellationToken::new(),
+        }));
+        let task = CancellationToken::new();
+        let (st, stop) = (state.clone(), task.clone());
+        tokio::spawn(async move {
+            loop {
+                let (mut inbound, _) = tokio::select! {
+                    r = listener.accept() => match r { Ok(c) => c, Err(_) => continue },
+                    _ = stop.cancelled() => return,
+                };
+                let guard = st.lock().await;
+                if !guard.enabled {
+                    continue; // dropping `inbound` closes it: connection refused, in effect
+                }
+                let cut = guard.connections.clone();
+                drop(guard);
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = TcpStream::connect(target).await else { return };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.cancelled() => {}
+                    }
+                });
+            }
+        });
+        TcpProxy { addr, state, task }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Cuts every connection through the proxy and refuses new ones.
+    pub async fn disable(&self) {
+        let mut s = self.state.lock().await;
+        s.enabled = false;
+        s.connections.cancel();
+        s.connections = CancellationToken::new();
+    }
+
+    pub async fn enable(&self) {
+        self.state.lock().await.enabled = true;
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.task.cancel();
+    }
+}
+
+/// An AMQP config whose connections go through `proxy` instead of straight to the broker.
+pub fn through_proxy(cfg: &AmqpConfig, proxy: &TcpProxy) -> AmqpConfig {
+    AmqpConfig {
+        url: format!("amqp://guest:guest@{}/%2f", proxy.addr()),
+        ..cfg.clone()
+    }
+}
+
+/// The local broker's address, for [`TcpProxy::start`].
+pub fn broker_addr() -> SocketAddr {
+    let url = amqp_url();
+    let host_port = url
+        .split('@')
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or("127.0.0.1:5672");
+    host_port
+        .parse()
+        .unwrap_or_else(|_| "127.0.0.1:5672".parse().unwrap())
+}

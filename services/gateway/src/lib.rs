@@ -1,0 +1,30 @@
+//! The gateway: one HTTP entry point in front of the order and pay services.
+//!
+//! Why a gateway at all: clients get one address, one error shape and one place where
+//! request ids start, while the services stay on a private network and can move without
+//! clients noticing. It holds no business logic and no state, so it can be restarted or
+//! replicated freely.
+//!
+//! Why it is this small: a reverse proxy's job is to be invisible. Method, path (minus the
+//! route prefix), query, end-to-end headers and bodies pass through unchanged, and upstream
+//! errors (4xx/5xx) reach the client as the service wrote them. The gateway only speaks up
+//! for failures that are its own: no route (404), a body over the limit (413), an upstream it
+//! cannot reach (502) or that does not answer in time (504).
+//!
+//! Why streaming: bodies are forwarded chunk by chunk in both directions, so memory use does
+//! not grow with body size and a large download starts reaching the client immediately.
+//!
+//! - [`config`]: environment variables.
+//! - [`routes`]: the prefix route table and the [`routes::Upstream`] a route points at.
+//! - [`proxy`]: the forwarding algorithm.
+//! - [`health`]: readiness from the upstreams' health.
+//! - [`startup`]: binding, middleware (request id, access log), serving.
+
+pub mod config;
+pub mod health;
+pub mod proxy;
+pub mod routes;
+pub mod startup;
+
+pub use config::GatewayConfig;
+pub use startup::Application;

@@ -1,0 +1,230 @@
+//! `POST /buy` and `GET /orders/{id}`.
+//!
+//! The order row and its `OrderCreated` message are written in ONE transaction. That is the
+//! whole point of the local message table: there is no moment at which the order exists and
+//! its message does not (or the reverse). The broker is not touched here, so an order can
+//! be taken while RabbitMQ is down; the relay delivers the message when it is back.
+
+use axum::{
+    Json,
+    extract::{Path, State, rejection::{JsonRejection, PathRejection}},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use chrono::{DateTime, Utc};
+use common::{
+    http::ApiError,
+    outbox::{self, NewMessage},
+};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use sqlx::FromRow;
+use uuid::Uuid;
+
+use crate::startup::AppState;
+
+pub const ORDER_CREATED: &str = "OrderCreated";
+pub const ORDER_CREATED_KEY: &str = "order.created";
+
+/// Limits that keep garbage out of the database.
+const MAX_USER_ID: usize = 64;
+const MAX_ITEM: usize = 200;
+const MAX_AMOUNT_CENTS: i64 = 1_000_000_000_000; // ten billion in currency units
+const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BuyRequest {
+    pub user_id: String,
+    pub item: String,
+    pub amount_cents: i64,
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BuyResponse {
+    pub order_id: Uuid,
+    pub message_id: Uuid,
+    pub status: String,
+}
+
+#[derive(Debug, Serialize, FromRow)]
+pub struct Order {
+    #[serde(rename = "order_id")]
+    pub id: Uuid,
+    pub user_id: String,
+    pub item: String,
+    pub amount_cents: i64,
+    pub status: String,
+    pub failure_reason: Option<String>,
+    pub message_id: Uuid,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl BuyRequest {
+    fn validate(mut self) -> Result<Self, ApiError> {
+        self.user_id = self.user_id.trim().to_string();
+        self.item = self.item.trim().to_string();
+        if self.user_id.is_empty() || self.user_id.chars().count() > MAX_USER_ID {
+            return Err(ApiError::validation(format!(
+                "user_id must be 1 to {MAX_USER_ID} characters"
+            )));
+        }
+        if self.item.is_empty() || self.item.chars().count() > MAX_ITEM {
+            return Err(ApiError::validation(format!("item must be 1 to {MAX_ITEM} characters")));
+        }
+        if !(1..=MAX_AMOUNT_CENTS).contains(&self.amount_cents) {
+            return Err(ApiError::validation(format!(
+                "amount_cents must be between 1 and {MAX_AMOUNT_CENTS}"
+            )));
+        }
+        Ok(self)
+    }
+
+    /// Fingerprint of the request, to tell a retry from a different request reusing a key.
+    fn fingerprint(&self) -> String {
+        let digest = Sha256::digest(
+            serde_json::to_vec(&(&self.user_id, &self.item, self.amount_cents)).unwrap_or_default(),
+        );
+        digest.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .map(str::trim)
+        .filter(|k| !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY)
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_idempotency_key",
+                format!("Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"),
+            )
+        })?;
+    Ok(Some(key.to_string()))
+}
+
+/// `POST /buy`: 201 with the order id, its message id and status. With an
+/// `Idempotency-Key`, a retry of the same request returns the same order (and the header
+/// `idempotent-replayed: true`); the same key with another body is refused with 422.
+pub async fn buy(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Json<BuyRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let req = body?.0.validate()?;
+    let key = idempotency_key(&headers)?;
+    let fingerprint = req.fingerprint();
+
+    let order_id = Uuid::now_v7();
+    let mut message = NewMessage::new(
+        order_id,
+        ORDER_CREATED,
+        ORDER_CREATED_KEY,
+        json!({
+            "order_id": order_id,
+            "user_id": req.user_id,
+            "item": req.item,
+            "amount_cents": req.amount_cents,
+        }),
+    );
+    if let Some(tp) = headers.get("traceparent").and_then(|v| v.to_str().ok()) {
+        message = message.with_header("traceparent", tp);
+    }
+
+    let mut tx = state.pool.begin().await?;
+    // A concurrent request with the same key waits here on the unique index until the
+    // first commits, then sees the conflict.
+    let inserted: Option<Uuid> = sqlx::query_scalar(
+        "INSERT INTO orders (id, user_id, item, amount_cents, message_id, idempotency_key, request_hash)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
+         ON CONFLICT (idempotency_key) DO NOTHING
+         RETURNING id",
+    )
+    .bind(order_id)
+    .bind(&req.user_id)
+    .bind(&req.item)
+    .bind(req.amount_cents)
+    .bind(message.id)
+    .bind(&key)
+    .bind(key.as_ref().map(|_| &fingerprint))
+    .fetch_optional(&mut *tx)
+    .await?;
+
+    if inserted.is_none() {
+        tx.rollback().await?;
+        return replay(&state, key.as_deref().unwrap_or_default(), &fingerprint).await;
+    }
+    outbox::enqueue(&mut tx, &message, state.message_ttl).await?;
+    tx.commit().await?;
+
+    tracing::info!(%order_id, message_id = %message.id, user_id = %req.user_id, "order created");
+    Ok(created(
+        BuyResponse {
+            order_id,
+            message_id: message.id,
+            status: "PENDING_PAYMENT".into(),
+        },
+        false,
+    ))
+}
+
+/// The answer to a request whose idempotency key is already taken.
+async fn replay(state: &AppState, key: &str, fingerprint: &str) -> Result<Response, ApiError> {
+    let (order_id, message_id, status, hash): (Uuid, Uuid, String, Option<String>) = sqlx::query_as(
+        "SELECT id, message_id, status, request_hash FROM orders WHERE idempotency_key = $1",
+    )
+    .bind(key)
+    .fetch_one(&state.pool)
+    .await?;
+    if hash.as_deref() != Some(fingerprint) {
+        return Err(ApiError::BadRequest {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            code: "idempotency_key_reused",
+            message: "this Idempotency-Key was already used with a different request body".into(),
+        });
+    }
+    Ok(created(
+        BuyResponse {
+            order_id,
+            message_id,
+            status,
+        },
+        true,
+    ))
+}
+
+fn created(body: BuyResponse, replayed: bool) -> Response {
+    let location = format!("/orders/{}", body.order_id);
+    let mut response = (StatusCode::CREATED, Json(body)).into_response();
+    let headers = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        headers.insert(header::LOCATION, v);
+    }
+    if replayed {
+        headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    response
+}
+
+/// `GET /orders/{id}`.
+pub async fn get_order(
+    State(state): State<AppState>,
+    id: Result<Path<Uuid>, PathRejection>,
+) -> Result<Json<Order>, ApiError> {
+    let Path(id) = id?;
+    sqlx::query_as(
+        "SELECT id, user_id, item, amount_cents, status, failure_reason, message_id, created_at, updated_at
+         FROM orders WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(&state.pool)
+    .await?
+    .map(Json)
+    .ok_or_else(|| ApiError::NotFound(format!("order {id} not found")))
+}
