@@ -50,8 +50,8 @@ impl AmqpConfig {
 
 /// Opens a connection named after its user (it shows in the management UI).
 pub async fn connect(cfg: &AmqpConfig, name: &str) -> anyhow::Result<Connection> {
-    let props = ConnectionProperties::default()
-        .with_connection_name(LongString::from(name.to_string()));
+    let props =
+        ConnectionProperties::default().with_connection_name(LongString::from(name.to_string()));
     // lapin's own connect has no deadline; a black-holed broker must not hang a relay.
     match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(&cfg.url, props)).await {
         Ok(res) => Ok(res?),

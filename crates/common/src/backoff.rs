@@ -75,7 +75,11 @@ mod tests {
             let full = (100u64 << (attempt - 1).min(20)).min(10_000);
             for _ in 0..50 {
                 let d = p.delay(attempt).as_millis() as u64;
-                assert!(d >= full / 2 && d <= full, "attempt {attempt}: {d}ms not in [{}, {full}]", full / 2);
+                assert!(
+                    d >= full / 2 && d <= full,
+                    "attempt {attempt}: {d}ms not in [{}, {full}]",
+                    full / 2
+                );
             }
         }
     }

@@ -12,7 +12,10 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     amqp::{AmqpConfig, BrokerStatus},
     db,
-    inbox::{Inbox, InboxConfig, MessageHandler, consumer::InboxConsumer, retry_sweeper::RetrySweeper},
+    inbox::{
+        Inbox, InboxConfig, InboxCounters, MessageHandler, consumer::InboxConsumer,
+        retry_sweeper::RetrySweeper,
+    },
     outbox::{OutboxConfig, relay::Relay, resend_scheduler::ResendScheduler},
 };
 
@@ -29,6 +32,7 @@ pub struct MessagingConfig {
 
 /// The four background workers, built but not yet started.
 pub struct Messaging {
+    counters: Arc<InboxCounters>,
     relay: Relay,
     scheduler: ResendScheduler,
     consumer: InboxConsumer,
@@ -81,11 +85,16 @@ impl Messaging {
         );
         let sweeper = RetrySweeper::new(&inbox);
         Self {
+            counters: inbox.counters(),
             relay,
             scheduler,
             consumer,
             sweeper,
         }
+    }
+
+    pub fn inbox_counters(&self) -> Arc<InboxCounters> {
+        self.counters.clone()
     }
 
     pub fn readiness(&self, pool: PgPool) -> Readiness {
@@ -127,7 +136,9 @@ pub async fn serve(
     token.cancel();
     let drain = async { while workers.join_next().await.is_some() {} };
     if tokio::time::timeout(WORKER_DRAIN, drain).await.is_err() {
-        tracing::warn!("workers did not stop within {WORKER_DRAIN:?}; leases and redelivery cover what they held");
+        tracing::warn!(
+            "workers did not stop within {WORKER_DRAIN:?}; leases and redelivery cover what they held"
+        );
     }
     Ok(result?)
 }

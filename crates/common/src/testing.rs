@@ -21,15 +21,24 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::{amqp::AmqpConfig, config::env_string};
+use crate::{
+    amqp::AmqpConfig, backoff::RetryPolicy, config::env_string, inbox::InboxConfig,
+    outbox::OutboxConfig, service::MessagingConfig,
+};
 
 /// A throw-away name: `prefix-<12 hex>`.
 pub fn unique_name(prefix: &str) -> String {
-    format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+    format!(
+        "{prefix}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
 }
 
 fn admin_url() -> String {
-    env_string("TEST_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+    env_string(
+        "TEST_DATABASE_URL",
+        "postgres://postgres@127.0.0.1:5432/postgres",
+    )
 }
 
 pub fn amqp_url() -> String {
@@ -57,7 +66,10 @@ impl TestDb {
     pub async fn new(migrator: &Migrator) -> Self {
         let name = unique_name("lmt_test").replace('-', "_");
         let admin = PgConnectOptions::from_str(&admin_url()).expect("TEST_DATABASE_URL");
-        let mut conn = admin.connect().await.expect("connect to PostgreSQL for tests");
+        let mut conn = admin
+            .connect()
+            .await
+            .expect("connect to PostgreSQL for tests");
         sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE {name}")))
             .execute(&mut conn)
             .await
@@ -77,18 +89,23 @@ impl TestDb {
 impl Drop for TestDb {
     fn drop(&mut self) {
         let name = self.name.clone();
-        let pool = self.pool.clone();
-        // Drop runs outside async; a short-lived runtime on its own thread does the cleanup.
+        // Drop cannot await; a short-lived runtime on its own thread does the cleanup. The
+        // pool is not closed first: the app under test may still hold connections on the
+        // runtime this drop is blocking. FORCE terminates them instead.
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
             rt.block_on(async move {
-                pool.close().await;
                 let admin = PgConnectOptions::from_str(&admin_url()).ok()?;
                 let mut conn = admin.connect().await.ok()?;
-                sqlx::raw_sql(AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
-                    .execute(&mut conn)
-                    .await
-                    .ok()
+                sqlx::raw_sql(AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                )))
+                .execute(&mut conn)
+                .await
+                .ok()
             })
         })
         .join();
@@ -150,7 +167,9 @@ impl TcpProxy {
                 let cut = guard.connections.clone();
                 drop(guard);
                 tokio::spawn(async move {
-                    let Ok(mut outbound) = TcpStream::connect(target).await else { return };
+                    let Ok(mut outbound) = TcpStream::connect(target).await else {
+                        return;
+                    };
                     tokio::select! {
                         _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
                         _ = cut.cancelled() => {}
@@ -203,4 +222,115 @@ pub fn broker_addr() -> SocketAddr {
     host_port
         .parse()
         .unwrap_or_else(|_| "127.0.0.1:5672".parse().unwrap())
+}
+
+/// Outbox settings for tests: short polls and backoffs, so retries happen within a test.
+pub fn fast_outbox() -> OutboxConfig {
+    OutboxConfig {
+        batch_size: 100,
+        lease: Duration::from_secs(30),
+        confirm_timeout: Duration::from_secs(10),
+        poll_interval: Duration::from_millis(100),
+        message_ttl: Duration::from_secs(3600),
+        retry: RetryPolicy {
+            base: Duration::from_millis(10),
+            max: Duration::from_millis(200),
+            max_attempts: 5,
+        },
+    }
+}
+
+/// Inbox settings for tests, likewise.
+pub fn fast_inbox() -> InboxConfig {
+    InboxConfig {
+        prefetch: 16,
+        retry: RetryPolicy {
+            base: Duration::from_millis(10),
+            max: Duration::from_millis(200),
+            max_attempts: 5,
+        },
+        poll_interval: Duration::from_millis(50),
+        max_body_bytes: 1 << 20,
+    }
+}
+
+/// A service's messaging settings on `amqp`, with a unique queue.
+pub fn messaging(amqp: &AmqpConfig, queue_prefix: &str, routing_keys: &[&str]) -> MessagingConfig {
+    MessagingConfig {
+        amqp: amqp.clone(),
+        outbox: fast_outbox(),
+        inbox: fast_inbox(),
+        queue: unique_name(queue_prefix),
+        routing_keys: routing_keys.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+/// A queue bound to the test exchange, read with `basic_get` so a test sees exactly what
+/// the broker holds.
+pub struct TestQueue {
+    _conn: lapin::Connection,
+    channel: lapin::Channel,
+    pub name: String,
+}
+
+impl TestQueue {
+    pub async fn bind(amqp: &AmqpConfig, routing_keys: &[&str]) -> Self {
+        let conn = crate::amqp::connect(amqp, "test-queue")
+            .await
+            .expect("connect to RabbitMQ");
+        let channel = conn.create_channel().await.expect("channel");
+        let name = unique_name("test.q");
+        crate::amqp::declare_queue(&channel, amqp, &name, routing_keys)
+            .await
+            .expect("declare test queue");
+        TestQueue {
+            _conn: conn,
+            channel,
+            name,
+        }
+    }
+
+    /// Every message now in the queue, acked.
+    pub async fn take_all(&self) -> Vec<lapin::message::Delivery> {
+        let mut out = Vec::new();
+        while let Some(msg) = self
+            .channel
+            .basic_get(
+                lapin::types::ShortString::from(self.name.as_str()),
+                Default::default(),
+            )
+            .await
+            .expect("basic_get")
+        {
+            msg.delivery
+                .acker
+                .ack(Default::default())
+                .await
+                .expect("ack");
+            out.push(msg.delivery);
+        }
+        out
+    }
+
+    /// Publishes raw bytes with the given properties (for poison and duplicate tests).
+    pub async fn publish(
+        &self,
+        amqp: &AmqpConfig,
+        routing_key: &str,
+        properties: lapin::BasicProperties,
+        body: &[u8],
+    ) {
+        self.channel
+            .basic_publish(
+                lapin::types::ShortString::from(amqp.exchange.as_str()),
+                lapin::types::ShortString::from(routing_key),
+                Default::default(),
+                body,
+                properties,
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm");
+    }
 }

@@ -68,6 +68,7 @@ impl Proxy {
             // HTTP_PROXY in the gateway's environment must not reroute service traffic.
             .no_proxy()
             .connect_timeout(config.connect_timeout)
+            // reqwest adds `accept: */*` when the client sent no Accept, which means the same.
             .build()
             .context("building the upstream HTTP client")?;
         Ok(Proxy {
@@ -128,8 +129,9 @@ pub async fn forward(
     // 4. Headers.
     let headers = upstream_request_headers(&parts.headers, &parts.uri, client_addr);
 
-    // 5. Body. `exceeded` tells a cut body apart from other send failures below: the error
-    // that reaches us from the HTTP client does not reliably carry the limit error.
+    // 5. Body. `exceeded` tells a cut body apart from other send failures below, instead of
+    // digging the limit error out of the HTTP client's error, whose shape depends on when
+    // the body failed.
     let exceeded = Arc::new(AtomicBool::new(false));
     let mut upstream_request = reqwest::Request::new(parts.method.clone(), url);
     *upstream_request.headers_mut() = headers;
@@ -169,7 +171,7 @@ pub async fn forward(
             return error_response(
                 StatusCode::BAD_GATEWAY,
                 "bad_gateway",
-                "the upstream service is unreachable",
+                "the upstream service is unreachable or closed the connection",
             );
         }
     };
@@ -179,7 +181,11 @@ pub async fn forward(
     let status = upstream_response.status();
     let mut response_headers = upstream_response.headers().clone();
     strip_hop_by_hop(&mut response_headers);
-    let mut response = Response::new(Body::from_stream(upstream_response.bytes_stream()));
+    let route_name = route.name().to_string();
+    let body = upstream_response.bytes_stream().inspect_err(move |e| {
+        tracing::warn!(route = route_name, error = %error_chain(e), "upstream response body failed");
+    });
+    let mut response = Response::new(Body::from_stream(body));
     *response.status_mut() = status;
     *response.headers_mut() = response_headers;
     response

@@ -24,7 +24,9 @@ impl Upstream {
     pub fn parse(base: &str) -> Result<Self, String> {
         let url = Url::parse(base).map_err(|e| format!("{base:?} is not a URL: {e}"))?;
         if url.scheme() != "http" {
-            return Err(format!("{base:?} must use http:// (the gateway has no TLS)"));
+            return Err(format!(
+                "{base:?} must use http:// (the gateway has no TLS)"
+            ));
         }
         if url.host_str().is_none() {
             return Err(format!("{base:?} has no host"));
@@ -73,7 +75,7 @@ impl Route {
 
     /// The rest of `path` after this route's prefix, or `None` when the prefix does not match
     /// on a segment boundary. Never empty: `/order` maps to `/`.
-    fn strip(&self, path: &str) -> Option<&str> {
+    fn strip<'p>(&self, path: &'p str) -> Option<&'p str> {
         let rest = path.strip_prefix(self.prefix.as_str())?;
         if rest.is_empty() {
             Some("/")
@@ -112,7 +114,7 @@ impl RouteTable {
             return Err("no routes".into());
         }
         // Longest first, so the first match is the longest match.
-        routes.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+        routes.sort_by_key(|route| std::cmp::Reverse(route.prefix.len()));
         Ok(RouteTable { routes })
     }
 

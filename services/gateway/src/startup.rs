@@ -89,7 +89,11 @@ fn router(proxy: Arc<proxy::Proxy>) -> Router {
                         request_id,
                     )
                 })
-                .on_response(DefaultOnResponse::new().level(Level::INFO)),
+                .on_response(DefaultOnResponse::new().level(Level::INFO))
+                // The access line already has the status, and an upstream's 5xx is the
+                // upstream's error, not the gateway's; the gateway's own failures are
+                // logged where they happen.
+                .on_failure(()),
         )
         .layer(middleware::from_fn(request_id))
 }

@@ -7,7 +7,10 @@
 
 use axum::{
     Json,
-    extract::{Path, State, rejection::{JsonRejection, PathRejection}},
+    extract::{
+        Path, State,
+        rejection::{JsonRejection, PathRejection},
+    },
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
@@ -72,7 +75,9 @@ impl BuyRequest {
             )));
         }
         if self.item.is_empty() || self.item.chars().count() > MAX_ITEM {
-            return Err(ApiError::validation(format!("item must be 1 to {MAX_ITEM} characters")));
+            return Err(ApiError::validation(format!(
+                "item must be 1 to {MAX_ITEM} characters"
+            )));
         }
         if !(1..=MAX_AMOUNT_CENTS).contains(&self.amount_cents) {
             return Err(ApiError::validation(format!(
@@ -103,7 +108,9 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
         .ok_or_else(|| {
             ApiError::bad_request(
                 "invalid_idempotency_key",
-                format!("Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"),
+                format!(
+                    "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"
+                ),
             )
         })?;
     Ok(Some(key.to_string()))
@@ -176,12 +183,13 @@ pub async fn buy(
 
 /// The answer to a request whose idempotency key is already taken.
 async fn replay(state: &AppState, key: &str, fingerprint: &str) -> Result<Response, ApiError> {
-    let (order_id, message_id, status, hash): (Uuid, Uuid, String, Option<String>) = sqlx::query_as(
-        "SELECT id, message_id, status, request_hash FROM orders WHERE idempotency_key = $1",
-    )
-    .bind(key)
-    .fetch_one(&state.pool)
-    .await?;
+    let (order_id, message_id, status, hash): (Uuid, Uuid, String, Option<String>) =
+        sqlx::query_as(
+            "SELECT id, message_id, status, request_hash FROM orders WHERE idempotency_key = $1",
+        )
+        .bind(key)
+        .fetch_one(&state.pool)
+        .await?;
     if hash.as_deref() != Some(fingerprint) {
         return Err(ApiError::BadRequest {
             status: StatusCode::UNPROCESSABLE_ENTITY,

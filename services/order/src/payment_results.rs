@@ -28,10 +28,15 @@ impl MessageHandler for PaymentResultHandler {
         let new_status = match msg.event_type.as_str() {
             PAYMENT_COMPLETED => "PAID",
             PAYMENT_FAILED => "PAYMENT_FAILED",
-            other => return Err(HandlerError::Permanent(format!("unexpected event type {other:?}"))),
+            other => {
+                return Err(HandlerError::Permanent(format!(
+                    "unexpected event type {other:?}"
+                )));
+            }
         };
-        let result: PaymentResult = serde_json::from_value(msg.payload.clone())
-            .map_err(|e| HandlerError::Permanent(format!("invalid {} payload: {e}", msg.event_type)))?;
+        let result: PaymentResult = serde_json::from_value(msg.payload.clone()).map_err(|e| {
+            HandlerError::Permanent(format!("invalid {} payload: {e}", msg.event_type))
+        })?;
 
         let updated = sqlx::query(
             "UPDATE orders SET status = $2, failure_reason = $3, updated_at = now()
@@ -53,7 +58,10 @@ impl MessageHandler for PaymentResultHandler {
             .fetch_optional(&mut *tx)
             .await?;
         match current {
-            None => Err(HandlerError::Permanent(format!("order {} does not exist", result.order_id))),
+            None => Err(HandlerError::Permanent(format!(
+                "order {} does not exist",
+                result.order_id
+            ))),
             Some(s) if s == new_status => Ok(()), // already applied
             Some(s) => Err(HandlerError::Permanent(format!(
                 "order {} is already {s}; refusing {}",

@@ -25,7 +25,10 @@ impl PayConfig {
     pub fn from_env() -> anyhow::Result<Self> {
         Ok(Self {
             addr: env_string("PAY_ADDR", "127.0.0.1:8762"),
-            database_url: env_string("PAY_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/pay_db"),
+            database_url: env_string(
+                "PAY_DATABASE_URL",
+                "postgres://postgres@127.0.0.1:5432/pay_db",
+            ),
             db_max_connections: env_or("PAY_DB_MAX_CONNECTIONS", 10)?,
             messaging: MessagingConfig {
                 amqp: AmqpConfig::from_env()?,

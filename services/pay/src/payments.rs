@@ -46,12 +46,18 @@ impl PaymentHandler {
 impl MessageHandler for PaymentHandler {
     async fn handle(&self, tx: &mut PgConnection, msg: &InboxMessage) -> Result<(), HandlerError> {
         if msg.event_type != ORDER_CREATED {
-            return Err(HandlerError::Permanent(format!("unexpected event type {:?}", msg.event_type)));
+            return Err(HandlerError::Permanent(format!(
+                "unexpected event type {:?}",
+                msg.event_type
+            )));
         }
         let order: OrderCreated = serde_json::from_value(msg.payload.clone())
             .map_err(|e| HandlerError::Permanent(format!("invalid OrderCreated payload: {e}")))?;
         if order.amount_cents <= 0 {
-            return Err(HandlerError::Permanent(format!("invalid amount {}", order.amount_cents)));
+            return Err(HandlerError::Permanent(format!(
+                "invalid amount {}",
+                order.amount_cents
+            )));
         }
 
         // The payment row first: its unique order_id is the guard against paying twice.
@@ -88,11 +94,16 @@ impl MessageHandler for PaymentHandler {
             tracing::info!(order_id = %order.order_id, %payment_id, amount_cents = order.amount_cents, "payment completed");
             reply(PAYMENT_COMPLETED, &order, payment_id, None)
         } else {
-            let known: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM accounts WHERE user_id = $1)")
-                .bind(&order.user_id)
-                .fetch_one(&mut *tx)
-                .await?;
-            let reason = if known { "insufficient_funds" } else { "unknown_user" };
+            let known: bool =
+                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM accounts WHERE user_id = $1)")
+                    .bind(&order.user_id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            let reason = if known {
+                "insufficient_funds"
+            } else {
+                "unknown_user"
+            };
             sqlx::query("UPDATE payments SET status = 'FAILED', failure_reason = $2 WHERE id = $1")
                 .bind(payment_id)
                 .bind(reason)

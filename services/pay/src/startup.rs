@@ -7,6 +7,7 @@ use axum::{
 };
 use common::{
     http,
+    inbox::InboxCounters,
     service::{self, Messaging, Readiness},
 };
 use sqlx::PgPool;
@@ -33,9 +34,12 @@ impl Application {
     /// Connects to the database, applies migrations, binds the port. Nothing runs until
     /// [`Application::run_until_stopped`].
     pub async fn build(cfg: PayConfig) -> anyhow::Result<Self> {
-        let pool =
-            common::db::connect_and_migrate(&cfg.database_url, cfg.db_max_connections, &crate::MIGRATOR)
-                .await?;
+        let pool = common::db::connect_and_migrate(
+            &cfg.database_url,
+            cfg.db_max_connections,
+            &crate::MIGRATOR,
+        )
+        .await?;
         let messaging = Messaging::new(
             pool.clone(),
             Arc::new(PaymentHandler::new(cfg.messaging.outbox.message_ttl)),
@@ -67,6 +71,11 @@ impl Application {
         &self.pool
     }
 
+    /// What the inbox did so far (duplicates dropped, failures…).
+    pub fn inbox_counters(&self) -> Arc<InboxCounters> {
+        self.messaging.inbox_counters()
+    }
+
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -83,7 +92,10 @@ pub fn router(state: AppState) -> Router {
         .route("/payments/{order_id}", get(accounts::get_payment))
         .route("/accounts/{user_id}", get(accounts::get_account))
         .route("/healthz", get(http::healthz))
-        .route("/readyz", get(|State(s): State<AppState>| async move { s.readiness.respond().await }))
+        .route(
+            "/readyz",
+            get(|State(s): State<AppState>| async move { s.readiness.respond().await }),
+        )
         .fallback(http::not_found)
         .method_not_allowed_fallback(http::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

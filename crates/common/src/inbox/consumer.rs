@@ -118,7 +118,11 @@ impl InboxConsumer {
             })
             .await;
         let stream_error = stream_error.into_inner().unwrap();
-        let _ = tokio::time::timeout(Duration::from_secs(2), conn.close(200, ShortString::from("bye"))).await;
+        let _ = tokio::time::timeout(
+            Duration::from_secs(2),
+            conn.close(200, ShortString::from("bye")),
+        )
+        .await;
         match stream_error {
             Some(e) => Err(e.into()),
             None if shutdown.is_cancelled() => Ok(()),

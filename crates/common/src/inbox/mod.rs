@@ -31,7 +31,13 @@
 pub mod consumer;
 pub mod retry_sweeper;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use async_trait::async_trait;
 use lapin::{message::Delivery, types::AMQPValue};
@@ -115,7 +121,9 @@ impl From<&Delivery> for Incoming {
 
 fn amqp_to_json(v: &AMQPValue) -> Value {
     match v {
-        AMQPValue::LongString(s) => Value::String(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::LongString(s) => {
+            Value::String(String::from_utf8_lossy(s.as_bytes()).into_owned())
+        }
         AMQPValue::ShortString(s) => Value::String(s.to_string()),
         AMQPValue::LongInt(i) => Value::from(*i),
         AMQPValue::LongLongInt(i) => Value::from(*i),
@@ -131,11 +139,18 @@ pub enum Outcome {
     /// The id was already in the inbox: no effect.
     Duplicate,
     /// A technical failure, recorded; the retry sweeper takes it from here.
-    Failed { attempts: i32, error: String },
+    Failed {
+        attempts: i32,
+        error: String,
+    },
     /// Will not be retried (permanent error or attempts exhausted).
-    Dead { reason: String },
+    Dead {
+        reason: String,
+    },
     /// Unreadable; recorded dead with its raw body.
-    Poison { reason: String },
+    Poison {
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -170,16 +185,54 @@ impl InboxConfig {
 /// Raw bodies of poison messages are kept up to this size, for a human to look at.
 const MAX_KEPT_RAW_BODY: usize = 64 * 1024;
 
+/// Outcome counts since start: how many duplicates the inbox dropped, how many messages
+/// failed or died. Read by tests, the chaos script and (later) metrics.
+#[derive(Debug, Default)]
+pub struct InboxCounters {
+    pub processed: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub failed: AtomicU64,
+    pub dead: AtomicU64,
+    pub poison: AtomicU64,
+}
+
+impl InboxCounters {
+    pub(crate) fn count(&self, outcome: &Outcome) {
+        let counter = match outcome {
+            Outcome::Processed => &self.processed,
+            Outcome::Duplicate => &self.duplicates,
+            Outcome::Failed { .. } => &self.failed,
+            Outcome::Dead { .. } => &self.dead,
+            Outcome::Poison { .. } => &self.poison,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
 #[derive(Clone)]
 pub struct Inbox {
     pool: PgPool,
     handler: Arc<dyn MessageHandler>,
     cfg: InboxConfig,
+    counters: Arc<InboxCounters>,
 }
 
 impl Inbox {
     pub fn new(pool: PgPool, handler: Arc<dyn MessageHandler>, cfg: InboxConfig) -> Self {
-        Self { pool, handler, cfg }
+        Self {
+            pool,
+            handler,
+            cfg,
+            counters: Arc::default(),
+        }
+    }
+
+    pub fn counters(&self) -> Arc<InboxCounters> {
+        self.counters.clone()
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -197,6 +250,12 @@ impl Inbox {
     /// Handles one delivery (see the module docs). `Ok` means the outcome is committed and
     /// the delivery may be acked; `Err` means nothing was recorded: do not ack.
     pub async fn receive(&self, incoming: Incoming) -> sqlx::Result<Outcome> {
+        let outcome = self.receive_uncounted(incoming).await?;
+        self.counters.count(&outcome);
+        Ok(outcome)
+    }
+
+    async fn receive_uncounted(&self, incoming: Incoming) -> sqlx::Result<Outcome> {
         let msg = match self.parse(&incoming) {
             Ok(msg) => msg,
             Err(poison) => return self.record_poison(&incoming, poison).await,
@@ -235,8 +294,8 @@ impl Inbox {
             .message_id
             .as_deref()
             .ok_or("no message_id property")?;
-        let message_id =
-            Uuid::parse_str(id_text).map_err(|e| format!("message_id {id_text:?} is not a UUID: {e}"))?;
+        let message_id = Uuid::parse_str(id_text)
+            .map_err(|e| format!("message_id {id_text:?} is not a UUID: {e}"))?;
         if incoming.body.len() > self.cfg.max_body_bytes {
             return Err(format!(
                 "body of {} bytes exceeds the limit of {} bytes",
@@ -350,9 +409,15 @@ pub(crate) async fn record_failure(
 fn log_outcome(msg: &InboxMessage, outcome: &Outcome) {
     let (id, ty, attempt) = (msg.message_id, msg.event_type.as_str(), msg.attempt);
     match outcome {
-        Outcome::Processed => tracing::debug!(message_id = %id, event_type = ty, attempt, "message processed"),
-        Outcome::Failed { error, .. } => tracing::warn!(message_id = %id, event_type = ty, attempt, %error, "message failed; the retry sweeper will run it again"),
-        Outcome::Dead { reason } => tracing::error!(message_id = %id, event_type = ty, attempt, %reason, "message is dead"),
+        Outcome::Processed => {
+            tracing::debug!(message_id = %id, event_type = ty, attempt, "message processed")
+        }
+        Outcome::Failed { error, .. } => {
+            tracing::warn!(message_id = %id, event_type = ty, attempt, %error, "message failed; the retry sweeper will run it again")
+        }
+        Outcome::Dead { reason } => {
+            tracing::error!(message_id = %id, event_type = ty, attempt, %reason, "message is dead")
+        }
         Outcome::Duplicate | Outcome::Poison { .. } => {}
     }
 }

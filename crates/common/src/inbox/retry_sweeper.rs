@@ -16,7 +16,10 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{Inbox, InboxConfig, InboxMessage, MessageHandler, Outcome, record_failure, run_handler};
+use super::{
+    Inbox, InboxConfig, InboxCounters, InboxMessage, MessageHandler, Outcome, record_failure,
+    run_handler,
+};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SweepReport {
@@ -29,6 +32,7 @@ pub struct RetrySweeper {
     pool: PgPool,
     handler: Arc<dyn MessageHandler>,
     cfg: InboxConfig,
+    counters: Arc<InboxCounters>,
     /// Rows retried per round at most, so a round ends and shutdown is noticed.
     batch: usize,
 }
@@ -39,6 +43,7 @@ impl RetrySweeper {
             pool: inbox.pool().clone(),
             handler: inbox.handler(),
             cfg: inbox.config().clone(),
+            counters: inbox.counters(),
             batch: 100,
         }
     }
@@ -94,10 +99,17 @@ impl RetrySweeper {
             Err(e) => record_failure(&mut tx, &msg, &e, &self.cfg.retry).await?,
         };
         tx.commit().await?;
+        self.counters.count(&outcome);
         match &outcome {
-            Outcome::Processed => tracing::info!(%message_id, attempt = msg.attempt, "retried message processed"),
-            Outcome::Failed { error, .. } => tracing::warn!(%message_id, attempt = msg.attempt, %error, "retry failed; backing off"),
-            other => tracing::error!(%message_id, attempt = msg.attempt, ?other, "message is dead after retries"),
+            Outcome::Processed => {
+                tracing::info!(%message_id, attempt = msg.attempt, "retried message processed")
+            }
+            Outcome::Failed { error, .. } => {
+                tracing::warn!(%message_id, attempt = msg.attempt, %error, "retry failed; backing off")
+            }
+            other => {
+                tracing::error!(%message_id, attempt = msg.attempt, ?other, "message is dead after retries")
+            }
         }
         Ok(Some(outcome))
     }
@@ -114,7 +126,9 @@ impl RetrySweeper {
         let max_sleep = self.cfg.poll_interval;
         while !shutdown.is_cancelled() {
             let sleep = match self.run_once().await {
-                Ok(_) => crate::backoff::sleep_until(self.next_due().await.ok().flatten(), max_sleep),
+                Ok(_) => {
+                    crate::backoff::sleep_until(self.next_due().await.ok().flatten(), max_sleep)
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "retry sweep failed");
                     max_sleep

@@ -78,7 +78,8 @@ impl NewMessage {
 
     /// Adds a string header (carried in the row and in the AMQP headers).
     pub fn with_header(mut self, name: &str, value: impl Into<String>) -> Self {
-        self.headers.insert(name.to_string(), Value::String(value.into()));
+        self.headers
+            .insert(name.to_string(), Value::String(value.into()));
         self
     }
 }
@@ -142,7 +143,10 @@ impl OutboxConfig {
 
     pub fn validate(self) -> anyhow::Result<Self> {
         anyhow::ensure!(self.batch_size > 0, "OUTBOX_BATCH_SIZE must be > 0");
-        anyhow::ensure!(self.retry.max_attempts > 0, "OUTBOX_MAX_ATTEMPTS must be > 0");
+        anyhow::ensure!(
+            self.retry.max_attempts > 0,
+            "OUTBOX_MAX_ATTEMPTS must be > 0"
+        );
         // A lease shorter than the confirm wait would let another relay re-publish rows
         // whose confirms are still on their way: duplicates in steady state.
         anyhow::ensure!(

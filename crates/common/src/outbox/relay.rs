@@ -272,15 +272,24 @@ impl Relay {
         let mut headers = FieldTable::default();
         if let Value::Object(map) = &row.headers {
             for (k, v) in map {
-                let text = v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
-                headers.insert(ShortString::from(k.as_str()), AMQPValue::LongString(LongString::from(text)));
+                let text = v
+                    .as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| v.to_string());
+                headers.insert(
+                    ShortString::from(k.as_str()),
+                    AMQPValue::LongString(LongString::from(text)),
+                );
             }
         }
         headers.insert(
             ShortString::from("aggregate_id"),
             AMQPValue::LongString(LongString::from(row.aggregate_id.clone())),
         );
-        headers.insert(ShortString::from("attempt"), AMQPValue::LongInt(row.attempts + 1));
+        headers.insert(
+            ShortString::from("attempt"),
+            AMQPValue::LongInt(row.attempts + 1),
+        );
         BasicProperties::default()
             .with_message_id(ShortString::from(row.id.to_string()))
             .with_type(ShortString::from(row.event_type.as_str()))
@@ -323,7 +332,11 @@ impl Relay {
     async fn disconnect(&mut self) {
         self.status.set(false);
         if let Some((conn, _)) = self.link.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(2), conn.close(200, ShortString::from("relay reset"))).await;
+            let _ = tokio::time::timeout(
+                Duration::from_secs(2),
+                conn.close(200, ShortString::from("relay reset")),
+            )
+            .await;
         }
     }
 

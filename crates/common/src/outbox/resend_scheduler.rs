@@ -24,7 +24,8 @@ use uuid::Uuid;
 
 use super::{Failure, OutboxConfig, record_failures};
 
-pub const LEASE_EXPIRED: &str = "lease expired before the publish was confirmed (relay crashed or stalled); publishing again";
+pub const LEASE_EXPIRED: &str =
+    "lease expired before the publish was confirmed (relay crashed or stalled); publishing again";
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SchedulerReport {
@@ -75,7 +76,11 @@ impl ResendScheduler {
                 })
                 .collect();
             let dead = record_failures(&self.pool, &failures, &self.cfg.retry).await?;
-            tracing::warn!(count = failures.len(), dead = dead.len(), "outbox leases expired; messages handed back");
+            tracing::warn!(
+                count = failures.len(),
+                dead = dead.len(),
+                "outbox leases expired; messages handed back"
+            );
             report.released = failures.len() - dead.len();
             report.dead += dead.len();
         }

@@ -1,0 +1,149 @@
+use axum::{
+    Router,
+    http::{HeaderName, StatusCode},
+    routing::get,
+};
+use serde_json::Value;
+
+use crate::helpers::{spawn_app, spawn_echo, spawn_upstream};
+
+/// What the echo upstream saw for `request`.
+async fn echoed(request: reqwest::RequestBuilder) -> Value {
+    request.send().await.unwrap().json().await.unwrap()
+}
+
+#[tokio::test]
+async fn x_forwarded_headers_reach_the_upstream() {
+    let order = spawn_echo().await;
+    let app = spawn_app(&format!("/order=http://{order}")).await;
+
+    let seen = echoed(app.client.get(app.url("/order/x")).header(
+        "traceparent",
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    ))
+    .await;
+    let headers = &seen["headers"];
+    assert_eq!(headers["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(headers["x-forwarded-proto"], "http");
+    assert_eq!(headers["x-forwarded-host"], app.address.to_string());
+    // The upstream is addressed by its own name, not the gateway's.
+    assert_eq!(headers["host"], order.to_string());
+    assert_eq!(
+        headers["traceparent"],
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    );
+
+    // An earlier proxy's chain is extended, not replaced.
+    let seen = echoed(
+        app.client
+            .get(app.url("/order/x"))
+            .header("x-forwarded-for", "203.0.113.7"),
+    )
+    .await;
+    assert_eq!(seen["headers"]["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
+}
+
+#[tokio::test]
+async fn a_missing_request_id_is_generated_sent_upstream_and_echoed() {
+    let order = spawn_echo().await;
+    let app = spawn_app(&format!("/order=http://{order}")).await;
+
+    let response = app.client.get(app.url("/order/x")).send().await.unwrap();
+
+    let echoed_id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    uuid::Uuid::parse_str(&echoed_id).expect("generated id is a UUID");
+    let seen: Value = response.json().await.unwrap();
+    assert_eq!(seen["headers"]["x-request-id"], echoed_id);
+}
+
+#[tokio::test]
+async fn a_given_request_id_is_kept_sent_upstream_and_echoed() {
+    let order = spawn_echo().await;
+    let app = spawn_app(&format!("/order=http://{order}")).await;
+
+    let response = app
+        .client
+        .get(app.url("/order/x"))
+        .header("x-request-id", "client-chose-this-42")
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(response.headers()["x-request-id"], "client-chose-this-42");
+    let seen: Value = response.json().await.unwrap();
+    assert_eq!(seen["headers"]["x-request-id"], "client-chose-this-42");
+}
+
+#[tokio::test]
+async fn errors_answered_by_the_gateway_carry_the_request_id() {
+    let order = spawn_echo().await;
+    let app = spawn_app(&format!("/order=http://{order}")).await;
+
+    let response = app
+        .client
+        .get(app.url("/nowhere"))
+        .header("x-request-id", "lost-request-1")
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    assert_eq!(response.headers()["x-request-id"], "lost-request-1");
+}
+
+#[tokio::test]
+async fn hop_by_hop_request_headers_are_not_forwarded() {
+    let order = spawn_echo().await;
+    let app = spawn_app(&format!("/order=http://{order}")).await;
+
+    let seen = echoed(
+        app.client
+            .get(app.url("/order/x"))
+            .header("connection", "x-secret, keep-alive")
+            .header("x-secret", "for the gateway only")
+            .header("keep-alive", "timeout=5")
+            .header("proxy-authorization", "Basic Z2F0ZXdheTpzZWNyZXQ=")
+            .header("x-end-to-end", "kept"),
+    )
+    .await;
+
+    let headers = seen["headers"].as_object().unwrap();
+    for name in ["x-secret", "keep-alive", "proxy-authorization"] {
+        assert!(
+            !headers.contains_key(name),
+            "{name} was forwarded: {headers:?}"
+        );
+    }
+    assert_eq!(headers["x-end-to-end"], "kept");
+}
+
+#[tokio::test]
+async fn hop_by_hop_response_headers_are_not_returned() {
+    let upstream = spawn_upstream(Router::new().route(
+        "/x",
+        get(|| async {
+            [
+                ("connection", "x-upstream-secret"),
+                ("x-upstream-secret", "for the gateway only"),
+                ("keep-alive", "timeout=5"),
+                ("x-end-to-end", "kept"),
+            ]
+        }),
+    ))
+    .await;
+    let app = spawn_app(&format!("/order=http://{upstream}")).await;
+
+    let response = app.client.get(app.url("/order/x")).send().await.unwrap();
+
+    let headers = response.headers();
+    for name in ["x-upstream-secret", "keep-alive"] {
+        assert!(
+            !headers.contains_key(HeaderName::from_static(name)),
+            "{name} was returned: {headers:?}"
+        );
+    }
+    assert_eq!(headers["x-end-to-end"], "kept");
+}

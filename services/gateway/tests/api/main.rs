@@ -1,0 +1,10 @@
+//! Black-box tests: real upstream servers on 127.0.0.1:0 and the gateway on port 0, talking
+//! HTTP. One binary (modules below) so it links once.
+
+mod body_limit;
+mod errors;
+mod forwarding;
+mod headers;
+mod helpers;
+mod readiness;
+mod streaming;

@@ -1,0 +1,396 @@
+//! The order HTTP API against a real database (fresh per test) and broker.
+
+use std::time::Duration;
+
+use common::testing::{self, TestDb, TestQueue};
+use order::{Application, OrderConfig};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+struct TestApp {
+    base: String,
+    db: TestDb,
+    http: reqwest::Client,
+}
+
+async fn spawn_order(amqp: &common::amqp::AmqpConfig) -> TestApp {
+    let db = TestDb::new(&order::MIGRATOR).await;
+    let cfg = OrderConfig {
+        addr: "127.0.0.1:0".into(),
+        database_url: db.url.clone(),
+        db_max_connections: 5,
+        messaging: testing::messaging(amqp, "test.order", order::config::PAYMENT_RESULT_KEYS),
+    };
+    let app = Application::build(cfg).await.expect("build order app");
+    let base = format!("http://{}", app.local_addr());
+    tokio::spawn(app.run_until_stopped(std::future::pending()));
+    TestApp {
+        base,
+        db,
+        http: reqwest::Client::new(),
+    }
+}
+
+impl TestApp {
+    async fn buy(&self, body: Value, key: Option<&str>) -> reqwest::Response {
+        let mut req = self.http.post(format!("{}/buy", self.base)).json(&body);
+        if let Some(k) = key {
+            req = req.header("Idempotency-Key", k);
+        }
+        req.send().await.expect("POST /buy")
+    }
+
+    async fn count(&self, table: &str) -> i64 {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+            .fetch_one(&self.db.pool)
+            .await
+            .unwrap()
+    }
+}
+
+fn alice(amount: i64) -> Value {
+    json!({"user_id": "alice", "item": "book", "amount_cents": amount})
+}
+
+#[tokio::test]
+async fn buy_writes_the_order_and_its_message_and_the_relay_publishes_it() {
+    let amqp = testing::test_amqp();
+    let queue = TestQueue::bind(&amqp, &["order.created"]).await;
+    let app = spawn_order(&amqp).await;
+
+    let res = app.buy(alice(1299), None).await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["status"], "PENDING_PAYMENT");
+    let order_id: Uuid = body["order_id"].as_str().unwrap().parse().unwrap();
+    let message_id = body["message_id"].as_str().unwrap().to_string();
+
+    let order: Value = app
+        .http
+        .get(format!("{}/orders/{order_id}", app.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(order["user_id"], "alice");
+    assert_eq!(order["amount_cents"], 1299);
+    assert_eq!(order["message_id"], message_id.as_str());
+
+    // The relay delivers the OrderCreated message, with its id, type and payload.
+    let delivered = testing::eventually(
+        "OrderCreated in the queue",
+        Duration::from_secs(10),
+        || async {
+            let got = queue.take_all().await;
+            (!got.is_empty()).then_some(got)
+        },
+    )
+    .await;
+    assert_eq!(delivered.len(), 1);
+    let d = &delivered[0];
+    assert_eq!(
+        d.properties.message_id().as_ref().unwrap().as_str(),
+        message_id
+    );
+    assert_eq!(
+        d.properties.kind().as_ref().unwrap().as_str(),
+        "OrderCreated"
+    );
+    assert_eq!(d.properties.delivery_mode(), &Some(2));
+    let payload: Value = serde_json::from_slice(&d.data).unwrap();
+    assert_eq!(payload["order_id"], order_id.to_string());
+    assert_eq!(payload["amount_cents"], 1299);
+
+    let sent: String = sqlx::query_scalar("SELECT status FROM outbox WHERE id = $1::uuid")
+        .bind(&message_id)
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(sent, "sent");
+}
+
+#[tokio::test]
+async fn a_failed_outbox_insert_leaves_no_order_behind() {
+    let amqp = testing::test_amqp();
+    let app = spawn_order(&amqp).await;
+    // Make the outbox insert fail inside the /buy transaction.
+    sqlx::query("ALTER TABLE outbox ADD CONSTRAINT sabotage CHECK (event_type <> 'OrderCreated')")
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+
+    let res = app.buy(alice(500), None).await;
+    assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "internal_error");
+    assert!(
+        !body.to_string().contains("sabotage"),
+        "internal details leaked: {body}"
+    );
+    assert_eq!(
+        app.count("orders").await,
+        0,
+        "the order row must roll back with the outbox row"
+    );
+    assert_eq!(app.count("outbox").await, 0);
+}
+
+#[tokio::test]
+async fn the_same_idempotency_key_returns_the_same_order_and_one_message() {
+    let amqp = testing::test_amqp();
+    let app = spawn_order(&amqp).await;
+
+    let first = app.buy(alice(700), Some("key-1")).await;
+    assert_eq!(first.status(), StatusCode::CREATED);
+    assert!(first.headers().get("idempotent-replayed").is_none());
+    let first: Value = first.json().await.unwrap();
+
+    let again = app.buy(alice(700), Some("key-1")).await;
+    assert_eq!(again.status(), StatusCode::CREATED);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["order_id"], first["order_id"]);
+    assert_eq!(again["message_id"], first["message_id"]);
+
+    let other_body = app.buy(alice(701), Some("key-1")).await;
+    assert_eq!(other_body.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let err: Value = other_body.json().await.unwrap();
+    assert_eq!(err["error"]["code"], "idempotency_key_reused");
+
+    assert_eq!(app.count("orders").await, 1);
+    assert_eq!(app.count("outbox").await, 1);
+}
+
+#[tokio::test]
+async fn concurrent_requests_with_one_key_create_one_order() {
+    let amqp = testing::test_amqp();
+    let app = spawn_order(&amqp).await;
+    let responses =
+        futures::future::join_all((0..8).map(|_| app.buy(alice(900), Some("same-key")))).await;
+    let mut order_ids = std::collections::HashSet::new();
+    for res in responses {
+        assert_eq!(res.status(), StatusCode::CREATED);
+        let body: Value = res.json().await.unwrap();
+        order_ids.insert(body["order_id"].as_str().unwrap().to_string());
+    }
+    assert_eq!(order_ids.len(), 1, "all eight answers name the same order");
+    assert_eq!(app.count("orders").await, 1);
+    assert_eq!(app.count("outbox").await, 1);
+}
+
+/// Every bad request gets the project's JSON error with the right status, and writes nothing.
+#[tokio::test]
+async fn bad_requests_are_refused_with_json_errors_and_write_nothing() {
+    let amqp = testing::test_amqp();
+    let app = spawn_order(&amqp).await;
+    let long = "x".repeat(201);
+    let json_ct = "application/json";
+    let cases: Vec<(&str, &str, &str, String, StatusCode, &str)> = vec![
+        (
+            "malformed JSON",
+            "POST",
+            json_ct,
+            "{\"user_id\":".into(),
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+        ),
+        (
+            "missing field",
+            "POST",
+            json_ct,
+            r#"{"user_id":"alice","item":"book"}"#.into(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+        ),
+        (
+            "extra field",
+            "POST",
+            json_ct,
+            r#"{"user_id":"alice","item":"book","amount_cents":1,"admin":true}"#.into(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+        ),
+        (
+            "wrong type",
+            "POST",
+            json_ct,
+            r#"{"user_id":"alice","item":"book","amount_cents":"12"}"#.into(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+        ),
+        (
+            "fractional amount",
+            "POST",
+            json_ct,
+            r#"{"user_id":"alice","item":"book","amount_cents":1.5}"#.into(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+        ),
+        (
+            "zero amount",
+            "POST",
+            json_ct,
+            alice(0).to_string(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        ),
+        (
+            "negative amount",
+            "POST",
+            json_ct,
+            alice(-5).to_string(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        ),
+        (
+            "amount over the limit",
+            "POST",
+            json_ct,
+            alice(1_000_000_000_001).to_string(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        ),
+        (
+            "amount overflowing i64",
+            "POST",
+            json_ct,
+            r#"{"user_id":"alice","item":"book","amount_cents":99999999999999999999}"#.into(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+        ),
+        (
+            "empty user",
+            "POST",
+            json_ct,
+            json!({"user_id":"  ","item":"book","amount_cents":1}).to_string(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        ),
+        (
+            "oversized item",
+            "POST",
+            json_ct,
+            json!({"user_id":"alice","item":long,"amount_cents":1}).to_string(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        ),
+        (
+            "wrong content type",
+            "POST",
+            "text/plain",
+            alice(1).to_string(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        ),
+        (
+            "oversized body",
+            "POST",
+            json_ct,
+            format!(
+                r#"{{"user_id":"alice","item":"{}","amount_cents":1}}"#,
+                "y".repeat(100_000)
+            ),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+        ),
+        (
+            "wrong method",
+            "GET",
+            json_ct,
+            String::new(),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+        ),
+    ];
+    for (what, method, ct, body, status, code) in cases {
+        let req = app
+            .http
+            .request(method.parse().unwrap(), format!("{}/buy", app.base))
+            .header("content-type", ct)
+            .body(body);
+        let res = req.send().await.unwrap();
+        assert_eq!(res.status(), status, "{what}");
+        let err: Value = res
+            .json()
+            .await
+            .unwrap_or_else(|e| panic!("{what}: body is not JSON: {e}"));
+        assert_eq!(err["error"]["code"], code, "{what}: {err}");
+        assert!(err["error"]["message"].is_string(), "{what}: {err}");
+    }
+
+    let bad_key = app
+        .http
+        .post(format!("{}/buy", app.base))
+        .header("Idempotency-Key", "k".repeat(300))
+        .json(&alice(1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad_key.status(), StatusCode::BAD_REQUEST);
+
+    for (path, status, code) in [
+        (
+            "/orders/not-a-uuid",
+            StatusCode::BAD_REQUEST,
+            "invalid_path",
+        ),
+        (
+            &*format!("/orders/{}", Uuid::now_v7()),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        ("/no/such/route", StatusCode::NOT_FOUND, "not_found"),
+    ] {
+        let res = app
+            .http
+            .get(format!("{}{path}", app.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), status, "{path}");
+        let err: Value = res.json().await.unwrap();
+        assert_eq!(err["error"]["code"], code, "{path}");
+    }
+    assert_eq!(app.count("orders").await, 0);
+    assert_eq!(app.count("outbox").await, 0);
+}
+
+#[tokio::test]
+async fn health_and_readiness() {
+    let amqp = testing::test_amqp();
+    let app = spawn_order(&amqp).await;
+    let health = app
+        .http
+        .get(format!("{}/healthz", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    let ready: Value = testing::eventually("order ready", Duration::from_secs(10), || async {
+        let res = app
+            .http
+            .get(format!("{}/readyz", app.base))
+            .send()
+            .await
+            .ok()?;
+        (res.status() == StatusCode::OK).then_some(())?;
+        res.json().await.ok()
+    })
+    .await;
+    assert_eq!(ready["checks"]["database"], "up");
+    assert_eq!(ready["checks"]["broker_publisher"], "up");
+    assert_eq!(ready["checks"]["broker_consumer"], "up");
+}
+
+#[test]
+fn order_and_pay_carry_the_same_outbox_inbox_schema() {
+    let order = include_str!("../../../sql/order/0001_outbox_inbox.sql");
+    let pay = include_str!("../../../sql/pay/0001_outbox_inbox.sql");
+    assert_eq!(
+        order, pay,
+        "sql/order and sql/pay must carry the same 0001_outbox_inbox.sql"
+    );
+}
