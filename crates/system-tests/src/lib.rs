@@ -1,1 +1,119 @@
+//! Starts the whole system in-process for a test: pay, order and the gateway, each on port 0,
+//! each service with its own fresh database, all on a unique exchange of the real broker.
 
+use std::{sync::Arc, time::Duration};
+
+use common::{
+    amqp::AmqpConfig,
+    inbox::InboxCounters,
+    testing::{self, TestDb},
+};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+pub struct System {
+    pub order_db: TestDb,
+    pub pay_db: TestDb,
+    /// Base URL of the gateway: `/order/...` and `/pay/...`.
+    pub gateway: String,
+    pub order: String,
+    pub pay_counters: Arc<InboxCounters>,
+    pub http: reqwest::Client,
+}
+
+/// Starts pay (whose queue must exist before orders are routable), order, then the gateway.
+/// `order_amqp` lets a test route the order service's broker connections through a proxy.
+pub async fn start(amqp: &AmqpConfig, order_amqp: &AmqpConfig) -> System {
+    let pay_db = TestDb::new(&pay::MIGRATOR).await;
+    let pay_app = pay::Application::build(pay::PayConfig {
+        addr: "127.0.0.1:0".into(),
+        database_url: pay_db.url.clone(),
+        db_max_connections: 5,
+        messaging: testing::messaging(amqp, "test.pay", pay::config::ORDER_CREATED_KEYS),
+    })
+    .await
+    .expect("build pay");
+    let pay = format!("http://{}", pay_app.local_addr());
+    let pay_counters = pay_app.inbox_counters();
+    tokio::spawn(pay_app.run_until_stopped(std::future::pending()));
+    wait_ready(&pay).await;
+
+    let order_db = TestDb::new(&order::MIGRATOR).await;
+    let order_app = order::Application::build(order::OrderConfig {
+        addr: "127.0.0.1:0".into(),
+        database_url: order_db.url.clone(),
+        db_max_connections: 5,
+        messaging: testing::messaging(order_amqp, "test.order", order::config::PAYMENT_RESULT_KEYS),
+    })
+    .await
+    .expect("build order");
+    let order = format!("http://{}", order_app.local_addr());
+    tokio::spawn(order_app.run_until_stopped(std::future::pending()));
+
+    let mut gw = gateway::config::GatewayConfig::from_env().expect("gateway config");
+    gw.addr = "127.0.0.1:0".into();
+    gw.routes =
+        gateway::routes::RouteTable::parse(&format!("/order={order},/pay={pay}")).expect("routes");
+    let gw_app = gateway::Application::build(gw)
+        .await
+        .expect("build gateway");
+    let gateway = format!("http://{}", gw_app.local_addr());
+    tokio::spawn(gw_app.run_until_stopped(std::future::pending()));
+
+    System {
+        order_db,
+        pay_db,
+        gateway,
+        order,
+        pay_counters,
+        http: reqwest::Client::new(),
+    }
+}
+
+async fn wait_ready(base: &str) {
+    testing::eventually(
+        &format!("{base}/readyz is 200"),
+        Duration::from_secs(20),
+        || async {
+            let res = reqwest::get(format!("{base}/readyz")).await.ok()?;
+            res.status().is_success().then_some(())
+        },
+    )
+    .await;
+}
+
+impl System {
+    /// `POST /order/buy` through the gateway; returns the order id.
+    pub async fn buy(&self, user: &str, amount_cents: i64) -> Uuid {
+        let res = self
+            .http
+            .post(format!("{}/order/buy", self.gateway))
+            .json(&json!({ "user_id": user, "item": "book", "amount_cents": amount_cents }))
+            .send()
+            .await
+            .expect("POST /order/buy");
+        assert_eq!(res.status(), reqwest::StatusCode::CREATED);
+        let body: Value = res.json().await.unwrap();
+        body["order_id"].as_str().unwrap().parse().unwrap()
+    }
+
+    pub async fn get(&self, path: &str) -> (reqwest::StatusCode, Value) {
+        let res = self
+            .http
+            .get(format!("{}{path}", self.gateway))
+            .send()
+            .await
+            .expect("GET through the gateway");
+        let status = res.status();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Waits until the order leaves PENDING_PAYMENT and returns it.
+    pub async fn settled(&self, order_id: Uuid, within: Duration) -> Value {
+        testing::eventually(&format!("order {order_id} settles"), within, || async {
+            let (_, order) = self.get(&format!("/order/orders/{order_id}")).await;
+            (order["status"] != "PENDING_PAYMENT").then_some(order)
+        })
+        .await
+    }
+}

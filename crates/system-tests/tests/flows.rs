@@ -1,0 +1,177 @@
+//! The promises of the README, end to end: order → outbox → RabbitMQ → pay's inbox →
+//! pay's outbox → RabbitMQ → order's inbox, through the gateway.
+
+use std::time::Duration;
+
+use common::{
+    inbox::InboxCounters,
+    outbox::{
+        self, NewMessage,
+        relay::{PublishOutcome, Relay},
+        resend_scheduler::ResendScheduler,
+    },
+    testing::{self, TcpProxy},
+};
+use serde_json::json;
+use uuid::Uuid;
+
+const START: i64 = 100_000_000;
+const SETTLE: Duration = Duration::from_secs(20);
+
+async fn count(pool: &sqlx::PgPool, sql: &'static str, order_id: Uuid) -> i64 {
+    sqlx::query_scalar(sql)
+        .bind(order_id)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_order_is_paid_once_and_the_balance_debited() {
+    let amqp = testing::test_amqp();
+    let sys = system_tests::start(&amqp, &amqp).await;
+
+    let order_id = sys.buy("alice", 1299).await;
+    let order = sys.settled(order_id, SETTLE).await;
+    assert_eq!(order["status"], "PAID");
+
+    let (status, payment) = sys.get(&format!("/pay/payments/{order_id}")).await;
+    assert_eq!(status, reqwest::StatusCode::OK);
+    assert_eq!(payment["status"], "COMPLETED");
+    assert_eq!(payment["amount_cents"], 1299);
+    let (_, account) = sys.get("/pay/accounts/alice").await;
+    assert_eq!(account["balance_cents"], START - 1299);
+
+    let payments = count(
+        &sys.pay_db.pool,
+        "SELECT count(*) FROM payments WHERE order_id = $1",
+        order_id,
+    )
+    .await;
+    assert_eq!(payments, 1);
+    // Both outboxes end empty of work: every message sent.
+    for pool in [&sys.order_db.pool, &sys.pay_db.pool] {
+        testing::eventually("outbox drained", SETTLE, || async {
+            let s = outbox::stats(pool).await.unwrap();
+            (s.pending == 0 && s.in_flight == 0 && s.dead == 0 && s.sent == 1).then_some(())
+        })
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn insufficient_funds_end_in_payment_failed_without_retries() {
+    let amqp = testing::test_amqp();
+    let sys = system_tests::start(&amqp, &amqp).await;
+
+    let order_id = sys.buy("carol", 500).await;
+    let order = sys.settled(order_id, SETTLE).await;
+    assert_eq!(order["status"], "PAYMENT_FAILED");
+    assert_eq!(order["failure_reason"], "insufficient_funds");
+    let (_, payment) = sys.get(&format!("/pay/payments/{order_id}")).await;
+    assert_eq!(payment["status"], "FAILED");
+    let (_, account) = sys.get("/pay/accounts/carol").await;
+    assert_eq!(account["balance_cents"], 0);
+
+    // A business failure is an outcome: handled once, never retried.
+    let (status, attempts): (String, i32) = sqlx::query_as("SELECT status, attempts FROM inbox")
+        .fetch_one(&sys.pay_db.pool)
+        .await
+        .unwrap();
+    assert_eq!((status.as_str(), attempts), ("processed", 1));
+    assert_eq!(InboxCounters::get(&sys.pay_counters.failed), 0);
+}
+
+#[tokio::test]
+async fn an_order_taken_while_the_broker_is_unreachable_is_paid_once_it_is_back() {
+    let amqp = testing::test_amqp();
+    let proxy = TcpProxy::start(testing::broker_addr()).await;
+    proxy.disable().await;
+    // Only the order service loses the broker; pay is healthy and waiting.
+    let sys = system_tests::start(&amqp, &testing::through_proxy(&amqp, &proxy)).await;
+
+    let order_id = sys.buy("alice", 777).await;
+    // The order is taken; its message waits in the outbox, no attempt burnt.
+    let (attempts, status): (i32, String) = sqlx::query_as("SELECT attempts, status FROM outbox")
+        .fetch_one(&sys.order_db.pool)
+        .await
+        .unwrap();
+    assert_eq!((attempts, status.as_str()), (0, "pending"));
+    let ready = reqwest::get(format!("{}/readyz", sys.order)).await.unwrap();
+    assert_eq!(ready.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
+    let (_, order) = sys.get(&format!("/order/orders/{order_id}")).await;
+    assert_eq!(order["status"], "PENDING_PAYMENT");
+
+    proxy.enable().await;
+    let order = sys.settled(order_id, Duration::from_secs(40)).await;
+    assert_eq!(order["status"], "PAID");
+    let payments = count(
+        &sys.pay_db.pool,
+        "SELECT count(*) FROM payments WHERE order_id = $1",
+        order_id,
+    )
+    .await;
+    assert_eq!(payments, 1);
+}
+
+/// The relay publishes, then dies before marking the row sent. After the lease expires the
+/// message is published again; pay's inbox drops the second copy: one payment.
+#[tokio::test]
+async fn a_relay_crash_after_publish_republishes_and_the_inbox_drops_the_duplicate() {
+    let amqp = testing::test_amqp();
+    let sys = system_tests::start(&amqp, &amqp).await;
+    // A second order database stands in for an order service whose relay we drive by hand.
+    let db = testing::TestDb::new(&order::MIGRATOR).await;
+    let order_id = Uuid::now_v7();
+    let msg = NewMessage::new(
+        order_id,
+        "OrderCreated",
+        "order.created",
+        json!({ "order_id": order_id, "user_id": "bob", "item": "lamp", "amount_cents": 4321 }),
+    );
+    let mut tx = db.pool.begin().await.unwrap();
+    outbox::enqueue(&mut tx, &msg, Duration::from_secs(60))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    let cfg = testing::fast_outbox();
+    let mut crashed = Relay::new(db.pool.clone(), amqp.clone(), cfg.clone(), "crashing-relay");
+    let claim = crashed.claim().await.unwrap();
+    assert_eq!(
+        crashed.publish(&claim).await,
+        vec![PublishOutcome::Confirmed]
+    );
+    drop(crashed); // dies before settle: the row stays claimed
+
+    sqlx::query(
+        "UPDATE outbox SET lease_expires_at = now() - interval '1 second', next_attempt_at = now()",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let mut survivor = Relay::new(db.pool.clone(), amqp.clone(), cfg.clone(), "survivor-relay");
+    let scheduler = ResendScheduler::new(db.pool.clone(), cfg, survivor.wake_handle());
+    assert_eq!(scheduler.tick().await.unwrap().released, 1);
+    sqlx::query("UPDATE outbox SET next_attempt_at = now()")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(survivor.run_once().await.unwrap().sent, 1);
+
+    testing::eventually("pay saw both copies", SETTLE, || async {
+        let c = &sys.pay_counters;
+        (InboxCounters::get(&c.processed) == 1 && InboxCounters::get(&c.duplicates) == 1)
+            .then_some(())
+    })
+    .await;
+    let payments = count(
+        &sys.pay_db.pool,
+        "SELECT count(*) FROM payments WHERE order_id = $1",
+        order_id,
+    )
+    .await;
+    assert_eq!(payments, 1);
+    let (_, account) = sys.get("/pay/accounts/bob").await;
+    assert_eq!(account["balance_cents"], START - 4321);
+}

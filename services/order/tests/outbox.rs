@@ -1,0 +1,392 @@
+//! The outbox relay and resend scheduler against a real database and a real broker.
+//! Workers are driven one round at a time, so each test says exactly what happened.
+
+use std::{collections::HashSet, time::Duration};
+
+use common::{
+    outbox::{
+        self, NewMessage, OutboxConfig,
+        relay::{PublishOutcome, Relay, RelayReport},
+        resend_scheduler::{LEASE_EXPIRED, ResendScheduler},
+    },
+    testing::{self, TcpProxy, TestDb, TestQueue},
+};
+use serde_json::json;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+const KEY: &str = "order.created";
+
+async fn enqueue(pool: &PgPool, n: usize, ttl: Duration) -> Vec<Uuid> {
+    let mut tx = pool.begin().await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let msg = NewMessage::new(Uuid::now_v7(), "OrderCreated", KEY, json!({ "n": i }));
+        outbox::enqueue(&mut tx, &msg, ttl).await.unwrap();
+        ids.push(msg.id);
+    }
+    tx.commit().await.unwrap();
+    ids
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct Row {
+    status: String,
+    attempts: i32,
+    last_error: Option<String>,
+    claim_token: Option<Uuid>,
+}
+
+async fn row(pool: &PgPool, id: Uuid) -> Row {
+    sqlx::query_as("SELECT status, attempts, last_error, claim_token FROM outbox WHERE id = $1")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+fn message_ids(deliveries: &[lapin::message::Delivery]) -> Vec<Uuid> {
+    deliveries
+        .iter()
+        .map(|d| {
+            d.properties
+                .message_id()
+                .as_ref()
+                .unwrap()
+                .as_str()
+                .parse()
+                .unwrap()
+        })
+        .collect()
+}
+
+/// Makes every backed-off row due now (instead of sleeping through its backoff).
+async fn make_due(pool: &PgPool) {
+    sqlx::query("UPDATE outbox SET next_attempt_at = now() WHERE status = 'pending'")
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
+fn relay(db: &TestDb, amqp: &common::amqp::AmqpConfig, cfg: OutboxConfig) -> Relay {
+    Relay::new(db.pool.clone(), amqp.clone(), cfg, "test-relay")
+}
+
+#[tokio::test]
+async fn a_rolled_back_transaction_leaves_no_order_no_message_row_and_publishes_nothing() {
+    let db = TestDb::new(&order::MIGRATOR).await;
+    let amqp = testing::test_amqp();
+    let queue = TestQueue::bind(&amqp, &[KEY]).await;
+
+    let mut tx = db.pool.begin().await.unwrap();
+    let order_id = Uuid::now_v7();
+    let msg = NewMessage::new(
+        order_id,
+        "OrderCreated",
+        KEY,
+        json!({ "order_id": order_id }),
+    );
+    sqlx::query("INSERT INTO orders (id, user_id, item, amount_cents, message_id) VALUES ($1, 'alice', 'book', 100, $2)")
+        .bind(order_id)
+        .bind(msg.id)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    outbox::enqueue(&mut tx, &msg, Duration::from_secs(60))
+        .await
+        .unwrap();
+    // A later statement of the same transaction fails (amount must be > 0)...
+    let failed = sqlx::query("INSERT INTO orders (id, user_id, item, amount_cents, message_id) VALUES ($1, 'bob', 'x', 0, $1)")
+        .bind(Uuid::now_v7())
+        .execute(&mut *tx)
+        .await;
+    assert!(failed.is_err());
+    tx.rollback().await.unwrap();
+
+    // ...so neither the order nor its message exists, and nothing is ever published.
+    let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    let messages: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!((orders, messages), (0, 0));
+    let report = relay(&db, &amqp, testing::fast_outbox())
+        .run_once()
+        .await
+        .unwrap();
+    assert_eq!(report.claimed, 0);
+    assert!(queue.take_all().await.is_empty());
+}
+
+#[tokio::test]
+async fn confirms_are_pipelined_and_each_row_is_matched_to_its_own_confirm() {
+    let db = TestDb::new(&order::MIGRATOR).await;
+    let amqp = testing::test_amqp();
+    let queue = TestQueue::bind(&amqp, &[KEY]).await;
+    let ids = enqueue(&db.pool, 250, Duration::from_secs(60)).await;
+
+    let mut relay = relay(&db, &amqp, testing::fast_outbox());
+    let mut sent = 0;
+    for _ in 0..3 {
+        sent += relay.run_once().await.unwrap().sent;
+    }
+    assert_eq!(sent, 250);
+    let stats = outbox::stats(&db.pool).await.unwrap();
+    assert_eq!((stats.sent, stats.pending, stats.in_flight), (250, 0, 0));
+
+    let delivered = message_ids(&queue.take_all().await);
+    assert_eq!(delivered.len(), 250);
+    assert_eq!(delivered, ids, "published once each, in creation order");
+}
+
+#[tokio::test]
+async fn an_unroutable_message_is_not_marked_sent() {
+    let db = TestDb::new(&order::MIGRATOR).await;
+    let amqp = testing::test_amqp();
+    // No queue is bound to the exchange: with `mandatory` the broker returns the message.
+    let ids = enqueue(&db.pool, 1, Duration::from_secs(60)).await;
+    let mut relay = relay(&db, &amqp, testing::fast_outbox());
+
+    let report = relay.run_once().await.unwrap();
+    assert_eq!(
+        report,
+        RelayReport {
+            claimed: 1,
+            sent: 0,
+            retried: 1,
+            dead: 0
+        }
+    );
+    let r = row(&db.pool, ids[0]).await;
+    assert_eq!((r.status.as_str(), r.attempts), ("pending", 1));
+    assert!(
+        r.last_error.as_deref().unwrap().contains("NO_ROUTE"),
+        "{:?}",
+        r.last_error
+    );
+    assert!(r.claim_token.is_none());
+
+    // Once a queue is bound, the retry goes through.
+    let queue = TestQueue::bind(&amqp, &[KEY]).await;
+    make_due(&db.pool).await;
+    assert_eq!(relay.run_once().await.unwrap().sent, 1);
+    assert_eq!(row(&db.pool, ids[0]).await.status, "sent");
+    assert_eq!(message_ids(&queue.take_all().await), ids);
+}
+
+#[tokio::test]
+async fn exhausted_attempts_make_a_message_dead_with_its_last_error_and_it_can_be_requeued() {
+    let db = TestDb::new(&order::MIGRATOR).await;
+    let amqp = testing::test_amqp();
+    let ids = enqueue(&db.pool, 1, Duration::from_secs(60)).await;
+    let mut cfg = testing::fast_outbox();
+    cfg.retry.max_attempts = 3;
+    let mut relay = relay(&db, &amqp, cfg);
+
+    let mut reports = Vec::new();
+    for _ in 0..3 {
+        make_due(&db.pool).await;
+        reports.push(relay.run_once().await.unwrap());
+    }
+    assert_eq!(reports.iter().map(|r| r.retried).sum::<usize>(), 2);
+    assert_eq!(reports[2].dead, 1);
+    let r = row(&db.pool, ids[0]).await;
+    assert_eq!((r.status.as_str(), r.attempts), ("dead", 3));
+    assert!(r.last_error.unwrap().contains("NO_ROUTE"));
+    // Dead rows are never claimed again by themselves.
+    make_due(&db.pool).await;
+    assert_eq!(relay.run_once().await.unwrap().claimed, 0);
+
+    // An operator requeues it after fixing the routing.
+    let queue = TestQueue::bind(&amqp, &[KEY]).await;
+    assert!(
+        outbox::requeue_dead(&db.pool, ids[0], Duration::from_secs(60))
+            .await
+            .unwrap()
+    );
+    assert_eq!(relay.run_once().await.unwrap().sent, 1);
+    assert_eq!(message_ids(&queue.take_all().await), ids);
+}
+
+#[tokio::test]
+async fn a_broker_lost_in_the_middle_of_a_window_leaves_every_row_to_retry() {
+    let db = TestDb::new(&order::MIGRATOR).await;
+    let amqp = testing::test_amqp();
+    let queue = TestQueue::bind(&amqp, &[KEY]).await;
+    let proxy = TcpProxy::start(testing::broker_addr()).await;
+    let ids = enqueue(&db.pool, 20, Duration::from_secs(60)).await;
+    let mut relay = relay(
+        &db,
+        &testing::through_proxy(&amqp, &proxy),
+        testing::fast_outbox(),
+    );
+
+    relay.run_once().await.unwrap(); // connected; nothing due yet beyond these 20…
+    let ids2 = enqueue(&db.pool, 20, Duration::from_secs(60)).await;
+    let claim = relay.claim().await.unwrap();
+    assert_eq!(claim.rows.len(), 20);
+    proxy.disable().await; // the connection dies under the relay
+    let outcomes = relay.publish(&claim).await;
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| matches!(o, PublishOutcome::Failed(_))),
+        "{outcomes:?}"
+    );
+    let report = relay.settle(&claim, &outcomes).await.unwrap();
+    assert_eq!((report.sent, report.retried), (0, 20));
+    for id in &ids2 {
+        let r = row(&db.pool, *id).await;
+        assert_eq!((r.status.as_str(), r.attempts), ("pending", 1));
+    }
+
+    // The broker is back: the relay reconnects by itself and delivers the rows.
+    proxy.enable().await;
+    make_due(&db.pool).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match relay.run_once().await {
+            Ok(r) if r.sent == 20 => break,
+            _ if tokio::time::Instant::now() > deadline => {
+                panic!("relay did not reconnect and send")
+            }
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    let delivered: HashSet<Uuid> = message_ids(&queue.take_all().await).into_iter().collect();
+    assert_eq!(delivered, ids.iter().chain(&ids2).copied().collect());
+}
+
+#[tokio::test]
+async fn without_a_broker_nothing_is_claimed_and_no_attempt_is_burnt() {
+    let db = TestDb::new(&order::MIGRATOR).await;
+    let amqp = testing::test_amqp();
+    let proxy = TcpProxy::start(testing::broker_addr()).await;
+    proxy.disable().await;
+    let ids = enqueue(&db.pool, 3, Duration::from_secs(60)).await;
+    let mut relay = relay(
+        &db,
+        &testing::through_proxy(&amqp, &proxy),
+        testing::fast_outbox(),
+    );
+
+    for _ in 0..3 {
+        assert!(matches!(
+            relay.run_once().await,
+            Err(common::outbox::relay::RelayError::Broker(_))
+        ));
+    }
+    assert!(!relay.status().is_connected());
+    for id in ids {
+        let r = row(&db.pool, id).await;
+        assert_eq!(
+            (r.status.as_str(), r.attempts, r.claim_token),
+            ("pending", 0, None)
+        );
+    }
+}
+
+/// The relay publishes, then dies before marking the row sent. The lease runs out, the
+/// resend scheduler hands the row back, and it is published again: a duplicate that the
+/// consumer's inbox drops (see the pay and system tests).
+#[tokio::test]
+async fn an_expired_lease_is_handed_back_and_published_again() {
+    let db = TestDb::new(&order::MIGRATOR).await;
+    let amqp = testing::test_amqp();
+    let queue = TestQueue::bind(&amqp, &[KEY]).await;
+    let ids = enqueue(&db.pool, 1, Duration::from_secs(60)).await;
+    let cfg = testing::fast_outbox();
+    let mut crashed = relay(&db, &amqp, cfg.clone());
+    let claim = crashed.claim().await.unwrap();
+    let outcomes = crashed.publish(&claim).await;
+    assert_eq!(outcomes, vec![PublishOutcome::Confirmed]);
+    // ...and the process dies here: no settle. Time passes beyond the lease:
+    sqlx::query("UPDATE outbox SET lease_expires_at = now() - interval '1 second'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+
+    let mut survivor = relay(&db, &amqp, cfg.clone());
+    assert_eq!(
+        survivor.run_once().await.unwrap().claimed,
+        0,
+        "a leased row is not claimable"
+    );
+    let scheduler = ResendScheduler::new(db.pool.clone(), cfg, survivor.wake_handle());
+    let tick = scheduler.tick().await.unwrap();
+    assert_eq!(tick.released, 1);
+    let r = row(&db.pool, ids[0]).await;
+    assert_eq!((r.status.as_str(), r.attempts), ("pending", 1));
+    assert_eq!(r.last_error.as_deref(), Some(LEASE_EXPIRED));
+
+    make_due(&db.pool).await;
+    assert_eq!(survivor.run_once().await.unwrap().sent, 1);
+    // The crashed relay's late settle changes nothing: its claim token is gone.
+    let late = crashed.settle(&claim, &outcomes).await.unwrap();
+    assert_eq!(late.sent, 0);
+    let r = row(&db.pool, ids[0]).await;
+    assert_eq!((r.status.as_str(), r.attempts), ("sent", 2));
+
+    assert_eq!(
+        message_ids(&queue.take_all().await),
+        vec![ids[0], ids[0]],
+        "at-least-once: two copies"
+    );
+}
+
+#[tokio::test]
+async fn two_relays_on_one_outbox_publish_every_message_exactly_once() {
+    let db = TestDb::new(&order::MIGRATOR).await;
+    let amqp = testing::test_amqp();
+    let queue = TestQueue::bind(&amqp, &[KEY]).await;
+    let ids = enqueue(&db.pool, 400, Duration::from_secs(60)).await;
+    let mut cfg = testing::fast_outbox();
+    cfg.batch_size = 25;
+
+    let drive = |mut relay: Relay| async move {
+        let mut sent = 0;
+        loop {
+            let report = relay.run_once().await.unwrap();
+            if report.claimed == 0 {
+                return sent;
+            }
+            assert_eq!(report.sent, report.claimed);
+            sent += report.sent;
+        }
+    };
+    let (a, b) = tokio::join!(
+        drive(relay(&db, &amqp, cfg.clone())),
+        drive(relay(&db, &amqp, cfg))
+    );
+    assert_eq!(a + b, 400);
+    assert!(a > 0 && b > 0, "both relays took part ({a} + {b})");
+
+    let delivered = message_ids(&queue.take_all().await);
+    let distinct: HashSet<Uuid> = delivered.iter().copied().collect();
+    assert_eq!(delivered.len(), 400, "no message published twice");
+    assert_eq!(distinct, ids.into_iter().collect());
+}
+
+#[tokio::test]
+async fn a_message_past_its_expiry_is_dead_not_published() {
+    let db = TestDb::new(&order::MIGRATOR).await;
+    let amqp = testing::test_amqp();
+    let queue = TestQueue::bind(&amqp, &[KEY]).await;
+    let expired = enqueue(&db.pool, 1, Duration::ZERO).await;
+    let live = enqueue(&db.pool, 1, Duration::from_secs(60)).await;
+    let cfg = testing::fast_outbox();
+    let mut relay = relay(&db, &amqp, cfg.clone());
+    let scheduler = ResendScheduler::new(db.pool.clone(), cfg, relay.wake_handle());
+
+    let tick = scheduler.tick().await.unwrap();
+    assert_eq!(tick.dead, 1);
+    assert!(tick.woke_relay, "a due row wakes the relay");
+    assert_eq!(relay.run_once().await.unwrap().sent, 1);
+    let r = row(&db.pool, expired[0]).await;
+    assert_eq!(r.status, "dead");
+    assert!(r.last_error.unwrap().contains("expired"));
+    assert_eq!(message_ids(&queue.take_all().await), live);
+}

@@ -1,0 +1,440 @@
+//! Pay's inbox against a real database (and, where it matters, the real broker).
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use common::{
+    amqp::AmqpConfig,
+    inbox::{
+        self, HandlerError, Inbox, InboxCounters, InboxMessage, Incoming, MessageHandler, Outcome,
+        retry_sweeper::RetrySweeper,
+    },
+    testing::{self, TestDb, TestQueue},
+};
+use lapin::{BasicProperties, types::ShortString};
+use pay::{Application, PayConfig, payments::PaymentHandler};
+use serde_json::{Value, json};
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+fn order_created(user: &str, amount: i64) -> (Uuid, Incoming) {
+    let order_id = Uuid::now_v7();
+    let body =
+        json!({ "order_id": order_id, "user_id": user, "item": "book", "amount_cents": amount });
+    let incoming = Incoming {
+        message_id: Some(Uuid::now_v7().to_string()),
+        event_type: Some("OrderCreated".into()),
+        content_type: Some("application/json".into()),
+        headers: json!({}),
+        body: serde_json::to_vec(&body).unwrap(),
+    };
+    (order_id, incoming)
+}
+
+fn handler() -> Arc<dyn MessageHandler> {
+    Arc::new(PaymentHandler::new(Duration::from_secs(60)))
+}
+
+/// Runs the real payment handler, then fails the first `failures` times: the debit it made
+/// must be rolled back with the failure.
+struct FailsAfterEffect {
+    inner: Arc<dyn MessageHandler>,
+    failures_left: AtomicU32,
+}
+
+#[async_trait]
+impl MessageHandler for FailsAfterEffect {
+    async fn handle(&self, tx: &mut PgConnection, msg: &InboxMessage) -> Result<(), HandlerError> {
+        self.inner.handle(tx, msg).await?;
+        if self
+            .failures_left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(HandlerError::Transient(anyhow::anyhow!("simulated outage")));
+        }
+        Ok(())
+    }
+}
+
+fn failing(failures: u32) -> Arc<dyn MessageHandler> {
+    Arc::new(FailsAfterEffect {
+        inner: handler(),
+        failures_left: AtomicU32::new(failures),
+    })
+}
+
+async fn balance(pool: &PgPool, user: &str) -> i64 {
+    sqlx::query_scalar("SELECT balance_cents FROM accounts WHERE user_id = $1")
+        .bind(user)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+async fn payments(pool: &PgPool, order_id: Uuid) -> Vec<(String, Option<String>)> {
+    sqlx::query_as("SELECT status, failure_reason FROM payments WHERE order_id = $1")
+        .bind(order_id)
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
+async fn replies(pool: &PgPool) -> Vec<(String, Value)> {
+    sqlx::query_as("SELECT event_type, payload FROM outbox ORDER BY id")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
+async fn inbox_row(pool: &PgPool, id: &str) -> (String, i32, Option<String>) {
+    sqlx::query_as("SELECT status, attempts, last_error FROM inbox WHERE message_id = $1::uuid")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+const START: i64 = 100_000_000;
+
+#[tokio::test]
+async fn the_same_message_twice_pays_once() {
+    let db = TestDb::new(&pay::MIGRATOR).await;
+    let inbox = Inbox::new(db.pool.clone(), handler(), testing::fast_inbox());
+    let (order_id, msg) = order_created("alice", 1500);
+
+    assert_eq!(
+        inbox.receive(msg.clone()).await.unwrap(),
+        Outcome::Processed
+    );
+    assert_eq!(inbox.receive(msg).await.unwrap(), Outcome::Duplicate);
+
+    assert_eq!(
+        payments(&db.pool, order_id).await,
+        vec![("COMPLETED".into(), None)]
+    );
+    assert_eq!(balance(&db.pool, "alice").await, START - 1500);
+    let replies = replies(&db.pool).await;
+    assert_eq!(replies.len(), 1);
+    assert_eq!(replies[0].0, "PaymentCompleted");
+    assert_eq!(replies[0].1["order_id"], order_id.to_string());
+    assert_eq!(InboxCounters::get(&inbox.counters().duplicates), 1);
+}
+
+#[tokio::test]
+async fn concurrent_copies_of_a_message_pay_once() {
+    let db = TestDb::new(&pay::MIGRATOR).await;
+    let inbox = Inbox::new(db.pool.clone(), handler(), testing::fast_inbox());
+    let (order_id, msg) = order_created("bob", 700);
+
+    let outcomes = futures::future::join_all((0..8).map(|_| inbox.receive(msg.clone()))).await;
+    let processed = outcomes
+        .iter()
+        .filter(|o| matches!(o, Ok(Outcome::Processed)))
+        .count();
+    let duplicates = outcomes
+        .iter()
+        .filter(|o| matches!(o, Ok(Outcome::Duplicate)))
+        .count();
+    assert_eq!((processed, duplicates), (1, 7), "{outcomes:?}");
+    assert_eq!(payments(&db.pool, order_id).await.len(), 1);
+    assert_eq!(balance(&db.pool, "bob").await, START - 700);
+    assert_eq!(replies(&db.pool).await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_second_message_about_the_same_order_cannot_pay_twice() {
+    let db = TestDb::new(&pay::MIGRATOR).await;
+    let inbox = Inbox::new(db.pool.clone(), handler(), testing::fast_inbox());
+    let (order_id, first) = order_created("alice", 300);
+    let mut second = first.clone();
+    second.message_id = Some(Uuid::now_v7().to_string()); // same order, another message id
+
+    assert_eq!(inbox.receive(first).await.unwrap(), Outcome::Processed);
+    assert_eq!(inbox.receive(second).await.unwrap(), Outcome::Processed);
+    assert_eq!(payments(&db.pool, order_id).await.len(), 1);
+    assert_eq!(balance(&db.pool, "alice").await, START - 300);
+    assert_eq!(replies(&db.pool).await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_handler_that_fails_twice_is_retried_with_backoff_and_pays_once() {
+    let db = TestDb::new(&pay::MIGRATOR).await;
+    let inbox = Inbox::new(db.pool.clone(), failing(2), testing::fast_inbox());
+    let sweeper = RetrySweeper::new(&inbox);
+    let (order_id, msg) = order_created("alice", 2500);
+    let id = msg.message_id.clone().unwrap();
+
+    let first = inbox.receive(msg).await.unwrap();
+    assert!(
+        matches!(first, Outcome::Failed { attempts: 1, .. }),
+        "{first:?}"
+    );
+    // The failure is durable (the delivery may be acked) and its effect rolled back.
+    let (status, attempts, error) = inbox_row(&db.pool, &id).await;
+    assert_eq!((status.as_str(), attempts), ("failed", 1));
+    assert_eq!(error.as_deref(), Some("simulated outage"));
+    let backed_off: bool = sqlx::query_scalar(
+        "SELECT next_attempt_at > received_at FROM inbox WHERE message_id = $1::uuid",
+    )
+    .bind(&id)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert!(backed_off, "the retry is scheduled later, not immediately");
+    assert!(payments(&db.pool, order_id).await.is_empty());
+    assert_eq!(balance(&db.pool, "alice").await, START);
+
+    testing::eventually(
+        "the sweeper processes the message",
+        Duration::from_secs(10),
+        || async {
+            sweeper.run_once().await.unwrap();
+            let (status, attempts, _) = inbox_row(&db.pool, &id).await;
+            (status == "processed").then_some(attempts)
+        },
+    )
+    .await;
+    let (_, attempts, _) = inbox_row(&db.pool, &id).await;
+    assert_eq!(attempts, 3, "two failures, then success");
+    assert_eq!(payments(&db.pool, order_id).await.len(), 1);
+    assert_eq!(balance(&db.pool, "alice").await, START - 2500);
+    assert_eq!(replies(&db.pool).await.len(), 1);
+    let c = inbox.counters();
+    assert_eq!(
+        (
+            InboxCounters::get(&c.failed),
+            InboxCounters::get(&c.processed)
+        ),
+        (2, 1)
+    );
+}
+
+#[tokio::test]
+async fn exhausted_attempts_end_dead_with_the_last_error_and_can_be_requeued() {
+    let db = TestDb::new(&pay::MIGRATOR).await;
+    let mut cfg = testing::fast_inbox();
+    cfg.retry.max_attempts = 3;
+    let inbox = Inbox::new(db.pool.clone(), failing(u32::MAX), cfg.clone());
+    let sweeper = RetrySweeper::new(&inbox);
+    let (order_id, msg) = order_created("alice", 100);
+    let id = msg.message_id.clone().unwrap();
+
+    inbox.receive(msg).await.unwrap();
+    testing::eventually("the message is dead", Duration::from_secs(10), || async {
+        sweeper.run_once().await.unwrap();
+        (inbox_row(&db.pool, &id).await.0 == "dead").then_some(())
+    })
+    .await;
+    let (_, attempts, error) = inbox_row(&db.pool, &id).await;
+    assert_eq!(attempts, 3);
+    assert_eq!(error.as_deref(), Some("simulated outage"));
+    assert!(payments(&db.pool, order_id).await.is_empty());
+    // Dead is final: the sweeper leaves it alone.
+    assert_eq!(sweeper.run_once().await.unwrap(), Default::default());
+
+    // An operator requeues it once the cause is fixed.
+    assert!(
+        inbox::requeue_dead(&db.pool, id.parse().unwrap())
+            .await
+            .unwrap()
+    );
+    let healthy = Inbox::new(db.pool.clone(), handler(), cfg);
+    RetrySweeper::new(&healthy).run_once().await.unwrap();
+    assert_eq!(inbox_row(&db.pool, &id).await.0, "processed");
+    assert_eq!(payments(&db.pool, order_id).await.len(), 1);
+}
+
+#[tokio::test]
+async fn insufficient_funds_and_unknown_users_are_failed_payments_not_retries() {
+    let db = TestDb::new(&pay::MIGRATOR).await;
+    let inbox = Inbox::new(db.pool.clone(), handler(), testing::fast_inbox());
+    let (poor, poor_msg) = order_created("carol", 100);
+    let (ghost, ghost_msg) = order_created("nobody", 100);
+    let poor_id = poor_msg.message_id.clone().unwrap();
+
+    assert_eq!(inbox.receive(poor_msg).await.unwrap(), Outcome::Processed);
+    assert_eq!(inbox.receive(ghost_msg).await.unwrap(), Outcome::Processed);
+    assert_eq!(
+        payments(&db.pool, poor).await,
+        vec![("FAILED".into(), Some("insufficient_funds".into()))]
+    );
+    assert_eq!(
+        payments(&db.pool, ghost).await,
+        vec![("FAILED".into(), Some("unknown_user".into()))]
+    );
+    assert_eq!(balance(&db.pool, "carol").await, 0);
+    assert_eq!(
+        inbox_row(&db.pool, &poor_id).await,
+        ("processed".into(), 1, None)
+    );
+    let replies = replies(&db.pool).await;
+    assert_eq!(replies.len(), 2);
+    assert!(
+        replies
+            .iter()
+            .all(|(t, p)| t == "PaymentFailed" && p["reason"].is_string())
+    );
+}
+
+#[tokio::test]
+async fn a_payload_the_handler_cannot_understand_is_dead_at_once() {
+    let db = TestDb::new(&pay::MIGRATOR).await;
+    let inbox = Inbox::new(db.pool.clone(), handler(), testing::fast_inbox());
+    let (_, mut msg) = order_created("alice", 100);
+    msg.body = br#"{"order_id": "not-a-uuid"}"#.to_vec();
+    let outcome = inbox.receive(msg).await.unwrap();
+    assert!(matches!(outcome, Outcome::Dead { .. }), "{outcome:?}");
+    assert_eq!(balance(&db.pool, "alice").await, START);
+}
+
+struct RunningPay {
+    db: TestDb,
+    counters: Arc<InboxCounters>,
+    queue: TestQueue,
+}
+
+async fn spawn_pay(amqp: &AmqpConfig) -> RunningPay {
+    let db = TestDb::new(&pay::MIGRATOR).await;
+    let cfg = PayConfig {
+        addr: "127.0.0.1:0".into(),
+        database_url: db.url.clone(),
+        db_max_connections: 5,
+        messaging: testing::messaging(amqp, "test.pay", pay::config::ORDER_CREATED_KEYS),
+    };
+    let app = Application::build(cfg).await.unwrap();
+    let counters = app.inbox_counters();
+    let base = format!("http://{}", app.local_addr());
+    tokio::spawn(app.run_until_stopped(std::future::pending()));
+    testing::eventually("pay is ready", Duration::from_secs(10), || async {
+        let res = reqwest::get(format!("{base}/readyz")).await.ok()?;
+        res.status().is_success().then_some(())
+    })
+    .await;
+    // A queue of our own on the same exchange, only to publish through.
+    let queue = TestQueue::bind(amqp, &["unused"]).await;
+    RunningPay {
+        db,
+        counters,
+        queue,
+    }
+}
+
+fn props(message_id: Option<&str>, content_type: &str) -> BasicProperties {
+    let p = BasicProperties::default()
+        .with_type(ShortString::from("OrderCreated"))
+        .with_content_type(ShortString::from(content_type));
+    match message_id {
+        Some(id) => p.with_message_id(ShortString::from(id)),
+        None => p,
+    }
+}
+
+#[tokio::test]
+async fn a_message_delivered_twice_by_the_broker_pays_once() {
+    let amqp = testing::test_amqp();
+    let pay = spawn_pay(&amqp).await;
+    let (order_id, msg) = order_created("alice", 4200);
+    let id = msg.message_id.clone().unwrap();
+    for _ in 0..2 {
+        pay.queue
+            .publish(
+                &amqp,
+                "order.created",
+                props(Some(&id), "application/json"),
+                &msg.body,
+            )
+            .await;
+    }
+    testing::eventually("both copies handled", Duration::from_secs(10), || async {
+        let c = &pay.counters;
+        (InboxCounters::get(&c.processed) == 1 && InboxCounters::get(&c.duplicates) == 1)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(payments(&pay.db.pool, order_id).await.len(), 1);
+    assert_eq!(balance(&pay.db.pool, "alice").await, START - 4200);
+}
+
+#[tokio::test]
+async fn poison_messages_are_recorded_dead_acked_and_do_not_block_the_next_one() {
+    let amqp = testing::test_amqp();
+    let pay = spawn_pay(&amqp).await;
+    let ct = "application/json";
+    let bad_id = Uuid::now_v7().to_string();
+    let q = &pay.queue;
+    q.publish(
+        &amqp,
+        "order.created",
+        props(Some(&bad_id), ct),
+        b"{not json",
+    )
+    .await;
+    q.publish(&amqp, "order.created", props(None, ct), b"{}")
+        .await;
+    q.publish(&amqp, "order.created", props(Some("not-a-uuid"), ct), b"{}")
+        .await;
+    q.publish(
+        &amqp,
+        "order.created",
+        props(Some(&Uuid::now_v7().to_string()), "text/plain"),
+        b"hello",
+    )
+    .await;
+    let huge = vec![b' '; 2 << 20];
+    q.publish(
+        &amqp,
+        "order.created",
+        props(Some(&Uuid::now_v7().to_string()), ct),
+        &huge,
+    )
+    .await;
+    let (order_id, good) = order_created("bob", 999);
+    q.publish(
+        &amqp,
+        "order.created",
+        props(good.message_id.as_deref(), ct),
+        &good.body,
+    )
+    .await;
+
+    testing::eventually(
+        "the good message after the poison is paid",
+        Duration::from_secs(10),
+        || async { (payments(&pay.db.pool, order_id).await.len() == 1).then_some(()) },
+    )
+    .await;
+    testing::eventually(
+        "five poison messages recorded",
+        Duration::from_secs(10),
+        || async { (InboxCounters::get(&pay.counters.poison) == 5).then_some(()) },
+    )
+    .await;
+    let dead: Vec<(String, Option<Vec<u8>>)> = sqlx::query_as(
+        "SELECT last_error, raw_body FROM inbox WHERE status = 'dead' ORDER BY received_at",
+    )
+    .fetch_all(&pay.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(dead.len(), 5);
+    assert!(dead.iter().all(|(e, _)| e.starts_with("poison message:")));
+    let (not_json_error, not_json_body) = sqlx::query_as::<_, (String, Option<Vec<u8>>)>(
+        "SELECT last_error, raw_body FROM inbox WHERE message_id = $1::uuid",
+    )
+    .bind(&bad_id)
+    .fetch_one(&pay.db.pool)
+    .await
+    .unwrap();
+    assert!(not_json_error.contains("not valid JSON"));
+    assert_eq!(
+        not_json_body.as_deref(),
+        Some(&b"{not json"[..]),
+        "raw body kept"
+    );
+}
