@@ -1,0 +1,59 @@
+//! README's configuration table and the code agree: every variable the code reads is
+//! documented, and every documented variable is read somewhere.
+
+use std::{collections::BTreeSet, fs, path::Path};
+
+fn rust_files(dir: &Path, out: &mut Vec<String>) {
+    for entry in fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(fs::read_to_string(&path).unwrap());
+        }
+    }
+}
+
+/// Names passed as the first argument to the config readers, across line breaks.
+fn variables_read(source: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for reader in ["env_or(", "env_string(", "env_millis(", "env_secs(", "env::var("] {
+        for (at, _) in source.match_indices(reader) {
+            let rest = source[at + reader.len()..].trim_start();
+            if let Some(rest) = rest.strip_prefix('"') {
+                let name: String = rest.chars().take_while(|c| *c != '"').collect();
+                if !name.is_empty() && name.chars().all(|c| c.is_ascii_uppercase() || c == '_') {
+                    names.insert(name);
+                }
+            }
+        }
+    }
+    names
+}
+
+#[test]
+fn services_read_every_variable_the_readme_lists() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut sources = Vec::new();
+    for dir in ["crates/common/src", "services"] {
+        rust_files(&root.join(dir), &mut sources);
+    }
+    let mut read: BTreeSet<String> = sources.iter().flat_map(|s| variables_read(s)).collect();
+    // Read by tracing-subscriber's EnvFilter::try_from_default_env, not by our readers.
+    read.insert("RUST_LOG".into());
+    assert!(read.len() > 20, "scanner found too few variables: {read:?}");
+
+    let readme = fs::read_to_string(root.join("README.md")).unwrap();
+    let documented: BTreeSet<String> = readme
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split('`').next())
+        .filter(|n| n.chars().all(|c| c.is_ascii_uppercase() || c == '_') && n.contains('_'))
+        .map(str::to_string)
+        .collect();
+
+    let undocumented: Vec<_> = read.difference(&documented).collect();
+    let unread: Vec<_> = documented.difference(&read).collect();
+    assert!(undocumented.is_empty(), "read by the code but missing from README: {undocumented:?}");
+    assert!(unread.is_empty(), "in README but read by no code: {unread:?}");
+}
