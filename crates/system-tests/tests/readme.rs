@@ -17,7 +17,13 @@ fn rust_files(dir: &Path, out: &mut Vec<String>) {
 /// Names passed as the first argument to the config readers, across line breaks.
 fn variables_read(source: &str) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
-    for reader in ["env_or(", "env_string(", "env_millis(", "env_secs(", "env::var("] {
+    for reader in [
+        "env_or(",
+        "env_string(",
+        "env_millis(",
+        "env_secs(",
+        "env::var(",
+    ] {
         for (at, _) in source.match_indices(reader) {
             let rest = source[at + reader.len()..].trim_start();
             if let Some(rest) = rest.strip_prefix('"') {
@@ -54,6 +60,12 @@ fn services_read_every_variable_the_readme_lists() {
 
     let undocumented: Vec<_> = read.difference(&documented).collect();
     let unread: Vec<_> = documented.difference(&read).collect();
-    assert!(undocumented.is_empty(), "read by the code but missing from README: {undocumented:?}");
-    assert!(unread.is_empty(), "in README but read by no code: {unread:?}");
+    assert!(
+        undocumented.is_empty(),
+        "read by the code but missing from README: {undocumented:?}"
+    );
+    assert!(
+        unread.is_empty(),
+        "in README but read by no code: {unread:?}"
+    );
 }
