@@ -1,13 +1,20 @@
-//! What every service that sends and receives messages runs, wired once: the outbox relay
-//! and its resend scheduler, the inbox consumer and its retry sweeper, the HTTP server,
-//! readiness, and an orderly shutdown.
+//! What every service that sends and receives messages runs, wired once: its database
+//! (migrated at start-up), the outbox relay and its resend scheduler, the inbox consumer
+//! and its retry sweeper, the HTTP server with the standard endpoints, readiness, and an
+//! orderly shutdown. A service brings only its routes and its message handler.
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
-use axum::{Router, response::Response};
-use sqlx::PgPool;
+use axum::{
+    Router,
+    extract::{DefaultBodyLimit, State},
+    response::Response,
+    routing::get,
+};
+use sqlx::{PgPool, migrate::Migrator};
 use tokio::{net::TcpListener, task::JoinSet};
 use tokio_util::sync::CancellationToken;
+use tower_http::trace::TraceLayer;
 
 use crate::{
     amqp::{AmqpConfig, BrokerStatus},
@@ -145,3 +152,87 @@ pub async fn serve(
 
 /// How long shutdown waits for workers (a relay may wait for one confirm window).
 const WORKER_DRAIN: Duration = Duration::from_secs(15);
+
+/// What a service is made of, besides its routes and handler.
+pub struct ServiceSpec<'a> {
+    /// Names the AMQP connections and the logs.
+    pub name: &'static str,
+    /// Listen address; port 0 picks a free port (tests).
+    pub addr: &'a str,
+    pub database_url: &'a str,
+    pub db_max_connections: u32,
+    pub migrator: &'static Migrator,
+    pub messaging: &'a MessagingConfig,
+    /// Request bodies above this are refused with 413.
+    pub max_body_bytes: usize,
+}
+
+/// A built service: database migrated, port bound, workers ready. Nothing runs until
+/// [`Service::run_until_stopped`].
+pub struct Service {
+    listener: TcpListener,
+    router: Router,
+    messaging: Messaging,
+    pool: PgPool,
+}
+
+impl Service {
+    /// `routes` gets the pool and returns the service's own routes (with their state
+    /// applied); `/healthz`, `/readyz`, JSON 404/405 and the body limit are added here.
+    pub async fn build(
+        spec: ServiceSpec<'_>,
+        handler: Arc<dyn MessageHandler>,
+        routes: impl FnOnce(PgPool) -> Router,
+    ) -> anyhow::Result<Self> {
+        let pool =
+            db::connect_and_migrate(spec.database_url, spec.db_max_connections, spec.migrator)
+                .await?;
+        let messaging = Messaging::new(pool.clone(), handler, spec.messaging, spec.name);
+        let readiness = messaging.readiness(pool.clone());
+        let router = routes(pool.clone())
+            .route("/healthz", get(crate::http::healthz))
+            .route(
+                "/readyz",
+                get(|State(r): State<Readiness>| async move { r.respond().await })
+                    .with_state(readiness),
+            )
+            .fallback(crate::http::not_found)
+            .method_not_allowed_fallback(crate::http::method_not_allowed)
+            .layer(DefaultBodyLimit::max(spec.max_body_bytes))
+            .layer(TraceLayer::new_for_http());
+        let listener = TcpListener::bind(spec.addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", spec.addr))?;
+        Ok(Self {
+            listener,
+            router,
+            messaging,
+            pool,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("bound listener")
+    }
+
+    pub fn port(&self) -> u16 {
+        self.local_addr().port()
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// What the inbox did so far (duplicates dropped, failures…).
+    pub fn inbox_counters(&self) -> Arc<InboxCounters> {
+        self.messaging.inbox_counters()
+    }
+
+    /// Serves and runs the workers until `shutdown` (see [`serve`]).
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        serve(self.listener, self.router, self.messaging, shutdown).await
+    }
+}

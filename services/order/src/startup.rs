@@ -1,18 +1,11 @@
-use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use axum::{
     Router,
-    extract::{DefaultBodyLimit, State},
     routing::{get, post},
 };
-use common::{
-    http,
-    inbox::InboxCounters,
-    service::{self, Messaging, Readiness},
-};
+use common::service::{Service, ServiceSpec};
 use sqlx::PgPool;
-use tokio::net::TcpListener;
-use tower_http::trace::TraceLayer;
 
 use crate::{OrderConfig, orders, payment_results::PaymentResultHandler};
 
@@ -21,86 +14,33 @@ use crate::{OrderConfig, orders, payment_results::PaymentResultHandler};
 pub struct AppState {
     pub pool: PgPool,
     pub message_ttl: Duration,
-    pub readiness: Readiness,
-}
-
-pub struct Application {
-    listener: TcpListener,
-    router: Router,
-    messaging: Messaging,
-    pool: PgPool,
-}
-
-impl Application {
-    /// Connects to the database, applies migrations, binds the port. Nothing runs until
-    /// [`Application::run_until_stopped`].
-    pub async fn build(cfg: OrderConfig) -> anyhow::Result<Self> {
-        let pool = common::db::connect_and_migrate(
-            &cfg.database_url,
-            cfg.db_max_connections,
-            &crate::MIGRATOR,
-        )
-        .await?;
-        let messaging = Messaging::new(
-            pool.clone(),
-            Arc::new(PaymentResultHandler),
-            &cfg.messaging,
-            "order",
-        );
-        let state = AppState {
-            pool: pool.clone(),
-            message_ttl: cfg.messaging.outbox.message_ttl,
-            readiness: messaging.readiness(pool.clone()),
-        };
-        let listener = TcpListener::bind(&cfg.addr).await?;
-        Ok(Self {
-            listener,
-            router: router(state),
-            messaging,
-            pool,
-        })
-    }
-
-    pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("bound listener")
-    }
-
-    pub fn port(&self) -> u16 {
-        self.local_addr().port()
-    }
-
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
-    /// What the inbox did so far (duplicates dropped, failures…).
-    pub fn inbox_counters(&self) -> Arc<InboxCounters> {
-        self.messaging.inbox_counters()
-    }
-
-    pub async fn run_until_stopped(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> anyhow::Result<()> {
-        service::serve(self.listener, self.router, self.messaging, shutdown).await
-    }
 }
 
 /// An order request is a few hundred bytes; anything much larger is refused with 413.
 const MAX_BODY_BYTES: usize = 64 * 1024;
 
-pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/buy", post(orders::buy))
-        .route("/orders/{id}", get(orders::get_order))
-        .route("/healthz", get(http::healthz))
-        .route(
-            "/readyz",
-            get(|State(s): State<AppState>| async move { s.readiness.respond().await }),
-        )
-        .fallback(http::not_found)
-        .method_not_allowed_fallback(http::method_not_allowed)
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(TraceLayer::new_for_http())
-        .with_state(state)
+/// The order service: its routes and its handler for pay's answers, on the shared
+/// [`Service`] (database, outbox relay, inbox consumer, health, shutdown).
+pub struct Application;
+
+impl Application {
+    pub async fn build(cfg: OrderConfig) -> anyhow::Result<Service> {
+        let spec = ServiceSpec {
+            name: "order",
+            addr: &cfg.addr,
+            database_url: &cfg.database_url,
+            db_max_connections: cfg.db_max_connections,
+            migrator: &crate::MIGRATOR,
+            messaging: &cfg.messaging,
+            max_body_bytes: MAX_BODY_BYTES,
+        };
+        let message_ttl = cfg.messaging.outbox.message_ttl;
+        Service::build(spec, Arc::new(PaymentResultHandler), |pool| {
+            Router::new()
+                .route("/buy", post(orders::buy))
+                .route("/orders/{id}", get(orders::get_order))
+                .with_state(AppState { pool, message_ttl })
+        })
+        .await
+    }
 }
