@@ -1,0 +1,322 @@
+#!/usr/bin/env bash
+# Runs the whole stack locally: order, pay and the gateway in front of them, in the background,
+# with logs and pid files in .run/ at the repository root.
+#
+#   scripts/run-local.sh [start]        build, start all three, wait until ready, print a curl session
+#   scripts/run-local.sh stop           stop the processes of .run/ (SIGTERM, SIGKILL after 15 s)
+#   scripts/run-local.sh status         which services are running (exit 0 when all three are)
+#   scripts/run-local.sh start-one SVC  start one service (pay, order or gateway), without building
+#   scripts/run-local.sh stop-one SVC   stop one service
+#
+# Configuration comes from the services' own environment variables (ORDER_ADDR, PAY_ADDR,
+# GATEWAY_ADDR, *_DATABASE_URL, AMQP_URL, ...). Unless GATEWAY_ROUTES is set, the gateway's
+# routes follow ORDER_ADDR and PAY_ADDR. SKIP_BUILD=1 skips `cargo build`.
+# PostgreSQL and RabbitMQ are started when needed and never stopped.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
+
+READY_DEADLINE_SECS="${READY_DEADLINE_SECS:-60}"
+STOP_DEADLINE_SECS="${STOP_DEADLINE_SECS:-15}"
+
+usage() {
+    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+}
+
+# The effective addresses and routes, exported so the services see exactly what this script
+# checks and prints.
+configure() {
+    ORDER_ADDR="$(env_or_default ORDER_ADDR "$DEFAULT_ORDER_ADDR")"
+    PAY_ADDR="$(env_or_default PAY_ADDR "$DEFAULT_PAY_ADDR")"
+    GATEWAY_ADDR="$(env_or_default GATEWAY_ADDR "$DEFAULT_GATEWAY_ADDR")"
+    local name addr port
+    for name in ORDER_ADDR PAY_ADDR GATEWAY_ADDR; do
+        addr="${!name}"
+        port="$(addr_port "$addr")" || die "$name=$addr is not HOST:PORT"
+        [[ "$port" != 0 ]] || die "$name=$addr: port 0 is not supported here (the scripts need to know the port)"
+    done
+    ORDER_URL="$(base_url "$ORDER_ADDR")"
+    PAY_URL="$(base_url "$PAY_ADDR")"
+    GATEWAY_URL="$(base_url "$GATEWAY_ADDR")"
+    if [[ -z "${GATEWAY_ROUTES:-}" ]]; then
+        GATEWAY_ROUTES="/order=$ORDER_URL,/pay=$PAY_URL"
+    fi
+    export ORDER_ADDR PAY_ADDR GATEWAY_ADDR GATEWAY_ROUTES
+    # The logs go to files: no colour escapes in them unless asked for.
+    export NO_COLOR="${NO_COLOR:-1}"
+}
+
+service_addr() {
+    case "$1" in
+    order) printf '%s\n' "$ORDER_ADDR" ;;
+    pay) printf '%s\n' "$PAY_ADDR" ;;
+    gateway) printf '%s\n' "$GATEWAY_ADDR" ;;
+    esac
+}
+
+service_url() {
+    case "$1" in
+    order) printf '%s\n' "$ORDER_URL" ;;
+    pay) printf '%s\n' "$PAY_URL" ;;
+    gateway) printf '%s\n' "$GATEWAY_URL" ;;
+    esac
+}
+
+binary_path() {
+    local target="${CARGO_TARGET_DIR:-target}"
+    printf '%s/release/%s\n' "$target" "$1"
+}
+
+build() {
+    if [[ "${SKIP_BUILD:-0}" == 1 ]]; then
+        log "SKIP_BUILD=1: not building"
+        return 0
+    fi
+    log "cargo build --release --bins"
+    cargo build --release --bins || die "cargo build failed"
+}
+
+# Whatever listens on a port, for the error message.
+port_owner() {
+    if command -v ss >/dev/null 2>&1; then
+        ss -Hltnp "sport = :$1" 2>/dev/null |
+            sed -n 's/.*users:(("\([^"]*\)",pid=\([0-9]*\).*/\1 (pid \2)/p' | head -n1
+    fi
+}
+
+# launch NAME: starts NAME's binary in the background (its own session, so it outlives this
+# script and the terminal) and records its pid.
+launch() {
+    local name="$1" bin addr port file log owner
+    bin="$(binary_path "$name")"
+    [[ -x "$bin" ]] || die "$bin is missing: run scripts/run-local.sh start (it builds) or cargo build --release --bins"
+    addr="$(service_addr "$name")"
+    port="$(addr_port "$addr")"
+    if port_in_use "$port" "$(addr_host "$addr")"; then
+        owner="$(port_owner "$port")"
+        die "port $port ($name, ${name^^}_ADDR=$addr) is already in use${owner:+ by $owner}; free it or set ${name^^}_ADDR"
+    fi
+    file="$(pid_file "$name")"
+    log="$(log_file "$name")"
+    rm -f "$file"
+    printf -- '----- %s: starting %s on %s -----\n' "$(date '+%Y-%m-%d %H:%M:%S')" "$name" "$addr" >>"$log"
+    # The child writes its own pid and then becomes the service (exec keeps the pid), so the
+    # pid file names the service's process even when setsid has to fork.
+    local -a detach=()
+    if command -v setsid >/dev/null 2>&1; then detach=(setsid); else detach=(nohup); fi
+    # shellcheck disable=SC2016 # expanded by the child shell
+    "${detach[@]}" bash -c 'echo "$$" >"$0.tmp" && mv "$0.tmp" "$0" && exec "$1"' "$file" "$bin" \
+        >>"$log" 2>&1 </dev/null &
+    wait_until 5 test -s "$file" || die "$name did not start (see $log)"
+    log "started $name (pid $(cat "$file")), log: $log"
+}
+
+# wait_ready NAME...: waits until each NAME's /readyz answers 200, failing early when one of
+# them exits.
+wait_ready() {
+    local deadline=$((SECONDS + READY_DEADLINE_SECS)) name url pending
+    while :; do
+        pending=()
+        for name in "$@"; do
+            service_pid "$name" >/dev/null || {
+                warn "$name exited during start-up; its log (without any backtrace):"
+                awk '/^----- .*: starting /{buf=""} {buf=buf $0 "\n"} END{printf "%s", buf}' "$(log_file "$name")" |
+                    sed '/^Stack backtrace:/,$d' | tail -n 30 >&2 || true
+                return 1
+            }
+            url="$(service_url "$name")/readyz"
+            [[ "$(http_status "$url")" == 200 ]] || pending+=("$name")
+        done
+        ((${#pending[@]} == 0)) && return 0
+        if ((SECONDS >= deadline)); then
+            for name in "${pending[@]}"; do
+                url="$(service_url "$name")/readyz"
+                warn "$name is not ready after ${READY_DEADLINE_SECS} s: GET $url -> $(curl -s --max-time 3 "$url" || echo 'no answer')"
+            done
+            return 1
+        fi
+        sleep 0.5
+    done
+}
+
+remove_stale_pid_file() {
+    local name="$1"
+    if [[ -f "$(pid_file "$name")" ]] && ! service_pid "$name" >/dev/null; then
+        rm -f "$(pid_file "$name")"
+    fi
+}
+
+pid_gone() { ! kill -0 "$1" 2>/dev/null; }
+
+# stop_services NAME...: SIGTERM to each alive NAME of .run/, SIGKILL for those still alive
+# after STOP_DEADLINE_SECS; removes their pid files. Never touches any other process.
+stop_services() {
+    local name pid deadline
+    local -a names=() pids=()
+    for name in "$@"; do
+        if pid="$(service_pid "$name")"; then
+            kill -TERM "$pid" 2>/dev/null || true
+            names+=("$name")
+            pids+=("$pid")
+            log "stopping $name (pid $pid)"
+        else
+            rm -f "$(pid_file "$name")"
+        fi
+    done
+    if ((${#pids[@]} == 0)); then
+        log "not running: $*"
+        return 0
+    fi
+    deadline=$((SECONDS + STOP_DEADLINE_SECS))
+    local i alive
+    while :; do
+        alive=0
+        for i in "${!pids[@]}"; do
+            if kill -0 "${pids[$i]}" 2>/dev/null && service_pid "${names[$i]}" >/dev/null; then
+                alive=1
+            fi
+        done
+        ((alive == 0 || SECONDS >= deadline)) && break
+        sleep 0.2
+    done
+    for i in "${!pids[@]}"; do
+        if kill -0 "${pids[$i]}" 2>/dev/null && service_pid "${names[$i]}" >/dev/null; then
+            warn "${names[$i]} (pid ${pids[$i]}) still alive after ${STOP_DEADLINE_SECS} s: SIGKILL"
+            kill -KILL "${pids[$i]}" 2>/dev/null || true
+        fi
+    done
+    for i in "${!pids[@]}"; do
+        wait_until 5 pid_gone "${pids[$i]}" || warn "pid ${pids[$i]} is still alive"
+        rm -f "$(pid_file "${names[$i]}")"
+        log "stopped ${names[$i]}"
+    done
+}
+
+print_session() {
+    cat <<EOF
+
+The stack is ready.
+  gateway  $GATEWAY_URL   (routes: $GATEWAY_ROUTES)
+  order    $ORDER_URL
+  pay      $PAY_URL
+  logs     $RUN_DIR/{gateway,order,pay}.log
+  stop     scripts/run-local.sh stop
+
+Try it (through the gateway; needs jq):
+
+GW=$GATEWAY_URL
+EOF
+    cat <<'EOF'
+ORDER_ID=$(curl -sS -X POST "$GW/order/buy" -H 'content-type: application/json' \
+  -d '{"user_id":"alice","item":"book","amount_cents":1250}' | jq -r .order_id); echo "$ORDER_ID"
+sleep 1
+curl -sS "$GW/order/orders/$ORDER_ID"; echo
+curl -sS "$GW/pay/payments/$ORDER_ID"; echo
+curl -sS "$GW/pay/accounts/alice"; echo
+
+EOF
+}
+
+on_start_exit() {
+    local rc=$?
+    if [[ "${START_DONE:-1}" != 1 ]]; then
+        warn "start failed; stopping what was started"
+        stop_services gateway order pay
+    fi
+    exit "$rc"
+}
+
+cmd_start() {
+    local running
+    running="$(running_services | paste -sd, -)"
+    [[ -z "$running" ]] || die "already running ($running); scripts/run-local.sh stop"
+    mkdir -p "$RUN_DIR"
+    local name
+    for name in "${SERVICES[@]}"; do remove_stale_pid_file "$name"; done
+    # Fail on a taken port before spending minutes on a build.
+    local addr port owner
+    for name in "${SERVICES[@]}"; do
+        addr="$(service_addr "$name")"
+        port="$(addr_port "$addr")"
+        if port_in_use "$port" "$(addr_host "$addr")"; then
+            owner="$(port_owner "$port")"
+            die "port $port ($name, ${name^^}_ADDR=$addr) is already in use${owner:+ by $owner}; free it or set ${name^^}_ADDR"
+        fi
+    done
+    ensure_tool curl
+    ensure_tool psql postgresql-client
+    ensure_services
+    ensure_databases
+    build
+    for name in "${SERVICES[@]}"; do : >"$(log_file "$name")"; done
+    # Whatever goes wrong from here on (including Ctrl-C), stop what was started.
+    START_DONE=0
+    trap 'exit 130' INT TERM
+    trap on_start_exit EXIT
+    for name in "${SERVICES[@]}"; do launch "$name"; done
+    log "waiting (up to ${READY_DEADLINE_SECS} s) until every /readyz answers 200"
+    wait_ready "${SERVICES[@]}" || die "the stack did not become ready; logs in $RUN_DIR"
+    START_DONE=1
+    trap - EXIT INT TERM
+    print_session
+}
+
+cmd_start_one() {
+    local name="$1"
+    is_service "$name" || die "unknown service '$name' (pay, order or gateway)"
+    if service_pid "$name" >/dev/null; then
+        die "$name is already running; scripts/run-local.sh stop-one $name"
+    fi
+    mkdir -p "$RUN_DIR"
+    remove_stale_pid_file "$name"
+    launch "$name"
+    if ! wait_ready "$name"; then
+        stop_services "$name"
+        die "$name did not become ready; log: $(log_file "$name")"
+    fi
+    log "$name is ready at $(service_url "$name")"
+}
+
+cmd_status() {
+    local name pid ready all=0
+    for name in "${SERVICES[@]}"; do
+        if pid="$(service_pid "$name")"; then
+            ready="not ready"
+            [[ "$(http_status "$(service_url "$name")/readyz")" == 200 ]] && ready="ready"
+            printf '%-8s running (pid %s) %s, %s\n' "$name" "$pid" "$(service_url "$name")" "$ready"
+        else
+            printf '%-8s stopped\n' "$name"
+            all=1
+        fi
+    done
+    return "$all"
+}
+
+main() {
+    local cmd="${1:-start}"
+    configure
+    case "$cmd" in
+    start) cmd_start ;;
+    stop) stop_services gateway order pay ;;
+    status) cmd_status ;;
+    start-one)
+        [[ $# -eq 2 ]] || die "usage: scripts/run-local.sh start-one pay|order|gateway"
+        cmd_start_one "$2"
+        ;;
+    stop-one)
+        [[ $# -eq 2 ]] || die "usage: scripts/run-local.sh stop-one pay|order|gateway"
+        is_service "$2" || die "unknown service '$2' (pay, order or gateway)"
+        stop_services "$2"
+        ;;
+    -h | --help | help) usage ;;
+    *)
+        printf "error: unknown command '%s'\n\n" "$cmd" >&2
+        usage >&2
+        exit 2
+        ;;
+    esac
+}
+
+main "$@"
