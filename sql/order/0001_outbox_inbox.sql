@@ -26,6 +26,8 @@ CREATE TABLE outbox (
 CREATE INDEX outbox_due ON outbox (next_attempt_at, id) WHERE status = 'pending' AND claim_token IS NULL;
 -- What the resend scheduler looks at: leases that may have expired.
 CREATE INDEX outbox_leased ON outbox (lease_expires_at) WHERE claim_token IS NOT NULL;
+-- What the resend scheduler expires: unsent rows past their time to live.
+CREATE INDEX outbox_expiry ON outbox (expires_at) WHERE status = 'pending' AND claim_token IS NULL;
 CREATE INDEX outbox_dead ON outbox (created_at) WHERE status = 'dead';
 
 -- Messages this service received. The primary key is the deduplication: a message id is

@@ -107,7 +107,7 @@ impl From<sqlx::Error> for ApiError {
         if is_connection_error(&err) {
             ApiError::Unavailable {
                 code: "database_unavailable",
-                message: "the database is unavailable, try again later".into(),
+                message: "the database is unavailable or busy, try again later".into(),
             }
         } else {
             ApiError::Internal(anyhow::Error::new(err))
@@ -124,7 +124,14 @@ pub fn is_connection_error(err: &sqlx::Error) -> bool {
             | sqlx::Error::PoolClosed
             | sqlx::Error::Tls(_)
             | sqlx::Error::Protocol(_)
-    ) || matches!(err, sqlx::Error::Database(db) if db.code().is_some_and(|c| c.starts_with("57P") || c.starts_with("08")))
+    ) || matches!(err, sqlx::Error::Database(db) if db.code().is_some_and(|c| is_transient_sqlstate(&c)))
+}
+
+/// SQLSTATEs that mean "try again later": connection exceptions (08), operator
+/// intervention such as a shutdown or a terminated backend (57P), too many connections
+/// (53300), serialization failure (40001) and deadlock (40P01).
+fn is_transient_sqlstate(code: &str) -> bool {
+    code.starts_with("08") || code.starts_with("57P") || matches!(code, "53300" | "40001" | "40P01")
 }
 
 impl From<JsonRejection> for ApiError {
@@ -134,7 +141,9 @@ impl From<JsonRejection> for ApiError {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
             JsonRejection::JsonDataError(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_body"),
-            JsonRejection::BytesRejection(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+            JsonRejection::BytesRejection(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large")
+            }
             _ => (StatusCode::BAD_REQUEST, "malformed_json"),
         };
         ApiError::BadRequest {

@@ -1,6 +1,8 @@
 //! Logging set-up. Services log to stdout; `RUST_LOG` filters (default `info`), and
 //! `LOG_FORMAT=json` switches to one JSON object a line for log shippers.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
 pub fn init(service: &'static str) {
@@ -11,9 +13,24 @@ pub fn init(service: &'static str) {
     let result = if json {
         registry.with(fmt::layer().json()).try_init()
     } else {
-        registry.with(fmt::layer()).try_init()
+        // Colours only on a terminal: log files stay plain text.
+        let ansi = std::io::stdout().is_terminal();
+        registry.with(fmt::layer().with_ansi(ansi)).try_init()
     };
     if result.is_ok() {
         tracing::info!(service, version = env!("CARGO_PKG_VERSION"), "starting");
+    }
+}
+
+/// Ends `main`: a failure is printed as one line with its causes (not a backtrace) and
+/// the process exits with status 1.
+pub fn exit_code(result: anyhow::Result<()>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "fatal");
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }

@@ -137,6 +137,7 @@ pub struct TcpProxy {
     addr: SocketAddr,
     state: Arc<Mutex<ProxyState>>,
     task: CancellationToken,
+    attempts: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 struct ProxyState {
@@ -153,13 +154,15 @@ impl TcpProxy {
             connections: CancellationToken::new(),
         }));
         let task = CancellationToken::new();
-        let (st, stop) = (state.clone(), task.clone());
+        let attempts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (st, stop, counter) = (state.clone(), task.clone(), attempts.clone());
         tokio::spawn(async move {
             loop {
                 let (mut inbound, _) = tokio::select! {
                     r = listener.accept() => match r { Ok(c) => c, Err(_) => continue },
                     _ = stop.cancelled() => return,
                 };
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let guard = st.lock().await;
                 if !guard.enabled {
                     continue; // dropping `inbound` closes it: connection refused, in effect
@@ -177,7 +180,17 @@ impl TcpProxy {
                 });
             }
         });
-        TcpProxy { addr, state, task }
+        TcpProxy {
+            addr,
+            state,
+            task,
+            attempts,
+        }
+    }
+
+    /// Connections attempted through the proxy so far, refused ones included.
+    pub fn connection_attempts(&self) -> usize {
+        self.attempts.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn addr(&self) -> SocketAddr {

@@ -390,3 +390,89 @@ async fn a_message_past_its_expiry_is_dead_not_published() {
     assert!(r.last_error.unwrap().contains("expired"));
     assert_eq!(message_ids(&queue.take_all().await), live);
 }
+
+/// A window mixing routable and unroutable messages. The client may hand a basic.return to
+/// another message's confirm; the relay must match returns by message id, or an unroutable
+/// row is marked `sent` and lost.
+#[tokio::test]
+async fn an_unroutable_row_in_a_mixed_window_is_never_marked_sent() {
+    let db = TestDb::new(&order::MIGRATOR).await;
+    let amqp = testing::test_amqp();
+    let queue = TestQueue::bind(&amqp, &[KEY]).await;
+    let mut unroutable = Vec::new();
+    let mut tx = db.pool.begin().await.unwrap();
+    for i in 0..2000 {
+        // Every 7th row goes to a routing key nobody binds (say, a new event type).
+        let key = if i % 7 == 0 {
+            "order.nobody-listens"
+        } else {
+            KEY
+        };
+        let msg = NewMessage::new(Uuid::now_v7(), "OrderCreated", key, json!({ "n": i }));
+        outbox::enqueue(&mut tx, &msg, Duration::from_secs(60))
+            .await
+            .unwrap();
+        if i % 7 == 0 {
+            unroutable.push(msg.id);
+        }
+    }
+    tx.commit().await.unwrap();
+    let mut cfg = testing::fast_outbox();
+    cfg.batch_size = 200;
+    let mut relay = relay(&db, &amqp, cfg);
+    loop {
+        if relay.run_once().await.unwrap().claimed == 0 {
+            break;
+        }
+    }
+    let wrongly_sent: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE id = ANY($1) AND status = 'sent'")
+            .bind(&unroutable)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(wrongly_sent, 0, "unroutable messages marked sent: lost");
+    let delivered = queue.take_all().await.len();
+    assert_eq!(
+        delivered,
+        2000 - unroutable.len(),
+        "every routable message delivered once"
+    );
+    let routable_sent: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE status = 'sent'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(routable_sent as usize, delivered);
+}
+
+/// While the broker is down, every commit's NOTIFY wakes the relay; the reconnect backoff
+/// must hold anyway, or an outage becomes one connection attempt per order.
+#[tokio::test]
+async fn wake_ups_do_not_bypass_the_reconnect_backoff() {
+    let db = TestDb::new(&order::MIGRATOR).await;
+    let amqp = testing::test_amqp();
+    let proxy = TcpProxy::start(testing::broker_addr()).await;
+    proxy.disable().await;
+    let relay = relay(
+        &db,
+        &testing::through_proxy(&amqp, &proxy),
+        testing::fast_outbox(),
+    );
+    let wake = relay.wake_handle();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(relay.run(stop.clone()));
+    for _ in 0..100 {
+        enqueue(&db.pool, 1, Duration::from_secs(60)).await; // commits, NOTIFYs
+        wake.notify_one();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.cancel();
+    task.await.unwrap();
+    // 100 wake-ups over the outage; the backoff (200 ms doubling) allows a handful of tries.
+    let attempts = proxy.connection_attempts();
+    assert!(
+        attempts < 20,
+        "{attempts} connection attempts for 100 wake-ups"
+    );
+}

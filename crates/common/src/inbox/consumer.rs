@@ -2,7 +2,8 @@
 //! [`Inbox::receive`], ack only after its outcome is committed.
 //!
 //! Deliveries are processed concurrently up to the prefetch count (the broker never has
-//! more than that many unacked on this channel). A delivery whose outcome could not be
+//! more than that many unacked on this channel), and at most as many as the pool can
+//! serve while leaving a few connections to the rest of the service. A delivery whose outcome could not be
 //! recorded (the database is down) is nacked with requeue after a pause, so the broker
 //! keeps it; the pause keeps a database outage from turning into a hot redelivery loop.
 //! If the connection drops, unacked deliveries go back to the queue by themselves and come
@@ -66,8 +67,14 @@ impl InboxConsumer {
         };
         let mut failures = 0;
         while !shutdown.is_cancelled() {
-            match self.consume_until_lost(&shutdown).await {
-                Ok(()) => failures = 0,
+            let result = self.consume_until_lost(&shutdown).await;
+            // A connection that got as far as consuming was healthy: the next outage starts
+            // its backoff from the beginning.
+            if self.status.is_connected() {
+                failures = 0;
+            }
+            match result {
+                Ok(()) => {}
                 Err(e) => {
                     failures += 1;
                     let delay = backoff.delay(failures);
@@ -102,12 +109,17 @@ impl InboxConsumer {
         self.status.set(true);
         tracing::info!(consumer = %self.name, queue = %self.queue, "consuming");
 
-        let prefetch = self.inbox.config().prefetch as usize;
+        // Each delivery in progress holds a database connection; leave some for the relay,
+        // the listener, the sweeper and HTTP, or deliveries would time out waiting for one.
+        let pool_size = self.inbox.pool().options().get_max_connections() as usize;
+        let concurrency = (self.inbox.config().prefetch as usize)
+            .min(pool_size.saturating_sub(RESERVED_CONNECTIONS))
+            .max(1);
         // A stream error means the channel or connection is gone.
         let stream_error = std::sync::Mutex::new(None);
         deliveries
             .take_until(shutdown.cancelled())
-            .for_each_concurrent(prefetch, |delivery| {
+            .for_each_concurrent(concurrency, |delivery| {
                 let stream_error = &stream_error;
                 async move {
                     match delivery {
@@ -156,6 +168,9 @@ async fn handle_delivery(inbox: &Inbox, delivery: Delivery) {
         }
     }
 }
+
+/// Database connections the consumer leaves to the service's other users.
+const RESERVED_CONNECTIONS: usize = 4;
 
 /// Pause before handing back a delivery that could not be recorded.
 const NACK_PAUSE: Duration = Duration::from_secs(1);

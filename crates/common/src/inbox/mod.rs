@@ -32,6 +32,7 @@ pub mod consumer;
 pub mod retry_sweeper;
 
 use std::{
+    panic::AssertUnwindSafe,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -40,6 +41,7 @@ use std::{
 };
 
 use async_trait::async_trait;
+use futures::FutureExt;
 use lapin::{message::Delivery, types::AMQPValue};
 use serde_json::Value;
 use sqlx::{Acquire, PgConnection, PgExecutor, PgPool};
@@ -264,7 +266,7 @@ impl Inbox {
         let mut tx = self.pool.begin().await?;
         let inserted = sqlx::query(
             "INSERT INTO inbox (message_id, event_type, payload, headers, status, attempts, processed_at)
-             VALUES ($1, $2, $3, $4, 'processed', 1, now())
+             VALUES ($1, $2, $3, $4, 'processed', 1, clock_timestamp())
              ON CONFLICT (message_id) DO NOTHING",
         )
         .bind(msg.message_id)
@@ -361,7 +363,22 @@ pub(crate) async fn run_handler(
     msg: &InboxMessage,
 ) -> sqlx::Result<Result<(), HandlerError>> {
     let mut savepoint = tx.begin().await?;
-    match handler.handle(&mut savepoint, msg).await {
+    // A panicking handler is a failed attempt like any other: caught here, it is rolled
+    // back, counted and retried, instead of killing the consumer or sweeper task with it.
+    let result = AssertUnwindSafe(handler.handle(&mut savepoint, msg))
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no message".into());
+            Err(HandlerError::Transient(anyhow::anyhow!(
+                "handler panicked: {what}"
+            )))
+        });
+    match result {
         Ok(()) => {
             savepoint.commit().await?;
             Ok(Ok(()))
@@ -375,6 +392,8 @@ pub(crate) async fn run_handler(
 
 /// Writes a handler failure onto the message's inbox row (in the caller's transaction):
 /// `failed` with a backed-off next attempt, or `dead` when permanent or exhausted.
+/// `clock_timestamp()`, not `now()`: the backoff counts from the failure, not from the
+/// start of a transaction that may have run for a while.
 pub(crate) async fn record_failure(
     tx: &mut PgConnection,
     msg: &InboxMessage,
@@ -386,7 +405,7 @@ pub(crate) async fn record_failure(
     sqlx::query(
         "UPDATE inbox SET attempts = $2, last_error = $3, processed_at = NULL,
                 status = CASE WHEN $4 THEN 'dead' ELSE 'failed' END,
-                next_attempt_at = CASE WHEN $4 THEN NULL ELSE now() + make_interval(secs => $5) END
+                next_attempt_at = CASE WHEN $4 THEN NULL ELSE clock_timestamp() + make_interval(secs => $5) END
          WHERE message_id = $1",
     )
     .bind(msg.message_id)

@@ -5,8 +5,9 @@
 //! `FOR UPDATE SKIP LOCKED`, runs the same handler on the same transaction as the
 //! first delivery did, and commits `processed`, or `failed` with the next backoff, or
 //! `dead` when attempts are exhausted. The row lock keeps several sweepers (several
-//! instances) from running the same message at once, and one slow or failing message
-//! never holds up the others.
+//! instances) from running the same message at once. A failing message is rescheduled
+//! and the sweeper moves on; rows are retried one after another, so a handler that hangs
+//! delays this instance's later retries (fresh deliveries are not affected).
 
 use std::sync::Arc;
 
@@ -86,7 +87,7 @@ impl RetrySweeper {
         let outcome = match run_handler(self.handler.as_ref(), &mut tx, &msg).await? {
             Ok(()) => {
                 sqlx::query(
-                    "UPDATE inbox SET status = 'processed', attempts = $2, processed_at = now(),
+                    "UPDATE inbox SET status = 'processed', attempts = $2, processed_at = clock_timestamp(),
                             next_attempt_at = NULL
                      WHERE message_id = $1",
                 )

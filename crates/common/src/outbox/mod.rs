@@ -119,7 +119,7 @@ pub struct OutboxConfig {
     pub confirm_timeout: Duration,
     /// Fallback poll when no NOTIFY arrives (NOTIFY is lost while the listener reconnects).
     pub poll_interval: Duration,
-    /// A new message's time to live: past it, an unsent message is `dead` (seed 004).
+    /// A new message's time to live: past it, an unsent message is `dead`.
     pub message_ttl: Duration,
     pub retry: RetryPolicy,
 }
@@ -147,17 +147,21 @@ impl OutboxConfig {
             self.retry.max_attempts > 0,
             "OUTBOX_MAX_ATTEMPTS must be > 0"
         );
-        // A lease shorter than the confirm wait would let another relay re-publish rows
-        // whose confirms are still on their way: duplicates in steady state.
+        // A lease that can run out while the window is still in flight would let another
+        // relay re-publish rows whose confirms are on their way: duplicates in steady state.
+        // The window is bounded by the confirm timeout; the margin covers claim and settle.
         anyhow::ensure!(
-            self.lease > self.confirm_timeout,
-            "OUTBOX_LEASE_MS ({:?}) must be longer than OUTBOX_CONFIRM_TIMEOUT_MS ({:?})",
+            self.lease >= self.confirm_timeout + LEASE_MARGIN,
+            "OUTBOX_LEASE_MS ({:?}) must exceed OUTBOX_CONFIRM_TIMEOUT_MS ({:?}) by at least {LEASE_MARGIN:?}",
             self.lease,
             self.confirm_timeout
         );
         Ok(self)
     }
 }
+
+/// Time a lease must leave beyond the confirm timeout, for claiming and settling.
+pub const LEASE_MARGIN: Duration = Duration::from_secs(5);
 
 /// One publish that did not end in `sent`, as recorded against its row.
 #[derive(Debug, Clone)]

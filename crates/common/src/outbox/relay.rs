@@ -10,18 +10,19 @@
 //!    [resend scheduler](super::resend_scheduler) hands the rows back.
 //! 3. **Publish the whole window pipelined**: every row goes out as a persistent message
 //!    with `mandatory`, its message id and type, without waiting in between. Each publish
-//!    returns its own confirm future, so each row is matched to its own broker answer.
-//! 4. **Await the confirms** together, under one deadline.
-//!    - ack, not returned → the row is `sent`;
-//!    - ack *with* a basic.return → no queue was bound: the message is *not* delivered,
-//!      the row is retried (without `mandatory` the broker would drop it silently);
+//!    returns its own confirm future (matched by delivery tag).
+//! 4. **Await the confirms** together, under one deadline that also bounds the publishes.
+//!    - acked, and its message id not among the window's returns → the row is `sent`;
+//!    - returned (basic.return: no queue was bound) → *not* delivered, retried; without
+//!      `mandatory` the broker would confirm and silently drop it. Returns are matched to
+//!      rows by message id: the client may attach a return to another message's confirm;
 //!    - nack, timeout, channel error → retried with backoff, or `dead` when exhausted.
 //! 5. **Settle**: mark rows `sent` / record failures — each update only applies while this
 //!    round's claim token is still on the row.
 //!
 //! A row is therefore `sent` only when the broker has taken responsibility for it.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use futures::future::join_all;
 use lapin::{
@@ -151,13 +152,17 @@ impl Relay {
         Ok(Claim { token, rows })
     }
 
-    /// Steps 3 and 4: publish every row of the claim, then await each row's own confirm.
+    /// Steps 3 and 4: publish every row of the claim, then await all the confirms.
     /// Never fails as a whole: every row gets an outcome.
+    ///
+    /// One deadline bounds the whole window, publishes included: a publish can block
+    /// (broker flow control, a dead socket), and the window must end well inside the lease.
     pub async fn publish(&mut self, claim: &Claim) -> Vec<PublishOutcome> {
         let channel = match self.channel().await {
             Ok(c) => c,
             Err(e) => return vec![PublishOutcome::Failed(e.to_string()); claim.rows.len()],
         };
+        let deadline = Instant::now() + self.cfg.confirm_timeout;
         let mut pending = Vec::with_capacity(claim.rows.len());
         let mut broken: Option<String> = None;
         for row in &claim.rows {
@@ -165,53 +170,78 @@ impl Relay {
                 pending.push(Err(err.clone()));
                 continue;
             }
-            let published = channel
-                .basic_publish(
-                    ShortString::from(self.amqp.exchange.as_str()),
-                    ShortString::from(row.routing_key.as_str()),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..Default::default()
-                    },
-                    &serde_json::to_vec(&row.payload).unwrap_or_default(),
-                    self.properties(row),
-                )
-                .await;
-            match published {
-                Ok(confirm) => pending.push(Ok(confirm)),
-                Err(e) => {
-                    let err = format!("publish failed: {e}");
-                    broken = Some(err.clone());
-                    pending.push(Err(err));
+            let body = serde_json::to_vec(&row.payload).unwrap_or_default();
+            let publish = channel.basic_publish(
+                ShortString::from(self.amqp.exchange.as_str()),
+                ShortString::from(row.routing_key.as_str()),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                &body,
+                self.properties(row),
+            );
+            match tokio::time::timeout_at(deadline, publish).await {
+                Ok(Ok(confirm)) => pending.push(Ok(confirm)),
+                Ok(Err(e)) => {
+                    broken = Some(format!("publish failed: {e}"));
+                    pending.push(Err(broken.clone().unwrap()));
+                }
+                Err(_) => {
+                    broken = Some(
+                        "publish blocked past the deadline (flow control or dead connection)"
+                            .into(),
+                    );
+                    pending.push(Err(broken.clone().unwrap()));
                 }
             }
         }
 
-        let deadline = Instant::now() + self.cfg.confirm_timeout;
-        let outcomes = join_all(pending.into_iter().map(|p| async move {
-            let confirm = match p {
-                Ok(confirm) => confirm,
-                Err(e) => return PublishOutcome::Failed(e),
-            };
-            match tokio::time::timeout_at(deadline, confirm).await {
-                Ok(Ok(Confirmation::Ack(None))) => PublishOutcome::Confirmed,
-                Ok(Ok(Confirmation::Ack(Some(ret)))) | Ok(Ok(Confirmation::Nack(Some(ret)))) => {
-                    PublishOutcome::Failed(format!(
-                        "returned by broker as unroutable: {} {}",
-                        ret.reply_code, ret.reply_text
-                    ))
-                }
-                Ok(Ok(Confirmation::Nack(None))) => {
-                    PublishOutcome::Failed("nacked by broker".into())
-                }
-                Ok(Ok(Confirmation::NotRequested)) => {
-                    PublishOutcome::Failed("channel not in confirm mode".into())
-                }
-                Ok(Err(e)) => PublishOutcome::Failed(format!("confirm failed: {e}")),
-                Err(_) => PublishOutcome::Failed("no confirm before the deadline".into()),
+        let answers = join_all(pending.into_iter().map(|p| async move {
+            match p {
+                Ok(confirm) => match tokio::time::timeout_at(deadline, confirm).await {
+                    Ok(Ok(confirmation)) => Ok(confirmation),
+                    Ok(Err(e)) => Err(format!("confirm failed: {e}")),
+                    Err(_) => Err("no confirm before the deadline".to_string()),
+                },
+                Err(e) => Err(e),
             }
         }))
         .await;
+
+        // A basic.return carries no delivery tag: the client hands it to whichever confirm
+        // resolves next, which is not always the returned message's own (several acks can
+        // arrive as one, and RabbitMQ may ack an earlier message between a return and its
+        // ack). So a return is matched to its row by message id, never by which confirm
+        // carried it.
+        let returned: HashMap<String, String> = answers
+            .iter()
+            .filter_map(|a| match a {
+                Ok(Confirmation::Ack(Some(ret)) | Confirmation::Nack(Some(ret))) => {
+                    let id = ret.delivery.properties.message_id().as_ref()?.to_string();
+                    Some((id, format!("{} {}", ret.reply_code, ret.reply_text)))
+                }
+                _ => None,
+            })
+            .collect();
+        let outcomes: Vec<PublishOutcome> = claim
+            .rows
+            .iter()
+            .zip(answers)
+            .map(|(row, answer)| match answer {
+                Ok(Confirmation::Ack(_)) => match returned.get(&row.id.to_string()) {
+                    Some(reason) => PublishOutcome::Failed(format!(
+                        "returned by broker as unroutable: {reason}"
+                    )),
+                    None => PublishOutcome::Confirmed,
+                },
+                Ok(Confirmation::Nack(_)) => PublishOutcome::Failed("nacked by broker".into()),
+                Ok(Confirmation::NotRequested) => {
+                    PublishOutcome::Failed("channel not in confirm mode".into())
+                }
+                Err(e) => PublishOutcome::Failed(e),
+            })
+            .collect();
 
         // A channel that lost a confirm or errored cannot be trusted with the next window.
         let channel_suspect = broken.is_some()
@@ -372,7 +402,13 @@ impl Relay {
                     failures_in_a_row += 1;
                     let delay = broker_backoff.delay(failures_in_a_row);
                     tracing::warn!(error = %e, retry_in = ?delay, "relay round failed");
-                    delay
+                    // Not woken early: every commit notifies, and an outage must not turn
+                    // into one connection attempt per order.
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = shutdown.cancelled() => {}
+                    }
+                    continue;
                 }
             };
             tokio::select! {

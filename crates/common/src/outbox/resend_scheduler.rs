@@ -8,7 +8,7 @@
 //!    not have it. It is handed back (attempts + 1, backed-off next attempt, or `dead`):
 //!    publishing it again is safe because the consumer's inbox drops the duplicate.
 //!    No look-back window guesses what is "stuck": only an expired lease says so.
-//! 2. **Expired messages.** An unsent row past its `expires_at` becomes `dead` (seed 004):
+//! 2. **Expired messages.** An unsent row past its `expires_at` becomes `dead`:
 //!    kept, visible, re-queueable with [`super::requeue_dead`], never silently dropped.
 //! 3. **Due retries.** When a backed-off row falls due, the relay is woken right away
 //!    instead of waiting for its fallback poll. The scheduler then sleeps until the next
