@@ -15,6 +15,18 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 PAYMENT_DEADLINE_SECS="${E2E_PAYMENT_DEADLINE_SECS:-15}"
+
+# The test owns its state: its own databases, recreated on every run, and its own exchange
+# and queues (removed by the broker when unused). Nothing a developer left in order_db,
+# pay_db or the demo queues can change the outcome, and the test leaves them alone.
+pg_server="$(pg_url_parts "$(env_or_default ORDER_DATABASE_URL "$DEFAULT_ORDER_DATABASE_URL")" | cut -d' ' -f1)"
+pg_server="${pg_server%/*}"
+export ORDER_DATABASE_URL="$pg_server/lmt_e2e_order"
+export PAY_DATABASE_URL="$pg_server/lmt_e2e_pay"
+export AMQP_EXCHANGE="lmt.e2e.events"
+export ORDER_QUEUE="e2e.order.payment-results"
+export PAY_QUEUE="e2e.pay.order-created"
+export AMQP_QUEUE_EXPIRES_MS=600000
 GW="$(base_url "$(env_or_default GATEWAY_ADDR "$DEFAULT_GATEWAY_ADDR")")"
 MAX_BODY_BYTES="$(env_or_default GATEWAY_MAX_BODY_BYTES "$DEFAULT_GATEWAY_MAX_BODY_BYTES")"
 
@@ -170,6 +182,13 @@ expect_error() {
 
 # ---------------------------------------------------------------------------------------------
 # The stack
+
+ensure_services
+for url in "$ORDER_DATABASE_URL" "$PAY_DATABASE_URL"; do
+    read -r admin_url db < <(pg_url_parts "$url")
+    psql "$admin_url" -XqAc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null ||
+        die "cannot drop the e2e database $db"
+done
 
 log "starting the stack (scripts/run-local.sh start)"
 STARTED=1
