@@ -23,12 +23,18 @@ pub struct System {
 
 /// Starts pay (whose queue must exist before orders are routable), order, then the gateway.
 /// `order_amqp` lets a test route the order service's broker connections through a proxy.
+/// Pools are small (5) so that tests running in parallel stay within PostgreSQL's limit.
 pub async fn start(amqp: &AmqpConfig, order_amqp: &AmqpConfig) -> System {
+    start_with_pools(amqp, order_amqp, 5).await
+}
+
+/// [`start`] with each service's pool size (the services' default is 10).
+pub async fn start_with_pools(amqp: &AmqpConfig, order_amqp: &AmqpConfig, pool: u32) -> System {
     let pay_db = TestDb::new(&pay::MIGRATOR).await;
     let pay_app = pay::Application::build(pay::PayConfig {
         addr: "127.0.0.1:0".into(),
         database_url: pay_db.url.clone(),
-        db_max_connections: 5,
+        db_max_connections: pool,
         messaging: testing::messaging(amqp, "test.pay", pay::config::ORDER_CREATED_KEYS),
     })
     .await
@@ -42,7 +48,7 @@ pub async fn start(amqp: &AmqpConfig, order_amqp: &AmqpConfig) -> System {
     let order_app = order::Application::build(order::OrderConfig {
         addr: "127.0.0.1:0".into(),
         database_url: order_db.url.clone(),
-        db_max_connections: 5,
+        db_max_connections: pool,
         messaging: testing::messaging(order_amqp, "test.order", order::config::PAYMENT_RESULT_KEYS),
     })
     .await

@@ -23,6 +23,9 @@ use futures::StreamExt;
 use serde_json::json;
 use uuid::Uuid;
 
+/// Each service's database pool: the services' default.
+const POOL: u32 = 10;
+
 fn arg(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
@@ -162,7 +165,7 @@ async fn main() {
     );
     {
         let amqp = testing::test_amqp();
-        let sys = system_tests::start(&amqp, &amqp).await;
+        let sys = system_tests::start_with_pools(&amqp, &amqp, POOL).await;
         let url = format!("{}/buy", sys.order);
         let started = Instant::now();
         let mut post_ms = Vec::new();
@@ -178,7 +181,7 @@ async fn main() {
 
     println!("\n== 3. end-to-end throughput: {orders} orders, {concurrency} concurrent POST /buy");
     let amqp = testing::test_amqp();
-    let sys = system_tests::start(&amqp, &amqp).await;
+    let sys = system_tests::start_with_pools(&amqp, &amqp, POOL).await;
     let url = format!("{}/buy", sys.order);
     let started = Instant::now();
     let mut post_ms: Vec<f64> = futures::stream::iter(0..orders)
