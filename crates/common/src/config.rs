@@ -33,3 +33,22 @@ pub fn env_millis(name: &str, default_ms: u64) -> anyhow::Result<Duration> {
 pub fn env_secs(name: &str, default_s: u64) -> anyhow::Result<Duration> {
     env_or(name, default_s).map(Duration::from_secs)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unparsable_value_is_an_error_naming_the_variable() {
+        // SAFETY: a variable no other test reads.
+        unsafe { std::env::set_var("LMT_TEST_BATCH_SIZE", "lots") };
+        let err = env_or::<i64>("LMT_TEST_BATCH_SIZE", 200)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("LMT_TEST_BATCH_SIZE") && err.contains("lots"),
+            "{err}"
+        );
+        assert_eq!(env_or::<i64>("LMT_TEST_UNSET_VARIABLE", 200).unwrap(), 200);
+    }
+}

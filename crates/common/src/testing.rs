@@ -325,6 +325,22 @@ impl TestQueue {
         out
     }
 
+    /// Messages ready in `queue` (not counting deliveries a consumer holds unacked).
+    pub async fn ready_count(&self, queue: &str) -> u32 {
+        self.channel
+            .queue_declare(
+                lapin::types::ShortString::from(queue),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                Default::default(),
+            )
+            .await
+            .expect("passive declare")
+            .message_count()
+    }
+
     /// Publishes raw bytes with the given properties (for poison and duplicate tests).
     pub async fn publish(
         &self,

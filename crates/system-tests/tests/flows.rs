@@ -86,21 +86,35 @@ async fn insufficient_funds_end_in_payment_failed_without_retries() {
 async fn an_order_taken_while_the_broker_is_unreachable_is_paid_once_it_is_back() {
     let amqp = testing::test_amqp();
     let proxy = TcpProxy::start(testing::broker_addr()).await;
-    proxy.disable().await;
-    // Only the order service loses the broker; pay is healthy and waiting.
+    // Only the order service loses the broker, after it has declared its queue (the broker
+    // dies under a running system); pay is healthy and waiting.
     let sys = system_tests::start(&amqp, &testing::through_proxy(&amqp, &proxy)).await;
+    testing::eventually("order ready", SETTLE, || async {
+        let res = reqwest::get(format!("{}/readyz", sys.order)).await.ok()?;
+        res.status().is_success().then_some(())
+    })
+    .await;
+    proxy.disable().await;
 
     let order_id = sys.buy("alice", 777).await;
-    // The order is taken; its message waits in the outbox, no attempt burnt.
+    let ready: serde_json::Value =
+        testing::eventually("order reports the broker down", SETTLE, || async {
+            let res = reqwest::get(format!("{}/readyz", sys.order)).await.ok()?;
+            (res.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE).then_some(())?;
+            res.json().await.ok()
+        })
+        .await;
+    assert_eq!(ready["checks"]["broker_publisher"], "down");
+    assert_eq!(ready["checks"]["database"], "up");
+    let (_, order) = sys.get(&format!("/order/orders/{order_id}")).await;
+    assert_eq!(order["status"], "PENDING_PAYMENT");
+    // The order is taken; its message waits in the outbox, and the relay's failed rounds
+    // (it has been retrying the connection meanwhile) burnt none of its attempts.
     let (attempts, status): (i32, String) = sqlx::query_as("SELECT attempts, status FROM outbox")
         .fetch_one(&sys.order_db.pool)
         .await
         .unwrap();
     assert_eq!((attempts, status.as_str()), (0, "pending"));
-    let ready = reqwest::get(format!("{}/readyz", sys.order)).await.unwrap();
-    assert_eq!(ready.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
-    let (_, order) = sys.get(&format!("/order/orders/{order_id}")).await;
-    assert_eq!(order["status"], "PENDING_PAYMENT");
 
     proxy.enable().await;
     let order = sys.settled(order_id, Duration::from_secs(40)).await;

@@ -19,7 +19,7 @@ async fn spawn_order(amqp: &common::amqp::AmqpConfig) -> TestApp {
     let cfg = OrderConfig {
         addr: "127.0.0.1:0".into(),
         database_url: db.url.clone(),
-        db_max_connections: 5,
+        db_max_connections: 12,
         messaging: testing::messaging(amqp, "test.order", order::config::PAYMENT_RESULT_KEYS),
     };
     let app = Application::build(cfg).await.expect("build order app");
@@ -104,12 +104,21 @@ async fn buy_writes_the_order_and_its_message_and_the_relay_publishes_it() {
     assert_eq!(payload["order_id"], order_id.to_string());
     assert_eq!(payload["amount_cents"], 1299);
 
-    let sent: String = sqlx::query_scalar("SELECT status FROM outbox WHERE id = $1::uuid")
-        .bind(&message_id)
-        .fetch_one(&app.db.pool)
-        .await
-        .unwrap();
-    assert_eq!(sent, "sent");
+    // Marked sent once the broker's confirm is back (the message may be gettable before).
+    testing::eventually(
+        "the outbox row is sent",
+        Duration::from_secs(10),
+        || async {
+            let status: String =
+                sqlx::query_scalar("SELECT status FROM outbox WHERE id = $1::uuid")
+                    .bind(&message_id)
+                    .fetch_one(&app.db.pool)
+                    .await
+                    .ok()?;
+            (status == "sent").then_some(())
+        },
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -321,15 +330,31 @@ async fn bad_requests_are_refused_with_json_errors_and_write_nothing() {
         assert!(err["error"]["message"].is_string(), "{what}: {err}");
     }
 
-    let bad_key = app
-        .http
-        .post(format!("{}/buy", app.base))
-        .header("Idempotency-Key", "k".repeat(300))
-        .json(&alice(1))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(bad_key.status(), StatusCode::BAD_REQUEST);
+    let long_user = json!({"user_id": "u".repeat(65), "item": "book", "amount_cents": 1});
+    let res = app.buy(long_user, None).await;
+    assert_eq!(
+        res.status(),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "user_id over 64 characters"
+    );
+
+    for key in ["k".repeat(300), " ".into()] {
+        let res = app
+            .http
+            .post(format!("{}/buy", app.base))
+            .header("Idempotency-Key", &key)
+            .json(&alice(1))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            res.status(),
+            StatusCode::BAD_REQUEST,
+            "Idempotency-Key {key:?}"
+        );
+        let err: Value = res.json().await.unwrap();
+        assert_eq!(err["error"]["code"], "invalid_idempotency_key");
+    }
 
     for (path, status, code) in [
         (

@@ -476,3 +476,48 @@ async fn wake_ups_do_not_bypass_the_reconnect_backoff() {
         "{attempts} connection attempts for 100 wake-ups"
     );
 }
+
+/// A commit wakes the relay through LISTEN/NOTIFY: with the fallback poll set to a minute,
+/// a message enqueued after the relay went idle is still sent at once.
+#[tokio::test]
+async fn a_commit_wakes_the_relay_through_notify() {
+    let db = TestDb::new(&order::MIGRATOR).await;
+    let amqp = testing::test_amqp();
+    let queue = TestQueue::bind(&amqp, &[KEY]).await;
+    let mut cfg = testing::fast_outbox();
+    cfg.poll_interval = Duration::from_secs(60);
+    let relay = relay(&db, &amqp, cfg);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(relay.run(stop.clone()));
+
+    let sent = |id: Uuid| {
+        let pool = db.pool.clone();
+        async move { (row(&pool, id).await.status == "sent").then_some(()) }
+    };
+    // The first one may be picked up by the relay's start-up round or the listener's
+    // first wake-up; once it is sent, the relay is idle until woken.
+    let first = enqueue(&db.pool, 1, Duration::from_secs(60)).await[0];
+    testing::eventually("first message sent", Duration::from_secs(10), || {
+        sent(first)
+    })
+    .await;
+    let second = enqueue(&db.pool, 1, Duration::from_secs(60)).await[0];
+    testing::eventually(
+        "second message sent well before the 60 s poll",
+        Duration::from_secs(10),
+        || sent(second),
+    )
+    .await;
+    stop.cancel();
+    task.await.unwrap();
+    assert_eq!(message_ids(&queue.take_all().await), vec![first, second]);
+}
+
+#[test]
+fn a_lease_must_outlast_the_confirm_timeout_by_the_margin() {
+    let mut cfg = testing::fast_outbox();
+    cfg.confirm_timeout = cfg.lease - Duration::from_secs(1);
+    let err = cfg.validate().unwrap_err().to_string();
+    assert!(err.contains("OUTBOX_LEASE_MS"), "{err}");
+    assert!(testing::fast_outbox().validate().is_ok());
+}

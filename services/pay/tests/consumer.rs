@@ -13,6 +13,7 @@ use async_trait::async_trait;
 use common::{
     inbox::{
         HandlerError, Inbox, InboxCounters, InboxMessage, MessageHandler, consumer::InboxConsumer,
+        retry_sweeper::RetrySweeper,
     },
     testing::{self, TcpProxy, TestDb, TestQueue},
 };
@@ -44,6 +45,8 @@ fn props() -> BasicProperties {
 
 struct Running {
     _db: TestDb,
+    inbox: Inbox,
+    queue: String,
     handled: Arc<AtomicUsize>,
     counters: Arc<InboxCounters>,
     connected: common::amqp::BrokerStatus,
@@ -64,10 +67,11 @@ async fn start(
         testing::fast_inbox(),
     );
     let counters = inbox.counters();
+    let queue = testing::unique_name("test.q");
     let consumer = InboxConsumer::new(
-        inbox,
+        inbox.clone(),
         consumer_amqp,
-        testing::unique_name("test.q"),
+        queue.clone(),
         &["k"],
         "test-consumer",
     );
@@ -81,6 +85,8 @@ async fn start(
     let publisher = TestQueue::bind(amqp, &["unused"]).await;
     Running {
         _db: db,
+        inbox,
+        queue,
         handled,
         counters,
         connected,
@@ -156,4 +162,74 @@ async fn a_panicking_handler_is_a_recorded_failure_and_the_consumer_goes_on() {
             .unwrap();
     assert_eq!(status, "failed");
     assert!(error.contains("handler panicked: handler bug"), "{error}");
+
+    // The sweeper retries it like any failure (and it panics again: attempt 2, still alive).
+    sqlx::query("UPDATE inbox SET next_attempt_at = now()")
+        .execute(&c._db.pool)
+        .await
+        .unwrap();
+    let report = RetrySweeper::new(&c.inbox).run_once().await.unwrap();
+    assert_eq!(report.failed, 1);
+    let attempts: i32 = sqlx::query_scalar("SELECT attempts FROM inbox WHERE payload ? 'boom'")
+        .fetch_one(&c._db.pool)
+        .await
+        .unwrap();
+    assert_eq!(attempts, 2);
+}
+
+/// The delivery is acked only after its outcome is committed: while the inbox cannot record
+/// anything, the message is handed back to the broker again and again, and once the
+/// database accepts writes it is processed. Acked early, it would be gone.
+#[tokio::test]
+async fn a_delivery_is_acked_only_after_its_outcome_is_committed() {
+    let amqp = testing::test_amqp();
+    let c = start(&amqp, amqp.clone()).await;
+    sqlx::query("ALTER TABLE inbox ADD CONSTRAINT refuse_everything CHECK (false) NOT VALID")
+        .execute(&c._db.pool)
+        .await
+        .unwrap();
+    c.publisher.publish(&amqp, "k", props(), b"{}").await;
+    testing::eventually(
+        "handed back at least twice",
+        Duration::from_secs(20),
+        || async { (InboxCounters::get(&c.counters.unrecorded) >= 2).then_some(()) },
+    )
+    .await;
+    assert_eq!(c.handled.load(Ordering::SeqCst), 0);
+
+    sqlx::query("ALTER TABLE inbox DROP CONSTRAINT refuse_everything")
+        .execute(&c._db.pool)
+        .await
+        .unwrap();
+    c.wait_handled(1).await;
+    assert_eq!(InboxCounters::get(&c.counters.processed), 1);
+}
+
+/// Poison is acked, not merely skipped: after the consumer stops (which hands every unacked
+/// delivery back to the queue), the queue is empty.
+#[tokio::test]
+async fn poison_deliveries_are_acked() {
+    let amqp = testing::test_amqp();
+    let c = start(&amqp, amqp.clone()).await;
+    let no_id = BasicProperties::default().with_content_type(ShortString::from("application/json"));
+    c.publisher.publish(&amqp, "k", no_id, b"{}").await;
+    c.publisher.publish(&amqp, "k", props(), b"not json").await;
+    c.publisher.publish(&amqp, "k", props(), b"{}").await;
+    c.wait_handled(1).await;
+    testing::eventually(
+        "two poison messages recorded",
+        Duration::from_secs(10),
+        || async { (InboxCounters::get(&c.counters.poison) == 2).then_some(()) },
+    )
+    .await;
+    c.stop.cancel();
+    tokio::time::timeout(Duration::from_secs(10), c.task)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        c.publisher.ready_count(&c.queue).await,
+        0,
+        "nothing was left unacked"
+    );
 }

@@ -166,7 +166,10 @@ async fn a_second_message_about_the_same_order_cannot_pay_twice() {
 #[tokio::test]
 async fn a_handler_that_fails_twice_is_retried_with_backoff_and_pays_once() {
     let db = TestDb::new(&pay::MIGRATOR).await;
-    let inbox = Inbox::new(db.pool.clone(), failing(2), testing::fast_inbox());
+    let mut cfg = testing::fast_inbox();
+    cfg.retry.base = Duration::from_secs(10); // long enough to see, not to wait for
+    cfg.retry.max = Duration::from_secs(60);
+    let inbox = Inbox::new(db.pool.clone(), failing(2), cfg);
     let sweeper = RetrySweeper::new(&inbox);
     let (order_id, msg) = order_created("alice", 2500);
     let id = msg.message_id.clone().unwrap();
@@ -181,7 +184,8 @@ async fn a_handler_that_fails_twice_is_retried_with_backoff_and_pays_once() {
     assert_eq!((status.as_str(), attempts), ("failed", 1));
     assert_eq!(error.as_deref(), Some("simulated outage"));
     let backed_off: bool = sqlx::query_scalar(
-        "SELECT next_attempt_at > received_at FROM inbox WHERE message_id = $1::uuid",
+        // First retry: 10 s with equal jitter, so at least 5 s away.
+        "SELECT next_attempt_at > now() + interval '4 seconds' FROM inbox WHERE message_id = $1::uuid",
     )
     .bind(&id)
     .fetch_one(&db.pool)
@@ -191,10 +195,20 @@ async fn a_handler_that_fails_twice_is_retried_with_backoff_and_pays_once() {
     assert!(payments(&db.pool, order_id).await.is_empty());
     assert_eq!(balance(&db.pool, "alice").await, START);
 
+    assert_eq!(
+        sweeper.run_once().await.unwrap(),
+        Default::default(),
+        "not due yet: not retried"
+    );
     testing::eventually(
         "the sweeper processes the message",
         Duration::from_secs(10),
         || async {
+            // Time passes: make the backed-off retry due.
+            sqlx::query("UPDATE inbox SET next_attempt_at = now() WHERE status = 'failed'")
+                .execute(&db.pool)
+                .await
+                .unwrap();
             sweeper.run_once().await.unwrap();
             let (status, attempts, _) = inbox_row(&db.pool, &id).await;
             (status == "processed").then_some(attempts)
@@ -337,7 +351,7 @@ fn props(message_id: Option<&str>, content_type: &str) -> BasicProperties {
 }
 
 #[tokio::test]
-async fn a_message_delivered_twice_by_the_broker_pays_once() {
+async fn a_message_published_twice_to_the_broker_pays_once() {
     let amqp = testing::test_amqp();
     let pay = spawn_pay(&amqp).await;
     let (order_id, msg) = order_created("alice", 4200);
@@ -432,6 +446,12 @@ async fn poison_messages_are_recorded_dead_acked_and_do_not_block_the_next_one()
     .await
     .unwrap();
     assert!(not_json_error.contains("not valid JSON"));
+    let kept: i32 =
+        sqlx::query_scalar("SELECT max(length(raw_body)) FROM inbox WHERE status = 'dead'")
+            .fetch_one(&pay.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(kept, 64 * 1024, "a huge poison body is kept up to 64 KiB");
     assert_eq!(
         not_json_body.as_deref(),
         Some(&b"{not json"[..]),

@@ -30,7 +30,8 @@ async fn the_service_stops_cleanly_when_the_shutdown_future_resolves() {
     .await;
 
     stop.send(()).unwrap();
-    let result = tokio::time::timeout(Duration::from_secs(30), running)
+    // Shorter than the service's own drain limit (15 s): workers must stop, not be abandoned.
+    let result = tokio::time::timeout(Duration::from_secs(10), running)
         .await
         .expect("run_until_stopped returns after shutdown")
         .unwrap();

@@ -196,6 +196,9 @@ pub struct InboxCounters {
     pub failed: AtomicU64,
     pub dead: AtomicU64,
     pub poison: AtomicU64,
+    /// Deliveries whose outcome could not be recorded (database unreachable): not acked,
+    /// handed back to the broker.
+    pub unrecorded: AtomicU64,
 }
 
 impl InboxCounters {
@@ -252,9 +255,14 @@ impl Inbox {
     /// Handles one delivery (see the module docs). `Ok` means the outcome is committed and
     /// the delivery may be acked; `Err` means nothing was recorded: do not ack.
     pub async fn receive(&self, incoming: Incoming) -> sqlx::Result<Outcome> {
-        let outcome = self.receive_uncounted(incoming).await?;
-        self.counters.count(&outcome);
-        Ok(outcome)
+        let outcome = self.receive_uncounted(incoming).await;
+        match &outcome {
+            Ok(o) => self.counters.count(o),
+            Err(_) => {
+                self.counters.unrecorded.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        outcome
     }
 
     async fn receive_uncounted(&self, incoming: Incoming) -> sqlx::Result<Outcome> {
