@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use sqlx::{Connection, PgConnection, PgPool, migrate::Migrator, postgres::PgPoolOptions};
+use sqlx::{PgPool, migrate::Migrator, postgres::PgPoolOptions};
 
 /// Opens the pool and applies the service's migrations (idempotent; concurrent instances
 /// are serialised by sqlx's migration lock).
@@ -21,7 +21,7 @@ pub async fn connect_and_migrate(
     Ok(pool)
 }
 
-pub fn pool_options(max_connections: u32) -> PgPoolOptions {
+fn pool_options(max_connections: u32) -> PgPoolOptions {
     PgPoolOptions::new()
         .max_connections(max_connections)
         // Fail fast when the database is gone, so HTTP answers 503 instead of hanging.
@@ -52,11 +52,6 @@ pub fn redact(url: &str) -> String {
         }
         _ => url.to_string(),
     }
-}
-
-/// A single connection, for callers that must not take from a pool (LISTEN, admin).
-pub async fn connect_one(url: &str) -> sqlx::Result<PgConnection> {
-    PgConnection::connect(url).await
 }
 
 #[cfg(test)]

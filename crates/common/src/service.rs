@@ -38,7 +38,7 @@ pub struct MessagingConfig {
 }
 
 /// The four background workers, built but not yet started.
-pub struct Messaging {
+struct Messaging {
     counters: Arc<InboxCounters>,
     relay: Relay,
     scheduler: ResendScheduler,
@@ -48,7 +48,7 @@ pub struct Messaging {
 
 /// What `/readyz` needs to know.
 #[derive(Clone)]
-pub struct Readiness {
+struct Readiness {
     pool: PgPool,
     publisher: BrokerStatus,
     consumer: BrokerStatus,
@@ -56,7 +56,7 @@ pub struct Readiness {
 
 impl Readiness {
     /// 200 when the database answers and both broker connections are up, else 503.
-    pub async fn respond(&self) -> Response {
+    async fn respond(&self) -> Response {
         let database = db::ping(&self.pool).await;
         crate::http::readiness(&[
             ("database", database),
@@ -68,7 +68,7 @@ impl Readiness {
 
 impl Messaging {
     /// `name` labels the AMQP connections (`<name>-relay`, `<name>-consumer`).
-    pub fn new(
+    fn new(
         pool: PgPool,
         handler: Arc<dyn MessageHandler>,
         cfg: &MessagingConfig,
@@ -100,11 +100,11 @@ impl Messaging {
         }
     }
 
-    pub fn inbox_counters(&self) -> Arc<InboxCounters> {
+    fn inbox_counters(&self) -> Arc<InboxCounters> {
         self.counters.clone()
     }
 
-    pub fn readiness(&self, pool: PgPool) -> Readiness {
+    fn readiness(&self, pool: PgPool) -> Readiness {
         Readiness {
             pool,
             publisher: self.relay.status(),
@@ -125,7 +125,7 @@ impl Messaging {
 /// Serves `router` on `listener` and runs the workers until `shutdown` resolves. Then, in
 /// order: stop accepting HTTP and finish requests in flight (no new outbox rows), stop the
 /// workers (the relay finishes its window, the consumer its deliveries), and return.
-pub async fn serve(
+async fn serve(
     listener: TcpListener,
     router: Router,
     messaging: Messaging,
@@ -173,7 +173,6 @@ pub struct Service {
     listener: TcpListener,
     router: Router,
     messaging: Messaging,
-    pool: PgPool,
 }
 
 impl Service {
@@ -207,20 +206,11 @@ impl Service {
             listener,
             router,
             messaging,
-            pool,
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().expect("bound listener")
-    }
-
-    pub fn port(&self) -> u16 {
-        self.local_addr().port()
-    }
-
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
     }
 
     /// What the inbox did so far (duplicates dropped, failures…).

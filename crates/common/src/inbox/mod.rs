@@ -462,26 +462,3 @@ pub async fn requeue_dead(db: impl PgExecutor<'_>, message_id: Uuid) -> sqlx::Re
     .await?;
     Ok(res.rows_affected() == 1)
 }
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct InboxStats {
-    pub processed: i64,
-    pub failed: i64,
-    pub dead: i64,
-}
-
-pub async fn stats(db: impl PgExecutor<'_>) -> sqlx::Result<InboxStats> {
-    let (processed, failed, dead): (i64, i64, i64) = sqlx::query_as(
-        "SELECT count(*) FILTER (WHERE status = 'processed'),
-                count(*) FILTER (WHERE status = 'failed'),
-                count(*) FILTER (WHERE status = 'dead')
-         FROM inbox",
-    )
-    .fetch_one(db)
-    .await?;
-    Ok(InboxStats {
-        processed,
-        failed,
-        dead,
-    })
-}
