@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use common::{
-    inbox::InboxCounters,
     outbox::{
         self, NewMessage,
         relay::{PublishOutcome, Relay},
@@ -79,7 +78,7 @@ async fn insufficient_funds_end_in_payment_failed_without_retries() {
         .await
         .unwrap();
     assert_eq!((status.as_str(), attempts), ("processed", 1));
-    assert_eq!(InboxCounters::get(&sys.pay_counters.failed), 0);
+    assert_eq!(sys.pay_counters.snapshot().failed, 0);
 }
 
 #[tokio::test]
@@ -175,8 +174,7 @@ async fn a_relay_crash_after_publish_republishes_and_the_inbox_drops_the_duplica
 
     testing::eventually("pay saw both copies", SETTLE, || async {
         let c = &sys.pay_counters;
-        (InboxCounters::get(&c.processed) == 1 && InboxCounters::get(&c.duplicates) == 1)
-            .then_some(())
+        (c.snapshot().processed == 1 && c.snapshot().duplicates == 1).then_some(())
     })
     .await;
     let payments = count(

@@ -147,7 +147,7 @@ async fn a_panicking_handler_is_a_recorded_failure_and_the_consumer_goes_on() {
     testing::eventually(
         "the panic recorded as a failure",
         Duration::from_secs(10),
-        || async { (InboxCounters::get(&c.counters.failed) >= 1).then_some(()) },
+        || async { (c.counters.snapshot().failed >= 1).then_some(()) },
     )
     .await;
     assert!(
@@ -192,7 +192,7 @@ async fn a_delivery_is_acked_only_after_its_outcome_is_committed() {
     testing::eventually(
         "handed back at least twice",
         Duration::from_secs(20),
-        || async { (InboxCounters::get(&c.counters.unrecorded) >= 2).then_some(()) },
+        || async { (c.counters.snapshot().unrecorded >= 2).then_some(()) },
     )
     .await;
     assert_eq!(c.handled.load(Ordering::SeqCst), 0);
@@ -202,7 +202,7 @@ async fn a_delivery_is_acked_only_after_its_outcome_is_committed() {
         .await
         .unwrap();
     c.wait_handled(1).await;
-    assert_eq!(InboxCounters::get(&c.counters.processed), 1);
+    assert_eq!(c.counters.snapshot().processed, 1);
 }
 
 /// Poison is acked, not merely skipped: after the consumer stops (which hands every unacked
@@ -219,7 +219,7 @@ async fn poison_deliveries_are_acked() {
     testing::eventually(
         "two poison messages recorded",
         Duration::from_secs(10),
-        || async { (InboxCounters::get(&c.counters.poison) == 2).then_some(()) },
+        || async { (c.counters.snapshot().poison == 2).then_some(()) },
     )
     .await;
     c.stop.cancel();

@@ -124,7 +124,7 @@ async fn the_same_message_twice_pays_once() {
     assert_eq!(replies.len(), 1);
     assert_eq!(replies[0].0, "PaymentCompleted");
     assert_eq!(replies[0].1["order_id"], order_id.to_string());
-    assert_eq!(InboxCounters::get(&inbox.counters().duplicates), 1);
+    assert_eq!(inbox.counters().snapshot().duplicates, 1);
 }
 
 #[tokio::test]
@@ -221,13 +221,7 @@ async fn a_handler_that_fails_twice_is_retried_with_backoff_and_pays_once() {
     assert_eq!(balance(&db.pool, "alice").await, START - 2500);
     assert_eq!(replies(&db.pool).await.len(), 1);
     let c = inbox.counters();
-    assert_eq!(
-        (
-            InboxCounters::get(&c.failed),
-            InboxCounters::get(&c.processed)
-        ),
-        (2, 1)
-    );
+    assert_eq!((c.snapshot().failed, c.snapshot().processed), (2, 1));
 }
 
 #[tokio::test]
@@ -368,8 +362,7 @@ async fn a_message_published_twice_to_the_broker_pays_once() {
     }
     testing::eventually("both copies handled", Duration::from_secs(10), || async {
         let c = &pay.counters;
-        (InboxCounters::get(&c.processed) == 1 && InboxCounters::get(&c.duplicates) == 1)
-            .then_some(())
+        (c.snapshot().processed == 1 && c.snapshot().duplicates == 1).then_some(())
     })
     .await;
     assert_eq!(payments(&pay.db.pool, order_id).await.len(), 1);
@@ -427,7 +420,7 @@ async fn poison_messages_are_recorded_dead_acked_and_do_not_block_the_next_one()
     testing::eventually(
         "five poison messages recorded",
         Duration::from_secs(10),
-        || async { (InboxCounters::get(&pay.counters.poison) == 5).then_some(()) },
+        || async { (pay.counters.snapshot().poison == 5).then_some(()) },
     )
     .await;
     let dead: Vec<(String, Option<Vec<u8>>)> = sqlx::query_as(

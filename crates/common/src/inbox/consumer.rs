@@ -19,7 +19,7 @@ use lapin::{
 };
 use tokio_util::sync::CancellationToken;
 
-use super::{Inbox, Outcome};
+use super::{Inbox, Incoming, Outcome};
 use crate::{
     amqp::{self, AmqpConfig, BrokerStatus},
     backoff::RetryPolicy,
@@ -144,8 +144,8 @@ impl InboxConsumer {
 }
 
 /// Receives one delivery through the inbox and acks it once its outcome is committed.
-async fn handle_delivery(inbox: &Inbox, delivery: Delivery) {
-    match inbox.receive((&delivery).into()).await {
+async fn handle_delivery(inbox: &Inbox, mut delivery: Delivery) {
+    match inbox.receive(Incoming::take_from(&mut delivery)).await {
         Ok(outcome) => {
             if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
                 // The outcome is committed; a redelivery will be dropped as a duplicate.

@@ -96,8 +96,9 @@ pub struct Incoming {
     pub body: Vec<u8>,
 }
 
-impl From<&Delivery> for Incoming {
-    fn from(d: &Delivery) -> Self {
+impl Incoming {
+    /// Takes the body out of `d` (no copy); the rest of the delivery stays usable for the ack.
+    pub fn take_from(d: &mut Delivery) -> Self {
         let p = &d.properties;
         let headers = p
             .headers()
@@ -116,7 +117,7 @@ impl From<&Delivery> for Incoming {
             event_type: p.kind().as_ref().map(|s| s.to_string()),
             content_type: p.content_type().as_ref().map(|s| s.to_string()),
             headers,
-            body: d.data.clone(),
+            body: std::mem::take(&mut d.data),
         }
     }
 }
@@ -213,9 +214,29 @@ impl InboxCounters {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn get(counter: &AtomicU64) -> u64 {
-        counter.load(Ordering::Relaxed)
+    /// The counts as plain numbers.
+    pub fn snapshot(&self) -> InboxCounts {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        InboxCounts {
+            processed: get(&self.processed),
+            duplicates: get(&self.duplicates),
+            failed: get(&self.failed),
+            dead: get(&self.dead),
+            poison: get(&self.poison),
+            unrecorded: get(&self.unrecorded),
+        }
     }
+}
+
+/// A reading of [`InboxCounters`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct InboxCounts {
+    pub processed: u64,
+    pub duplicates: u64,
+    pub failed: u64,
+    pub dead: u64,
+    pub poison: u64,
+    pub unrecorded: u64,
 }
 
 #[derive(Clone)]

@@ -217,7 +217,7 @@ async fn main() {
     summary("commit → settled, backlog included", &mut to_settled);
     println!(
         "pay inbox: {} processed, {} duplicates dropped",
-        common::inbox::InboxCounters::get(&sys.pay_counters.processed),
-        common::inbox::InboxCounters::get(&sys.pay_counters.duplicates)
+        sys.pay_counters.snapshot().processed,
+        sys.pay_counters.snapshot().duplicates
     );
 }
