@@ -216,10 +216,22 @@ impl Drop for TcpProxy {
     }
 }
 
-/// An AMQP config whose connections go through `proxy` instead of straight to the broker.
+/// `amqp://user:pass@HOST:PORT/vhost` → (`amqp://user:pass@`, `HOST:PORT`, `/vhost`).
+fn split_amqp_url(url: &str) -> (&str, &str, &str) {
+    let start = url.rfind('@').map(|i| i + 1).unwrap_or("amqp://".len());
+    let end = url[start..]
+        .find('/')
+        .map(|i| start + i)
+        .unwrap_or(url.len());
+    (&url[..start], &url[start..end], &url[end..])
+}
+
+/// An AMQP config whose connections go through `proxy` instead of straight to the broker
+/// (same credentials and vhost).
 pub fn through_proxy(cfg: &AmqpConfig, proxy: &TcpProxy) -> AmqpConfig {
+    let (before, _, after) = split_amqp_url(&cfg.url);
     AmqpConfig {
-        url: format!("amqp://guest:guest@{}/%2f", proxy.addr()),
+        url: format!("{before}{}{after}", proxy.addr()),
         ..cfg.clone()
     }
 }
@@ -227,14 +239,10 @@ pub fn through_proxy(cfg: &AmqpConfig, proxy: &TcpProxy) -> AmqpConfig {
 /// The local broker's address, for [`TcpProxy::start`].
 pub fn broker_addr() -> SocketAddr {
     let url = amqp_url();
-    let host_port = url
-        .split('@')
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .unwrap_or("127.0.0.1:5672");
-    host_port
-        .parse()
-        .unwrap_or_else(|_| "127.0.0.1:5672".parse().unwrap())
+    let (_, host_port, _) = split_amqp_url(&url);
+    host_port.parse().unwrap_or_else(|_| {
+        panic!("TEST_AMQP_URL must name the broker as IP:port, got {host_port:?}")
+    })
 }
 
 /// Outbox settings for tests: short polls and backoffs, so retries happen within a test.

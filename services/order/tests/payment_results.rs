@@ -22,6 +22,17 @@ fn answer(event_type: &str, order_id: Uuid) -> Incoming {
     }
 }
 
+/// A fresh order database and its inbox with the real handler.
+async fn order_inbox() -> (TestDb, Inbox) {
+    let db = TestDb::new(&order::MIGRATOR).await;
+    let inbox = Inbox::new(
+        db.pool.clone(),
+        Arc::new(PaymentResultHandler),
+        testing::fast_inbox(),
+    );
+    (db, inbox)
+}
+
 async fn new_order(pool: &PgPool) -> Uuid {
     let id = Uuid::now_v7();
     sqlx::query("INSERT INTO orders (id, user_id, item, amount_cents, message_id) VALUES ($1, 'alice', 'book', 100, $2)")
@@ -43,12 +54,7 @@ async fn status(pool: &PgPool, id: Uuid) -> String {
 
 #[tokio::test]
 async fn an_order_is_settled_once_and_a_contradicting_answer_is_dead_not_applied() {
-    let db = TestDb::new(&order::MIGRATOR).await;
-    let inbox = Inbox::new(
-        db.pool.clone(),
-        Arc::new(PaymentResultHandler),
-        testing::fast_inbox(),
-    );
+    let (db, inbox) = order_inbox().await;
     let order_id = new_order(&db.pool).await;
 
     assert_eq!(
@@ -84,12 +90,7 @@ async fn an_order_is_settled_once_and_a_contradicting_answer_is_dead_not_applied
 
 #[tokio::test]
 async fn a_failed_payment_moves_the_order_to_payment_failed_with_the_reason() {
-    let db = TestDb::new(&order::MIGRATOR).await;
-    let inbox = Inbox::new(
-        db.pool.clone(),
-        Arc::new(PaymentResultHandler),
-        testing::fast_inbox(),
-    );
+    let (db, inbox) = order_inbox().await;
     let order_id = new_order(&db.pool).await;
     assert_eq!(
         inbox
@@ -112,12 +113,7 @@ async fn a_failed_payment_moves_the_order_to_payment_failed_with_the_reason() {
 
 #[tokio::test]
 async fn answers_about_unknown_orders_or_of_unknown_types_are_dead() {
-    let db = TestDb::new(&order::MIGRATOR).await;
-    let inbox = Inbox::new(
-        db.pool.clone(),
-        Arc::new(PaymentResultHandler),
-        testing::fast_inbox(),
-    );
+    let (db, inbox) = order_inbox().await;
     let unknown = inbox
         .receive(answer("PaymentCompleted", Uuid::now_v7()))
         .await

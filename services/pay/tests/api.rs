@@ -1,9 +1,8 @@
 //! Pay's read API: payments and balances, and its errors.
 
-use std::time::Duration;
+mod support;
 
-use common::testing::{self, TestDb};
-use pay::{Application, PayConfig};
+use common::testing;
 use reqwest::StatusCode;
 use serde_json::Value;
 use uuid::Uuid;
@@ -11,24 +10,13 @@ use uuid::Uuid;
 #[tokio::test]
 async fn reads_and_their_errors() {
     let amqp = testing::test_amqp();
-    let db = TestDb::new(&pay::MIGRATOR).await;
-    let app = Application::build(PayConfig {
-        addr: "127.0.0.1:0".into(),
-        database_url: db.url.clone(),
-        db_max_connections: 5,
-        messaging: testing::messaging(&amqp, "test.pay", pay::config::ORDER_CREATED_KEYS),
-    })
-    .await
-    .unwrap();
-    let base = format!("http://{}", app.local_addr());
-    tokio::spawn(app.run_until_stopped(std::future::pending()));
+    let pay = support::spawn_pay(&amqp, std::future::pending()).await;
+    let base = pay.base.clone();
     let get = |path: String| {
         let url = format!("{base}{path}");
         async move {
-            let res = testing::eventually("pay answers", Duration::from_secs(10), || async {
-                reqwest::get(&url).await.ok()
-            })
-            .await;
+            let res = reqwest::get(&url).await.unwrap();
+
             let status = res.status();
             (status, res.json::<Value>().await.unwrap())
         }

@@ -18,10 +18,12 @@ use common::{
     testing::{self, TestDb, TestQueue},
 };
 use lapin::{BasicProperties, types::ShortString};
-use pay::{Application, PayConfig, payments::PaymentHandler};
+use pay::payments::PaymentHandler;
 use serde_json::{Value, json};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
+
+mod support;
 
 fn order_created(user: &str, amount: i64) -> (Uuid, Incoming) {
     let order_id = Uuid::now_v7();
@@ -309,27 +311,12 @@ struct RunningPay {
 }
 
 async fn spawn_pay(amqp: &AmqpConfig) -> RunningPay {
-    let db = TestDb::new(&pay::MIGRATOR).await;
-    let cfg = PayConfig {
-        addr: "127.0.0.1:0".into(),
-        database_url: db.url.clone(),
-        db_max_connections: 5,
-        messaging: testing::messaging(amqp, "test.pay", pay::config::ORDER_CREATED_KEYS),
-    };
-    let app = Application::build(cfg).await.unwrap();
-    let counters = app.inbox_counters();
-    let base = format!("http://{}", app.local_addr());
-    tokio::spawn(app.run_until_stopped(std::future::pending()));
-    testing::eventually("pay is ready", Duration::from_secs(10), || async {
-        let res = reqwest::get(format!("{base}/readyz")).await.ok()?;
-        res.status().is_success().then_some(())
-    })
-    .await;
+    let pay = support::spawn_pay(amqp, std::future::pending()).await;
     // A queue of our own on the same exchange, only to publish through.
     let queue = TestQueue::bind(amqp, &["unused"]).await;
     RunningPay {
-        db,
-        counters,
+        db: pay.db,
+        counters: pay.counters,
         queue,
     }
 }

@@ -1,0 +1,52 @@
+//! Shared by pay's integration tests: the pay service on port 0, on a fresh database.
+// Each test binary compiles this module and uses only part of it.
+#![allow(dead_code)]
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use common::{
+    amqp::AmqpConfig,
+    inbox::InboxCounters,
+    testing::{self, TestDb},
+};
+use pay::{Application, PayConfig};
+use tokio::task::JoinHandle;
+
+pub struct Pay {
+    pub db: TestDb,
+    /// `http://127.0.0.1:<port>`
+    pub base: String,
+    pub counters: Arc<InboxCounters>,
+    /// The service's `run_until_stopped`; it ends when the shutdown future resolves.
+    pub running: JoinHandle<anyhow::Result<()>>,
+}
+
+/// Builds pay on `amqp`, runs it until `shutdown` resolves, and waits until it is ready.
+pub async fn spawn_pay(
+    amqp: &AmqpConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Pay {
+    let db = TestDb::new(&pay::MIGRATOR).await;
+    let app = Application::build(PayConfig {
+        addr: "127.0.0.1:0".into(),
+        database_url: db.url.clone(),
+        db_max_connections: 5,
+        messaging: testing::messaging(amqp, "test.pay", pay::config::ORDER_CREATED_KEYS),
+    })
+    .await
+    .expect("build pay");
+    let base = format!("http://{}", app.local_addr());
+    let counters = app.inbox_counters();
+    let running = tokio::spawn(app.run_until_stopped(shutdown));
+    testing::eventually("pay is ready", Duration::from_secs(10), || async {
+        let res = reqwest::get(format!("{base}/readyz")).await.ok()?;
+        res.status().is_success().then_some(())
+    })
+    .await;
+    Pay {
+        db,
+        base,
+        counters,
+        running,
+    }
+}
