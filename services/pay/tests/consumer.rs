@@ -201,8 +201,12 @@ async fn a_delivery_is_acked_only_after_its_outcome_is_committed() {
         .execute(&c._db.pool)
         .await
         .unwrap();
-    c.wait_handled(1).await;
-    assert_eq!(c.counters.snapshot().processed, 1);
+    // The handler ran; wait for its outcome to be committed and counted.
+    testing::eventually("processed once", Duration::from_secs(20), || async {
+        (c.counters.snapshot().processed == 1).then_some(())
+    })
+    .await;
+    assert_eq!(c.handled.load(Ordering::SeqCst), 1);
 }
 
 /// Poison is acked, not merely skipped: after the consumer stops (which hands every unacked

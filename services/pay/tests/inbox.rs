@@ -438,3 +438,26 @@ async fn poison_messages_are_recorded_dead_acked_and_do_not_block_the_next_one()
         "raw body kept"
     );
 }
+
+/// One sweep tries a failing row once, even when its backoff is shorter than the sweep:
+/// otherwise a round would burn several attempts of the same message at once.
+#[tokio::test]
+async fn one_sweep_retries_a_failing_message_once() {
+    let db = TestDb::new(&pay::MIGRATOR).await;
+    let mut cfg = testing::fast_inbox();
+    cfg.retry.base = Duration::ZERO; // due again at once
+    cfg.retry.max = Duration::ZERO;
+    cfg.retry.max_attempts = 50;
+    let inbox = Inbox::new(db.pool.clone(), failing(u32::MAX), cfg);
+    let (_, msg) = order_created("alice", 100);
+    let id = msg.message_id.clone().unwrap();
+    inbox.receive(msg).await.unwrap();
+
+    let report = RetrySweeper::new(&inbox).run_once().await.unwrap();
+    assert_eq!(report.failed, 1);
+    assert_eq!(
+        inbox_row(&db.pool, &id).await.1,
+        2,
+        "one retry in one sweep"
+    );
+}

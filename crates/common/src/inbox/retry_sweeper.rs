@@ -49,11 +49,14 @@ impl RetrySweeper {
         }
     }
 
-    /// Retries every due row (up to the batch size), one transaction each.
+    /// Retries every due row (up to the batch size), one transaction each, each row at most
+    /// once: a row that fails again with a backoff shorter than the round must wait for the
+    /// next round, not burn its attempts now.
     pub async fn run_once(&self) -> sqlx::Result<SweepReport> {
         let mut report = SweepReport::default();
+        let mut tried = Vec::new();
         for _ in 0..self.batch {
-            match self.retry_next().await? {
+            match self.retry_next(&mut tried).await? {
                 None => break,
                 Some(Outcome::Processed) => report.processed += 1,
                 Some(Outcome::Failed { .. }) => report.failed += 1,
@@ -63,20 +66,22 @@ impl RetrySweeper {
         Ok(report)
     }
 
-    async fn retry_next(&self) -> sqlx::Result<Option<Outcome>> {
+    async fn retry_next(&self, tried: &mut Vec<Uuid>) -> sqlx::Result<Option<Outcome>> {
         let mut tx = self.pool.begin().await?;
         let row: Option<(Uuid, String, Option<Value>, Value, i32)> = sqlx::query_as(
             "SELECT message_id, event_type, payload, headers, attempts FROM inbox
-             WHERE status = 'failed' AND next_attempt_at <= now()
+             WHERE status = 'failed' AND next_attempt_at <= now() AND message_id <> ALL($1)
              ORDER BY next_attempt_at
              LIMIT 1
              FOR UPDATE SKIP LOCKED",
         )
+        .bind(&*tried)
         .fetch_optional(&mut *tx)
         .await?;
         let Some((message_id, event_type, payload, headers, attempts)) = row else {
             return Ok(None);
         };
+        tried.push(message_id);
         let msg = InboxMessage {
             message_id,
             event_type,
