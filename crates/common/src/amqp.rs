@@ -22,7 +22,10 @@ use lapin::{
     types::{AMQPValue, FieldTable, LongString, ShortString},
 };
 
-use crate::config::{env_or, env_string};
+use crate::{
+    backoff::RetryPolicy,
+    config::{env_millis, env_or, env_string},
+};
 
 /// Where the broker is and what the shared topology is called.
 #[derive(Debug, Clone)]
@@ -34,6 +37,10 @@ pub struct AmqpConfig {
     pub queue_expires: Option<Duration>,
     /// Tests set this so their throw-away exchange disappears with its last binding.
     pub exchange_auto_delete: bool,
+    /// How the relay and the consumer space their reconnection attempts while the broker is
+    /// unreachable. The cap bounds how long a service stays disconnected after the broker is
+    /// back; the doubling keeps an outage from becoming a storm of connection attempts.
+    pub reconnect: RetryPolicy,
 }
 
 impl AmqpConfig {
@@ -44,7 +51,21 @@ impl AmqpConfig {
             exchange: env_string("AMQP_EXCHANGE", "lmt.events"),
             queue_expires: (expires_ms > 0).then(|| Duration::from_millis(expires_ms)),
             exchange_auto_delete: false,
+            reconnect: RetryPolicy {
+                base: env_millis("AMQP_RECONNECT_BASE_MS", 200)?,
+                max: env_millis("AMQP_RECONNECT_MAX_MS", 5_000)?,
+                max_attempts: i32::MAX,
+            },
         })
+        .and_then(Self::validate)
+    }
+
+    pub fn validate(self) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            !self.reconnect.base.is_zero() && self.reconnect.base <= self.reconnect.max,
+            "AMQP_RECONNECT_BASE_MS must be > 0 and at most AMQP_RECONNECT_MAX_MS"
+        );
+        Ok(self)
     }
 }
 

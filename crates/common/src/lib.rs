@@ -6,6 +6,7 @@ pub mod db;
 pub mod http;
 pub mod inbox;
 pub mod outbox;
+pub mod retention;
 pub mod service;
 pub mod telemetry;
 #[cfg(feature = "testing")]

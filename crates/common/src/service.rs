@@ -24,6 +24,7 @@ use crate::{
         retry_sweeper::RetrySweeper,
     },
     outbox::{OutboxConfig, relay::Relay, resend_scheduler::ResendScheduler},
+    retention::{RetentionConfig, RetentionRunner},
 };
 
 /// The messaging side of a service.
@@ -35,15 +36,24 @@ pub struct MessagingConfig {
     /// The queue this service consumes, and the routing keys bound to it.
     pub queue: String,
     pub routing_keys: Vec<String>,
+    pub retention: RetentionConfig,
 }
 
-/// The four background workers, built but not yet started.
+impl MessagingConfig {
+    /// Rules that span the parts (see [`crate::retention::validate`]).
+    pub fn validate(&self) -> anyhow::Result<()> {
+        crate::retention::validate(&self.outbox, &self.inbox)
+    }
+}
+
+/// The background workers, built but not yet started.
 struct Messaging {
     counters: Arc<InboxCounters>,
     relay: Relay,
     scheduler: ResendScheduler,
     consumer: InboxConsumer,
     sweeper: RetrySweeper,
+    retention: RetentionRunner,
 }
 
 /// What `/readyz` needs to know.
@@ -81,6 +91,8 @@ impl Messaging {
             format!("{name}-relay"),
         );
         let scheduler = ResendScheduler::new(pool.clone(), cfg.outbox.clone(), relay.wake_handle());
+        let retention =
+            RetentionRunner::new(pool.clone(), &cfg.outbox, &cfg.inbox, cfg.retention.clone());
         let inbox = Inbox::new(pool, handler, cfg.inbox.clone());
         let keys: Vec<&str> = cfg.routing_keys.iter().map(String::as_str).collect();
         let consumer = InboxConsumer::new(
@@ -97,6 +109,7 @@ impl Messaging {
             scheduler,
             consumer,
             sweeper,
+            retention,
         }
     }
 
@@ -118,6 +131,7 @@ impl Messaging {
         set.spawn(self.scheduler.run(token.clone()));
         set.spawn(self.consumer.run(token.clone()));
         set.spawn(self.sweeper.run(token.clone()));
+        set.spawn(self.retention.run(token.clone()));
         set
     }
 }
@@ -183,6 +197,11 @@ impl Service {
         handler: Arc<dyn MessageHandler>,
         routes: impl FnOnce(PgPool) -> Router,
     ) -> anyhow::Result<Self> {
+        // Before touching anything: a configuration that could process a message twice
+        // never starts.
+        spec.messaging
+            .validate()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         let pool =
             db::connect_and_migrate(spec.database_url, spec.db_max_connections, spec.migrator)
                 .await?;

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     amqp::AmqpConfig, backoff::RetryPolicy, config::env_string, inbox::InboxConfig,
-    outbox::OutboxConfig, service::MessagingConfig,
+    outbox::OutboxConfig, retention::RetentionConfig, service::MessagingConfig,
 };
 
 /// A throw-away name: `prefix-<12 hex>`.
@@ -52,6 +52,12 @@ pub fn test_amqp() -> AmqpConfig {
         exchange: unique_name("test.events"),
         queue_expires: Some(Duration::from_secs(120)),
         exchange_auto_delete: true,
+        // Production doubles up to 5 s; tests recover within a second of the broker's return.
+        reconnect: RetryPolicy {
+            base: Duration::from_millis(200),
+            max: Duration::from_secs(1),
+            max_attempts: i32::MAX,
+        },
     }
 }
 
@@ -83,6 +89,22 @@ impl TestDb {
             .expect("connect to test database");
         migrator.run(&pool).await.expect("migrate test database");
         TestDb { pool, url, name }
+    }
+
+    /// Terminates every session on this database (the services' pools, listeners and the
+    /// test's own pool), as `pg_terminate_backend` by an operator or a failover would.
+    /// Returns how many were terminated.
+    pub async fn terminate_connections(&self) -> i64 {
+        let admin = PgConnectOptions::from_str(&admin_url()).expect("TEST_DATABASE_URL");
+        let mut conn = admin.connect().await.expect("connect to PostgreSQL");
+        sqlx::query_scalar(
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid))
+             FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+        )
+        .bind(&self.name)
+        .fetch_one(&mut conn)
+        .await
+        .expect("terminate connections")
     }
 }
 
@@ -216,9 +238,11 @@ impl Drop for TcpProxy {
     }
 }
 
-/// `amqp://user:pass@HOST:PORT/vhost` → (`amqp://user:pass@`, `HOST:PORT`, `/vhost`).
-fn split_amqp_url(url: &str) -> (&str, &str, &str) {
-    let start = url.rfind('@').map(|i| i + 1).unwrap_or("amqp://".len());
+/// `scheme://user:pass@HOST:PORT/path?query` → (`scheme://user:pass@`, `HOST:PORT`,
+/// `/path?query`).
+fn split_url(url: &str) -> (&str, &str, &str) {
+    let after_scheme = url.find("://").map(|i| i + 3).unwrap_or(0);
+    let start = url.rfind('@').map(|i| i + 1).unwrap_or(after_scheme);
     let end = url[start..]
         .find('/')
         .map(|i| start + i)
@@ -229,20 +253,34 @@ fn split_amqp_url(url: &str) -> (&str, &str, &str) {
 /// An AMQP config whose connections go through `proxy` instead of straight to the broker
 /// (same credentials and vhost).
 pub fn through_proxy(cfg: &AmqpConfig, proxy: &TcpProxy) -> AmqpConfig {
-    let (before, _, after) = split_amqp_url(&cfg.url);
     AmqpConfig {
-        url: format!("{before}{}{after}", proxy.addr()),
+        url: url_through_proxy(&cfg.url, proxy),
         ..cfg.clone()
     }
 }
 
+/// `url` (AMQP or PostgreSQL) with its `host:port` replaced by the proxy's address;
+/// credentials, path and query are kept.
+pub fn url_through_proxy(url: &str, proxy: &TcpProxy) -> String {
+    let (before, _, after) = split_url(url);
+    format!("{before}{}{after}", proxy.addr())
+}
+
+/// The PostgreSQL server's address (from `TEST_DATABASE_URL`), for [`TcpProxy::start`].
+pub fn database_addr() -> SocketAddr {
+    socket_addr(&admin_url(), "TEST_DATABASE_URL")
+}
+
 /// The local broker's address, for [`TcpProxy::start`].
 pub fn broker_addr() -> SocketAddr {
-    let url = amqp_url();
-    let (_, host_port, _) = split_amqp_url(&url);
-    host_port.parse().unwrap_or_else(|_| {
-        panic!("TEST_AMQP_URL must name the broker as IP:port, got {host_port:?}")
-    })
+    socket_addr(&amqp_url(), "TEST_AMQP_URL")
+}
+
+fn socket_addr(url: &str, var: &str) -> SocketAddr {
+    let (_, host_port, _) = split_url(url);
+    host_port
+        .parse()
+        .unwrap_or_else(|_| panic!("{var} must name the server as IP:port, got {host_port:?}"))
 }
 
 /// Outbox settings for tests: short polls and backoffs, so retries happen within a test.
@@ -258,6 +296,7 @@ pub fn fast_outbox() -> OutboxConfig {
             max: Duration::from_millis(200),
             max_attempts: 5,
         },
+        retention: Duration::from_secs(7 * 24 * 3600),
     }
 }
 
@@ -272,6 +311,7 @@ pub fn fast_inbox() -> InboxConfig {
         },
         poll_interval: Duration::from_millis(50),
         max_body_bytes: 1 << 20,
+        retention: Duration::from_secs(7 * 24 * 3600),
     }
 }
 
@@ -283,6 +323,10 @@ pub fn messaging(amqp: &AmqpConfig, queue_prefix: &str, routing_keys: &[&str]) -
         inbox: fast_inbox(),
         queue: unique_name(queue_prefix),
         routing_keys: routing_keys.iter().map(|s| s.to_string()).collect(),
+        retention: RetentionConfig {
+            interval: Duration::from_secs(600),
+            batch_size: 1_000,
+        },
     }
 }
 
@@ -350,6 +394,43 @@ impl TestQueue {
     }
 
     /// Publishes raw bytes with the given properties (for poison and duplicate tests).
+    /// Takes messages as they arrive until `done` holds for all taken so far; panics after
+    /// `timeout` naming `what`.
+    pub async fn take_until(
+        &self,
+        what: &str,
+        timeout: Duration,
+        done: impl Fn(&[lapin::message::Delivery]) -> bool,
+    ) -> Vec<lapin::message::Delivery> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut taken = Vec::new();
+        loop {
+            taken.extend(self.take_all().await);
+            if done(&taken) {
+                return taken;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!(
+                    "timed out after {timeout:?} waiting for: {what} ({} messages taken)",
+                    taken.len()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Deletes the exchange: for tests whose services (real binaries) declare a durable
+    /// exchange that the broker would otherwise keep.
+    pub async fn delete_exchange(&self, amqp: &AmqpConfig) {
+        self.channel
+            .exchange_delete(
+                lapin::types::ShortString::from(amqp.exchange.as_str()),
+                Default::default(),
+            )
+            .await
+            .expect("exchange.delete");
+    }
+
     pub async fn publish(
         &self,
         amqp: &AmqpConfig,
@@ -370,4 +451,92 @@ impl TestQueue {
             .await
             .expect("confirm");
     }
+}
+
+/// A service binary run as a child process, so a test can SIGKILL it at any moment and start
+/// it again on the same port, exactly as a crash and a restart. Its log goes to a file in
+/// the temp directory (the path is printed; the test harness shows it on failure).
+pub struct ServiceProcess {
+    bin: std::path::PathBuf,
+    env: Vec<(String, String)>,
+    child: Option<tokio::process::Child>,
+    log: std::path::PathBuf,
+    /// `http://127.0.0.1:<port>`
+    pub base: String,
+}
+
+impl ServiceProcess {
+    /// Starts `bin` with `env` plus `<addr_var>=127.0.0.1:<free port>`, and waits until its
+    /// `/readyz` answers 200.
+    pub async fn start(bin: &str, addr_var: &str, env: &[(&str, String)]) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let mut env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
+        env.push((addr_var.to_string(), format!("127.0.0.1:{port}")));
+        env.push(("NO_COLOR".into(), "1".into()));
+        let log = std::env::temp_dir().join(format!("{}.log", unique_name("lmt-service")));
+        println!("{bin} logs to {}", log.display());
+        let mut process = ServiceProcess {
+            bin: bin.into(),
+            env,
+            child: None,
+            log,
+            base: format!("http://127.0.0.1:{port}"),
+        };
+        process.restart().await;
+        process
+    }
+
+    /// Starts the process again (same port, same environment) and waits until it is ready.
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "the process is still running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("open the log file");
+        let child = tokio::process::Command::new(&self.bin)
+            .envs(self.env.iter().cloned())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start the service binary");
+        self.child = Some(child);
+        let url = format!("{}/readyz", self.base);
+        eventually(
+            &format!("{} is ready", self.bin.display()),
+            Duration::from_secs(30),
+            || async {
+                let res = http_status(&url).await?;
+                (res == 200).then_some(())
+            },
+        )
+        .await;
+    }
+
+    /// SIGKILL: no shutdown code runs, connections are dropped by the kernel.
+    pub async fn kill(&mut self) {
+        let mut child = self.child.take().expect("the process is running");
+        child.kill().await.expect("SIGKILL");
+    }
+}
+
+/// The status of `GET url`, or `None` when nothing answers (a plain HTTP/1.0 request, so
+/// the testing feature needs no HTTP client).
+async fn http_status(url: &str) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://")?;
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let mut stream = TcpStream::connect(host).await.ok()?;
+    let request = format!("GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).await.ok()?;
+    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
 }

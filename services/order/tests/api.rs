@@ -412,10 +412,22 @@ async fn health_and_readiness() {
 
 #[test]
 fn order_and_pay_carry_the_same_outbox_inbox_schema() {
-    let order = include_str!("../../../sql/order/0001_outbox_inbox.sql");
-    let pay = include_str!("../../../sql/pay/0001_outbox_inbox.sql");
-    assert_eq!(
-        order, pay,
-        "sql/order and sql/pay must carry the same 0001_outbox_inbox.sql"
-    );
+    let shared = [
+        (
+            "0001_outbox_inbox.sql",
+            include_str!("../../../sql/order/0001_outbox_inbox.sql"),
+            include_str!("../../../sql/pay/0001_outbox_inbox.sql"),
+        ),
+        (
+            "0003_retention.sql",
+            include_str!("../../../sql/order/0003_retention.sql"),
+            include_str!("../../../sql/pay/0003_retention.sql"),
+        ),
+    ];
+    for (name, order, pay) in shared {
+        assert_eq!(
+            order, pay,
+            "sql/order and sql/pay must carry the same {name}"
+        );
+    }
 }

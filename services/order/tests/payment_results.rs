@@ -16,6 +16,7 @@ fn answer(event_type: &str, order_id: Uuid) -> Incoming {
         message_id: Some(Uuid::now_v7().to_string()),
         event_type: Some(event_type.into()),
         content_type: Some("application/json".into()),
+        timestamp: None,
         headers: json!({}),
         body: serde_json::to_vec(&json!({ "order_id": order_id, "reason": "insufficient_funds" }))
             .unwrap(),

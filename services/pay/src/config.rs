@@ -3,6 +3,7 @@ use common::{
     config::{env_or, env_string},
     inbox::InboxConfig,
     outbox::OutboxConfig,
+    retention::RetentionConfig,
     service::MessagingConfig,
 };
 
@@ -35,6 +36,7 @@ impl PayConfig {
                 outbox: OutboxConfig::from_env()?,
                 inbox: InboxConfig::from_env()?,
                 queue: env_string("PAY_QUEUE", "pay.order-created"),
+                retention: RetentionConfig::from_env()?,
                 routing_keys: ORDER_CREATED_KEYS.iter().map(|s| s.to_string()).collect(),
             },
         })

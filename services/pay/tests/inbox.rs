@@ -33,6 +33,7 @@ fn order_created(user: &str, amount: i64) -> (Uuid, Incoming) {
         message_id: Some(Uuid::now_v7().to_string()),
         event_type: Some("OrderCreated".into()),
         content_type: Some("application/json".into()),
+        timestamp: None,
         headers: json!({}),
         body: serde_json::to_vec(&body).unwrap(),
     };
@@ -127,6 +128,52 @@ async fn the_same_message_twice_pays_once() {
     assert_eq!(replies[0].0, "PaymentCompleted");
     assert_eq!(replies[0].1["order_id"], order_id.to_string());
     assert_eq!(inbox.counters().snapshot().duplicates, 1);
+}
+
+/// The inbox remembers ids for its retention (7 days in the test settings). A message created
+/// before that window may be a copy of one processed and forgotten: it is dead, not paid,
+/// until an operator requeues it.
+#[tokio::test]
+async fn a_message_older_than_the_inbox_memory_is_dead_not_paid_until_requeued() {
+    let db = TestDb::new(&pay::MIGRATOR).await;
+    let inbox = Inbox::new(db.pool.clone(), handler(), testing::fast_inbox());
+    let now = chrono::Utc::now().timestamp() as u64;
+
+    let (old_order, mut old) = order_created("alice", 300);
+    old.timestamp = Some(now - 8 * 24 * 3600);
+    let id = old.message_id.clone().unwrap();
+    match inbox.receive(old.clone()).await.unwrap() {
+        Outcome::Dead { reason } => assert!(
+            reason.contains("before the inbox retention window"),
+            "{reason}"
+        ),
+        other => panic!("expected dead, got {other:?}"),
+    }
+    assert_eq!(payments(&db.pool, old_order).await, vec![]);
+    assert_eq!(balance(&db.pool, "alice").await, START);
+    let (status, attempts, _) = inbox_row(&db.pool, &id).await;
+    assert_eq!((status.as_str(), attempts), ("dead", 0));
+    // Another copy is a duplicate of the dead row, not a second chance.
+    assert_eq!(inbox.receive(old).await.unwrap(), Outcome::Duplicate);
+
+    // A recent message (an hour old) is processed as usual.
+    let (recent_order, mut recent) = order_created("alice", 200);
+    recent.timestamp = Some(now - 3600);
+    assert_eq!(inbox.receive(recent).await.unwrap(), Outcome::Processed);
+    assert_eq!(payments(&db.pool, recent_order).await.len(), 1);
+
+    // The operator checked the old order was never paid, and requeues it.
+    assert!(
+        inbox::requeue_dead(&db.pool, id.parse().unwrap())
+            .await
+            .unwrap()
+    );
+    RetrySweeper::new(&inbox).run_once().await.unwrap();
+    assert_eq!(
+        payments(&db.pool, old_order).await,
+        vec![("COMPLETED".into(), None)]
+    );
+    assert_eq!(balance(&db.pool, "alice").await, START - 500);
 }
 
 #[tokio::test]

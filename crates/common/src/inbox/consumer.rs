@@ -20,10 +20,7 @@ use lapin::{
 use tokio_util::sync::CancellationToken;
 
 use super::{Inbox, Incoming, Outcome};
-use crate::{
-    amqp::{self, AmqpConfig, BrokerStatus},
-    backoff::RetryPolicy,
-};
+use crate::amqp::{self, AmqpConfig, BrokerStatus};
 
 pub struct InboxConsumer {
     inbox: Inbox,
@@ -60,11 +57,7 @@ impl InboxConsumer {
     /// On shutdown it stops taking deliveries, lets those in progress finish and ack, then
     /// closes the channel (the broker requeues anything prefetched but not started).
     pub async fn run(self, shutdown: CancellationToken) {
-        let backoff = RetryPolicy {
-            base: Duration::from_millis(200),
-            max: Duration::from_secs(10),
-            max_attempts: i32::MAX,
-        };
+        let backoff = &self.amqp.reconnect;
         let mut failures = 0;
         while !shutdown.is_cancelled() {
             let result = self.consume_until_lost(&shutdown).await;

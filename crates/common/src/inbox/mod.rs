@@ -27,6 +27,11 @@
 //!
 //! If even recording fails (the database is down), nothing was committed: the delivery is
 //! not acked but handed back to the broker, which redelivers it later.
+//!
+//! The inbox remembers ids for `INBOX_RETENTION_SECS` (see [`crate::retention`]). A message
+//! created before that window (its AMQP `timestamp`) may be a copy of one already processed
+//! and forgotten: it is recorded `dead`, not processed, and an operator decides
+//! ([`requeue_dead`]).
 
 pub mod consumer;
 pub mod retry_sweeper;
@@ -92,6 +97,8 @@ pub struct Incoming {
     pub message_id: Option<String>,
     pub event_type: Option<String>,
     pub content_type: Option<String>,
+    /// The AMQP `timestamp` (seconds since the epoch): when the message was created.
+    pub timestamp: Option<u64>,
     pub headers: Value,
     pub body: Vec<u8>,
 }
@@ -116,6 +123,7 @@ impl Incoming {
             message_id: p.message_id().as_ref().map(|s| s.to_string()),
             event_type: p.kind().as_ref().map(|s| s.to_string()),
             content_type: p.content_type().as_ref().map(|s| s.to_string()),
+            timestamp: *p.timestamp(),
             headers,
             body: std::mem::take(&mut d.data),
         }
@@ -165,6 +173,10 @@ pub struct InboxConfig {
     pub poll_interval: Duration,
     /// Larger bodies are poison.
     pub max_body_bytes: usize,
+    /// How long a `processed` row (the memory of a message id) is kept. Must cover the
+    /// redelivery horizon (checked at start-up, see [`crate::retention`]); a message created
+    /// before this window is refused as `dead` rather than risk processing it twice.
+    pub retention: Duration,
 }
 
 impl InboxConfig {
@@ -178,12 +190,16 @@ impl InboxConfig {
             },
             poll_interval: config::env_millis("INBOX_POLL_INTERVAL_MS", 1_000)?,
             max_body_bytes: config::env_or("INBOX_MAX_BODY_BYTES", 1 << 20)?,
+            retention: config::env_secs("INBOX_RETENTION_SECS", 7 * 24 * 3600)?,
         };
         anyhow::ensure!(cfg.prefetch > 0, "INBOX_PREFETCH must be > 0");
         anyhow::ensure!(cfg.retry.max_attempts > 0, "INBOX_MAX_ATTEMPTS must be > 0");
         Ok(cfg)
     }
 }
+
+/// Clocks of the sending and receiving services may differ by this much.
+const CLOCK_SKEW_MARGIN: Duration = Duration::from_secs(300);
 
 /// Raw bodies of poison messages are kept up to this size, for a human to look at.
 const MAX_KEPT_RAW_BODY: usize = 64 * 1024;
@@ -291,6 +307,9 @@ impl Inbox {
             Ok(msg) => msg,
             Err(poison) => return self.record_poison(&incoming, poison).await,
         };
+        if let Some(reason) = self.older_than_memory(&incoming) {
+            return self.record_too_old(&msg, reason).await;
+        }
 
         let mut tx = self.pool.begin().await?;
         let inserted = sqlx::query(
@@ -352,6 +371,43 @@ impl Inbox {
             headers: incoming.headers.clone(),
             attempt: 1,
         })
+    }
+
+    /// Why a message is too old to be deduplicated reliably, if it is: created before the
+    /// inbox retention window (less a margin for clock differences between the services).
+    fn older_than_memory(&self, incoming: &Incoming) -> Option<String> {
+        let created = i64::try_from(incoming.timestamp?).ok()?;
+        let window = self.cfg.retention.saturating_sub(CLOCK_SKEW_MARGIN);
+        let age = chrono::Utc::now().timestamp() - created;
+        (age > window.as_secs() as i64).then(|| {
+            format!(
+                "created {age}s ago, before the inbox retention window ({}s): it may be a copy of \
+                 a message already processed and forgotten, so it is not processed automatically",
+                self.cfg.retention.as_secs()
+            )
+        })
+    }
+
+    async fn record_too_old(&self, msg: &InboxMessage, reason: String) -> sqlx::Result<Outcome> {
+        let inserted = sqlx::query(
+            "INSERT INTO inbox (message_id, event_type, payload, headers, status, attempts, last_error)
+             VALUES ($1, $2, $3, $4, 'dead', 0, $5)
+             ON CONFLICT (message_id) DO NOTHING",
+        )
+        .bind(msg.message_id)
+        .bind(&msg.event_type)
+        .bind(&msg.payload)
+        .bind(&msg.headers)
+        .bind(&reason)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            return Ok(Outcome::Duplicate);
+        }
+        let outcome = Outcome::Dead { reason };
+        log_outcome(msg, &outcome);
+        Ok(outcome)
     }
 
     async fn record_poison(&self, incoming: &Incoming, reason: String) -> sqlx::Result<Outcome> {

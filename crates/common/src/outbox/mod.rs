@@ -122,6 +122,8 @@ pub struct OutboxConfig {
     /// A new message's time to live: past it, an unsent message is `dead`.
     pub message_ttl: Duration,
     pub retry: RetryPolicy,
+    /// How long a `sent` row is kept (for people to look at) before retention deletes it.
+    pub retention: Duration,
 }
 
 impl OutboxConfig {
@@ -137,6 +139,7 @@ impl OutboxConfig {
                 max: config::env_millis("OUTBOX_RETRY_MAX_MS", 60_000)?,
                 max_attempts: config::env_or("OUTBOX_MAX_ATTEMPTS", 12)?,
             },
+            retention: config::env_secs("OUTBOX_RETENTION_SECS", 7 * 24 * 3600)?,
         })
         .and_then(Self::validate)
     }

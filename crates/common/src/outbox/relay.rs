@@ -49,6 +49,8 @@ pub struct OutboxRow {
     pub payload: Value,
     pub headers: Value,
     pub attempts: i32,
+    /// Sent as the AMQP `timestamp`: the inbox refuses messages older than its memory.
+    pub created_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// The rows one round holds, and the token that proves it holds them.
@@ -140,7 +142,8 @@ impl Relay {
              UPDATE outbox o
              SET claim_token = $2, lease_expires_at = now() + make_interval(secs => $3)
              FROM due WHERE o.id = due.id
-             RETURNING o.id, o.aggregate_id, o.event_type, o.routing_key, o.payload, o.headers, o.attempts",
+             RETURNING o.id, o.aggregate_id, o.event_type, o.routing_key, o.payload, o.headers, o.attempts,
+                       o.created_at",
         )
         .bind(self.cfg.batch_size)
         .bind(token)
@@ -326,7 +329,8 @@ impl Relay {
             .with_content_type(ShortString::from("application/json"))
             .with_delivery_mode(2) // persistent
             .with_app_id(ShortString::from(self.name.as_str()))
-            .with_timestamp(chrono::Utc::now().timestamp() as u64)
+            // The message's creation, not this publish: a copy published again keeps its age.
+            .with_timestamp(row.created_at.timestamp().max(0) as u64)
             .with_headers(headers)
     }
 
@@ -379,11 +383,7 @@ impl Relay {
             self.wake.clone(),
             shutdown.clone(),
         ));
-        let broker_backoff = crate::backoff::RetryPolicy {
-            base: Duration::from_millis(200),
-            max: Duration::from_secs(10),
-            max_attempts: i32::MAX,
-        };
+        let broker_backoff = self.amqp.reconnect.clone();
         let mut failures_in_a_row = 0;
         while !shutdown.is_cancelled() {
             let idle = match self.run_once().await {

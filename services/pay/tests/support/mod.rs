@@ -7,7 +7,7 @@ use std::{future::Future, sync::Arc, time::Duration};
 use common::{
     amqp::AmqpConfig,
     inbox::InboxCounters,
-    testing::{self, TestDb},
+    testing::{self, TcpProxy, TestDb},
 };
 use pay::{Application, PayConfig};
 use tokio::task::JoinHandle;
@@ -26,10 +26,31 @@ pub async fn spawn_pay(
     amqp: &AmqpConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Pay {
+    spawn(amqp, shutdown, None).await
+}
+
+/// [`spawn_pay`], reaching its database through `proxy` (so a test can cut it).
+pub async fn spawn_pay_through(
+    amqp: &AmqpConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    proxy: &TcpProxy,
+) -> Pay {
+    spawn(amqp, shutdown, Some(proxy)).await
+}
+
+async fn spawn(
+    amqp: &AmqpConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    proxy: Option<&TcpProxy>,
+) -> Pay {
     let db = TestDb::new(&pay::MIGRATOR).await;
+    let database_url = match proxy {
+        Some(p) => testing::url_through_proxy(&db.url, p),
+        None => db.url.clone(),
+    };
     let app = Application::build(PayConfig {
         addr: "127.0.0.1:0".into(),
-        database_url: db.url.clone(),
+        database_url,
         db_max_connections: 5,
         messaging: testing::messaging(amqp, "test.pay", pay::config::ORDER_CREATED_KEYS),
     })
