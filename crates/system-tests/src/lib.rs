@@ -6,9 +6,12 @@ use std::{sync::Arc, time::Duration};
 use common::{
     amqp::AmqpConfig,
     inbox::InboxCounters,
+    service::MessagingConfig,
     testing::{self, TestDb},
 };
 use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 pub struct System {
@@ -19,6 +22,7 @@ pub struct System {
     pub order: String,
     pub pay_counters: Arc<InboxCounters>,
     pub http: reqwest::Client,
+    _instances: Vec<Instance>,
 }
 
 /// Starts pay (whose queue must exist before orders are routable), order, then the gateway.
@@ -31,35 +35,20 @@ pub async fn start(amqp: &AmqpConfig, order_amqp: &AmqpConfig) -> System {
 /// [`start`] with each service's pool size (the services' default is 10).
 pub async fn start_with_pools(amqp: &AmqpConfig, order_amqp: &AmqpConfig, pool: u32) -> System {
     let pay_db = TestDb::new(&pay::MIGRATOR).await;
-    let pay_app = pay::Application::build(pay::PayConfig {
-        addr: "127.0.0.1:0".into(),
-        database_url: pay_db.url.clone(),
-        db_max_connections: pool,
-        messaging: testing::messaging(amqp, "test.pay", pay::config::ORDER_CREATED_KEYS),
-    })
-    .await
-    .expect("build pay");
-    let pay = format!("http://{}", pay_app.local_addr());
-    let pay_counters = pay_app.inbox_counters();
-    tokio::spawn(pay_app.run_until_stopped(std::future::pending()));
-    wait_ready(&pay).await;
+    let pay_msg = testing::messaging(amqp, "test.pay", pay::config::ORDER_CREATED_KEYS);
+    let pay = spawn_pay(&pay_db.url, &pay_msg, pool).await;
+    let pay_counters = pay.counters.clone();
 
     let order_db = TestDb::new(&order::MIGRATOR).await;
-    let order_app = order::Application::build(order::OrderConfig {
-        addr: "127.0.0.1:0".into(),
-        database_url: order_db.url.clone(),
-        db_max_connections: pool,
-        messaging: testing::messaging(order_amqp, "test.order", order::config::PAYMENT_RESULT_KEYS),
-    })
-    .await
-    .expect("build order");
-    let order = format!("http://{}", order_app.local_addr());
-    tokio::spawn(order_app.run_until_stopped(std::future::pending()));
+    let order_msg =
+        testing::messaging(order_amqp, "test.order", order::config::PAYMENT_RESULT_KEYS);
+    let order = spawn_order(&order_db.url, &order_msg, pool).await;
 
     let mut gw = gateway::config::GatewayConfig::from_env().expect("gateway config");
     gw.addr = "127.0.0.1:0".into();
     gw.routes =
-        gateway::routes::RouteTable::parse(&format!("/order={order},/pay={pay}")).expect("routes");
+        gateway::routes::RouteTable::parse(&format!("/order={},/pay={}", order.base, pay.base))
+            .expect("routes");
     let gw_app = gateway::Application::build(gw)
         .await
         .expect("build gateway");
@@ -70,10 +59,71 @@ pub async fn start_with_pools(amqp: &AmqpConfig, order_amqp: &AmqpConfig, pool: 
         order_db,
         pay_db,
         gateway,
-        order,
+        order: order.base.clone(),
         pay_counters,
         http: reqwest::Client::new(),
+        _instances: vec![pay, order],
     }
+}
+
+/// One running instance of order or pay, stopped gracefully by [`Instance::stop`] (as
+/// SIGTERM would) or with the test.
+pub struct Instance {
+    /// `http://127.0.0.1:<port>`
+    pub base: String,
+    pub counters: Arc<InboxCounters>,
+    stop: CancellationToken,
+    running: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Instance {
+    async fn run(app: common::service::Service) -> Self {
+        let base = format!("http://{}", app.local_addr());
+        let counters = app.inbox_counters();
+        let stop = CancellationToken::new();
+        let shutdown = stop.clone().cancelled_owned();
+        let running = tokio::spawn(app.run_until_stopped(shutdown));
+        wait_ready(&base).await;
+        Instance {
+            base,
+            counters,
+            stop,
+            running,
+        }
+    }
+
+    /// Graceful shutdown: stop accepting, finish requests and deliveries in flight, close
+    /// the broker channels. Returns what `run_until_stopped` returned.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        self.running.await.expect("the service task panicked")
+    }
+}
+
+/// A pay instance on `database_url` (several instances share a database and a queue).
+pub async fn spawn_pay(database_url: &str, messaging: &MessagingConfig, pool: u32) -> Instance {
+    let app = pay::Application::build(pay::PayConfig {
+        addr: "127.0.0.1:0".into(),
+        database_url: database_url.into(),
+        db_max_connections: pool,
+        messaging: messaging.clone(),
+    })
+    .await
+    .expect("build pay");
+    Instance::run(app).await
+}
+
+/// An order instance on `database_url`.
+pub async fn spawn_order(database_url: &str, messaging: &MessagingConfig, pool: u32) -> Instance {
+    let app = order::Application::build(order::OrderConfig {
+        addr: "127.0.0.1:0".into(),
+        database_url: database_url.into(),
+        db_max_connections: pool,
+        messaging: messaging.clone(),
+    })
+    .await
+    .expect("build order");
+    Instance::run(app).await
 }
 
 async fn wait_ready(base: &str) {
