@@ -1,4 +1,5 @@
 //! The local message table, written once and used by every service.
+pub mod admin;
 pub mod amqp;
 pub mod backoff;
 pub mod config;

@@ -191,7 +191,8 @@ pub struct Service {
 
 impl Service {
     /// `routes` gets the pool and returns the service's own routes (with their state
-    /// applied); `/healthz`, `/readyz`, JSON 404/405 and the body limit are added here.
+    /// applied); `/healthz`, `/readyz`, `/admin` (see [`crate::admin`]), JSON 404/405 and
+    /// the body limit are added here.
     pub async fn build(
         spec: ServiceSpec<'_>,
         handler: Arc<dyn MessageHandler>,
@@ -207,7 +208,13 @@ impl Service {
                 .await?;
         let messaging = Messaging::new(pool.clone(), handler, spec.messaging, spec.name);
         let readiness = messaging.readiness(pool.clone());
+        let admin = crate::admin::router(
+            pool.clone(),
+            messaging.inbox_counters(),
+            spec.messaging.outbox.message_ttl,
+        );
         let router = routes(pool.clone())
+            .nest("/admin", admin)
             .route("/healthz", get(crate::http::healthz))
             .route(
                 "/readyz",

@@ -245,7 +245,7 @@ impl InboxCounters {
 }
 
 /// A reading of [`InboxCounters`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct InboxCounts {
     pub processed: u64,
     pub duplicates: u64,

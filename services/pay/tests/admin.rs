@@ -1,0 +1,134 @@
+//! The operator's `/admin` endpoints (crates/common/src/admin.rs) on a running pay service:
+//! dead messages are visible with their reasons, and can be put back in line.
+
+mod support;
+
+use std::time::Duration;
+
+use common::testing::{self, TestQueue};
+use lapin::{BasicProperties, types::ShortString};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+fn props(message_id: &str) -> BasicProperties {
+    BasicProperties::default()
+        .with_message_id(ShortString::from(message_id))
+        .with_type(ShortString::from("OrderCreated"))
+        .with_content_type(ShortString::from("application/json"))
+}
+
+async fn get(base: &str, path: &str) -> (StatusCode, Value) {
+    let res = reqwest::get(format!("{base}{path}")).await.unwrap();
+    (res.status(), res.json().await.unwrap())
+}
+
+async fn post(base: &str, path: &str) -> (StatusCode, Value) {
+    let res = reqwest::Client::new()
+        .post(format!("{base}{path}"))
+        .send()
+        .await
+        .unwrap();
+    (res.status(), res.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn dead_messages_are_listed_with_their_reasons_and_can_be_requeued() {
+    let amqp = testing::test_amqp();
+    let pay = support::spawn_pay(&amqp, std::future::pending()).await;
+    let publisher = TestQueue::bind(&amqp, &[]).await;
+    let base = pay.base.as_str();
+
+    // Poison: not JSON. A payload the handler cannot use: dead at once. A valid order whose
+    // answer nobody can receive yet (no queue bound for payment.*): the reply goes dead.
+    let poison = Uuid::now_v7().to_string();
+    let unusable = Uuid::now_v7().to_string();
+    publisher
+        .publish(&amqp, "order.created", props(&poison), b"{oops")
+        .await;
+    publisher
+        .publish(
+            &amqp,
+            "order.created",
+            props(&unusable),
+            br#"{"order_id":"nope"}"#,
+        )
+        .await;
+    let order_id = Uuid::now_v7();
+    let order =
+        json!({"order_id": order_id, "user_id": "alice", "item": "book", "amount_cents": 700});
+    publisher
+        .publish(
+            &amqp,
+            "order.created",
+            props(&Uuid::now_v7().to_string()),
+            &serde_json::to_vec(&order).unwrap(),
+        )
+        .await;
+
+    let stats = testing::eventually(
+        "the dead rows are there",
+        Duration::from_secs(20),
+        || async {
+            let (_, stats) = get(base, "/admin/stats").await;
+            (stats["outbox"]["dead"] == 1 && stats["inbox"]["dead"] == 2).then_some(stats)
+        },
+    )
+    .await;
+    assert_eq!(stats["inbox"]["processed"], 1, "{stats}");
+    assert_eq!(stats["inbox_since_start"]["poison"], 1, "{stats}");
+
+    let (status, dead) = get(base, "/admin/outbox/dead").await;
+    assert_eq!(status, StatusCode::OK);
+    let reply = &dead["dead"][0];
+    assert_eq!(reply["event_type"], "PaymentCompleted", "{dead}");
+    assert_eq!(reply["aggregate_id"], order_id.to_string());
+    assert!(
+        reply["last_error"].as_str().unwrap().contains("unroutable"),
+        "{dead}"
+    );
+
+    let (_, dead_in) = get(base, "/admin/inbox/dead").await;
+    let rows = dead_in["dead"].as_array().unwrap();
+    let find = |id: &str| rows.iter().find(|r| r["message_id"] == id).unwrap();
+    assert_eq!(find(&poison)["requeueable"], false);
+    assert!(
+        find(&poison)["last_error"]
+            .as_str()
+            .unwrap()
+            .starts_with("poison message")
+    );
+    assert_eq!(find(&unusable)["requeueable"], true);
+
+    // Poison cannot be run again; an unknown id is a 404; a bad id a 400.
+    let (status, body) = post(base, &format!("/admin/inbox/{poison}/requeue")).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("not_requeueable"))
+    );
+    let (status, body) = post(base, &format!("/admin/outbox/{}/requeue", Uuid::now_v7())).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
+    let (status, body) = post(base, "/admin/outbox/not-a-uuid/requeue").await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_path"))
+    );
+
+    // The cause is fixed (order's queue exists now): the requeued answer is delivered, once.
+    let answers = TestQueue::bind(&amqp, &["payment.completed"]).await;
+    let id = reply["id"].as_str().unwrap();
+    let (status, _) = post(base, &format!("/admin/outbox/{id}/requeue")).await;
+    assert_eq!(status, StatusCode::OK);
+    let taken = answers
+        .take_until("the requeued answer", Duration::from_secs(20), |t| {
+            !t.is_empty()
+        })
+        .await;
+    let body: Value = serde_json::from_slice(&taken[0].data).unwrap();
+    assert_eq!(body["order_id"], order_id.to_string());
+    let (status, _) = post(base, &format!("/admin/outbox/{id}/requeue")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "it is no longer dead");
+}
