@@ -540,3 +540,50 @@ async fn http_status(url: &str) -> Option<u16> {
     stream.read_exact(&mut head).await.ok()?;
     std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
 }
+
+/// Has RabbitMQ itself close the connection named `name` (as `rabbitmqctl close_connection`
+/// does for an operator, or the broker on a node restart), with an AMQP `connection.close`
+/// rather than a cut socket. Waits until the connection shows up first; needs `rabbitmqctl`
+/// (the broker runs on this machine). Returns how many connections were closed.
+pub async fn broker_closes_connection(name: &str) -> usize {
+    let pids = eventually(
+        &format!("RabbitMQ lists connection {name}"),
+        Duration::from_secs(20),
+        || async {
+            let out = tokio::process::Command::new("rabbitmqctl")
+                .args([
+                    "list_connections",
+                    "-q",
+                    "--no-table-headers",
+                    "pid",
+                    "client_properties",
+                ])
+                .output()
+                .await
+                .expect("run rabbitmqctl (RabbitMQ must run on this machine)");
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            // The name a client gives its connection is in its client properties.
+            let wanted = format!("{{\"connection_name\",\"{name}\"}}");
+            let pids: Vec<String> = text
+                .lines()
+                .filter(|l| l.contains(&wanted))
+                .filter_map(|l| l.split_once('\t'))
+                .map(|(pid, _)| pid.trim().to_string())
+                .collect();
+            (!pids.is_empty()).then_some(pids)
+        },
+    )
+    .await;
+    for pid in &pids {
+        let status = tokio::process::Command::new("rabbitmqctl")
+            .args(["close_connection", pid, "closed by a test"])
+            .status()
+            .await
+            .expect("run rabbitmqctl");
+        assert!(
+            status.success(),
+            "rabbitmqctl close_connection {pid} failed"
+        );
+    }
+    pids.len()
+}

@@ -125,7 +125,7 @@ impl Cluster {
 
 /// Who buys: every tenth order is carol's, who has no money.
 fn buyer(i: usize) -> (&'static str, i64) {
-    if i % 10 == 0 {
+    if i.is_multiple_of(10) {
         ("carol", 100)
     } else {
         ("alice", 100 + i as i64 % 50)

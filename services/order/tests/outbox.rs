@@ -446,6 +446,47 @@ async fn an_unroutable_row_in_a_mixed_window_is_never_marked_sent() {
     assert_eq!(routable_sent as usize, delivered);
 }
 
+/// RabbitMQ closes the relay's connection itself (an operator, a node going down): the
+/// relay reconnects and publishes what comes next, and nothing is marked sent unconfirmed.
+#[tokio::test]
+async fn the_relay_reconnects_when_the_broker_closes_its_connection() {
+    let db = TestDb::new(&order::MIGRATOR).await;
+    let amqp = testing::test_amqp();
+    let queue = TestQueue::bind(&amqp, &[KEY]).await;
+    let name = testing::unique_name("test-relay");
+    let relay = Relay::new(
+        db.pool.clone(),
+        amqp.clone(),
+        testing::fast_outbox(),
+        name.clone(),
+    );
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(relay.run(stop.clone()));
+    let first = enqueue(&db.pool, 1, Duration::from_secs(60)).await;
+    queue
+        .take_until("the first message", Duration::from_secs(10), |t| {
+            t.len() == 1
+        })
+        .await;
+
+    assert_eq!(testing::broker_closes_connection(&name).await, 1);
+    let second = enqueue(&db.pool, 1, Duration::from_secs(60)).await;
+    let taken = queue
+        .take_until("the second message", Duration::from_secs(20), |t| {
+            !t.is_empty()
+        })
+        .await;
+    assert_eq!(message_ids(&taken), second);
+    for id in first.iter().chain(&second) {
+        testing::eventually("marked sent", Duration::from_secs(10), || async {
+            (row(&db.pool, *id).await.status == "sent").then_some(())
+        })
+        .await;
+    }
+    stop.cancel();
+    task.await.unwrap();
+}
+
 /// While the broker is down, every commit's NOTIFY wakes the relay; the reconnect backoff
 /// must hold anyway, or an outage becomes one connection attempt per order.
 #[tokio::test]

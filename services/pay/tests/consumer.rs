@@ -45,6 +45,8 @@ fn props() -> BasicProperties {
 
 struct Running {
     _db: TestDb,
+    /// The consumer's AMQP connection name (unique per test).
+    name: String,
     inbox: Inbox,
     queue: String,
     handled: Arc<AtomicUsize>,
@@ -68,12 +70,13 @@ async fn start(
     );
     let counters = inbox.counters();
     let queue = testing::unique_name("test.q");
+    let name = testing::unique_name("test-consumer");
     let consumer = InboxConsumer::new(
         inbox.clone(),
         consumer_amqp,
         queue.clone(),
         &["k"],
-        "test-consumer",
+        name.clone(),
     );
     let connected = consumer.status();
     let stop = CancellationToken::new();
@@ -85,6 +88,7 @@ async fn start(
     let publisher = TestQueue::bind(amqp, &["unused"]).await;
     Running {
         _db: db,
+        name,
         inbox,
         queue,
         handled,
@@ -105,6 +109,24 @@ impl Running {
         )
         .await;
     }
+}
+
+/// RabbitMQ closing the connection itself (an operator, a node going down) is a clean AMQP
+/// close, not a cut socket: the consumer must treat it as a loss all the same.
+#[tokio::test]
+async fn the_consumer_reconnects_when_the_broker_closes_its_connection() {
+    let amqp = testing::test_amqp();
+    let c = start(&amqp, amqp.clone()).await;
+    c.publisher.publish(&amqp, "k", props(), b"{}").await;
+    c.wait_handled(1).await;
+
+    assert_eq!(testing::broker_closes_connection(&c.name).await, 1);
+    // Only a new connection can deliver this one: the old one is closed.
+    c.publisher.publish(&amqp, "k", props(), b"{}").await;
+    c.wait_handled(2).await;
+    assert!(c.connected.is_connected());
+    c.stop.cancel();
+    c.task.await.unwrap();
 }
 
 #[tokio::test]

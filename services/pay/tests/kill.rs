@@ -24,7 +24,11 @@ async fn publish_orders(
 ) {
     for i in 0..n {
         // One in five is carol's, who has no money: a failed payment, answered too.
-        let user = if i % 5 == 0 { "carol" } else { "alice" };
+        let user = if i.is_multiple_of(5) {
+            "carol"
+        } else {
+            "alice"
+        };
         let amount = 100 + i as i64;
         let order_id = Uuid::now_v7();
         expected.insert(order_id, (user, amount));

@@ -383,7 +383,7 @@ impl Relay {
             self.wake.clone(),
             shutdown.clone(),
         ));
-        let broker_backoff = self.amqp.reconnect.clone();
+        let broker_backoff = self.amqp.reconnect;
         let mut failures_in_a_row = 0;
         while !shutdown.is_cancelled() {
             let idle = match self.run_once().await {
