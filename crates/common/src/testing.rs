@@ -520,6 +520,22 @@ impl ServiceProcess {
         .await;
     }
 
+    /// SIGTERM, as an orchestrator stops a container; returns how the process exited.
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("the process is running");
+        let pid = child.id().expect("a pid").to_string();
+        let sent = tokio::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM {pid} failed");
+        tokio::time::timeout(Duration::from_secs(30), child.wait())
+            .await
+            .expect("the process exits within 30 s of SIGTERM")
+            .expect("wait for the process")
+    }
+
     /// SIGKILL: no shutdown code runs, connections are dropped by the kernel.
     pub async fn kill(&mut self) {
         let mut child = self.child.take().expect("the process is running");

@@ -2,7 +2,7 @@
 //! paid exactly once and answered. The real binary runs as a child process; the broker and the
 //! database are the real ones. Unacked deliveries are redelivered after the kill and the inbox
 //! drops those it had already committed; replies whose publish was cut are sent after the
-//! relay's lease expires.
+//! relay's lease expires. At the end, SIGTERM stops the process cleanly.
 
 use std::{collections::HashMap, time::Duration};
 
@@ -113,6 +113,9 @@ async fn pay_killed_mid_stream_pays_every_order_exactly_once_after_restart() {
         })
         .await;
     let answered = answered_by_order(&taken);
+    // And a SIGTERM now stops it cleanly: exit status 0.
+    let exit = pay.terminate().await;
+    assert!(exit.success(), "pay exited with {exit} on SIGTERM");
     replies.delete_exchange(&amqp).await;
 
     assert!(paid_at_kill < 400, "the kill came after the stream ended");
