@@ -292,6 +292,14 @@ expect_error "an unknown prefix answers 404 no_route" 404 no_route
 check "the gateway's own 404 carries x-request-id" "headers: $(tr -d '\r' <"$TMP/headers" | paste -sd' ' -)" \
     test -n "$(header x-request-id)"
 
+# GATEWAY_INTERNAL_PATHS (default /healthz,/readyz,/admin,/internal,/metrics): a service's
+# internal endpoints are not reachable from outside; the gateway's own /readyz is.
+req GET /order/readyz
+expect_error "a service's internal path (/order/readyz) answers 404 no_route" 404 no_route
+req GET /readyz
+check "the gateway's /readyz shows each route's instances up" "$(got)" \
+    test "$STATUS" == 200 -a "$(field '.instances.order[0].health')" == up -a "$(field '.instances.pay[0].health')" == up
+
 head -c "$((MAX_BODY_BYTES + 1))" /dev/zero | tr '\0' 'a' >"$TMP/big"
 req POST /order/buy -H 'content-type: application/json' --data-binary "@$TMP/big"
 expect_error "a body of GATEWAY_MAX_BODY_BYTES+1 ($((MAX_BODY_BYTES + 1)) bytes) answers 413" 413 body_too_large

@@ -14,17 +14,27 @@
 //! Why streaming: bodies are forwarded chunk by chunk in both directions, so memory use does
 //! not grow with body size and a large download starts reaching the client immediately.
 //!
+//! Why several instances per route: a service can be scaled out or restarted one instance
+//! at a time without clients noticing; an instance that refuses connections is taken out of
+//! rotation and the request goes to the next one (see [`upstream`]).
+//!
 //! - [`config`]: environment variables.
-//! - [`routes`]: the prefix route table and the [`routes::Upstream`] a route points at.
+//! - [`routes`]: the prefix route table: prefixes, instance URLs, per-route timeouts.
+//! - [`upstream`]: round robin, ejection and trials of a route's instances.
+//! - [`internal`]: the services' internal paths, kept from clients.
 //! - [`proxy`]: the forwarding algorithm.
-//! - [`health`]: readiness from the upstreams' health.
+//! - [`error`]: the failures the gateway answers itself.
+//! - [`health`]: readiness from every instance's health.
 //! - [`startup`]: binding, middleware (request id, access log), serving.
 
 pub mod config;
+pub mod error;
 pub mod health;
+pub mod internal;
 pub mod proxy;
 pub mod routes;
 pub mod startup;
+pub mod upstream;
 
 pub use config::GatewayConfig;
 pub use startup::Application;

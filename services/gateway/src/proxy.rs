@@ -1,37 +1,46 @@
 //! Forwarding one request to its upstream, top to bottom:
 //!
 //! 1. pick the route by longest path prefix (404 `no_route` if none);
-//! 2. refuse a declared `Content-Length` above the limit (413) before touching the upstream;
-//! 3. build the upstream URL: the path without the route prefix, the query unchanged;
+//! 2. work out the path the upstream will see (prefix stripped, dot segments resolved, query
+//!    unchanged); an internal path is answered 404 `no_route` like a missing route;
+//! 3. refuse a declared `Content-Length` above the limit (413) before touching the upstream;
 //! 4. copy the headers minus hop-by-hop ones, add `x-forwarded-*`;
 //! 5. stream the body through a length limit, so a chunked body cannot exceed it either;
-//! 6. send, waiting at most the upstream timeout for the response headers;
+//! 6. try the route's instances in [`Upstream::attempt_order`]: an instance that refuses the
+//!    connection is ejected and the next one is tried, as the request has not left the
+//!    gateway; any other outcome ends the loop. All of it within the route's timeout, which
+//!    covers connecting, sending the body and receiving the response headers;
 //! 7. stream the response back with its status and end-to-end headers, whatever the status.
 //!
-//! Failures the gateway itself answers use the project's JSON error shape: 413
-//! `body_too_large`, 502 `bad_gateway`, 504 `gateway_timeout`.
+//! Retrying is safe only while nothing was sent: after a connect failure, never after the
+//! body started flowing ([`ClientBody`] enforces it), a timeout or any response.
 
 use std::{
     net::SocketAddr,
+    pin::Pin,
     sync::{
-        Arc,
+        Arc, Mutex, PoisonError,
         atomic::{AtomicBool, Ordering},
     },
-    time::Duration,
+    task::Poll,
+    time::{Duration, Instant},
 };
 
 use anyhow::Context;
 use axum::{
-    body::{Body, HttpBody},
+    body::{Body, Bytes, HttpBody},
     extract::{ConnectInfo, Request, State},
-    http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header},
+    http::{HeaderMap, HeaderName, HeaderValue, header},
     response::Response,
 };
-use common::http::error_response;
-use futures::TryStreamExt;
+use futures::{Stream, StreamExt, TryStreamExt};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
+use reqwest::Url;
 
-use crate::{config::GatewayConfig, routes::RouteTable};
+use crate::{
+    config::GatewayConfig, error::GatewayError, internal::InternalPaths, routes::Route,
+    upstream::Upstream,
+};
 
 /// Headers that describe one connection rather than the message (RFC 9110 §7.6.1), so they
 /// must not cross the proxy in either direction. `proxy-connection` is the non-standard
@@ -52,12 +61,23 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// What every forwarded request shares: one connection-pooling client and the limits.
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type BodyStream = Pin<Box<dyn Stream<Item = Result<Bytes, BoxError>> + Send>>;
+
+/// What every forwarded request shares: one connection-pooling client, the routes with their
+/// instances, and the limits.
 pub struct Proxy {
     client: reqwest::Client,
-    routes: RouteTable,
+    backends: Vec<Backend>,
     upstream_timeout: Duration,
     max_body_bytes: u64,
+    internal_paths: InternalPaths,
+}
+
+/// A route and the run-time state of its instances.
+pub struct Backend {
+    pub route: Route,
+    pub upstream: Upstream,
 }
 
 impl Proxy {
@@ -71,11 +91,20 @@ impl Proxy {
             // reqwest adds `accept: */*` when the client sent no Accept, which means the same.
             .build()
             .context("building the upstream HTTP client")?;
+        let backends = config
+            .routes
+            .iter()
+            .map(|route| Backend {
+                route: route.clone(),
+                upstream: Upstream::new(route.instances(), config.ejection),
+            })
+            .collect();
         Ok(Proxy {
             client,
-            routes: config.routes.clone(),
+            backends,
             upstream_timeout: config.upstream_timeout,
             max_body_bytes: config.max_body_bytes,
+            internal_paths: config.internal_paths.clone(),
         })
     }
 
@@ -83,8 +112,15 @@ impl Proxy {
         &self.client
     }
 
-    pub fn routes(&self) -> &RouteTable {
-        &self.routes
+    /// Longest prefix first, as in the route table.
+    pub fn backends(&self) -> &[Backend] {
+        &self.backends
+    }
+
+    fn find<'p>(&self, path: &'p str) -> Option<(&Backend, &'p str)> {
+        self.backends
+            .iter()
+            .find_map(|b| b.route.strip(path).map(|rest| (b, rest)))
     }
 }
 
@@ -93,38 +129,24 @@ pub async fn forward(
     State(proxy): State<Arc<Proxy>>,
     ConnectInfo(client_addr): ConnectInfo<SocketAddr>,
     request: Request,
-) -> Response {
+) -> Result<Response, GatewayError> {
     let (parts, body) = request.into_parts();
 
     // 1. Route.
-    let Some((route, rest)) = proxy.routes.find(parts.uri.path()) else {
-        return error_response(
-            StatusCode::NOT_FOUND,
-            "no_route",
-            "no upstream serves this path",
-        );
-    };
+    let (backend, rest) = proxy.find(parts.uri.path()).ok_or(GatewayError::NoRoute)?;
+    let route = &backend.route;
 
-    // 2. A declared length over the limit is refused without reading or forwarding anything.
-    if content_length(&parts.headers).is_some_and(|len| len > proxy.max_body_bytes) {
-        return body_too_large(proxy.max_body_bytes);
+    // 2. The upstream's path, checked against the internal paths.
+    let (path, path_and_query) = upstream_target(rest, parts.uri.query())?;
+    if proxy.internal_paths.blocks(&path) {
+        return Err(GatewayError::NoRoute);
     }
 
-    // 3. Upstream URL.
-    let path_and_query = match parts.uri.query() {
-        Some(query) => format!("{rest}?{query}"),
-        None => rest.to_string(),
-    };
-    let url = match route.upstream().url_for(&path_and_query) {
-        Ok(url) => url,
-        Err(e) => {
-            return error_response(
-                StatusCode::BAD_REQUEST,
-                "invalid_uri",
-                &format!("cannot forward this path: {e}"),
-            );
-        }
-    };
+    // 3. A declared length over the limit is refused without reading or forwarding anything.
+    let limit = proxy.max_body_bytes;
+    if content_length(&parts.headers).is_some_and(|len| len > limit) {
+        return Err(GatewayError::BodyTooLarge { limit });
+    }
 
     // 4. Headers.
     let headers = upstream_request_headers(&parts.headers, &parts.uri, client_addr);
@@ -133,46 +155,68 @@ pub async fn forward(
     // digging the limit error out of the HTTP client's error, whose shape depends on when
     // the body failed.
     let exceeded = Arc::new(AtomicBool::new(false));
-    let mut upstream_request = reqwest::Request::new(parts.method.clone(), url);
-    *upstream_request.headers_mut() = headers;
-    // Without a body the upstream request has none either, rather than an empty chunked one.
-    if !body.is_end_stream() {
+    let body = if body.is_end_stream() {
+        // Without a body the upstream request has none either, rather than an empty chunked one.
+        ClientBody::Empty
+    } else {
         let flag = Arc::clone(&exceeded);
-        let limited = Limited::new(body, limit_as_usize(proxy.max_body_bytes))
+        let limited = Limited::new(body, limit_as_usize(limit))
             .into_data_stream()
             .inspect_err(move |e| {
                 if e.is::<LengthLimitError>() {
                     flag.store(true, Ordering::Relaxed);
                 }
             });
-        *upstream_request.body_mut() = Some(reqwest::Body::wrap_stream(limited));
-    }
+        ClientBody::Stream(Arc::new(Mutex::new(Some(Box::pin(limited)))))
+    };
 
-    // 6. Send. The timeout covers connecting, sending the body and receiving the response
-    // headers; dropping the future on timeout closes the upstream connection.
-    let sent = tokio::time::timeout(
-        proxy.upstream_timeout,
-        proxy.client.execute(upstream_request),
-    )
-    .await;
-    let upstream_response = match sent {
-        Ok(Ok(response)) => response,
-        _ if exceeded.load(Ordering::Relaxed) => return body_too_large(proxy.max_body_bytes),
+    // 6. Attempts. Dropping the future on timeout closes the upstream connection.
+    let attempts = async {
+        let mut last_error = None;
+        for instance in backend.upstream.attempt_order() {
+            if body.is_spent() {
+                break;
+            }
+            let url = instance
+                .url_for(&path_and_query)
+                .map_err(GatewayError::InvalidUri)?;
+            let mut upstream_request = reqwest::Request::new(parts.method.clone(), url);
+            *upstream_request.headers_mut() = headers.clone();
+            *upstream_request.body_mut() = body.for_attempt();
+            let started = Instant::now();
+            match proxy.client.execute(upstream_request).await {
+                Ok(response) => {
+                    instance.connected(started);
+                    return Ok(response);
+                }
+                Err(e) if e.is_connect() => {
+                    instance.connect_failed(started);
+                    tracing::debug!(route = route.name(), instance = instance.name(), error = %error_chain(&e), "connect failed, trying the next instance");
+                    last_error = Some(e);
+                }
+                Err(e) => {
+                    instance.connected(started);
+                    last_error = Some(e);
+                    break;
+                }
+            }
+        }
+        if exceeded.load(Ordering::Relaxed) {
+            return Err(GatewayError::BodyTooLarge { limit });
+        }
+        let error = last_error.map(|e| error_chain(&e)).unwrap_or_default();
+        tracing::warn!(route = route.name(), %error, "upstream request failed");
+        Err(GatewayError::BadGateway)
+    };
+    let timeout = route.timeout().unwrap_or(proxy.upstream_timeout);
+    let upstream_response = match tokio::time::timeout(timeout, attempts).await {
+        Ok(result) => result?,
+        Err(_) if exceeded.load(Ordering::Relaxed) => {
+            return Err(GatewayError::BodyTooLarge { limit });
+        }
         Err(_elapsed) => {
             tracing::warn!(route = route.name(), "upstream did not answer in time");
-            return error_response(
-                StatusCode::GATEWAY_TIMEOUT,
-                "gateway_timeout",
-                "the upstream service did not answer in time",
-            );
-        }
-        Ok(Err(e)) => {
-            tracing::warn!(route = route.name(), error = %error_chain(&e), "upstream request failed");
-            return error_response(
-                StatusCode::BAD_GATEWAY,
-                "bad_gateway",
-                "the upstream service is unreachable or closed the connection",
-            );
+            return Err(GatewayError::GatewayTimeout);
         }
     };
 
@@ -188,7 +232,70 @@ pub async fn forward(
     let mut response = Response::new(Body::from_stream(body));
     *response.status_mut() = status;
     *response.headers_mut() = response_headers;
-    response
+    Ok(response)
+}
+
+/// The client's request body, given to at most one upstream attempt: the attempt takes it
+/// when the HTTP client first polls it, which happens only once the connection is open. A
+/// connect failure leaves it in place for the next instance; once taken it is spent, and no
+/// other attempt may start, since the upstream may have received part of it.
+enum ClientBody {
+    Empty,
+    Stream(Arc<Mutex<Option<BodyStream>>>),
+}
+
+impl ClientBody {
+    fn is_spent(&self) -> bool {
+        match self {
+            ClientBody::Empty => false,
+            ClientBody::Stream(slot) => lock(slot).is_none(),
+        }
+    }
+
+    fn for_attempt(&self) -> Option<reqwest::Body> {
+        let ClientBody::Stream(slot) = self else {
+            return None;
+        };
+        let slot = Arc::clone(slot);
+        let mut taken: Option<BodyStream> = None;
+        Some(reqwest::Body::wrap_stream(futures::stream::poll_fn(
+            move |cx| {
+                if taken.is_none() {
+                    taken = lock(&slot).take();
+                }
+                match taken.as_mut() {
+                    Some(stream) => stream.poll_next_unpin(cx),
+                    // Unreachable while attempts check `is_spent` first; never send a
+                    // truncated body if that ever changes.
+                    None => Poll::Ready(Some(Err(BoxError::from(
+                        "the request body was already sent to another instance",
+                    )))),
+                }
+            },
+        )))
+    }
+}
+
+/// Holding the lock never panics, so a poisoned lock still holds a consistent value.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The path the upstream will see and the same with the query: `rest` with dot segments
+/// resolved as any URL parser would (also `%2e%2e`), so what the internal-path check sees is
+/// what the upstream gets, and a path cannot climb above an instance's base path.
+fn upstream_target(rest: &str, query: Option<&str>) -> Result<(String, String), GatewayError> {
+    let target = match query {
+        Some(query) => format!("http://upstream{rest}?{query}"),
+        None => format!("http://upstream{rest}"),
+    };
+    let url = Url::parse(&target).map_err(|e| GatewayError::InvalidUri(e.to_string()))?;
+    let path = url.path().to_string();
+    let path_and_query = match url.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path.clone(),
+    };
+    Ok((path, path_and_query))
 }
 
 /// The headers sent upstream: the client's, minus hop-by-hop headers, `host` (the client
@@ -269,14 +376,6 @@ fn limit_as_usize(limit: u64) -> usize {
     usize::try_from(limit).unwrap_or(usize::MAX)
 }
 
-fn body_too_large(limit: u64) -> Response {
-    error_response(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "body_too_large",
-        &format!("the request body exceeds {limit} bytes"),
-    )
-}
-
 /// reqwest's `Display` shows only the outermost error ("error sending request"); the cause
 /// (connection refused, reset) is what an operator needs.
 fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
@@ -322,5 +421,18 @@ mod tests {
         );
         assert_eq!(headers.get(X_FORWARDED_HOST).unwrap(), "gw.example");
         assert!(headers.get(header::HOST).is_none());
+    }
+
+    #[test]
+    fn the_upstream_target_has_dot_segments_resolved_and_the_query_kept() {
+        let target = |rest, query| upstream_target(rest, query).unwrap();
+        assert_eq!(
+            target("/buy", Some("x=1&y=two%20words")),
+            ("/buy".into(), "/buy?x=1&y=two%20words".into())
+        );
+        assert_eq!(target("/x/../admin", None).0, "/admin");
+        assert_eq!(target("/x/%2e%2E/admin", None).0, "/admin");
+        assert_eq!(target("/../../admin/./y", None).0, "/admin/y");
+        assert_eq!(target("//evil.example/x", None).0, "//evil.example/x");
     }
 }

@@ -1,62 +1,28 @@
 //! The route table: which upstream serves a request path, and what path it sees.
 //!
-//! A route is a path prefix mapped to an [`Upstream`]. Matching picks the longest prefix that
-//! ends on a path-segment boundary, so `/order` serves `/order` and `/order/buy` but never
-//! `/orders`, and a more specific route (`/order/admin`) wins over a shorter one.
+//! A route is a path prefix mapped to one or more upstream instances (base URLs). Matching
+//! picks the longest prefix that ends on a path-segment boundary, so `/order` serves `/order`
+//! and `/order/buy` but never `/orders`, and a more specific route (`/order/admin`) wins over
+//! a shorter one.
+//!
+//! This module is configuration only: which instance of a route gets a request, and which
+//! instances are ejected, is runtime state kept in [`crate::upstream`].
+
+use std::time::Duration;
 
 use reqwest::Url;
 
 /// Paths the gateway answers itself; a route with one of these prefixes would never be reached.
 const RESERVED_PATHS: [&str; 2] = ["/healthz", "/readyz"];
 
-/// Where a route's requests go.
-///
-/// Holds a list of base URLs so load balancing can be added without changing the route table;
-/// today the list always has exactly one entry.
-#[derive(Debug, Clone)]
-pub struct Upstream {
-    base_urls: Vec<Url>,
-}
-
-impl Upstream {
-    /// Validates `base` as an upstream base URL: plain `http` (the gateway is built without
-    /// TLS and talks to services on a private network), a host, no query or fragment.
-    pub fn parse(base: &str) -> Result<Self, String> {
-        let url = Url::parse(base).map_err(|e| format!("{base:?} is not a URL: {e}"))?;
-        if url.scheme() != "http" {
-            return Err(format!(
-                "{base:?} must use http:// (the gateway has no TLS)"
-            ));
-        }
-        if url.host_str().is_none() {
-            return Err(format!("{base:?} has no host"));
-        }
-        if url.query().is_some() || url.fragment().is_some() {
-            return Err(format!("{base:?} must not have a query or fragment"));
-        }
-        Ok(Upstream {
-            base_urls: vec![url],
-        })
-    }
-
-    /// The base URL to send the next request to.
-    pub fn base_url(&self) -> &Url {
-        &self.base_urls[0]
-    }
-
-    /// The upstream URL for `path_and_query` (which starts with `/`): the base URL's path
-    /// followed by it, so a base of `http://h/api` serves `/buy` as `http://h/api/buy`.
-    pub fn url_for(&self, path_and_query: &str) -> Result<Url, String> {
-        let base = self.base_url().as_str().trim_end_matches('/');
-        Url::parse(&format!("{base}{path_and_query}")).map_err(|e| e.to_string())
-    }
-}
-
 #[derive(Debug, Clone)]
 pub struct Route {
     /// Without a trailing slash; empty for the catch-all route `/`.
     prefix: String,
-    upstream: Upstream,
+    /// At least one, no duplicates, in the order they were configured.
+    instances: Vec<Url>,
+    /// Overrides the gateway's default upstream timeout for this route.
+    timeout: Option<Duration>,
 }
 
 impl Route {
@@ -69,13 +35,17 @@ impl Route {
         }
     }
 
-    pub fn upstream(&self) -> &Upstream {
-        &self.upstream
+    pub fn instances(&self) -> &[Url] {
+        &self.instances
+    }
+
+    pub fn timeout(&self) -> Option<Duration> {
+        self.timeout
     }
 
     /// The rest of `path` after this route's prefix, or `None` when the prefix does not match
     /// on a segment boundary. Never empty: `/order` maps to `/`.
-    fn strip<'p>(&self, path: &'p str) -> Option<&'p str> {
+    pub fn strip<'p>(&self, path: &'p str) -> Option<&'p str> {
         let rest = path.strip_prefix(self.prefix.as_str())?;
         if rest.is_empty() {
             Some("/")
@@ -89,33 +59,91 @@ impl Route {
 
 #[derive(Debug, Clone)]
 pub struct RouteTable {
+    /// Longest prefix first, so the first match is the longest match.
     routes: Vec<Route>,
 }
 
 impl RouteTable {
-    /// Parses `prefix=base-url` pairs separated by commas, e.g.
-    /// `/order=http://127.0.0.1:8763,/pay=http://127.0.0.1:8762`. Blank entries (a trailing
-    /// comma) are skipped; anything else that is not a valid pair is an error.
+    /// Parses a `GATEWAY_ROUTES` value: comma-separated entries, where `prefix=base-url`
+    /// starts a route and a bare `http://…` entry adds another instance to the route before
+    /// it. `/order=http://a:8763,http://b:8763,/pay=http://c:8762` is two routes, the first
+    /// with two instances; a one-instance-per-route list reads as before. Blank entries (a
+    /// trailing comma) are skipped; anything else that does not fit is an error naming it.
     pub fn parse(spec: &str) -> Result<Self, String> {
         let mut routes: Vec<Route> = Vec::new();
         for entry in spec.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-            let (prefix, base) = entry
-                .split_once('=')
-                .ok_or_else(|| format!("entry {entry:?} is not prefix=base-url"))?;
-            let prefix = parse_prefix(prefix.trim())?;
-            if routes.iter().any(|r| r.prefix == prefix) {
-                return Err(format!("prefix {entry:?} is listed twice"));
+            if entry.starts_with('/') {
+                let (prefix, base) = entry
+                    .split_once('=')
+                    .ok_or_else(|| format!("entry {entry:?} is not prefix=base-url"))?;
+                let prefix = parse_prefix(prefix.trim())?;
+                if routes.iter().any(|r| r.prefix == prefix) {
+                    return Err(format!("prefix {entry:?} is listed twice"));
+                }
+                let url =
+                    parse_instance(base.trim()).map_err(|e| format!("entry {entry:?}: {e}"))?;
+                routes.push(Route {
+                    prefix,
+                    instances: vec![url],
+                    timeout: None,
+                });
+            } else if entry.contains("://") && !entry.contains('=') {
+                let url = parse_instance(entry)?;
+                let route = routes.last_mut().ok_or_else(|| {
+                    format!("instance {entry:?} comes before any prefix=base-url entry")
+                })?;
+                if route.instances.contains(&url) {
+                    return Err(format!(
+                        "instance {entry:?} is listed twice for route {:?}",
+                        route.name()
+                    ));
+                }
+                route.instances.push(url);
+            } else {
+                return Err(format!(
+                    "entry {entry:?} is neither /prefix=http://host:port nor http://host:port \
+                     (another instance of the route before it)"
+                ));
             }
-            let upstream =
-                Upstream::parse(base.trim()).map_err(|e| format!("entry {entry:?}: {e}"))?;
-            routes.push(Route { prefix, upstream });
         }
         if routes.is_empty() {
             return Err("no routes".into());
         }
-        // Longest first, so the first match is the longest match.
         routes.sort_by_key(|route| std::cmp::Reverse(route.prefix.len()));
         Ok(RouteTable { routes })
+    }
+
+    /// Applies a `GATEWAY_ROUTE_TIMEOUTS` value: comma-separated `prefix=milliseconds`
+    /// pairs, e.g. `/pay=5000`. Each prefix must be a configured route; a route not listed
+    /// keeps the default timeout.
+    pub fn with_timeouts(mut self, spec: &str) -> Result<Self, String> {
+        let mut seen: Vec<String> = Vec::new();
+        for entry in spec.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let (prefix, millis) = entry
+                .split_once('=')
+                .ok_or_else(|| format!("entry {entry:?} is not prefix=milliseconds"))?;
+            let prefix = parse_prefix(prefix.trim())?;
+            let millis: u64 = millis
+                .trim()
+                .parse()
+                .map_err(|e| format!("entry {entry:?}: {e}"))?;
+            if millis == 0 {
+                return Err(format!(
+                    "entry {entry:?}: the timeout must be greater than 0"
+                ));
+            }
+            if seen.contains(&prefix) {
+                return Err(format!("prefix {entry:?} is listed twice"));
+            }
+            let route = self
+                .routes
+                .iter_mut()
+                .find(|r| r.prefix == prefix)
+                .ok_or_else(|| format!("entry {entry:?} names no route of GATEWAY_ROUTES"))?;
+            route.timeout = Some(Duration::from_millis(millis));
+            seen.push(prefix);
+        }
+        Ok(self)
     }
 
     /// The route for `path` and the path the upstream should see.
@@ -125,9 +153,28 @@ impl RouteTable {
             .find_map(|route| route.strip(path).map(|rest| (route, rest)))
     }
 
+    /// Longest prefix first.
     pub fn iter(&self) -> impl Iterator<Item = &Route> {
         self.routes.iter()
     }
+}
+
+/// Validates an instance base URL: plain `http` (the gateway is built without TLS and talks
+/// to services on a private network), a host, no query or fragment.
+fn parse_instance(base: &str) -> Result<Url, String> {
+    let url = Url::parse(base).map_err(|e| format!("{base:?} is not a URL: {e}"))?;
+    if url.scheme() != "http" {
+        return Err(format!(
+            "{base:?} must use http:// (the gateway has no TLS)"
+        ));
+    }
+    if url.host_str().is_none() {
+        return Err(format!("{base:?} has no host"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(format!("{base:?} must not have a query or fragment"));
+    }
+    Ok(url)
 }
 
 fn parse_prefix(prefix: &str) -> Result<String, String> {
@@ -165,6 +212,11 @@ mod tests {
             .map(|(route, rest)| (route.name().to_string(), rest.to_string()))
     }
 
+    fn instances(table: &RouteTable, name: &str) -> Vec<String> {
+        let route = table.iter().find(|r| r.name() == name).unwrap();
+        route.instances().iter().map(|u| u.to_string()).collect()
+    }
+
     #[test]
     fn matches_on_segment_boundaries_only() {
         assert_eq!(lookup("/order"), Some(("order".into(), "/".into())));
@@ -196,27 +248,67 @@ mod tests {
     }
 
     #[test]
-    fn url_keeps_the_base_path() {
-        let table = table();
-        let (route, rest) = table.find("/pay/charge").unwrap();
-        let url = route.upstream().url_for(&format!("{rest}?a=1")).unwrap();
-        assert_eq!(url.as_str(), "http://p:2/api/charge?a=1");
+    fn bare_urls_add_instances_to_the_route_before_them() {
+        let table = RouteTable::parse(
+            "/order=http://a:8763, http://b:8763 ,http://c:8763/,/pay=http://d:8762,",
+        )
+        .unwrap();
+        assert_eq!(
+            instances(&table, "order"),
+            ["http://a:8763/", "http://b:8763/", "http://c:8763/"]
+        );
+        assert_eq!(instances(&table, "pay"), ["http://d:8762/"]);
+
+        // The one-instance format is unchanged.
+        let table =
+            RouteTable::parse("/order=http://127.0.0.1:8763,/pay=http://127.0.0.1:8762").unwrap();
+        assert_eq!(instances(&table, "order"), ["http://127.0.0.1:8763/"]);
+        assert_eq!(instances(&table, "pay"), ["http://127.0.0.1:8762/"]);
     }
 
     #[test]
     fn rejects_invalid_entries() {
-        for spec in [
-            "",
-            "/order",
-            "order=http://o:1",
-            "/order=not a url",
-            "/order=https://o:1",
-            "/order=http://o:1?x=1",
-            "/order=http://o:1,/order/=http://o:2",
-            "/healthz=http://o:1",
-            "/o rder=http://o:1",
+        for (spec, expected) in [
+            ("", "no routes"),
+            ("/order", "not prefix=base-url"),
+            ("order=http://o:1", "neither"),
+            ("/order=not a url", "not a URL"),
+            ("/order=https://o:1", "http://"),
+            ("/order=http://o:1?x=1", "query"),
+            ("/order=http://o:1,/order/=http://o:2", "listed twice"),
+            ("/healthz=http://o:1", "gateway itself"),
+            ("/o rder=http://o:1", "plain path"),
+            ("http://a:1,/order=http://o:1", "before any prefix"),
+            ("/order=http://o:1,http://o:1", "listed twice"),
+            ("/order=http://o:1,https://o:2", "http://"),
+            ("/order=http://o:1,o:2", "neither"),
         ] {
-            assert!(RouteTable::parse(spec).is_err(), "{spec:?} was accepted");
+            let err = RouteTable::parse(spec).expect_err(spec);
+            assert!(err.contains(expected), "{spec:?}: {err:?}");
+        }
+    }
+
+    #[test]
+    fn timeouts_override_the_default_per_route() {
+        let table = table().with_timeouts(" /pay=5000, /order/=250 ").unwrap();
+        let timeout = |path| table.find(path).unwrap().0.timeout();
+        assert_eq!(timeout("/pay/x"), Some(Duration::from_millis(5000)));
+        assert_eq!(timeout("/order/x"), Some(Duration::from_millis(250)));
+        assert_eq!(timeout("/order/admin/x"), None);
+        assert!(table.with_timeouts("").is_ok());
+    }
+
+    #[test]
+    fn rejects_invalid_timeouts() {
+        for (spec, expected) in [
+            ("/pay", "not prefix=milliseconds"),
+            ("/pay=soon", "invalid digit"),
+            ("/pay=0", "greater than 0"),
+            ("/nowhere=100", "names no route"),
+            ("/pay=1,/pay=2", "listed twice"),
+        ] {
+            let err = table().with_timeouts(spec).expect_err(spec);
+            assert!(err.contains(expected), "{spec:?}: {err:?}");
         }
     }
 }

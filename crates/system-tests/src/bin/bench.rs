@@ -9,6 +9,10 @@
 //!    to PAID, read from the database's own timestamps (created_at → updated_at), so
 //!    client-side polling adds nothing.
 //! 3. End to end, throughput: orders posted at a fixed concurrency until all are settled.
+//! 4. The gateway's cost: the same `GET /orders/{id}` at a fixed concurrency, straight to the
+//!    order service and through the gateway, alternating which goes first, several rounds.
+//!
+//! `BENCH_SECTIONS` (default `relay,latency,throughput,gateway`) picks the sections to run.
 
 use std::time::{Duration, Instant};
 
@@ -112,6 +116,83 @@ async fn post(http: &reqwest::Client, url: &str, i: usize) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
 }
 
+/// `requests` GETs of `url` at `concurrency`: requests per second and each latency in ms.
+async fn load(
+    http: &reqwest::Client,
+    url: &str,
+    requests: usize,
+    concurrency: usize,
+) -> (f64, Vec<f64>) {
+    let started = Instant::now();
+    let ms: Vec<f64> = futures::stream::iter(0..requests)
+        .map(|_| async {
+            let t = Instant::now();
+            let res = http.get(url).send().await.expect("GET");
+            assert_eq!(res.status(), reqwest::StatusCode::OK);
+            res.bytes().await.expect("body");
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    (requests as f64 / started.elapsed().as_secs_f64(), ms)
+}
+
+/// Section 4: direct vs through the gateway, same system, same order, same client.
+async fn gateway_overhead(rounds: usize, requests: usize, concurrency: usize) {
+    let amqp = testing::test_amqp();
+    let sys = system_tests::start_with_pools(&amqp, &amqp, POOL).await;
+    let order_id = sys.buy("alice", 1).await;
+    let direct = format!("{}/orders/{order_id}", sys.order);
+    let through = format!("{}/order/orders/{order_id}", sys.gateway);
+    let http = reqwest::Client::new();
+    // Warm-up: connection pools (client → order, client → gateway → order) and caches.
+    load(&http, &direct, requests / 10, concurrency).await;
+    load(&http, &through, requests / 10, concurrency).await;
+
+    let (mut direct_rates, mut gateway_rates) = (Vec::new(), Vec::new());
+    let (mut direct_ms, mut gateway_ms) = (Vec::new(), Vec::new());
+    for r in 1..=rounds {
+        // Alternate which goes first, so neither always gets the warmer machine.
+        let gateway_first = r % 2 == 0;
+        let (mut direct_run, mut gateway_run) = (None, None);
+        for through_gateway in [gateway_first, !gateway_first] {
+            if through_gateway {
+                gateway_run = Some(load(&http, &through, requests, concurrency).await);
+            } else {
+                direct_run = Some(load(&http, &direct, requests, concurrency).await);
+            }
+        }
+        let ((d_rate, mut d_ms), (g_rate, mut g_ms)) = (direct_run.unwrap(), gateway_run.unwrap());
+        d_ms.sort_by(f64::total_cmp);
+        g_ms.sort_by(f64::total_cmp);
+        println!(
+            "round {r}: direct {d_rate:>7.0} req/s (p50 {:.2} ms, p99 {:.2} ms)   through the gateway {g_rate:>7.0} req/s (p50 {:.2} ms, p99 {:.2} ms)",
+            percentile(&d_ms, 50.0),
+            percentile(&d_ms, 99.0),
+            percentile(&g_ms, 50.0),
+            percentile(&g_ms, 99.0),
+        );
+        direct_rates.push(d_rate);
+        gateway_rates.push(g_rate);
+        direct_ms.extend(d_ms);
+        gateway_ms.extend(g_ms);
+    }
+    direct_rates.sort_by(f64::total_cmp);
+    gateway_rates.sort_by(f64::total_cmp);
+    let (d, g) = (
+        percentile(&direct_rates, 50.0),
+        percentile(&gateway_rates, 50.0),
+    );
+    println!(
+        "median: direct {d:.0} req/s, through the gateway {g:.0} req/s: the gateway keeps {:.0}% of the throughput ({:.2}x)",
+        100.0 * g / d,
+        g / d
+    );
+    summary("direct, all rounds", &mut direct_ms);
+    summary("through the gateway, all rounds", &mut gateway_ms);
+}
+
 async fn settle_times(sys: &system_tests::System, since: Instant) -> (f64, Vec<f64>) {
     let settled = testing::eventually("every order settled", Duration::from_secs(300), || async {
         let pending: i64 =
@@ -131,15 +212,7 @@ async fn settle_times(sys: &system_tests::System, since: Instant) -> (f64, Vec<f
     (settled, to_settled)
 }
 
-#[tokio::main]
-async fn main() {
-    let rounds = arg("BENCH_ROUNDS", 3);
-    let messages = arg("BENCH_MESSAGES", 3000);
-    let sequential = arg("BENCH_SEQUENTIAL_ORDERS", 200);
-    let orders = arg("BENCH_ORDERS", 2000);
-    let concurrency = arg("BENCH_CONCURRENCY", 16);
-    let batch = 200;
-
+async fn relay_section(rounds: usize, messages: usize, batch: i64) {
     println!(
         "== 1. relay throughput: {messages} messages per round, claims of {batch}, {rounds} rounds, alternating"
     );
@@ -158,7 +231,9 @@ async fn main() {
         "median: one confirm at a time {m1:.0} msg/s, pipelined {mp:.0} msg/s: {:.1}x",
         mp / m1
     );
+}
 
+async fn latency_section(sequential: usize) {
     let http = reqwest::Client::new();
     println!(
         "\n== 2. end-to-end latency: {sequential} orders, one at a time (9 of 10 alice, 1 of 10 carol)"
@@ -178,7 +253,10 @@ async fn main() {
         summary("POST /buy", &mut post_ms);
         summary("commit → PAID/PAYMENT_FAILED", &mut to_settled);
     }
+}
 
+async fn throughput_section(orders: usize, concurrency: usize) {
+    let http = reqwest::Client::new();
     println!("\n== 3. end-to-end throughput: {orders} orders, {concurrency} concurrent POST /buy");
     let amqp = testing::test_amqp();
     let sys = system_tests::start_with_pools(&amqp, &amqp, POOL).await;
@@ -220,4 +298,34 @@ async fn main() {
         sys.pay_counters.snapshot().processed,
         sys.pay_counters.snapshot().duplicates
     );
+}
+
+#[tokio::main]
+async fn main() {
+    let rounds = arg("BENCH_ROUNDS", 3);
+    let messages = arg("BENCH_MESSAGES", 3000);
+    let sequential = arg("BENCH_SEQUENTIAL_ORDERS", 200);
+    let orders = arg("BENCH_ORDERS", 2000);
+    let concurrency = arg("BENCH_CONCURRENCY", 16);
+    let gateway_requests = arg("BENCH_GATEWAY_REQUESTS", 5000);
+    let sections = std::env::var("BENCH_SECTIONS")
+        .unwrap_or_else(|_| "relay,latency,throughput,gateway".into());
+    let run = |name: &str| sections.split(',').any(|s| s.trim() == name);
+    let batch = 200;
+
+    if run("relay") {
+        relay_section(rounds, messages, batch).await;
+    }
+    if run("latency") {
+        latency_section(sequential).await;
+    }
+    if run("throughput") {
+        throughput_section(orders, concurrency).await;
+    }
+    if run("gateway") {
+        println!(
+            "\n== 4. gateway overhead: GET /orders/{{id}}, {gateway_requests} requests at {concurrency} concurrent, direct vs through the gateway, {rounds} rounds, alternating"
+        );
+        gateway_overhead(rounds, gateway_requests, concurrency).await;
+    }
 }

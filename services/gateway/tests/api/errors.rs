@@ -51,3 +51,45 @@ async fn an_upstream_slower_than_the_timeout_is_a_504() {
     assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
     assert_eq!(error_code(response).await, "gateway_timeout");
 }
+
+#[tokio::test]
+async fn a_route_timeout_overrides_the_default_timeout() {
+    let slow = spawn_upstream(Router::new().route(
+        "/slow",
+        get(|| async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            "late but fine"
+        }),
+    ))
+    .await;
+    let app = spawn_app_with(
+        &format!("/impatient=http://{slow},/patient=http://{slow}"),
+        |config| {
+            config.upstream_timeout = Duration::from_millis(100);
+            config.routes = config
+                .routes
+                .clone()
+                .with_timeouts("/patient=20000")
+                .unwrap();
+        },
+    )
+    .await;
+
+    let response = within(
+        "the impatient route to give up",
+        app.client.get(app.url("/impatient/slow")).send(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(error_code(response).await, "gateway_timeout");
+
+    let response = app
+        .client
+        .get(app.url("/patient/slow"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.text().await.unwrap(), "late but fine");
+}

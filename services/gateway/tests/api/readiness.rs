@@ -1,5 +1,5 @@
 use axum::{Router, http::StatusCode, routing::get};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::helpers::{dead_addr, spawn_app, spawn_upstream};
 
@@ -62,4 +62,8 @@ async fn readyz_is_503_when_an_upstream_answers_but_is_not_healthy() {
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["checks"]["pay"], "down");
+    assert_eq!(
+        body["instances"]["pay"],
+        json!([{ "url": format!("http://{pay}"), "health": "unhealthy", "status": 503, "ejected": false }])
+    );
 }

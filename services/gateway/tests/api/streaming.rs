@@ -1,6 +1,7 @@
-//! Bodies are streamed, not buffered: each test holds back the rest of a 20 MiB body until the
-//! other side has seen the first chunk, which only happens if the gateway forwards chunks as
-//! they arrive. A buffering gateway would make the test give up waiting.
+//! Bodies are streamed, not buffered: 50 MiB each way, generated and checked on the fly on
+//! both sides (no side holds a whole body). Each test holds back the rest of the body until
+//! the other side has seen the first chunk, which only happens if the gateway forwards chunks
+//! as they arrive: a buffering gateway would make the test give up waiting.
 
 use std::sync::{Arc, Mutex};
 
@@ -14,19 +15,22 @@ use axum::{
 use futures::{SinkExt, StreamExt, channel::mpsc};
 use tokio::sync::Notify;
 
-use crate::helpers::{spawn_app_with, spawn_upstream, test_bytes, within};
+use crate::helpers::{Pattern, spawn_app_with, spawn_upstream, within};
 
-const SIZE: usize = 20 * 1024 * 1024;
+const SIZE: usize = 50 * 1024 * 1024;
 const CHUNK: usize = 256 * 1024;
 
-/// What the upstream got: the body and its `Content-Length` header.
+/// What the upstream got: the byte count, where it first differed from the pattern, and
+/// its `Content-Length` header.
 struct Received {
-    body: Vec<u8>,
+    bytes: usize,
+    first_mismatch: Option<usize>,
     content_length: Option<String>,
 }
 
-#[derive(Clone, Default)]
+#[derive(Clone)]
 struct Upload {
+    pattern: Pattern,
     first_chunk_seen: Arc<Notify>,
     received: Arc<Mutex<Option<Received>>>,
 }
@@ -36,15 +40,16 @@ async fn receive(State(upload): State<Upload>, headers: HeaderMap, body: Body) -
         .get(header::CONTENT_LENGTH)
         .map(|v| v.to_str().unwrap().to_string());
     let mut stream = body.into_data_stream();
-    let mut received = Vec::new();
+    let mut check = upload.pattern.checker();
     while let Some(chunk) = stream.next().await {
-        if received.is_empty() {
+        if check.received == 0 {
             upload.first_chunk_seen.notify_one();
         }
-        received.extend_from_slice(&chunk.unwrap());
+        check.update(&chunk.unwrap());
     }
     *upload.received.lock().unwrap() = Some(Received {
-        body: received,
+        bytes: check.received,
+        first_mismatch: check.first_mismatch,
         content_length,
     });
     "stored"
@@ -52,7 +57,12 @@ async fn receive(State(upload): State<Upload>, headers: HeaderMap, body: Body) -
 
 #[tokio::test]
 async fn a_large_upload_streams_to_the_upstream_intact() {
-    let upload = Upload::default();
+    let pattern = Pattern::new();
+    let upload = Upload {
+        pattern: pattern.clone(),
+        first_chunk_seen: Arc::default(),
+        received: Arc::default(),
+    };
     let upstream = spawn_upstream(
         Router::new()
             .route("/upload", post(receive))
@@ -60,10 +70,9 @@ async fn a_large_upload_streams_to_the_upstream_intact() {
     )
     .await;
     let app = spawn_app_with(&format!("/pay=http://{upstream}"), |config| {
-        config.max_body_bytes = 32 * 1024 * 1024;
+        config.max_body_bytes = 64 * 1024 * 1024;
     })
     .await;
-    let data = test_bytes(SIZE);
     let (mut tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(4);
     let request = app
         .client
@@ -73,7 +82,7 @@ async fn a_large_upload_streams_to_the_upstream_intact() {
         .send();
     let response = tokio::spawn(request);
 
-    let mut chunks = data.chunks(CHUNK).map(Bytes::copy_from_slice);
+    let mut chunks = pattern.chunks(SIZE, CHUNK);
     tx.send(Ok(chunks.next().unwrap())).await.unwrap();
     within(
         "the upstream to see the first chunk before the rest is sent",
@@ -90,17 +99,18 @@ async fn a_large_upload_streams_to_the_upstream_intact() {
         .unwrap()
         .unwrap();
     assert_eq!(response.status(), 200);
-    let Received {
-        body: received,
-        content_length,
-    } = upload.received.lock().unwrap().take().unwrap();
-    assert_eq!(received.len(), SIZE);
-    assert!(received == data, "the upstream received different bytes");
-    assert_eq!(content_length, Some(SIZE.to_string()));
+    let received = upload.received.lock().unwrap().take().unwrap();
+    assert_eq!(received.bytes, SIZE);
+    assert_eq!(
+        received.first_mismatch, None,
+        "the upstream received different bytes"
+    );
+    assert_eq!(received.content_length, Some(SIZE.to_string()));
 }
 
-#[derive(Clone, Default)]
+#[derive(Clone)]
 struct Download {
+    pattern: Pattern,
     send_the_rest: Arc<Notify>,
 }
 
@@ -109,8 +119,7 @@ async fn serve_download(
 ) -> ([(header::HeaderName, String); 1], Body) {
     let (mut tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(4);
     tokio::spawn(async move {
-        let data = test_bytes(SIZE);
-        let mut chunks = data.chunks(CHUNK).map(Bytes::copy_from_slice);
+        let mut chunks = download.pattern.chunks(SIZE, CHUNK);
         tx.send(Ok(chunks.next().unwrap())).await.unwrap();
         download.send_the_rest.notified().await;
         for chunk in chunks {
@@ -127,7 +136,11 @@ async fn serve_download(
 
 #[tokio::test]
 async fn a_large_download_streams_back_intact() {
-    let download = Download::default();
+    let pattern = Pattern::new();
+    let download = Download {
+        pattern: pattern.clone(),
+        send_the_rest: Arc::default(),
+    };
     let upstream = spawn_upstream(
         Router::new()
             .route("/download", get(serve_download))
@@ -145,6 +158,7 @@ async fn a_large_download_streams_back_intact() {
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()[header::CONTENT_LENGTH], SIZE.to_string());
 
+    let mut check = pattern.checker();
     let first = within(
         "the first chunk before the upstream sends the rest",
         response.chunk(),
@@ -152,18 +166,18 @@ async fn a_large_download_streams_back_intact() {
     .await
     .unwrap()
     .expect("a first chunk");
-    let mut received = first.to_vec();
+    check.update(&first);
     download.send_the_rest.notify_one();
     while let Some(chunk) = within("the rest of the download", response.chunk())
         .await
         .unwrap()
     {
-        received.extend_from_slice(&chunk);
+        check.update(&chunk);
     }
 
-    assert_eq!(received.len(), SIZE);
-    assert!(
-        received == test_bytes(SIZE),
+    assert_eq!(check.received, SIZE);
+    assert_eq!(
+        check.first_mismatch, None,
         "the client received different bytes"
     );
 }
