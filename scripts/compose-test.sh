@@ -29,8 +29,8 @@
 #   COMPOSE_TEST_PROJECT             compose project name (default lmt-compose-test)
 #   COMPOSE_TEST_STANDINS            1 (default): build and use the stand-ins; 0: official images
 #   COMPOSE_TEST_STANDIN_REPO        repository name of the stand-in tags (default lmt-standin)
-#   COMPOSE_TEST_GATEWAY_PORT        host port for the gateway (default: first free from 18769)
-#   COMPOSE_TEST_MANAGEMENT_PORT     host port for the management UI (default: first free from 18672)
+#   COMPOSE_TEST_GATEWAY_PORT        host port for the gateway (default: first free from 28769)
+#   COMPOSE_TEST_MANAGEMENT_PORT     host port for the management UI (default: first free from 28672)
 #   COMPOSE_TEST_UP_DEADLINE_SECS    `up -d --build`, the build included (default 3600)
 #   COMPOSE_TEST_HEALTH_DEADLINE_SECS  every container healthy (default 300)
 #   COMPOSE_TEST_PAYMENT_DEADLINE_SECS an order reaching PAID (default 60)
@@ -536,8 +536,8 @@ if [[ "$USE_STANDINS" == 1 ]]; then
 fi
 PHASE_SECS[standins]=$((SECONDS - t))
 
-GATEWAY_PORT="${COMPOSE_TEST_GATEWAY_PORT:-$(free_port 18769)}"
-RABBITMQ_MANAGEMENT_PORT="${COMPOSE_TEST_MANAGEMENT_PORT:-$(free_port $((18672)))}"
+GATEWAY_PORT="${COMPOSE_TEST_GATEWAY_PORT:-$(free_port 28769)}"
+RABBITMQ_MANAGEMENT_PORT="${COMPOSE_TEST_MANAGEMENT_PORT:-$(free_port 28672)}"
 [[ "$GATEWAY_PORT" != "$RABBITMQ_MANAGEMENT_PORT" ]] || RABBITMQ_MANAGEMENT_PORT="$(free_port $((GATEWAY_PORT + 1)))"
 PUBLISH_ADDRESS=127.0.0.1
 export GATEWAY_PORT RABBITMQ_MANAGEMENT_PORT PUBLISH_ADDRESS COMPOSE_PROJECT_NAME="$PROJECT"
