@@ -67,6 +67,7 @@ PASSED=0
 FAILED=0
 UP_STARTED=0
 FINISHED=0
+STOPPED=0
 T_START=$SECONDS
 declare -A PHASE_SECS=()
 
@@ -88,6 +89,12 @@ check() {
     local desc="$1" details="$2"
     shift 2
     if "$@"; then ok "$desc"; else not_ok "$desc" "$(eval "printf '%s' \"$details\"")"; fi
+}
+
+# stop_run: after a failed check that leaves nothing to test (the failure is counted).
+stop_run() {
+    STOPPED=1
+    exit 1
 }
 
 # logged FILE COMMAND...: COMMAND with its output (both streams) in FILE.
@@ -494,7 +501,7 @@ finish() {
 on_exit() {
     local rc=$?
     if ((FINISHED == 0)); then
-        if ((rc != 0)); then not_ok "compose-test.sh ran to the end" "aborted with exit status $rc"; fi
+        if ((rc != 0 && STOPPED == 0)); then not_ok "compose-test.sh ran to the end" "aborted with exit status $rc"; fi
         finish "$rc"
     fi
     local phase
@@ -561,7 +568,7 @@ else
     PHASE_SECS[up]=$((SECONDS - t))
     tail -n 40 "$LOG_DIR/up.log"
     not_ok "docker-compose up -d --build" "see $LOG_DIR/up.log"
-    exit 1
+    stop_run
 fi
 
 t=$SECONDS
@@ -570,7 +577,7 @@ if wait_healthy "$HEALTH_DEADLINE"; then
     ok "every container is running and healthy: ${SERVICES_EXPECTED[*]} (${PHASE_SECS[healthy]}s after up)"
 else
     not_ok "every container is running and healthy" "after ${HEALTH_DEADLINE}s: $(container_states | paste -sd ' ' -)"
-    exit 1
+    stop_run
 fi
 
 t=$SECONDS
