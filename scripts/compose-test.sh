@@ -136,7 +136,7 @@ start_dockerd() {
     as_root mkdir -p "$(dirname "$DOCKERD_LOG")"
     for driver in overlay2 fuse-overlayfs vfs; do
         if [[ "$driver" == fuse-overlayfs ]]; then
-            ensure_tool fuse-overlayfs || continue
+            (ensure_tool fuse-overlayfs) || continue
         fi
         log "starting dockerd (storage driver $driver${opts[*]:+, ${opts[*]}}); log: $DOCKERD_LOG"
         printf '\n==== %s: dockerd --storage-driver=%s %s\n' "$(date -Is)" "$driver" "${opts[*]}" |
