@@ -1,0 +1,604 @@
+//! docker-compose.yml agrees with the services and with itself, without Docker: every variable
+//! it sets on order, pay and gateway is one that service reads; every listen port, gateway
+//! route, database and broker URL agrees with the services' own defaults (their `config.rs`)
+//! and with the other containers (names, credentials, the PostgreSQL init script); each value
+//! written twice (interpolation defaults, Dockerfile build arguments) is written the same way.
+//! `scripts/compose-test.sh` runs the file for real.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs,
+    path::{Path, PathBuf},
+};
+
+use yaml_rust2::{Yaml, YamlLoader};
+
+const SERVICES: [&str; 3] = ["order", "pay", "gateway"];
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn read(relative: &str) -> String {
+    fs::read_to_string(root().join(relative)).unwrap_or_else(|e| panic!("{relative}: {e}"))
+}
+
+fn compose_text() -> String {
+    read("docker-compose.yml")
+}
+
+fn compose() -> Yaml {
+    let docs = YamlLoader::load_from_str(&compose_text()).expect("docker-compose.yml is YAML");
+    docs.into_iter()
+        .next()
+        .expect("docker-compose.yml has a document")
+}
+
+fn service<'a>(compose: &'a Yaml, name: &str) -> &'a Yaml {
+    let s = &compose["services"][name];
+    assert!(!s.is_badvalue(), "docker-compose.yml has no service {name}");
+    s
+}
+
+fn service_names(compose: &Yaml) -> Vec<String> {
+    compose["services"]
+        .as_hash()
+        .expect("services is a mapping")
+        .keys()
+        .map(|k| k.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// A service's `environment`, as a mapping or as a list of `NAME=value`, values raw (with
+/// their `${VAR:-default}` interpolations).
+fn environment(service: &Yaml) -> BTreeMap<String, String> {
+    match &service["environment"] {
+        Yaml::Hash(h) => h
+            .iter()
+            .map(|(k, v)| (k.as_str().unwrap().to_string(), scalar(v)))
+            .collect(),
+        Yaml::Array(a) => a
+            .iter()
+            .map(|item| {
+                let item = item.as_str().unwrap();
+                let (k, v) = item.split_once('=').unwrap_or((item, ""));
+                (k.to_string(), v.to_string())
+            })
+            .collect(),
+        Yaml::BadValue | Yaml::Null => BTreeMap::new(),
+        other => panic!("unexpected environment {other:?}"),
+    }
+}
+
+fn scalar(v: &Yaml) -> String {
+    match v {
+        Yaml::String(s) | Yaml::Real(s) => s.clone(),
+        Yaml::Integer(i) => i.to_string(),
+        Yaml::Boolean(b) => b.to_string(),
+        Yaml::Null => String::new(),
+        other => panic!("not a scalar: {other:?}"),
+    }
+}
+
+fn strings(v: &Yaml) -> Vec<String> {
+    match v {
+        Yaml::Array(a) => a.iter().map(scalar).collect(),
+        Yaml::BadValue => Vec::new(),
+        other => vec![scalar(other)],
+    }
+}
+
+/// `${NAME:-default}` / `${NAME-default}` / `${NAME}` replaced by the default, as compose does
+/// when NAME is unset. `$$` is a literal `$`.
+fn with_defaults(value: &str) -> String {
+    let mut out = String::new();
+    let mut rest = value;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        if let Some(after) = after.strip_prefix('$') {
+            out.push('$');
+            rest = after;
+        } else if let Some(body) = after.strip_prefix('{') {
+            let end = body.find('}').expect("unterminated ${");
+            let expr = &body[..end];
+            let default = expr
+                .split_once(":-")
+                .or_else(|| expr.split_once('-'))
+                .map_or("", |(_, d)| d);
+            out.push_str(default);
+            rest = &body[end + 1..];
+        } else {
+            panic!("bare $ in {value:?}: use ${{NAME:-default}}");
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Every `${NAME:-default}` (or `${NAME-default}`) of the text: (NAME, default).
+fn interpolations(text: &str) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    for (at, _) in text.match_indices("${") {
+        let body = &text[at + 2..];
+        let Some(end) = body.find('}') else { continue };
+        let expr = &body[..end];
+        let name: String = expr
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        let default = expr[name.len()..]
+            .trim_start_matches(':')
+            .trim_start_matches('-');
+        found.push((name, default.to_string()));
+    }
+    found
+}
+
+// ---------------------------------------------------------------------------------------------
+// What the code reads: the scanner of readme.rs, per service.
+
+fn rust_sources(path: &Path, out: &mut Vec<String>) {
+    if path.is_dir() {
+        for entry in fs::read_dir(path).unwrap() {
+            rust_sources(&entry.unwrap().path(), out);
+        }
+    } else if path.extension().is_some_and(|e| e == "rs") {
+        out.push(fs::read_to_string(path).unwrap());
+    }
+}
+
+/// Names passed as the first argument to the config readers, across line breaks.
+fn variables_read(source: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for reader in [
+        "env_or(",
+        "env_string(",
+        "env_millis(",
+        "env_secs(",
+        "env::var(",
+    ] {
+        for (at, _) in source.match_indices(reader) {
+            let rest = source[at + reader.len()..].trim_start();
+            if let Some(rest) = rest.strip_prefix('"') {
+                let name: String = rest.chars().take_while(|c| *c != '"').collect();
+                if !name.is_empty() && name.chars().all(|c| c.is_ascii_uppercase() || c == '_') {
+                    names.insert(name);
+                }
+            }
+        }
+    }
+    names
+}
+
+/// The variables a service's process reads: its own crate, and of `common` what it uses
+/// (order and pay: all of it; the gateway: the logging set-up only).
+fn read_by(service: &str) -> BTreeSet<String> {
+    let mut sources = Vec::new();
+    rust_sources(
+        &root().join("services").join(service).join("src"),
+        &mut sources,
+    );
+    if service == "gateway" {
+        rust_sources(&root().join("crates/common/src/telemetry.rs"), &mut sources);
+    } else {
+        rust_sources(&root().join("crates/common/src"), &mut sources);
+    }
+    let mut read: BTreeSet<String> = sources.iter().flat_map(|s| variables_read(s)).collect();
+    // Read by tracing-subscriber's EnvFilter::try_from_default_env, not by our readers.
+    read.insert("RUST_LOG".into());
+    read
+}
+
+/// The default the code gives variable `name` in `file`: the string literal after `"name",`.
+fn code_default(file: &str, name: &str) -> String {
+    let source = read(file);
+    let needle = format!("\"{name}\",");
+    let at = source
+        .find(&needle)
+        .unwrap_or_else(|| panic!("{file} does not read {name}"));
+    let rest = &source[at + needle.len()..];
+    let start = rest.find('"').expect("a string default") + 1;
+    let end = start + rest[start..].find('"').unwrap();
+    rest[start..end].to_string()
+}
+
+fn addr_variable(service: &str) -> String {
+    format!("{}_ADDR", service.to_uppercase())
+}
+
+fn config_file(service: &str) -> String {
+    format!("services/{service}/src/config.rs")
+}
+
+fn port_of_addr(addr: &str) -> u16 {
+    addr.rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .unwrap_or_else(|| panic!("{addr:?} is not HOST:PORT"))
+}
+
+#[derive(Debug, PartialEq)]
+struct Url {
+    scheme: String,
+    user: String,
+    host: String,
+    port: Option<u16>,
+    path: String,
+}
+
+fn parse_url(url: &str) -> Url {
+    let (scheme, rest) = url.split_once("://").unwrap_or_else(|| panic!("{url:?}"));
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    let (userinfo, hostport) = authority.rsplit_once('@').unwrap_or(("", authority));
+    let user = userinfo.split(':').next().unwrap_or("").to_string();
+    let (host, port) = match hostport.rsplit_once(':') {
+        Some((h, p)) => (
+            h,
+            Some(p.parse().unwrap_or_else(|_| panic!("port in {url:?}"))),
+        ),
+        None => (hostport, None),
+    };
+    Url {
+        scheme: scheme.to_string(),
+        user,
+        host: host.to_string(),
+        port,
+        path: path.to_string(),
+    }
+}
+
+/// `prefix=url,prefix=url`, tolerant of several upstreams per route (separated by `,`, `|`,
+/// `;` or spaces): prefix → its upstream URLs.
+fn parse_routes(spec: &str) -> BTreeMap<String, Vec<String>> {
+    let mut routes: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut current: Option<String> = None;
+    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let upstreams = match part.split_once('=') {
+            Some((prefix, upstreams)) if prefix.starts_with('/') => {
+                current = Some(prefix.trim().to_string());
+                upstreams
+            }
+            _ => part,
+        };
+        let prefix = current
+            .clone()
+            .unwrap_or_else(|| panic!("no prefix before {part:?}"));
+        let urls = routes.entry(prefix).or_default();
+        for url in upstreams.split(['|', ';', ' ']).map(str::trim) {
+            if url.starts_with("http://") {
+                urls.push(url.to_string());
+            }
+        }
+    }
+    routes
+}
+
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn the_services_read_every_variable_compose_sets_on_them() {
+    let compose = compose();
+    for name in SERVICES {
+        let env = environment(service(&compose, name));
+        assert!(!env.is_empty(), "{name} has no environment");
+        let read = read_by(name);
+        assert!(
+            read.contains(&addr_variable(name)),
+            "scanner missed {name}'s variables"
+        );
+        let unread: Vec<_> = env.keys().filter(|k| !read.contains(*k)).collect();
+        assert!(
+            unread.is_empty(),
+            "docker-compose.yml sets variables {name} does not read: {unread:?}"
+        );
+    }
+}
+
+#[test]
+fn listen_addresses_and_healthchecks_use_the_services_default_ports() {
+    let compose = compose();
+    for name in SERVICES {
+        let svc = service(&compose, name);
+        let var = addr_variable(name);
+        let default = code_default(&config_file(name), &var);
+        let value = with_defaults(&environment(svc)[&var]);
+        assert_eq!(
+            port_of_addr(&value),
+            port_of_addr(&default),
+            "{name}: {var}={value} in docker-compose.yml, default {default}"
+        );
+        assert!(
+            value.starts_with("0.0.0.0:"),
+            "{name} must listen on every address in its container: {var}={value}"
+        );
+        // The healthcheck reads the port from the same variable (docker/healthcheck.sh).
+        let test = strings(&svc["healthcheck"]["test"]);
+        assert!(
+            test.iter().any(|t| t == "lmt-healthcheck") && test.contains(&var),
+            "{name}'s healthcheck must be `lmt-healthcheck {var}`: {test:?}"
+        );
+    }
+    // The script the healthchecks run is in the image.
+    let dockerfile = read("Dockerfile");
+    assert!(dockerfile.contains("COPY docker/healthcheck.sh /usr/local/bin/lmt-healthcheck"));
+    assert!(read(".dockerignore").contains("!docker/healthcheck.sh"));
+}
+
+#[test]
+fn the_published_gateway_port_is_the_gateways_listen_port() {
+    let compose = compose();
+    let gateway = service(&compose, "gateway");
+    let listen = port_of_addr(&with_defaults(&environment(gateway)["GATEWAY_ADDR"]));
+    let ports = strings(&gateway["ports"]);
+    assert_eq!(ports.len(), 1, "{ports:?}");
+    // ADDRESS:HOST_PORT:CONTAINER_PORT, with the defaults.
+    let mapping = with_defaults(&ports[0]);
+    let parts: Vec<&str> = mapping.split(':').collect();
+    assert_eq!(parts.len(), 3, "{mapping}");
+    assert_eq!(
+        parts[2].parse::<u16>().unwrap(),
+        listen,
+        "{mapping} vs GATEWAY_ADDR"
+    );
+    // By default the host port is the one of README's curl session: the gateway's default.
+    assert_eq!(parts[0], "127.0.0.1", "{mapping}");
+    assert_eq!(
+        parts[1].parse::<u16>().unwrap(),
+        port_of_addr(&code_default(&config_file("gateway"), "GATEWAY_ADDR"))
+    );
+}
+
+#[test]
+fn every_published_port_is_a_variable_and_bound_to_a_variable_address() {
+    let compose = compose();
+    let mut published = 0;
+    for name in service_names(&compose) {
+        for mapping in strings(&service(&compose, &name)["ports"]) {
+            published += 1;
+            // ADDRESS:HOST_PORT:CONTAINER_PORT, the first two interpolated.
+            let parts: Vec<&str> = mapping.splitn(2, "}:").collect();
+            assert!(
+                mapping.starts_with("${PUBLISH_ADDRESS:-") && parts.len() == 2,
+                "{name}: {mapping:?} must start with the publish address variable"
+            );
+            let host_port = parts[1].rsplit_once(':').map(|(h, _)| h).unwrap_or("");
+            assert!(
+                host_port.starts_with("${") && host_port.ends_with('}'),
+                "{name}: the host port of {mapping:?} must be a variable"
+            );
+        }
+    }
+    assert_eq!(published, 2, "the gateway and the management UI");
+}
+
+#[test]
+fn gateway_routes_point_at_the_services_on_their_ports() {
+    let compose = compose();
+    let services = service_names(&compose);
+    let gateway = service(&compose, "gateway");
+    let routes = parse_routes(&environment(gateway)["GATEWAY_ROUTES"]);
+    let defaults = parse_routes(&code_default(&config_file("gateway"), "GATEWAY_ROUTES"));
+    assert_eq!(
+        routes.keys().collect::<Vec<_>>(),
+        defaults.keys().collect::<Vec<_>>(),
+        "the same route prefixes as the default GATEWAY_ROUTES"
+    );
+    let depends: BTreeSet<String> = gateway["depends_on"]
+        .as_hash()
+        .expect("gateway depends_on is a mapping")
+        .keys()
+        .map(|k| k.as_str().unwrap().to_string())
+        .collect();
+    for (prefix, urls) in &routes {
+        assert!(!urls.is_empty(), "{prefix} has no upstream");
+        let default_port = parse_url(&defaults[prefix][0]).port;
+        for url in urls {
+            let url = parse_url(url);
+            assert!(
+                services.contains(&url.host),
+                "{prefix}: upstream host {} is not a service",
+                url.host
+            );
+            assert_eq!(
+                url.port, default_port,
+                "{prefix}: port differs from the default"
+            );
+            let upstream_addr = with_defaults(
+                &environment(service(&compose, &url.host))[&addr_variable(&url.host)],
+            );
+            assert_eq!(
+                url.port,
+                Some(port_of_addr(&upstream_addr)),
+                "{prefix}: {} listens on {upstream_addr}",
+                url.host
+            );
+            assert!(
+                depends.contains(&url.host),
+                "gateway must depend on {}",
+                url.host
+            );
+        }
+    }
+}
+
+#[test]
+fn database_urls_name_the_users_and_databases_the_init_script_creates() {
+    let compose = compose();
+    let postgres = service(&compose, "postgres");
+    let postgres_env = environment(postgres);
+    let init = read("docker/postgres/init/10-order-pay.sh");
+    let volumes = strings(&postgres["volumes"]);
+    assert!(
+        volumes
+            .iter()
+            .any(|v| v.starts_with("./docker/postgres/init:/docker-entrypoint-initdb.d")),
+        "the init script is mounted: {volumes:?}"
+    );
+    for name in ["order", "pay"] {
+        let var = format!("{}_DATABASE_URL", name.to_uppercase());
+        let raw = &environment(service(&compose, name))[&var];
+        let url = parse_url(&with_defaults(raw));
+        let default = parse_url(&code_default(&config_file(name), &var));
+        assert_eq!(url.scheme, default.scheme, "{var}");
+        assert_eq!(url.host, "postgres", "{var}");
+        assert_eq!(url.port, default.port, "{var}: PostgreSQL's port");
+        assert_eq!(url.path, default.path, "{var}: the database name");
+        let db = url.path.trim_start_matches('/');
+        let user = &url.user;
+        assert!(
+            init.contains(&format!("CREATE ROLE {user} LOGIN"))
+                && init.contains(&format!("CREATE DATABASE {db} OWNER {user};"))
+                && init.contains(&format!("REVOKE ALL ON DATABASE {db} FROM PUBLIC;")),
+            "the init script must create {user}, and {db} owned by it and closed to others"
+        );
+        // The password: one variable, the same expression in the URL and for the init script.
+        let password_var = format!("{}_DB_PASSWORD", name.to_uppercase());
+        let expression = &postgres_env[&password_var];
+        assert!(
+            expression.starts_with(&format!("${{{password_var}")),
+            "postgres' {password_var} must come from the variable: {expression}"
+        );
+        assert!(
+            raw.contains(&format!(":{expression}@")),
+            "{var} must use {expression} as password: {raw}"
+        );
+        assert!(init.contains(&format!("\"${{{password_var}")));
+        let depends = &service(&compose, name)["depends_on"];
+        for dep in ["postgres", "rabbitmq"] {
+            assert_eq!(
+                depends[dep]["condition"].as_str(),
+                Some("service_healthy"),
+                "{name} waits for {dep}"
+            );
+        }
+    }
+}
+
+#[test]
+fn amqp_urls_use_the_brokers_port_vhost_and_credentials() {
+    let compose = compose();
+    let rabbitmq = environment(service(&compose, "rabbitmq"));
+    assert_eq!(
+        service(&compose, "rabbitmq")["hostname"].as_str(),
+        Some("rabbitmq"),
+        "a stable node name"
+    );
+    let default = parse_url(&code_default("crates/common/src/amqp.rs", "AMQP_URL"));
+    let mut seen = BTreeSet::new();
+    for name in ["order", "pay"] {
+        let raw = environment(service(&compose, name))["AMQP_URL"].clone();
+        let url = parse_url(&with_defaults(&raw));
+        assert_eq!(url.scheme, default.scheme);
+        assert_eq!(url.host, "rabbitmq");
+        assert_eq!(url.port, default.port, "AMQP's port");
+        assert_eq!(url.path, default.path, "the virtual host");
+        let credentials = format!(
+            "{}://{}:{}@",
+            url.scheme, rabbitmq["RABBITMQ_DEFAULT_USER"], rabbitmq["RABBITMQ_DEFAULT_PASS"]
+        );
+        assert!(
+            raw.starts_with(&credentials),
+            "{name}'s AMQP_URL must use RabbitMQ's user and password ({credentials}): {raw}"
+        );
+        seen.insert(raw);
+    }
+    assert_eq!(seen.len(), 1, "order and pay use the same broker URL");
+}
+
+#[test]
+fn every_container_has_a_healthcheck_a_restart_policy_and_waits_for_healthy_dependencies() {
+    let compose = compose();
+    let names = service_names(&compose);
+    for expected in ["postgres", "rabbitmq", "order", "pay", "gateway"] {
+        assert!(names.contains(&expected.to_string()), "no {expected}");
+    }
+    for name in &names {
+        let svc = service(&compose, name);
+        assert_eq!(svc["restart"].as_str(), Some("unless-stopped"), "{name}");
+        assert!(
+            !strings(&svc["healthcheck"]["test"]).is_empty(),
+            "{name} has no healthcheck"
+        );
+        if let Some(depends) = svc["depends_on"].as_hash() {
+            for (dep, how) in depends {
+                assert_eq!(
+                    how["condition"].as_str(),
+                    Some("service_healthy"),
+                    "{name} -> {dep:?}"
+                );
+            }
+        } else {
+            assert!(
+                svc["depends_on"].is_badvalue(),
+                "{name}: depends_on must be a mapping"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_variable_has_one_default_everywhere_and_build_arguments_match_the_dockerfile() {
+    let text = compose_text();
+    let mut defaults: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (name, default) in interpolations(&text) {
+        defaults.entry(name).or_default().insert(default);
+    }
+    for (name, values) in &defaults {
+        assert_eq!(
+            values.len(),
+            1,
+            "${{{name}}} has several defaults: {values:?}"
+        );
+    }
+
+    // Build arguments: the same defaults as the Dockerfile's global ARGs.
+    let dockerfile = read("Dockerfile");
+    let mut args = BTreeMap::new();
+    for line in dockerfile.lines().take_while(|l| !l.starts_with("FROM ")) {
+        if let Some((name, value)) = line.strip_prefix("ARG ").and_then(|a| a.split_once('=')) {
+            args.insert(name.to_string(), value.to_string());
+        }
+    }
+    assert!(args.contains_key("RUST_IMAGE") && args.contains_key("RUNTIME_IMAGE"));
+    let compose = compose();
+    for name in SERVICES {
+        let build = &service(&compose, name)["build"];
+        let target = build["target"].as_str().expect("a build target");
+        assert_eq!(target, name);
+        assert!(
+            dockerfile.contains(&format!(" AS {target}\n"))
+                && dockerfile.contains(&format!("/out/{target} /usr/local/bin/{target}"))
+                && dockerfile.contains(&format!("CMD [\"{target}\"]")),
+            "the Dockerfile has a stage {target} running the {target} binary"
+        );
+        let build_args = build["args"].as_hash().expect("build args");
+        assert_eq!(
+            build_args.len(),
+            args.len(),
+            "{name}: every base image is an argument"
+        );
+        for (arg, value) in build_args {
+            let arg = arg.as_str().unwrap();
+            let value = scalar(value);
+            assert_eq!(
+                value,
+                format!("${{{arg}:-{}}}", args[arg]),
+                "{name}: build arg {arg} and the Dockerfile's default"
+            );
+        }
+    }
+    // Infrastructure images are variables defaulting to the official images.
+    for (name, var, official) in [
+        ("postgres", "POSTGRES_IMAGE", "postgres:"),
+        ("rabbitmq", "RABBITMQ_IMAGE", "rabbitmq:"),
+    ] {
+        let image = scalar(&service(&compose, name)["image"]);
+        assert!(
+            image.starts_with(&format!("${{{var}:-{official}")),
+            "{name}: {image}"
+        );
+    }
+}
