@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command: formatting, lints, the cargo test suite (which talks to the real
-# PostgreSQL and RabbitMQ) and the end-to-end test of the running stack (scripts/e2e.sh).
+# PostgreSQL and RabbitMQ), the end-to-end test of the running stack (scripts/e2e.sh), the
+# short chaos run (scripts/chaos.sh) and the real docker compose run (scripts/compose-test.sh).
 #
 # Starts PostgreSQL and RabbitMQ when they are installed here and not running, and leaves them
 # running. Installs the tools it needs (curl, jq, psql, rustfmt, clippy) when missing. Stops at
@@ -86,6 +87,8 @@ preflight() {
 step "tools and preflight checks" preflight
 step "PostgreSQL and RabbitMQ are up" ensure_services
 step "cargo fmt" cargo fmt --all -- --check
+step "docker-compose config" scripts/compose-test.sh config
 step "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
 step "cargo test" cargo test --workspace
 step "end-to-end (scripts/e2e.sh)" scripts/e2e.sh
+step "docker compose, for real (scripts/compose-test.sh)" scripts/compose-test.sh
