@@ -3,8 +3,9 @@
 # on the same databases and queues, the gateway in front), drives orders at a steady rate
 # (users with enough money, carol without, an unknown user), and meanwhile injects faults:
 #
-#   kill-order       SIGKILL an order instance (the first, then the second, then both), restart it
-#   kill-pay         the same for pay
+#   kill-order       SIGKILL an order instance (the first, the second, both in turn), restart it;
+#                    when both are hit, the first is killed again while catching up
+#   kill-pay         the same for pay (both first)
 #   pg-terminate     pg_terminate_backend on every connection to the two chaos databases
 #   broker-restart   rabbitmqctl stop_app, a few seconds down, start_app (node-wide!)
 #   rolling-restart  one instance at a time: SIGTERM, wait for its exit, start it, wait for /readyz
@@ -360,9 +361,11 @@ record_fault() {
     printf '%s %s %s %s\n' "$start" "$end" "$kind" "$detail" >>"$RUN/faults.txt"
 }
 
-# Which instances a kill hits: the first, the second, then both, in turn.
+# Which instances a kill hits, in turn: order: the first (behind the gateway), the second,
+# both; pay: both (the hardest case first, so that the short run has it), the first, the second.
 kill_targets() {
     local service="$1" n="$2"
+    if [[ "$service" == pay ]]; then n=$((n + 2)); fi
     case $((n % 3)) in
     0) printf '%s\n' "${service}1" ;;
     1) printf '%s\n' "${service}2" ;;
