@@ -634,50 +634,65 @@ fn secs(ms: i64) -> String {
     format!("{:.1} s", ms as f64 / 1000.0)
 }
 
-/// id, user_id, amount_cents, status, failure_reason (orders; payments keyed by order_id).
-type OrderRow = (Uuid, String, i64, String, Option<String>);
-type PaymentRow = OrderRow;
+/// What the script and the driver left in the run directory, and the check's options.
+struct Inputs {
+    deadline: Duration,
+    initial: BTreeMap<String, i64>,
+    min_each: usize,
+    kinds: Vec<String>,
+    logs: PathBuf,
+    faults: Vec<Fault>,
+    accepted: Vec<AcceptedRow>,
+    drive: Value,
+    poison_ids: HashSet<Uuid>,
+}
 
-async fn check(a: &Args) -> AnyResult<bool> {
-    let dir = PathBuf::from(a.required("dir")?);
-    let deadline = Duration::from_secs(a.number("deadline-secs", 180)?);
-    let initial = parse_balances(a.required("initial-balances")?)?;
-    let min_each: usize = a.number("min-each", 1)?;
-    let kinds: Vec<String> = a
-        .get("kinds")
-        .unwrap_or("")
-        .split(',')
-        .filter(|k| !k.is_empty())
-        .map(str::to_string)
-        .collect();
-    let logs = PathBuf::from(a.get("logs").unwrap_or(&dir.to_string_lossy()));
-    let faults = read_faults(&dir.join("faults.txt"))?;
-    let accepted = read_accepted(&dir.join("accepted.csv"))?;
-    let drive: Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.join("drive.json"))
-            .map_err(|e| format!("cannot read drive.json: {e}"))?,
-    )?;
-    let poison_ids: HashSet<Uuid> = std::fs::read_to_string(dir.join("poison.ids"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| Uuid::parse_str(l.trim()).ok())
-        .collect();
-    let order = connect(&env_url("ORDER_DATABASE_URL")?).await?;
-    let pay = connect(&env_url("PAY_DATABASE_URL")?).await?;
-    let mut r = Report {
-        passed: 0,
-        failed: 0,
-    };
+impl Inputs {
+    fn read(a: &Args) -> AnyResult<Self> {
+        let dir = PathBuf::from(a.required("dir")?);
+        let drive = std::fs::read_to_string(dir.join("drive.json"))
+            .map_err(|e| format!("cannot read drive.json: {e}"))?;
+        Ok(Self {
+            deadline: Duration::from_secs(a.number("deadline-secs", 180)?),
+            initial: parse_balances(a.required("initial-balances")?)?,
+            min_each: a.number("min-each", 1)?,
+            kinds: a
+                .get("kinds")
+                .unwrap_or("")
+                .split(',')
+                .filter(|k| !k.is_empty())
+                .map(str::to_string)
+                .collect(),
+            logs: a.get("logs").map_or_else(|| dir.clone(), PathBuf::from),
+            faults: read_faults(&dir.join("faults.txt"))?,
+            accepted: read_accepted(&dir.join("accepted.csv"))?,
+            drive: serde_json::from_str(&drive)?,
+            poison_ids: std::fs::read_to_string(dir.join("poison.ids"))
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| Uuid::parse_str(l.trim()).ok())
+                .collect(),
+        })
+    }
 
-    // ---- convergence
-    let last_fault_end = faults.iter().map(|f| f.end_ms).max();
-    let load_end = drive["ended_ms"].as_i64().unwrap_or_else(now_ms);
+    fn drive_ms(&self, field: &str) -> Option<i64> {
+        self.drive[field].as_i64()
+    }
+}
+
+/// Polls until the system has converged or the deadline passes: when it converged (epoch
+/// ms), and the last state seen.
+async fn wait_for_convergence(
+    order: &PgPool,
+    pay: &PgPool,
+    deadline: Duration,
+) -> (Option<i64>, Option<Progress>) {
     let waited = Instant::now();
-    let mut last: Option<Progress> = None;
+    let mut last = None;
     let mut last_printed = Instant::now();
-    let converged_at = loop {
-        match progress(&order, &pay).await {
-            Ok(p) if p.converged() => break Some(now_ms()),
+    loop {
+        match progress(order, pay).await {
+            Ok(p) if p.converged() => return (Some(now_ms()), Some(p)),
             Ok(p) => {
                 if last_printed.elapsed() >= Duration::from_secs(10) {
                     eprintln!("chaos check: not converged yet: {p:?}");
@@ -688,43 +703,58 @@ async fn check(a: &Args) -> AnyResult<bool> {
             Err(e) => eprintln!("chaos check: query failed (will retry): {e}"),
         }
         if waited.elapsed() >= deadline {
-            break None;
+            return (None, last);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
-    };
-    r.check(
-        converged_at.is_some(),
-        &format!(
-            "the system converges within {} s after the load (no order pending payment, no outbox row pending, no inbox row failed)",
-            deadline.as_secs()
-        ),
-        || format!("still: {last:?}"),
-    );
+    }
+}
 
-    // ---- orders
-    let db_orders: Vec<OrderRow> =
-        sqlx::query_as("SELECT id, user_id, amount_cents, status, failure_reason FROM orders")
-            .fetch_all(&order)
-            .await?;
-    let orders: HashMap<Uuid, (&str, i64, &str, Option<&str>)> = db_orders
-        .iter()
-        .map(|(id, u, a, s, f)| (*id, (u.as_str(), *a, s.as_str(), f.as_deref())))
-        .collect();
-    let payments_rows: Vec<PaymentRow> = sqlx::query_as(
-        "SELECT order_id, user_id, amount_cents, status, failure_reason FROM payments",
-    )
-    .fetch_all(&pay)
-    .await?;
-    let payments: HashMap<Uuid, (&str, i64, &str, Option<&str>)> = payments_rows
-        .iter()
-        .map(|(o, u, a, s, f)| (*o, (u.as_str(), *a, s.as_str(), f.as_deref())))
-        .collect();
+/// id (an order's, or the order a payment is for), user_id, amount_cents, status, failure_reason.
+type Row = (Uuid, String, i64, String, Option<String>);
 
-    let missing: Vec<String> = accepted
+/// Both databases, read once the system has converged.
+struct Snapshot {
+    orders: Vec<Row>,
+    payments: Vec<Row>,
+    balances: Vec<(String, i64)>,
+}
+
+impl Snapshot {
+    async fn read(order: &PgPool, pay: &PgPool) -> sqlx::Result<Self> {
+        Ok(Self {
+            orders: sqlx::query_as(
+                "SELECT id, user_id, amount_cents, status, failure_reason FROM orders",
+            )
+            .fetch_all(order)
+            .await?,
+            payments: sqlx::query_as(
+                "SELECT order_id, user_id, amount_cents, status, failure_reason FROM payments",
+            )
+            .fetch_all(pay)
+            .await?,
+            balances: sqlx::query_as(
+                "SELECT user_id, balance_cents FROM accounts ORDER BY user_id",
+            )
+            .fetch_all(pay)
+            .await?,
+        })
+    }
+}
+
+fn settled(status: &str) -> bool {
+    status == "PAID" || status == "PAYMENT_FAILED"
+}
+
+/// Every 2xx is an order, settled as its user's money says; so is every other order.
+fn check_orders(r: &mut Report, input: &Inputs, snap: &Snapshot) {
+    let orders: HashMap<Uuid, &Row> = snap.orders.iter().map(|o| (o.0, o)).collect();
+    let missing: Vec<String> = input
+        .accepted
         .iter()
-        .filter(|a| match orders.get(&a.order_id) {
-            Some((u, amount, _, _)) => *u != a.user || *amount != a.amount,
-            None => true,
+        .filter(|a| {
+            orders
+                .get(&a.order_id)
+                .is_none_or(|o| o.1 != a.user || o.2 != a.amount)
         })
         .map(|a| a.order_id.to_string())
         .collect();
@@ -732,17 +762,14 @@ async fn check(a: &Args) -> AnyResult<bool> {
         missing.is_empty(),
         &format!(
             "every order answered 2xx ({}) exists in order's database with its user and amount",
-            accepted.len()
+            input.accepted.len()
         ),
         || format!("missing or different: {}", some(&missing)),
     );
-    let unsettled: Vec<String> = accepted
+    let unsettled: Vec<String> = input
+        .accepted
         .iter()
-        .filter(|a| {
-            orders
-                .get(&a.order_id)
-                .is_some_and(|o| o.2 != "PAID" && o.2 != "PAYMENT_FAILED")
-        })
+        .filter(|a| orders.get(&a.order_id).is_some_and(|o| !settled(&o.3)))
         .map(|a| a.order_id.to_string())
         .collect();
     r.check(
@@ -750,25 +777,23 @@ async fn check(a: &Args) -> AnyResult<bool> {
         "every order answered 2xx reached PAID or PAYMENT_FAILED",
         || format!("still pending: {}", some(&unsettled)),
     );
-    let accepted_ids: HashSet<Uuid> = accepted.iter().map(|a| a.order_id).collect();
-    let unanswered = db_orders
+    let all_unsettled: Vec<String> = snap
+        .orders
         .iter()
-        .filter(|o| !accepted_ids.contains(&o.0))
-        .count();
-    let all_unsettled: Vec<String> = db_orders
-        .iter()
-        .filter(|o| o.3 != "PAID" && o.3 != "PAYMENT_FAILED")
+        .filter(|o| !settled(&o.3))
         .map(|o| o.0.to_string())
         .collect();
     r.check(
         all_unsettled.is_empty(),
         &format!(
-            "every order in order's database ({}, of which {unanswered} committed without a 2xx reaching the client) is settled",
-            db_orders.len()
+            "every order in order's database ({}, of which {} committed without a 2xx reaching the client) is settled",
+            snap.orders.len(),
+            unanswered(input, snap)
         ),
         || format!("pending: {}", some(&all_unsettled)),
     );
-    let wrong: Vec<String> = db_orders
+    let wrong: Vec<String> = snap
+        .orders
         .iter()
         .filter(|(_, user, _, status, reason)| {
             let expected: (&str, Option<&str>) = match user.as_str() {
@@ -785,33 +810,52 @@ async fn check(a: &Args) -> AnyResult<bool> {
         "each order has the expected outcome (alice, bob: PAID; carol: insufficient_funds; unknown user: unknown_user)",
         || some(&wrong),
     );
+}
 
-    // ---- payments
-    let mut bad_paid = Vec::new();
-    let mut bad_failed = Vec::new();
-    for (id, (user, amount, status, reason)) in &orders {
-        let p = payments.get(id);
-        match *status {
-            "PAID" => match p {
-                Some((pu, pa, "COMPLETED", _)) if pu == user && pa == amount => {}
-                other => bad_paid.push(format!("{id}: {other:?}")),
-            },
-            "PAYMENT_FAILED" => match p {
-                Some((_, _, "FAILED", pr)) if pr == reason => {}
-                other => bad_failed.push(format!("{id}: {other:?}")),
-            },
+/// Orders in the database whose 2xx never reached the driver (committed, answer lost).
+fn unanswered(input: &Inputs, snap: &Snapshot) -> usize {
+    let accepted: HashSet<Uuid> = input.accepted.iter().map(|a| a.order_id).collect();
+    snap.orders
+        .iter()
+        .filter(|o| !accepted.contains(&o.0))
+        .count()
+}
+
+/// One payment per order: COMPLETED for a PAID one, FAILED for the others, none elsewhere.
+fn check_payments(r: &mut Report, snap: &Snapshot) {
+    let orders: HashMap<Uuid, &Row> = snap.orders.iter().map(|o| (o.0, o)).collect();
+    let mut payments: HashMap<Uuid, Vec<&Row>> = HashMap::new();
+    for p in &snap.payments {
+        payments.entry(p.0).or_default().push(p);
+    }
+    let (mut bad_paid, mut bad_failed) = (Vec::new(), Vec::new());
+    for (id, user, amount, status, reason) in &snap.orders {
+        let found = payments.get(id).map(Vec::as_slice).unwrap_or_default();
+        let describe = || {
+            let rows: Vec<String> = found
+                .iter()
+                .map(|p| format!("{} {} {} {:?}", p.1, p.2, p.3, p.4))
+                .collect();
+            format!("{id}: payments [{}]", rows.join(", "))
+        };
+        match (status.as_str(), found) {
+            ("PAID", [p]) if p.3 == "COMPLETED" && &p.1 == user && &p.2 == amount => {}
+            ("PAID", _) => bad_paid.push(describe()),
+            ("PAYMENT_FAILED", [p]) if p.3 == "FAILED" && &p.4 == reason => {}
+            ("PAYMENT_FAILED", _) => bad_failed.push(describe()),
             _ => {}
         }
     }
     r.check(
         bad_paid.is_empty(),
-        "exactly one COMPLETED payment for each PAID order, same user and amount (payments.order_id is unique)",
+        "exactly one COMPLETED payment for each PAID order, same user and amount",
         || some(&bad_paid),
     );
-    let completed_elsewhere: Vec<String> = payments
+    let completed_elsewhere: Vec<String> = snap
+        .payments
         .iter()
-        .filter(|(id, p)| p.2 == "COMPLETED" && orders.get(*id).is_none_or(|o| o.2 != "PAID"))
-        .map(|(id, _)| id.to_string())
+        .filter(|p| p.3 == "COMPLETED" && orders.get(&p.0).is_none_or(|o| o.3 != "PAID"))
+        .map(|p| p.0.to_string())
         .collect();
     r.check(
         completed_elsewhere.is_empty(),
@@ -833,20 +877,18 @@ async fn check(a: &Args) -> AnyResult<bool> {
         "no payment for an order unknown to order's database",
         || some(&orphans),
     );
+}
 
-    // ---- money
-    let balances: Vec<(String, i64)> =
-        sqlx::query_as("SELECT user_id, balance_cents FROM accounts ORDER BY user_id")
-            .fetch_all(&pay)
-            .await?;
+/// Money is neither created nor lost: balances + COMPLETED payments = the initial balances.
+fn check_money(r: &mut Report, input: &Inputs, snap: &Snapshot) {
     let mut paid_by: BTreeMap<&str, i64> = BTreeMap::new();
-    for (_, user, amount, status, _) in &payments_rows {
+    for (_, user, amount, status, _) in &snap.payments {
         if status == "COMPLETED" {
             *paid_by.entry(user.as_str()).or_default() += amount;
         }
     }
-    let initial_total: i64 = initial.values().sum();
-    let balance_total: i64 = balances.iter().map(|b| b.1).sum();
+    let initial_total: i64 = input.initial.values().sum();
+    let balance_total: i64 = snap.balances.iter().map(|b| b.1).sum();
     let paid_total: i64 = paid_by.values().sum();
     r.check(
         balance_total + paid_total == initial_total,
@@ -855,135 +897,196 @@ async fn check(a: &Args) -> AnyResult<bool> {
         ),
         || format!("off by {}", balance_total + paid_total - initial_total),
     );
-    let per_user: Vec<String> = balances
+    let paid = |u: &str| paid_by.get(u).copied().unwrap_or(0);
+    let initial = |u: &str| input.initial.get(u).copied().unwrap_or(0);
+    let per_user: Vec<String> = snap
+        .balances
         .iter()
-        .filter(|(u, b)| {
-            b + paid_by.get(u.as_str()).copied().unwrap_or(0)
-                != initial.get(u).copied().unwrap_or(0)
-        })
+        .filter(|(u, b)| b + paid(u) != initial(u))
         .map(|(u, b)| {
             format!(
                 "{u}: balance {b} + paid {} != initial {}",
-                paid_by.get(u.as_str()).copied().unwrap_or(0),
-                initial.get(u).copied().unwrap_or(0)
+                paid(u),
+                initial(u)
             )
         })
         .collect();
     r.check(
-        per_user.is_empty() && balances.len() == initial.len(),
+        per_user.is_empty() && snap.balances.len() == input.initial.len(),
         "for each account: balance + its COMPLETED payments = its initial balance",
         || some(&per_user),
     );
+}
 
-    // ---- message tables
+/// Outbox and inbox of both services: nothing left behind, nothing sent twice.
+async fn check_message_tables(
+    r: &mut Report,
+    input: &Inputs,
+    snap: &Snapshot,
+    order: &PgPool,
+    pay: &PgPool,
+) -> sqlx::Result<()> {
     let outbox_left = "SELECT status, count(*) FROM outbox WHERE status <> 'sent' GROUP BY status";
-    let order_outbox: Vec<(String, i64)> = sqlx::query_as(outbox_left).fetch_all(&order).await?;
-    r.check(
-        order_outbox.is_empty(),
-        "order's outbox: no row left pending or dead",
-        || format!("{order_outbox:?}"),
-    );
-    let pay_outbox: Vec<(String, i64)> = sqlx::query_as(outbox_left).fetch_all(&pay).await?;
-    r.check(
-        pay_outbox.is_empty(),
-        "pay's outbox: no row left pending or dead",
-        || format!("{pay_outbox:?}"),
-    );
+    for (name, pool) in [("order", order), ("pay", pay)] {
+        let left: Vec<(String, i64)> = sqlx::query_as(outbox_left).fetch_all(pool).await?;
+        r.check(
+            left.is_empty(),
+            &format!("{name}'s outbox: no row left pending or dead"),
+            || format!("{left:?}"),
+        );
+    }
     let inbox_left = "SELECT message_id, status, coalesce(last_error, '') FROM inbox WHERE status <> 'processed'";
+    let describe = |rows: &[&(Uuid, String, String)]| {
+        let rows: Vec<String> = rows
+            .iter()
+            .map(|(id, s, e)| format!("{id} {s} {e}"))
+            .collect();
+        some(&rows)
+    };
     let order_inbox: Vec<(Uuid, String, String)> =
-        sqlx::query_as(inbox_left).fetch_all(&order).await?;
+        sqlx::query_as(inbox_left).fetch_all(order).await?;
     r.check(
         order_inbox.is_empty(),
         "order's inbox: no row failed or dead",
-        || {
-            some(
-                &order_inbox
-                    .iter()
-                    .map(|(id, s, e)| format!("{id} {s} {e}"))
-                    .collect::<Vec<_>>(),
-            )
-        },
+        || describe(&order_inbox.iter().collect::<Vec<_>>()),
     );
-    let pay_inbox: Vec<(Uuid, String, String)> = sqlx::query_as(inbox_left).fetch_all(&pay).await?;
-    let unexpected: Vec<String> = pay_inbox
+    let pay_inbox: Vec<(Uuid, String, String)> = sqlx::query_as(inbox_left).fetch_all(pay).await?;
+    let (poison, unexpected): (Vec<_>, Vec<_>) = pay_inbox
         .iter()
-        .filter(|(id, s, _)| !(s == "dead" && poison_ids.contains(id)))
-        .map(|(id, s, e)| format!("{id} {s} {e}"))
-        .collect();
-    let poison_dead = pay_inbox
-        .iter()
-        .filter(|(id, s, _)| s == "dead" && poison_ids.contains(id))
-        .count();
+        .partition(|(id, s, _)| s == "dead" && input.poison_ids.contains(id));
     r.check(
-        unexpected.is_empty() && poison_dead == poison_ids.len(),
+        unexpected.is_empty() && poison.len() == input.poison_ids.len(),
         &format!(
             "pay's inbox: no row failed or dead except the {} poison messages injected on purpose (dead)",
-            poison_ids.len()
+            input.poison_ids.len()
         ),
         || {
             format!(
                 "{} of {} poison messages dead; unexpected: {}",
-                poison_dead,
-                poison_ids.len(),
-                some(&unexpected)
+                poison.len(),
+                input.poison_ids.len(),
+                describe(&unexpected)
             )
         },
     );
-    let (order_outbox_rows, order_outbox_created): (i64, i64) = sqlx::query_as(
+    let (rows, orders): (i64, i64) = sqlx::query_as(
         "SELECT count(*), count(DISTINCT aggregate_id) FILTER (WHERE event_type = 'OrderCreated') FROM outbox",
     )
-    .fetch_one(&order)
+    .fetch_one(order)
     .await?;
+    let n = snap.orders.len() as i64;
     r.check(
-        order_outbox_rows == db_orders.len() as i64
-            && order_outbox_created == db_orders.len() as i64,
+        rows == n && orders == n,
         "order's outbox holds one OrderCreated message per order",
-        || {
-            format!(
-                "{order_outbox_rows} rows for {order_outbox_created} orders; {} orders",
-                db_orders.len()
-            )
-        },
+        || format!("{rows} rows about {orders} orders; {n} orders"),
     );
-    let (pay_outbox_rows, pay_outbox_orders): (i64, i64) =
+    let (rows, orders): (i64, i64) =
         sqlx::query_as("SELECT count(*), count(DISTINCT aggregate_id) FROM outbox")
-            .fetch_one(&pay)
+            .fetch_one(pay)
             .await?;
+    let n = snap.payments.len() as i64;
     r.check(
-        pay_outbox_rows == payments_rows.len() as i64
-            && pay_outbox_orders == payments_rows.len() as i64,
+        rows == n && orders == n,
         "pay's outbox holds one answer per payment",
-        || {
-            format!(
-                "{pay_outbox_rows} rows about {pay_outbox_orders} orders; {} payments",
-                payments_rows.len()
-            )
-        },
+        || format!("{rows} rows about {orders} orders; {n} payments"),
     );
+    Ok(())
+}
 
-    // ---- the load and the faults
-    let refused = drive["refused_4xx"].as_u64().unwrap_or(0);
+/// The client side and the fault schedule.
+fn check_load_and_faults(r: &mut Report, input: &Inputs) {
+    let refused = input.drive["refused_4xx"].as_u64().unwrap_or(0);
     r.check(
         refused == 0,
         "no order refused with a 4xx (a retry with the same Idempotency-Key replays)",
-        || format!("{refused}: {}", drive["refusals"]),
+        || format!("{refused}: {}", input.drive["refusals"]),
     );
-    let mut by_kind: BTreeMap<&str, usize> = BTreeMap::new();
-    for f in &faults {
-        *by_kind.entry(f.kind.as_str()).or_default() += 1;
+    let load_stopped = input.drive_ms("load_ended_ms").unwrap_or(i64::MAX);
+    let mut under_load: BTreeMap<&str, usize> = BTreeMap::new();
+    for f in input.faults.iter().filter(|f| f.start_ms < load_stopped) {
+        *under_load.entry(f.kind.as_str()).or_default() += 1;
     }
-    let short: Vec<String> = kinds
+    let short: Vec<String> = input
+        .kinds
         .iter()
-        .filter(|k| by_kind.get(k.as_str()).copied().unwrap_or(0) < min_each)
-        .map(|k| format!("{k}: {}", by_kind.get(k.as_str()).copied().unwrap_or(0)))
+        .map(|k| (k, under_load.get(k.as_str()).copied().unwrap_or(0)))
+        .filter(|(_, n)| *n < input.min_each)
+        .map(|(k, n)| format!("{k}: {n}"))
         .collect();
     r.check(
         short.is_empty(),
-        &format!("every fault kind injected at least {min_each} time(s) under load"),
+        &format!(
+            "every fault kind injected at least {} time(s) under load",
+            input.min_each
+        ),
         || some(&short),
     );
+}
 
-    // ---- figures
+async fn print_figures(
+    input: &Inputs,
+    snap: &Snapshot,
+    converged_at: Option<i64>,
+    order: &PgPool,
+    pay: &PgPool,
+) {
+    let drive = &input.drive;
+    let faults = &input.faults;
+    let started = input.drive_ms("started_ms").unwrap_or(0);
+    let load_stopped = input.drive_ms("load_ended_ms").unwrap_or(0);
+    let load_end = input.drive_ms("ended_ms").unwrap_or_else(now_ms);
+    let count = |status: &str| snap.orders.iter().filter(|o| o.3 == status).count();
+    let mut by_kind: BTreeMap<&str, usize> = BTreeMap::new();
+    for f in faults {
+        *by_kind.entry(f.kind.as_str()).or_default() += 1;
+    }
+    let by_kind: Vec<String> = by_kind.iter().map(|(k, n)| format!("{k} {n}")).collect();
+
+    println!("# figures");
+    println!(
+        "#   load: {} orders issued in {} at {:.1}/s to {}",
+        drive["issued"],
+        secs(load_stopped - started),
+        drive["achieved_rate"].as_f64().unwrap_or(0.0),
+        drive["targets"]
+    );
+    println!(
+        "#   orders: {} answered 2xx ({} of them replays of a lost answer), {} given up after retries, {} refused 4xx; {} in order's database ({} without a 2xx)",
+        drive["accepted"],
+        drive["replayed"],
+        drive["gave_up"],
+        drive["refused_4xx"],
+        snap.orders.len(),
+        unanswered(input, snap)
+    );
+    println!(
+        "#   outcomes: {} PAID, {} PAYMENT_FAILED",
+        count("PAID"),
+        count("PAYMENT_FAILED")
+    );
+    println!(
+        "#   client retries (same Idempotency-Key): {}; failed attempts by kind: {}",
+        drive["retries"], drive["errors"]
+    );
+    println!(
+        "#   faults injected: {} ({})",
+        faults.len(),
+        by_kind.join(", ")
+    );
+    if let (Some(first), Some(last)) = (faults.first(), faults.last()) {
+        println!(
+            "#   faults from {} to {} after the load started",
+            secs(first.start_ms - started),
+            secs(last.end_ms - started)
+        );
+    }
+    println!(
+        "#   duplicates dropped by the inbox: pay {}, order {}; second messages about a paid order ignored by pay: {}",
+        count_in_logs(&input.logs, "pay", DUPLICATE_LOG),
+        count_in_logs(&input.logs, "order", DUPLICATE_LOG),
+        count_in_logs(&input.logs, "pay", SECOND_MESSAGE_LOG),
+    );
+    // Attempts beyond the first, and on how many messages (poison excluded).
     let retries = |pool: &PgPool, sql: &'static str| {
         let pool = pool.clone();
         async move {
@@ -993,90 +1096,73 @@ async fn check(a: &Args) -> AnyResult<bool> {
                 .unwrap_or((-1, -1))
         }
     };
-    let outbox_retries = "SELECT coalesce(sum(greatest(attempts - 1, 0)), 0)::int8, count(*) FILTER (WHERE attempts > 1) FROM outbox";
-    let inbox_retries = "SELECT coalesce(sum(greatest(attempts - 1, 0)), 0)::int8, count(*) FILTER (WHERE attempts > 1) FROM inbox WHERE raw_body IS NULL";
-    let (oo, oo_rows) = retries(&order, outbox_retries).await;
-    let (po, po_rows) = retries(&pay, outbox_retries).await;
-    let (oi, oi_rows) = retries(&order, inbox_retries).await;
-    let (pi, pi_rows) = retries(&pay, inbox_retries).await;
-    let paid = db_orders.iter().filter(|o| o.3 == "PAID").count();
-    let failed = db_orders.iter().filter(|o| o.3 == "PAYMENT_FAILED").count();
-    let started = drive["started_ms"].as_i64().unwrap_or(0);
-    let load_ended = drive["load_ended_ms"].as_i64().unwrap_or(0);
-
-    println!("# figures");
-    println!(
-        "#   load: {} orders issued in {} at {:.1}/s to {}",
-        drive["issued"],
-        secs(load_ended - started),
-        drive["achieved_rate"].as_f64().unwrap_or(0.0),
-        drive["targets"]
-    );
-    println!(
-        "#   orders: {} answered 2xx ({} of them replays of a lost answer), {} given up after retries, {} refused 4xx; {} in order's database ({unanswered} without a 2xx)",
-        drive["accepted"],
-        drive["replayed"],
-        drive["gave_up"],
-        refused,
-        db_orders.len()
-    );
-    println!("#   outcomes: {paid} PAID, {failed} PAYMENT_FAILED");
-    println!(
-        "#   client retries (same Idempotency-Key): {}; failed attempts by kind: {}",
-        drive["retries"], drive["errors"]
-    );
-    let fault_list: Vec<String> = by_kind.iter().map(|(k, n)| format!("{k} {n}")).collect();
-    println!(
-        "#   faults injected: {} ({})",
-        faults.len(),
-        fault_list.join(", ")
-    );
-    if let (Some(first), Some(lastf)) = (faults.first(), faults.last()) {
-        println!(
-            "#   faults from {} to {} after the load started",
-            secs(first.start_ms - started),
-            secs(lastf.end_ms - started)
-        );
-    }
-    println!(
-        "#   duplicates dropped by the inbox: pay {}, order {}; second messages about a paid order ignored by pay: {}",
-        count_in_logs(&logs, "pay", DUPLICATE_LOG),
-        count_in_logs(&logs, "order", DUPLICATE_LOG),
-        count_in_logs(&logs, "pay", SECOND_MESSAGE_LOG),
-    );
+    let outbox = "SELECT coalesce(sum(greatest(attempts - 1, 0)), 0)::int8, count(*) FILTER (WHERE attempts > 1) FROM outbox";
+    let inbox = "SELECT coalesce(sum(greatest(attempts - 1, 0)), 0)::int8, count(*) FILTER (WHERE attempts > 1) FROM inbox WHERE raw_body IS NULL";
+    let (oo, oo_rows) = retries(order, outbox).await;
+    let (po, po_rows) = retries(pay, outbox).await;
+    let (oi, oi_rows) = retries(order, inbox).await;
+    let (pi, pi_rows) = retries(pay, inbox).await;
     println!(
         "#   publish retries (outbox attempts beyond the first): order {oo} on {oo_rows} messages, pay {po} on {po_rows} messages"
     );
     println!(
         "#   handler retries (inbox attempts beyond the first): order {oi} on {oi_rows} messages, pay {pi} on {pi_rows} messages"
     );
-    println!("#   poison messages injected: {}", poison_ids.len());
-    match converged_at {
-        Some(at) => println!(
-            "#   whole system converged {} after the last order was answered{}",
-            secs(at - load_end),
-            last_fault_end.map_or(String::new(), |end| format!(
-                " ({} after the last fault ended, load going on meanwhile)",
-                secs(at - end)
-            ))
+    println!("#   poison messages injected: {}", input.poison_ids.len());
+
+    // Polled every 0.5 s from the moment the load stopped: an upper bound.
+    let whole =
+        "whole system converged (no order pending, no outbox row pending, no inbox row failed)";
+    match (converged_at, faults.iter().map(|f| f.end_ms).max()) {
+        (Some(at), Some(end)) if end >= load_end => println!(
+            "#   {whole} {} after the last fault ended (the load had stopped {} before it ended)",
+            secs(at - end),
+            secs(end - load_end)
         ),
-        None => println!("#   did not converge within {} s", deadline.as_secs()),
+        (Some(at), Some(end)) => println!(
+            "#   {whole} {} after the last order was answered (the load went on {} after the last fault)",
+            secs(at - load_end),
+            secs(load_end - end)
+        ),
+        (Some(at), None) => println!(
+            "#   {whole} {} after the last order was answered",
+            secs(at - load_end)
+        ),
+        (None, _) => println!("#   did not converge within {} s", input.deadline.as_secs()),
     }
-    // Recovery per fault, from the database's own timestamps: how long after the fault
-    // ended every order taken before that moment was settled.
+
+    // Recovery, from the database's own timestamps: how long after a fault ended the orders
+    // it could have caught (taken from 2 s before it began until it ended) were all settled;
+    // and after the last fault, how long until every order taken before its end was settled.
+    let settled_by = |from_ms: i64, to_ms: i64| {
+        let order = order.clone();
+        async move {
+            sqlx::query_scalar::<_, Option<i64>>(
+                "SELECT (extract(epoch FROM max(updated_at)) * 1000)::int8 FROM orders
+                 WHERE created_at BETWEEN to_timestamp($1::float8 / 1000) AND to_timestamp($2::float8 / 1000)",
+            )
+            .bind(from_ms as f64)
+            .bind(to_ms as f64)
+            .fetch_one(&order)
+            .await
+            .ok()
+            .flatten()
+        }
+    };
+    if let Some(f) = faults.last()
+        && let Some(t) = settled_by(0, f.end_ms).await
+    {
+        println!(
+            "#   time to converge after the last fault ({}): {} until every order taken before its end was settled",
+            f.kind,
+            secs((t - f.end_ms).max(0))
+        );
+    }
     let mut recoveries = Vec::new();
-    let mut last_recovery = None;
-    for f in &faults {
-        let settled: Option<i64> = sqlx::query_scalar(
-            "SELECT (extract(epoch FROM max(updated_at)) * 1000)::int8 FROM orders
-             WHERE created_at <= to_timestamp($1::float8 / 1000)",
-        )
-        .bind(f.end_ms as f64)
-        .fetch_one(&order)
-        .await
-        .unwrap_or(None);
-        let recovery = settled.map(|t| (t - f.end_ms).max(0));
-        last_recovery = recovery;
+    for f in faults {
+        let recovery = settled_by(f.start_ms - 2000, f.end_ms)
+            .await
+            .map(|t| (t - f.end_ms).max(0));
         recoveries.push(format!(
             "{} {} → {}",
             f.kind,
@@ -1084,15 +1170,36 @@ async fn check(a: &Args) -> AnyResult<bool> {
             recovery.map_or("-".into(), secs)
         ));
     }
-    if let Some(rec) = last_recovery {
-        println!(
-            "#   time to converge after the last fault: {} (every order taken before it ended settled)",
-            secs(rec)
-        );
-    }
     println!(
-        "#   each fault: how long it lasted → how long after it every earlier order was settled: {}",
+        "#   each fault: how long it lasted → how long after its end the orders taken during it (from 2 s before) were all settled: {}",
         recoveries.join(", ")
     );
+}
+
+async fn check(a: &Args) -> AnyResult<bool> {
+    let input = Inputs::read(a)?;
+    let order = connect(&env_url("ORDER_DATABASE_URL")?).await?;
+    let pay = connect(&env_url("PAY_DATABASE_URL")?).await?;
+    let mut r = Report {
+        passed: 0,
+        failed: 0,
+    };
+
+    let (converged_at, last) = wait_for_convergence(&order, &pay, input.deadline).await;
+    r.check(
+        converged_at.is_some(),
+        &format!(
+            "the system converges within {} s after the load (no order pending payment, no outbox row pending, no inbox row failed)",
+            input.deadline.as_secs()
+        ),
+        || format!("still: {last:?}"),
+    );
+    let snap = Snapshot::read(&order, &pay).await?;
+    check_orders(&mut r, &input, &snap);
+    check_payments(&mut r, &snap);
+    check_money(&mut r, &input, &snap);
+    check_message_tables(&mut r, &input, &snap, &order, &pay).await?;
+    check_load_and_faults(&mut r, &input);
+    print_figures(&input, &snap, converged_at, &order, &pay).await;
     Ok(r.failed == 0)
 }
