@@ -50,10 +50,9 @@
 #   CHAOS_POISON             unreadable messages published to pay on purpose (2)
 #   CHAOS_PORT_BASE          pay1 +2, order1 +3, order2 +4, pay2 +5, gateway +9 (18760)
 #   CHAOS_GATEWAY_MULTI      1: the gateway has both instances of each service behind its
-#                            routes and the orders all go through it; 0 (until the gateway
-#                            takes several upstreams per route): its routes name the first
-#                            instances, and the orders alternate between the gateway and the
-#                            second order instance directly (0)
+#                            routes and the orders all go through it (1); 0: its routes name
+#                            the first instances only, and the orders alternate between the
+#                            gateway and the second order instance directly
 #   CHAOS_DB_MAX_CONNECTIONS each instance's pool (8; four instances share the server)
 #   CHAOS_RUN_DIR            logs and results (.run/chaos)
 #   SKIP_BUILD=1             do not run cargo build (the binaries must exist)
@@ -98,7 +97,7 @@ STOP_SECS="${CHAOS_STOP_SECS:-30}"
 CONVERGE_SECS="${CHAOS_CONVERGE_SECS:-180}"
 POISON="${CHAOS_POISON:-2}"
 PORT_BASE="${CHAOS_PORT_BASE:-18760}"
-GATEWAY_MULTI="${CHAOS_GATEWAY_MULTI:-0}"
+GATEWAY_MULTI="${CHAOS_GATEWAY_MULTI:-1}"
 RUN="${CHAOS_RUN_DIR:-$LMT_ROOT/.run/chaos}"
 read -r -a KINDS <<<"${CHAOS_FAULTS:-kill-order kill-pay rolling-restart pg-terminate broker-restart}"
 if [[ "${CHAOS_BROKER:-1}" == 0 ]]; then
@@ -145,9 +144,8 @@ declare -A PID=()
 url_of() { printf 'http://127.0.0.1:%s\n' "${PORT[$1]}"; }
 GW="$(url_of gateway)"
 
-# The one place that knows the gateway's route syntax. With several upstreams per route
-# (the planned syntax: a bare URL entry adds an instance to the preceding route), the gateway
-# spreads the load itself; until then it fronts the first instances.
+# The one place that knows the gateway's route syntax: a bare URL entry adds an instance to
+# the preceding route, and the gateway spreads the load over the instances itself.
 gateway_routes() {
     if [[ "$GATEWAY_MULTI" == 1 ]]; then
         printf '/order=%s,%s,/pay=%s,%s\n' "$(url_of order1)" "$(url_of order2)" "$(url_of pay1)" "$(url_of pay2)"

@@ -91,4 +91,5 @@ step "docker-compose config" scripts/compose-test.sh config
 step "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
 step "cargo test" cargo test --workspace
 step "end-to-end (scripts/e2e.sh)" scripts/e2e.sh
+step "chaos, short (scripts/chaos.sh)" scripts/chaos.sh
 step "docker compose, for real (scripts/compose-test.sh)" scripts/compose-test.sh

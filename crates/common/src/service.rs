@@ -14,7 +14,7 @@ use axum::{
 use sqlx::{PgPool, migrate::Migrator};
 use tokio::{net::TcpListener, task::JoinSet};
 use tokio_util::sync::CancellationToken;
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 use crate::{
     amqp::{AmqpConfig, BrokerStatus},
@@ -224,7 +224,12 @@ impl Service {
             .fallback(crate::http::not_found)
             .method_not_allowed_fallback(crate::http::method_not_allowed)
             .layer(DefaultBodyLimit::max(spec.max_body_bytes))
-            .layer(TraceLayer::new_for_http());
+            // A 5xx is expected while a dependency is down (readiness 503s every few
+            // seconds): a warning, not an error. Real internal errors log their cause.
+            .layer(
+                TraceLayer::new_for_http()
+                    .on_failure(DefaultOnFailure::new().level(tracing::Level::WARN)),
+            );
         let listener = TcpListener::bind(spec.addr)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", spec.addr))?;
