@@ -179,14 +179,6 @@ UNEXPECTED_EXITS=()
 UNCLEAN_STOPS=()
 NOT_READY=()
 
-ok() {
-    PASSED=$((PASSED + 1))
-    printf 'ok - %s\n' "$1"
-}
-not_ok() {
-    FAILED=$((FAILED + 1))
-    printf 'not ok - %s (%s)\n' "$1" "$2"
-}
 note() { printf '# %s\n' "$*"; }
 
 # ---------------------------------------------------------------------------------------------

@@ -73,16 +73,6 @@ declare -A PHASE_SECS=()
 
 mkdir -p "$LOG_DIR"
 
-ok() {
-    PASSED=$((PASSED + 1))
-    printf 'ok - %s\n' "$1"
-}
-
-not_ok() {
-    FAILED=$((FAILED + 1))
-    printf 'not ok - %s (%s)\n' "$1" "$2"
-}
-
 # check DESCRIPTION DETAILS COMMAND...: ok when COMMAND succeeds. DETAILS is a template
 # expanded (eval) after COMMAND ran, so it may show what COMMAND found: check "x" '$BODY' cmd.
 check() {

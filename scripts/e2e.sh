@@ -46,16 +46,6 @@ SUMMARY_PRINTED=0
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/e2e.XXXXXX")"
 touch -d "@$(($(date +%s) - 1))" "$TMP/t0"
 
-ok() {
-    PASSED=$((PASSED + 1))
-    printf 'ok - %s\n' "$1"
-}
-
-not_ok() {
-    FAILED=$((FAILED + 1))
-    printf 'not ok - %s (%s)\n' "$1" "$2"
-}
-
 # check DESCRIPTION DETAILS COMMAND...: ok when COMMAND succeeds.
 check() {
     local desc="$1" details="$2"

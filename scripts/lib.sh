@@ -33,6 +33,20 @@ LMT_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 }
 
 # ---------------------------------------------------------------------------------------------
+# Checks (e2e.sh, chaos.sh, compose-test.sh): one `ok - ...` / `not ok - ...` line per check,
+# counted in PASSED and FAILED (each script sets both to 0 and prints `N passed, M failed`).
+
+ok() {
+    PASSED=$((PASSED + 1))
+    printf 'ok - %s\n' "$1"
+}
+
+not_ok() {
+    FAILED=$((FAILED + 1))
+    printf 'not ok - %s (%s)\n' "$1" "$2"
+}
+
+# ---------------------------------------------------------------------------------------------
 # Messages
 
 log() { printf '==> %s\n' "$*" >&2; }

@@ -1,6 +1,8 @@
 //! Starts the whole system in-process for a test: pay, order and the gateway, each on port 0,
 //! each service with its own fresh database, all on a unique exchange of the real broker.
 
+pub mod config_scan;
+
 use std::{sync::Arc, time::Duration};
 
 use common::{

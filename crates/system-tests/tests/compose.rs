@@ -11,6 +11,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use system_tests::config_scan::{rust_sources, variables_read};
 use yaml_rust2::{Yaml, YamlLoader};
 
 const SERVICES: [&str; 3] = ["order", "pay", "gateway"];
@@ -136,54 +137,17 @@ fn interpolations(text: &str) -> Vec<(String, String)> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// What the code reads: the scanner of readme.rs, per service.
-
-fn rust_sources(path: &Path, out: &mut Vec<String>) {
-    if path.is_dir() {
-        for entry in fs::read_dir(path).unwrap() {
-            rust_sources(&entry.unwrap().path(), out);
-        }
-    } else if path.extension().is_some_and(|e| e == "rs") {
-        out.push(fs::read_to_string(path).unwrap());
-    }
-}
-
-/// Names passed as the first argument to the config readers, across line breaks.
-fn variables_read(source: &str) -> BTreeSet<String> {
-    let mut names = BTreeSet::new();
-    for reader in [
-        "env_or(",
-        "env_string(",
-        "env_millis(",
-        "env_secs(",
-        "env::var(",
-    ] {
-        for (at, _) in source.match_indices(reader) {
-            let rest = source[at + reader.len()..].trim_start();
-            if let Some(rest) = rest.strip_prefix('"') {
-                let name: String = rest.chars().take_while(|c| *c != '"').collect();
-                if !name.is_empty() && name.chars().all(|c| c.is_ascii_uppercase() || c == '_') {
-                    names.insert(name);
-                }
-            }
-        }
-    }
-    names
-}
+// What the code reads: the scanner shared with readme.rs, per service.
 
 /// The variables a service's process reads: its own crate, and of `common` what it uses
 /// (order and pay: all of it; the gateway: the logging set-up only).
 fn read_by(service: &str) -> BTreeSet<String> {
-    let mut sources = Vec::new();
-    rust_sources(
-        &root().join("services").join(service).join("src"),
-        &mut sources,
-    );
-    if service == "gateway" {
-        rust_sources(&root().join("crates/common/src/telemetry.rs"), &mut sources);
+    let mut sources = rust_sources(&root().join("services").join(service).join("src"));
+    sources.extend(rust_sources(&root().join(if service == "gateway" {
+        "crates/common/src/telemetry.rs"
     } else {
-        rust_sources(&root().join("crates/common/src"), &mut sources);
-    }
+        "crates/common/src"
+    })));
     let mut read: BTreeSet<String> = sources.iter().flat_map(|s| variables_read(s)).collect();
     // Read by tracing-subscriber's EnvFilter::try_from_default_env, not by our readers.
     read.insert("RUST_LOG".into());

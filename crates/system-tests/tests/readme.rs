@@ -3,46 +3,14 @@
 
 use std::{collections::BTreeSet, fs, path::Path};
 
-fn rust_files(dir: &Path, out: &mut Vec<String>) {
-    for entry in fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            rust_files(&path, out);
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            out.push(fs::read_to_string(&path).unwrap());
-        }
-    }
-}
-
-/// Names passed as the first argument to the config readers, across line breaks.
-fn variables_read(source: &str) -> BTreeSet<String> {
-    let mut names = BTreeSet::new();
-    for reader in [
-        "env_or(",
-        "env_string(",
-        "env_millis(",
-        "env_secs(",
-        "env::var(",
-    ] {
-        for (at, _) in source.match_indices(reader) {
-            let rest = source[at + reader.len()..].trim_start();
-            if let Some(rest) = rest.strip_prefix('"') {
-                let name: String = rest.chars().take_while(|c| *c != '"').collect();
-                if !name.is_empty() && name.chars().all(|c| c.is_ascii_uppercase() || c == '_') {
-                    names.insert(name);
-                }
-            }
-        }
-    }
-    names
-}
+use system_tests::config_scan::{rust_sources, variables_read};
 
 #[test]
 fn services_read_every_variable_the_readme_lists() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let mut sources = Vec::new();
     for dir in ["crates/common/src", "services"] {
-        rust_files(&root.join(dir), &mut sources);
+        sources.extend(rust_sources(&root.join(dir)));
     }
     let mut read: BTreeSet<String> = sources.iter().flat_map(|s| variables_read(s)).collect();
     // Read by tracing-subscriber's EnvFilter::try_from_default_env, not by our readers.
