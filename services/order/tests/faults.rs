@@ -24,11 +24,17 @@ async fn spawn_order(amqp: &common::amqp::AmqpConfig, proxy: Option<&TcpProxy>) 
         Some(p) => testing::url_through_proxy(&db.url, p),
         None => db.url.clone(),
     };
+    let mut messaging =
+        testing::messaging(amqp, "test.order", order::config::PAYMENT_RESULT_KEYS);
+    // A claim can commit while its answer is lost with the connection: that row waits for
+    // its lease. A short lease keeps the wait within the tests' deadlines.
+    messaging.outbox.lease = Duration::from_secs(6);
+    messaging.outbox.confirm_timeout = Duration::from_secs(1);
     let app = Application::build(OrderConfig {
         addr: "127.0.0.1:0".into(),
         database_url,
         db_max_connections: 6,
-        messaging: testing::messaging(amqp, "test.order", order::config::PAYMENT_RESULT_KEYS),
+        messaging,
     })
     .await
     .expect("build order");
@@ -98,7 +104,7 @@ fn order_ids(deliveries: &[lapin::message::Delivery]) -> HashSet<Uuid> {
 
 async fn order_ids_published(queue: &TestQueue, want: usize) -> HashSet<Uuid> {
     let taken = queue
-        .take_until("the messages are published", Duration::from_secs(20), |t| {
+        .take_until("the messages are published", Duration::from_secs(30), |t| {
             order_ids(t).len() >= want
         })
         .await;
