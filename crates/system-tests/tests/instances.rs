@@ -133,8 +133,8 @@ fn buyer(i: usize) -> (&'static str, i64) {
 }
 
 /// Buys `n` orders against the order instances currently listed in `targets`, round robin;
-/// a refused connection (an instance stopping) is retried on the next instance with the
-/// same Idempotency-Key, so a retried order is still one order.
+/// a refused connection or a 5xx (an instance stopping) is retried on the next instance with
+/// the same Idempotency-Key, so a retried order is still one order.
 async fn buy(
     targets: Arc<RwLock<Vec<String>>>,
     n: usize,
@@ -171,8 +171,12 @@ async fn buy(
                         .insert(id, (user.to_string(), amount));
                     break;
                 }
-                Ok(res) => panic!("POST /buy answered {}", res.status()),
-                Err(_) => {
+                // A client error is a bug; a server error or a refused connection (an
+                // instance stopping) is retried, as a client would.
+                Ok(res) if res.status().is_client_error() => {
+                    panic!("POST /buy answered {}", res.status())
+                }
+                _ => {
                     assert!(attempt < 100, "no order instance answers");
                     retries.fetch_add(1, Ordering::Relaxed);
                     tokio::time::sleep(Duration::from_millis(20)).await;

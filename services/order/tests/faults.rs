@@ -24,8 +24,7 @@ async fn spawn_order(amqp: &common::amqp::AmqpConfig, proxy: Option<&TcpProxy>) 
         Some(p) => testing::url_through_proxy(&db.url, p),
         None => db.url.clone(),
     };
-    let mut messaging =
-        testing::messaging(amqp, "test.order", order::config::PAYMENT_RESULT_KEYS);
+    let mut messaging = testing::messaging(amqp, "test.order", order::config::PAYMENT_RESULT_KEYS);
     // A claim can commit while its answer is lost with the connection: that row waits for
     // its lease. A short lease keeps the wait within the tests' deadlines.
     messaging.outbox.lease = Duration::from_secs(6);
