@@ -139,8 +139,7 @@ impl RetentionRunner {
     }
 
     async fn purge(&self, conn: &mut PgConnection) -> sqlx::Result<Purged> {
-        let mut purged = Purged::default();
-        let (rows, batches) = self
+        let (outbox_rows, outbox_batches) = self
             .delete_in_batches(
                 conn,
                 "DELETE FROM outbox WHERE id IN (
@@ -150,9 +149,7 @@ impl RetentionRunner {
                 self.outbox_retention,
             )
             .await?;
-        purged.outbox_rows = rows;
-        purged.batches += batches;
-        let (rows, batches) = self
+        let (inbox_rows, inbox_batches) = self
             .delete_in_batches(
                 conn,
                 "DELETE FROM inbox WHERE message_id IN (
@@ -162,9 +159,11 @@ impl RetentionRunner {
                 self.inbox_retention,
             )
             .await?;
-        purged.inbox_rows = rows;
-        purged.batches += batches;
-        Ok(purged)
+        Ok(Purged {
+            outbox_rows,
+            inbox_rows,
+            batches: outbox_batches + inbox_batches,
+        })
     }
 
     async fn delete_in_batches(

@@ -186,6 +186,48 @@ async fn buy(
     }
 }
 
+/// Four clients running [`buy`] with `per_client` orders each, sharing what they count.
+struct Load {
+    accepted: Arc<Mutex<HashMap<Uuid, (String, i64)>>>,
+    retries: Arc<std::sync::atomic::AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    clients: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(targets: &Arc<RwLock<Vec<String>>>, per_client: usize) -> Self {
+        let accepted = Arc::new(Mutex::new(HashMap::new()));
+        let retries = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let clients = (0..4)
+            .map(|_| {
+                tokio::spawn(buy(
+                    targets.clone(),
+                    per_client,
+                    accepted.clone(),
+                    retries.clone(),
+                    stop.clone(),
+                ))
+            })
+            .collect();
+        Load {
+            accepted,
+            retries,
+            stop,
+            clients,
+        }
+    }
+
+    /// Waits for the clients to end (all orders bought, or stopped) and returns the
+    /// accepted orders.
+    async fn join(self) -> HashMap<Uuid, (String, i64)> {
+        for c in self.clients {
+            c.await.unwrap();
+        }
+        self.accepted.lock().unwrap().clone()
+    }
+}
+
 #[tokio::test]
 async fn two_instances_of_each_service_pay_every_order_once_and_publish_nothing_twice() {
     let cluster = Cluster::new(
@@ -201,24 +243,7 @@ async fn two_instances_of_each_service_pay_every_order_once_and_publish_nothing_
     let pays = [cluster.pay().await, cluster.pay().await];
     let orders = [cluster.order().await, cluster.order().await];
     let targets = Arc::new(RwLock::new(orders.iter().map(|o| o.base.clone()).collect()));
-    let accepted = Arc::new(Mutex::new(HashMap::new()));
-    let retries = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let clients: Vec<_> = (0..4)
-        .map(|_| {
-            tokio::spawn(buy(
-                targets.clone(),
-                50,
-                accepted.clone(),
-                retries.clone(),
-                stop.clone(),
-            ))
-        })
-        .collect();
-    for c in clients {
-        c.await.unwrap();
-    }
-    let accepted = accepted.lock().unwrap().clone();
+    let accepted = Load::start(&targets, 50).join().await;
     assert_eq!(accepted.len(), 200);
     cluster.check(&accepted).await;
 
@@ -262,22 +287,9 @@ async fn a_rolling_restart_under_load_loses_nothing_and_pays_nothing_twice() {
     let targets = Arc::new(RwLock::new(
         orders.iter().map(|o| o.base.clone()).collect::<Vec<_>>(),
     ));
-    let accepted = Arc::new(Mutex::new(HashMap::new()));
-    let retries = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let clients: Vec<_> = (0..4)
-        .map(|_| {
-            tokio::spawn(buy(
-                targets.clone(),
-                usize::MAX,
-                accepted.clone(),
-                retries.clone(),
-                stop.clone(),
-            ))
-        })
-        .collect();
+    let load = Load::start(&targets, usize::MAX);
     let progress = |n: usize| {
-        let accepted = accepted.clone();
+        let accepted = load.accepted.clone();
         async move {
             let start = accepted.lock().unwrap().len();
             testing::eventually("orders keep flowing", Duration::from_secs(20), || async {
@@ -308,11 +320,9 @@ async fn a_rolling_restart_under_load_loses_nothing_and_pays_nothing_twice() {
         orders.push(new);
     }
     progress(30).await;
-    stop.store(true, Ordering::Relaxed);
-    for c in clients {
-        c.await.unwrap();
-    }
-    let accepted = accepted.lock().unwrap().clone();
+    load.stop.store(true, Ordering::Relaxed);
+    let retries = load.retries.clone();
+    let accepted = load.join().await;
     cluster.check(&accepted).await;
     println!(
         "rolling restart: {} orders, {} client retries on a stopping instance",

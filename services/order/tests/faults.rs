@@ -3,12 +3,15 @@
 //! database is cut with a [`TcpProxy`] (the shared PostgreSQL keeps running for the other
 //! tests) or by terminating the service's sessions, as an operator or a failover would.
 
+mod support;
+
 use std::{collections::HashSet, time::Duration};
 
 use common::testing::{self, TcpProxy, TestDb, TestQueue};
 use order::{Application, OrderConfig};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use support::order_ids;
 use uuid::Uuid;
 
 struct Order {
@@ -89,16 +92,6 @@ impl Order {
         )
         .await
     }
-}
-
-fn order_ids(deliveries: &[lapin::message::Delivery]) -> HashSet<Uuid> {
-    deliveries
-        .iter()
-        .map(|d| {
-            let body: Value = serde_json::from_slice(&d.data).unwrap();
-            body["order_id"].as_str().unwrap().parse().unwrap()
-        })
-        .collect()
 }
 
 async fn order_ids_published(queue: &TestQueue, want: usize) -> HashSet<Uuid> {

@@ -3,6 +3,8 @@
 //! just before the kill (its client got no answer) is published too. The real binary runs
 //! as a child process, on the real database and broker.
 
+mod support;
+
 use std::{
     collections::HashSet,
     sync::{Arc, Mutex},
@@ -14,6 +16,7 @@ use common::{
     testing::{self, ServiceProcess, TestDb, TestQueue},
 };
 use serde_json::{Value, json};
+use support::order_ids;
 use uuid::Uuid;
 
 /// Buys `n` orders, `concurrency` at a time, with an Idempotency-Key each; records the ids
@@ -46,16 +49,6 @@ async fn buy_many(base: String, n: usize, concurrency: usize, accepted: Arc<Mute
         }
     });
     futures::future::join_all(workers).await;
-}
-
-fn order_ids(deliveries: &[lapin::message::Delivery]) -> HashSet<Uuid> {
-    deliveries
-        .iter()
-        .map(|d| {
-            let body: Value = serde_json::from_slice(&d.data).unwrap();
-            body["order_id"].as_str().unwrap().parse().unwrap()
-        })
-        .collect()
 }
 
 #[tokio::test]

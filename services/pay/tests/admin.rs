@@ -6,17 +6,10 @@ mod support;
 use std::time::Duration;
 
 use common::testing::{self, TestQueue};
-use lapin::{BasicProperties, types::ShortString};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use support::order_created_props as props;
 use uuid::Uuid;
-
-fn props(message_id: &str) -> BasicProperties {
-    BasicProperties::default()
-        .with_message_id(ShortString::from(message_id))
-        .with_type(ShortString::from("OrderCreated"))
-        .with_content_type(ShortString::from("application/json"))
-}
 
 async fn get(base: &str, path: &str) -> (StatusCode, Value) {
     let res = reqwest::get(format!("{base}{path}")).await.unwrap();

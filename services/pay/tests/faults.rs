@@ -6,20 +6,12 @@ mod support;
 use std::time::Duration;
 
 use common::testing::{self, TcpProxy, TestQueue};
-use lapin::{BasicProperties, types::ShortString};
 use reqwest::StatusCode;
 use serde_json::json;
+use support::order_created_props as props;
 use uuid::Uuid;
 
 const START: i64 = 100_000_000;
-
-fn props(message_id: &str) -> BasicProperties {
-    BasicProperties::default()
-        .with_message_id(ShortString::from(message_id))
-        .with_type(ShortString::from("OrderCreated"))
-        .with_content_type(ShortString::from("application/json"))
-        .with_delivery_mode(2)
-}
 
 #[tokio::test]
 async fn deliveries_during_a_database_outage_are_not_acked_and_are_paid_once_it_is_back() {

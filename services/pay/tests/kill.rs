@@ -4,13 +4,14 @@
 //! drops those it had already committed; replies whose publish was cut are sent after the
 //! relay's lease expires. At the end, SIGTERM stops the process cleanly.
 
+mod support;
+
 use std::{collections::HashMap, time::Duration};
 
 use common::{
     amqp::AmqpConfig,
     testing::{self, ServiceProcess, TestDb, TestQueue},
 };
-use lapin::{BasicProperties, types::ShortString};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -33,11 +34,7 @@ async fn publish_orders(
         let order_id = Uuid::now_v7();
         expected.insert(order_id, (user, amount));
         let body = json!({ "order_id": order_id, "user_id": user, "item": "book", "amount_cents": amount });
-        let props = BasicProperties::default()
-            .with_message_id(ShortString::from(Uuid::now_v7().to_string()))
-            .with_type(ShortString::from("OrderCreated"))
-            .with_content_type(ShortString::from("application/json"))
-            .with_delivery_mode(2);
+        let props = support::order_created_props(&Uuid::now_v7().to_string());
         q.publish(
             amqp,
             "order.created",

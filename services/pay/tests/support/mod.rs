@@ -9,8 +9,18 @@ use common::{
     inbox::InboxCounters,
     testing::{self, TcpProxy, TestDb},
 };
+use lapin::{BasicProperties, types::ShortString};
 use pay::{Application, PayConfig};
 use tokio::task::JoinHandle;
+
+/// The AMQP properties of an OrderCreated message as order's relay sends it (persistent).
+pub fn order_created_props(message_id: &str) -> BasicProperties {
+    BasicProperties::default()
+        .with_message_id(ShortString::from(message_id))
+        .with_type(ShortString::from("OrderCreated"))
+        .with_content_type(ShortString::from("application/json"))
+        .with_delivery_mode(2)
+}
 
 pub struct Pay {
     pub db: TestDb,
