@@ -102,6 +102,7 @@ impl IntoResponse for ApiError {
     }
 }
 
+#[cfg(feature = "sqlx")]
 impl From<sqlx::Error> for ApiError {
     fn from(err: sqlx::Error) -> Self {
         if is_connection_error(&err) {
@@ -115,6 +116,7 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
+#[cfg(feature = "sqlx")]
 /// True when the error says "cannot talk to the database" rather than "the query is wrong".
 pub fn is_connection_error(err: &sqlx::Error) -> bool {
     matches!(
@@ -127,6 +129,7 @@ pub fn is_connection_error(err: &sqlx::Error) -> bool {
     ) || matches!(err, sqlx::Error::Database(db) if db.code().is_some_and(|c| is_transient_sqlstate(&c)))
 }
 
+#[cfg(feature = "sqlx")]
 /// SQLSTATEs that mean "try again later": connection exceptions (08), operator
 /// intervention such as a shutdown or a terminated backend (57P), too many connections
 /// (53300), serialization failure (40001) and deadlock (40P01).

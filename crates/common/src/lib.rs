@@ -1,14 +1,7 @@
-//! The local message table, written once and used by every service.
-pub mod admin;
-pub mod amqp;
-pub mod backoff;
+//! What the three services share: the one JSON error shape ([`http`]), health and readiness
+//! answers, environment-variable helpers ([`config`]), logging ([`telemetry`]) and the
+//! shutdown signal. Nothing here knows about databases or brokers, so the gateway depends on
+//! this crate alone (`sqlx` is an opt-in feature for the services that have a database).
 pub mod config;
-pub mod db;
 pub mod http;
-pub mod inbox;
-pub mod outbox;
-pub mod retention;
-pub mod service;
 pub mod telemetry;
-#[cfg(feature = "testing")]
-pub mod testing;

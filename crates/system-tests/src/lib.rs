@@ -5,13 +5,10 @@ pub mod config_scan;
 
 use std::{sync::Arc, time::Duration};
 
-use common::{
-    amqp::AmqpConfig,
-    inbox::InboxCounters,
-    service::MessagingConfig,
-    testing::{self, TestDb},
-};
+use message_service::service::MessagingConfig;
+use message_table::{amqp::AmqpConfig, inbox::InboxCounters};
 use serde_json::{Value, json};
+use test_kit::TestDb;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -37,13 +34,13 @@ pub async fn start(amqp: &AmqpConfig, order_amqp: &AmqpConfig) -> System {
 /// [`start`] with each service's pool size (the services' default is 10).
 pub async fn start_with_pools(amqp: &AmqpConfig, order_amqp: &AmqpConfig, pool: u32) -> System {
     let pay_db = TestDb::new(&pay::MIGRATOR).await;
-    let pay_msg = testing::messaging(amqp, "test.pay", pay::config::ORDER_CREATED_KEYS);
+    let pay_msg = test_kit::messaging(amqp, "test.pay", pay::config::ORDER_CREATED_KEYS);
     let pay = spawn_pay(&pay_db.url, &pay_msg, pool).await;
     let pay_counters = pay.counters.clone();
 
     let order_db = TestDb::new(&order::MIGRATOR).await;
     let order_msg =
-        testing::messaging(order_amqp, "test.order", order::config::PAYMENT_RESULT_KEYS);
+        test_kit::messaging(order_amqp, "test.order", order::config::PAYMENT_RESULT_KEYS);
     let order = spawn_order(&order_db.url, &order_msg, pool).await;
 
     let mut gw = gateway::config::GatewayConfig::from_env().expect("gateway config");
@@ -79,7 +76,7 @@ pub struct Instance {
 }
 
 impl Instance {
-    async fn run(app: common::service::Service) -> Self {
+    async fn run(app: message_service::service::Service) -> Self {
         let base = format!("http://{}", app.local_addr());
         let counters = app.inbox_counters();
         let stop = CancellationToken::new();
@@ -129,7 +126,7 @@ pub async fn spawn_order(database_url: &str, messaging: &MessagingConfig, pool: 
 }
 
 async fn wait_ready(base: &str) {
-    testing::eventually(
+    test_kit::eventually(
         &format!("{base}/readyz is 200"),
         Duration::from_secs(20),
         || async {
@@ -168,7 +165,7 @@ impl System {
 
     /// Waits until the order leaves PENDING_PAYMENT and returns it.
     pub async fn settled(&self, order_id: Uuid, within: Duration) -> Value {
-        testing::eventually(&format!("order {order_id} settles"), within, || async {
+        test_kit::eventually(&format!("order {order_id} settles"), within, || async {
             let (_, order) = self.get(&format!("/order/orders/{order_id}")).await;
             (order["status"] != "PENDING_PAYMENT").then_some(order)
         })

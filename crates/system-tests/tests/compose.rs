@@ -143,11 +143,17 @@ fn interpolations(text: &str) -> Vec<(String, String)> {
 /// (order and pay: all of it; the gateway: the logging set-up only).
 fn read_by(service: &str) -> BTreeSet<String> {
     let mut sources = rust_sources(&root().join("services").join(service).join("src"));
-    sources.extend(rust_sources(&root().join(if service == "gateway" {
-        "crates/common/src/telemetry.rs"
+    if service == "gateway" {
+        sources.extend(rust_sources(&root().join("crates/common/src/telemetry.rs")));
     } else {
-        "crates/common/src"
-    })));
+        for dir in [
+            "crates/common/src",
+            "crates/message-table/src",
+            "crates/message-service/src",
+        ] {
+            sources.extend(rust_sources(&root().join(dir)));
+        }
+    }
     let mut read: BTreeSet<String> = sources.iter().flat_map(|s| variables_read(s)).collect();
     // Read by tracing-subscriber's EnvFilter::try_from_default_env, not by our readers.
     read.insert("RUST_LOG".into());
@@ -450,7 +456,10 @@ fn amqp_urls_use_the_brokers_port_vhost_and_credentials() {
         Some("rabbitmq"),
         "a stable node name"
     );
-    let default = parse_url(&code_default("crates/common/src/amqp.rs", "AMQP_URL"));
+    let default = parse_url(&code_default(
+        "crates/message-table/src/amqp.rs",
+        "AMQP_URL",
+    ));
     let mut seen = BTreeSet::new();
     for name in ["order", "pay"] {
         let raw = environment(service(&compose, name))["AMQP_URL"].clone();

@@ -3,15 +3,13 @@
 
 use std::time::Duration;
 
-use common::{
-    outbox::{
-        self, NewMessage,
-        relay::{PublishOutcome, Relay},
-        resend_scheduler::ResendScheduler,
-    },
-    testing::{self, TcpProxy},
+use message_table::outbox::{
+    self, NewMessage,
+    relay::{PublishOutcome, Relay},
+    resend_scheduler::ResendScheduler,
 };
 use serde_json::json;
+use test_kit::TcpProxy;
 use uuid::Uuid;
 
 const START: i64 = 100_000_000;
@@ -27,7 +25,7 @@ async fn count(pool: &sqlx::PgPool, sql: &'static str, order_id: Uuid) -> i64 {
 
 #[tokio::test]
 async fn an_order_is_paid_once_and_the_balance_debited() {
-    let amqp = testing::test_amqp();
+    let amqp = test_kit::test_amqp();
     let sys = system_tests::start(&amqp, &amqp).await;
 
     let order_id = sys.buy("alice", 1299).await;
@@ -50,7 +48,7 @@ async fn an_order_is_paid_once_and_the_balance_debited() {
     assert_eq!(payments, 1);
     // Both outboxes end empty of work: every message sent.
     for pool in [&sys.order_db.pool, &sys.pay_db.pool] {
-        testing::eventually("outbox drained", SETTLE, || async {
+        test_kit::eventually("outbox drained", SETTLE, || async {
             let s = outbox::stats(pool).await.unwrap();
             (s.pending == 0 && s.in_flight == 0 && s.dead == 0 && s.sent == 1).then_some(())
         })
@@ -60,7 +58,7 @@ async fn an_order_is_paid_once_and_the_balance_debited() {
 
 #[tokio::test]
 async fn insufficient_funds_end_in_payment_failed_without_retries() {
-    let amqp = testing::test_amqp();
+    let amqp = test_kit::test_amqp();
     let sys = system_tests::start(&amqp, &amqp).await;
 
     let order_id = sys.buy("carol", 500).await;
@@ -83,12 +81,12 @@ async fn insufficient_funds_end_in_payment_failed_without_retries() {
 
 #[tokio::test]
 async fn an_order_taken_while_the_broker_is_unreachable_is_paid_once_it_is_back() {
-    let amqp = testing::test_amqp();
-    let proxy = TcpProxy::start(testing::broker_addr()).await;
+    let amqp = test_kit::test_amqp();
+    let proxy = TcpProxy::start(test_kit::broker_addr()).await;
     // Only the order service loses the broker, after it has declared its queue (the broker
     // dies under a running system); pay is healthy and waiting.
-    let sys = system_tests::start(&amqp, &testing::through_proxy(&amqp, &proxy)).await;
-    testing::eventually("order ready", SETTLE, || async {
+    let sys = system_tests::start(&amqp, &test_kit::through_proxy(&amqp, &proxy)).await;
+    test_kit::eventually("order ready", SETTLE, || async {
         let res = reqwest::get(format!("{}/readyz", sys.order)).await.ok()?;
         res.status().is_success().then_some(())
     })
@@ -97,7 +95,7 @@ async fn an_order_taken_while_the_broker_is_unreachable_is_paid_once_it_is_back(
 
     let order_id = sys.buy("alice", 777).await;
     let ready: serde_json::Value =
-        testing::eventually("order reports the broker down", SETTLE, || async {
+        test_kit::eventually("order reports the broker down", SETTLE, || async {
             let res = reqwest::get(format!("{}/readyz", sys.order)).await.ok()?;
             (res.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE).then_some(())?;
             res.json().await.ok()
@@ -131,10 +129,10 @@ async fn an_order_taken_while_the_broker_is_unreachable_is_paid_once_it_is_back(
 /// message is published again; pay's inbox drops the second copy: one payment.
 #[tokio::test]
 async fn a_relay_crash_after_publish_republishes_and_the_inbox_drops_the_duplicate() {
-    let amqp = testing::test_amqp();
+    let amqp = test_kit::test_amqp();
     let sys = system_tests::start(&amqp, &amqp).await;
     // A second order database stands in for an order service whose relay we drive by hand.
-    let db = testing::TestDb::new(&order::MIGRATOR).await;
+    let db = test_kit::TestDb::new(&order::MIGRATOR).await;
     let order_id = Uuid::now_v7();
     let msg = NewMessage::new(
         order_id,
@@ -148,7 +146,7 @@ async fn a_relay_crash_after_publish_republishes_and_the_inbox_drops_the_duplica
         .unwrap();
     tx.commit().await.unwrap();
 
-    let cfg = testing::fast_outbox();
+    let cfg = test_kit::fast_outbox();
     let mut crashed = Relay::new(db.pool.clone(), amqp.clone(), cfg.clone(), "crashing-relay");
     let claim = crashed.claim().await.unwrap();
     assert_eq!(
@@ -172,7 +170,7 @@ async fn a_relay_crash_after_publish_republishes_and_the_inbox_drops_the_duplica
         .unwrap();
     assert_eq!(survivor.run_once().await.unwrap().sent, 1);
 
-    testing::eventually("pay saw both copies", SETTLE, || async {
+    test_kit::eventually("pay saw both copies", SETTLE, || async {
         let c = &sys.pay_counters;
         (c.snapshot().processed == 1 && c.snapshot().duplicates == 1).then_some(())
     })

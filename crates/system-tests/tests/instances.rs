@@ -12,13 +12,11 @@ use std::{
     time::Duration,
 };
 
-use common::{
-    amqp::AmqpConfig,
-    service::MessagingConfig,
-    testing::{self, TestDb, TestQueue},
-};
+use message_service::service::MessagingConfig;
+use message_table::amqp::AmqpConfig;
 use serde_json::{Value, json};
 use system_tests::{Instance, spawn_order, spawn_pay};
+use test_kit::{TestDb, TestQueue};
 use uuid::Uuid;
 
 const START: i64 = 100_000_000;
@@ -34,10 +32,11 @@ struct Cluster {
 
 impl Cluster {
     fn new(order_db: TestDb, pay_db: TestDb) -> Self {
-        let amqp = testing::test_amqp();
+        let amqp = test_kit::test_amqp();
         // Every instance of a service consumes the same queue.
-        let order_msg = testing::messaging(&amqp, "test.order", order::config::PAYMENT_RESULT_KEYS);
-        let pay_msg = testing::messaging(&amqp, "test.pay", pay::config::ORDER_CREATED_KEYS);
+        let order_msg =
+            test_kit::messaging(&amqp, "test.order", order::config::PAYMENT_RESULT_KEYS);
+        let pay_msg = test_kit::messaging(&amqp, "test.pay", pay::config::ORDER_CREATED_KEYS);
         Cluster {
             amqp,
             order_db,
@@ -57,7 +56,7 @@ impl Cluster {
 
     /// Waits until every order has left PENDING_PAYMENT; returns (paid, failed) order ids.
     async fn settled(&self, orders: usize) -> (HashSet<Uuid>, HashSet<Uuid>) {
-        testing::eventually("every order settles", Duration::from_secs(60), || async {
+        test_kit::eventually("every order settles", Duration::from_secs(60), || async {
             let pending: i64 =
                 sqlx::query_scalar("SELECT count(*) FROM orders WHERE status = 'PENDING_PAYMENT'")
                     .fetch_one(&self.order_db.pool)
@@ -292,7 +291,7 @@ async fn a_rolling_restart_under_load_loses_nothing_and_pays_nothing_twice() {
         let accepted = load.accepted.clone();
         async move {
             let start = accepted.lock().unwrap().len();
-            testing::eventually("orders keep flowing", Duration::from_secs(20), || async {
+            test_kit::eventually("orders keep flowing", Duration::from_secs(20), || async {
                 (accepted.lock().unwrap().len() >= start + n).then_some(())
             })
             .await;

@@ -15,10 +15,8 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use chrono::{DateTime, Utc};
-use common::{
-    http::ApiError,
-    outbox::{self, NewMessage},
-};
+use common::http::ApiError;
+use message_table::outbox::{self, NewMessage};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest, Sha256};

@@ -5,7 +5,7 @@
 //! an order changes state once, whatever arrives later.
 
 use async_trait::async_trait;
-use common::inbox::{HandlerError, InboxMessage, MessageHandler};
+use message_table::inbox::{HandlerError, InboxMessage, MessageHandler};
 use serde::Deserialize;
 use sqlx::PgConnection;
 use uuid::Uuid;

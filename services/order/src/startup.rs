@@ -4,7 +4,7 @@ use axum::{
     Router,
     routing::{get, post},
 };
-use common::service::{Service, ServiceSpec};
+use message_service::service::{Service, ServiceSpec};
 use sqlx::PgPool;
 
 use crate::{OrderConfig, orders, payment_results::PaymentResultHandler};

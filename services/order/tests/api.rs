@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
-use common::testing::{self, TestDb, TestQueue};
 use order::{Application, OrderConfig};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use test_kit::{TestDb, TestQueue};
 use uuid::Uuid;
 
 struct TestApp {
@@ -14,13 +14,13 @@ struct TestApp {
     http: reqwest::Client,
 }
 
-async fn spawn_order(amqp: &common::amqp::AmqpConfig) -> TestApp {
+async fn spawn_order(amqp: &message_table::amqp::AmqpConfig) -> TestApp {
     let db = TestDb::new(&order::MIGRATOR).await;
     let cfg = OrderConfig {
         addr: "127.0.0.1:0".into(),
         database_url: db.url.clone(),
         db_max_connections: 12,
-        messaging: testing::messaging(amqp, "test.order", order::config::PAYMENT_RESULT_KEYS),
+        messaging: test_kit::messaging(amqp, "test.order", order::config::PAYMENT_RESULT_KEYS),
     };
     let app = Application::build(cfg).await.expect("build order app");
     let base = format!("http://{}", app.local_addr());
@@ -55,7 +55,7 @@ fn alice(amount: i64) -> Value {
 
 #[tokio::test]
 async fn buy_writes_the_order_and_its_message_and_the_relay_publishes_it() {
-    let amqp = testing::test_amqp();
+    let amqp = test_kit::test_amqp();
     let queue = TestQueue::bind(&amqp, &["order.created"]).await;
     let app = spawn_order(&amqp).await;
 
@@ -80,7 +80,7 @@ async fn buy_writes_the_order_and_its_message_and_the_relay_publishes_it() {
     assert_eq!(order["message_id"], message_id.as_str());
 
     // The relay delivers the OrderCreated message, with its id, type and payload.
-    let delivered = testing::eventually(
+    let delivered = test_kit::eventually(
         "OrderCreated in the queue",
         Duration::from_secs(10),
         || async {
@@ -105,7 +105,7 @@ async fn buy_writes_the_order_and_its_message_and_the_relay_publishes_it() {
     assert_eq!(payload["amount_cents"], 1299);
 
     // Marked sent once the broker's confirm is back (the message may be gettable before).
-    testing::eventually(
+    test_kit::eventually(
         "the outbox row is sent",
         Duration::from_secs(10),
         || async {
@@ -123,7 +123,7 @@ async fn buy_writes_the_order_and_its_message_and_the_relay_publishes_it() {
 
 #[tokio::test]
 async fn a_failed_outbox_insert_leaves_no_order_behind() {
-    let amqp = testing::test_amqp();
+    let amqp = test_kit::test_amqp();
     let app = spawn_order(&amqp).await;
     // Make the outbox insert fail inside the /buy transaction.
     sqlx::query("ALTER TABLE outbox ADD CONSTRAINT sabotage CHECK (event_type <> 'OrderCreated')")
@@ -149,7 +149,7 @@ async fn a_failed_outbox_insert_leaves_no_order_behind() {
 
 #[tokio::test]
 async fn the_same_idempotency_key_returns_the_same_order_and_one_message() {
-    let amqp = testing::test_amqp();
+    let amqp = test_kit::test_amqp();
     let app = spawn_order(&amqp).await;
 
     let first = app.buy(alice(700), Some("key-1")).await;
@@ -175,7 +175,7 @@ async fn the_same_idempotency_key_returns_the_same_order_and_one_message() {
 
 #[tokio::test]
 async fn concurrent_requests_with_one_key_create_one_order() {
-    let amqp = testing::test_amqp();
+    let amqp = test_kit::test_amqp();
     let app = spawn_order(&amqp).await;
     let responses =
         futures::future::join_all((0..8).map(|_| app.buy(alice(900), Some("same-key")))).await;
@@ -193,7 +193,7 @@ async fn concurrent_requests_with_one_key_create_one_order() {
 /// Every bad request gets the project's JSON error with the right status, and writes nothing.
 #[tokio::test]
 async fn bad_requests_are_refused_with_json_errors_and_write_nothing() {
-    let amqp = testing::test_amqp();
+    let amqp = test_kit::test_amqp();
     let app = spawn_order(&amqp).await;
     let long = "x".repeat(201);
     let json_ct = "application/json";
@@ -385,7 +385,7 @@ async fn bad_requests_are_refused_with_json_errors_and_write_nothing() {
 
 #[tokio::test]
 async fn health_and_readiness() {
-    let amqp = testing::test_amqp();
+    let amqp = test_kit::test_amqp();
     let app = spawn_order(&amqp).await;
     let health = app
         .http
@@ -394,7 +394,7 @@ async fn health_and_readiness() {
         .await
         .unwrap();
     assert_eq!(health.status(), StatusCode::OK);
-    let ready: Value = testing::eventually("order ready", Duration::from_secs(10), || async {
+    let ready: Value = test_kit::eventually("order ready", Duration::from_secs(10), || async {
         let res = app
             .http
             .get(format!("{}/readyz", app.base))
@@ -408,26 +408,4 @@ async fn health_and_readiness() {
     assert_eq!(ready["checks"]["database"], "up");
     assert_eq!(ready["checks"]["broker_publisher"], "up");
     assert_eq!(ready["checks"]["broker_consumer"], "up");
-}
-
-#[test]
-fn order_and_pay_carry_the_same_outbox_inbox_schema() {
-    let shared = [
-        (
-            "0001_outbox_inbox.sql",
-            include_str!("../../../sql/order/0001_outbox_inbox.sql"),
-            include_str!("../../../sql/pay/0001_outbox_inbox.sql"),
-        ),
-        (
-            "0003_retention.sql",
-            include_str!("../../../sql/order/0003_retention.sql"),
-            include_str!("../../../sql/pay/0003_retention.sql"),
-        ),
-    ];
-    for (name, order, pay) in shared {
-        assert_eq!(
-            order, pay,
-            "sql/order and sql/pay must carry the same {name}"
-        );
-    }
 }

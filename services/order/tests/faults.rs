@@ -7,11 +7,11 @@ mod support;
 
 use std::{collections::HashSet, time::Duration};
 
-use common::testing::{self, TcpProxy, TestDb, TestQueue};
 use order::{Application, OrderConfig};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use support::order_ids;
+use test_kit::{TcpProxy, TestDb, TestQueue};
 use uuid::Uuid;
 
 struct Order {
@@ -21,13 +21,13 @@ struct Order {
 }
 
 /// Order on a fresh database reached through `proxy` (when given).
-async fn spawn_order(amqp: &common::amqp::AmqpConfig, proxy: Option<&TcpProxy>) -> Order {
+async fn spawn_order(amqp: &message_table::amqp::AmqpConfig, proxy: Option<&TcpProxy>) -> Order {
     let db = TestDb::new(&order::MIGRATOR).await;
     let database_url = match proxy {
-        Some(p) => testing::url_through_proxy(&db.url, p),
+        Some(p) => test_kit::url_through_proxy(&db.url, p),
         None => db.url.clone(),
     };
-    let mut messaging = testing::messaging(amqp, "test.order", order::config::PAYMENT_RESULT_KEYS);
+    let mut messaging = test_kit::messaging(amqp, "test.order", order::config::PAYMENT_RESULT_KEYS);
     // A claim can commit while its answer is lost with the connection: that row waits for
     // its lease. A short lease keeps the wait within the tests' deadlines.
     messaging.outbox.lease = Duration::from_secs(6);
@@ -76,7 +76,7 @@ impl Order {
     /// Buys until one is accepted (the service recovering), asserting that every refusal
     /// on the way is a 503 in the error shape.
     async fn buy_once_recovered(&self) -> Uuid {
-        testing::eventually(
+        test_kit::eventually(
             "POST /buy is accepted again",
             Duration::from_secs(20),
             || async {
@@ -105,9 +105,9 @@ async fn order_ids_published(queue: &TestQueue, want: usize) -> HashSet<Uuid> {
 
 #[tokio::test]
 async fn without_its_database_order_answers_503_is_not_ready_and_recovers_by_itself() {
-    let amqp = testing::test_amqp();
+    let amqp = test_kit::test_amqp();
     let queue = TestQueue::bind(&amqp, &["order.created"]).await;
-    let proxy = TcpProxy::start(testing::database_addr()).await;
+    let proxy = TcpProxy::start(test_kit::database_addr()).await;
     let order = spawn_order(&amqp, Some(&proxy)).await;
     let (status, before) = order.buy().await;
     assert_eq!(status, StatusCode::CREATED, "{before}");
@@ -139,7 +139,7 @@ async fn without_its_database_order_answers_503_is_not_ready_and_recovers_by_its
     proxy.enable().await;
 
     let after = order.buy_once_recovered().await;
-    testing::eventually("order is ready again", Duration::from_secs(10), || async {
+    test_kit::eventually("order is ready again", Duration::from_secs(10), || async {
         (order.get("/readyz").await.0 == StatusCode::OK).then_some(())
     })
     .await;
@@ -160,7 +160,7 @@ async fn without_its_database_order_answers_503_is_not_ready_and_recovers_by_its
 
 #[tokio::test]
 async fn terminated_database_sessions_are_replaced_and_nothing_is_lost() {
-    let amqp = testing::test_amqp();
+    let amqp = test_kit::test_amqp();
     let queue = TestQueue::bind(&amqp, &["order.created"]).await;
     let order = spawn_order(&amqp, None).await;
     let mut accepted = HashSet::new();

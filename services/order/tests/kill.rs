@@ -11,12 +11,10 @@ use std::{
     time::Duration,
 };
 
-use common::{
-    amqp::AmqpConfig,
-    testing::{self, ServiceProcess, TestDb, TestQueue},
-};
+use message_table::amqp::AmqpConfig;
 use serde_json::{Value, json};
 use support::order_ids;
+use test_kit::{ServiceProcess, TestDb, TestQueue};
 use uuid::Uuid;
 
 /// Buys `n` orders, `concurrency` at a time, with an Idempotency-Key each; records the ids
@@ -56,7 +54,7 @@ async fn order_killed_while_taking_orders_publishes_every_committed_order_once_r
     let db = TestDb::new(&order::MIGRATOR).await;
     let amqp = AmqpConfig {
         exchange_auto_delete: false,
-        ..testing::test_amqp()
+        ..test_kit::test_amqp()
     };
     let published = TestQueue::bind(&amqp, &["order.created"]).await;
     let env = [
@@ -64,7 +62,7 @@ async fn order_killed_while_taking_orders_publishes_every_committed_order_once_r
         ("ORDER_DB_MAX_CONNECTIONS", "6".into()),
         ("AMQP_URL", amqp.url.clone()),
         ("AMQP_EXCHANGE", amqp.exchange.clone()),
-        ("ORDER_QUEUE", testing::unique_name("test.order")),
+        ("ORDER_QUEUE", test_kit::unique_name("test.order")),
         ("AMQP_QUEUE_EXPIRES_MS", "120000".into()),
         ("OUTBOX_LEASE_MS", "6000".into()),
         ("OUTBOX_CONFIRM_TIMEOUT_MS", "1000".into()),
@@ -74,7 +72,7 @@ async fn order_killed_while_taking_orders_publishes_every_committed_order_once_r
 
     let accepted = Arc::new(Mutex::new(HashSet::new()));
     let load = tokio::spawn(buy_many(order.base.clone(), 400, 8, accepted.clone()));
-    testing::eventually("orders are flowing", Duration::from_secs(30), || async {
+    test_kit::eventually("orders are flowing", Duration::from_secs(30), || async {
         (accepted.lock().unwrap().len() >= 100).then_some(())
     })
     .await;
@@ -115,7 +113,7 @@ async fn order_killed_while_taking_orders_publishes_every_committed_order_once_r
             .await
             .unwrap();
     assert_eq!(messages as usize, orders.len());
-    testing::eventually(
+    test_kit::eventually(
         "every row is marked sent",
         Duration::from_secs(30),
         || async {

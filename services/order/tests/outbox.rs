@@ -3,16 +3,14 @@
 
 use std::{collections::HashSet, time::Duration};
 
-use common::{
-    outbox::{
-        self, NewMessage, OutboxConfig,
-        relay::{PublishOutcome, Relay, RelayReport},
-        resend_scheduler::{LEASE_EXPIRED, ResendScheduler},
-    },
-    testing::{self, TcpProxy, TestDb, TestQueue},
+use message_table::outbox::{
+    self, NewMessage, OutboxConfig,
+    relay::{PublishOutcome, Relay, RelayReport},
+    resend_scheduler::{LEASE_EXPIRED, ResendScheduler},
 };
 use serde_json::json;
 use sqlx::PgPool;
+use test_kit::{TcpProxy, TestDb, TestQueue};
 use uuid::Uuid;
 
 const KEY: &str = "order.created";
@@ -68,14 +66,14 @@ async fn make_due(pool: &PgPool) {
         .unwrap();
 }
 
-fn relay(db: &TestDb, amqp: &common::amqp::AmqpConfig, cfg: OutboxConfig) -> Relay {
+fn relay(db: &TestDb, amqp: &message_table::amqp::AmqpConfig, cfg: OutboxConfig) -> Relay {
     Relay::new(db.pool.clone(), amqp.clone(), cfg, "test-relay")
 }
 
 #[tokio::test]
 async fn a_rolled_back_transaction_leaves_no_order_no_message_row_and_publishes_nothing() {
     let db = TestDb::new(&order::MIGRATOR).await;
-    let amqp = testing::test_amqp();
+    let amqp = test_kit::test_amqp();
     let queue = TestQueue::bind(&amqp, &[KEY]).await;
 
     let mut tx = db.pool.begin().await.unwrap();
@@ -113,7 +111,7 @@ async fn a_rolled_back_transaction_leaves_no_order_no_message_row_and_publishes_
         .await
         .unwrap();
     assert_eq!((orders, messages), (0, 0));
-    let report = relay(&db, &amqp, testing::fast_outbox())
+    let report = relay(&db, &amqp, test_kit::fast_outbox())
         .run_once()
         .await
         .unwrap();
@@ -124,11 +122,11 @@ async fn a_rolled_back_transaction_leaves_no_order_no_message_row_and_publishes_
 #[tokio::test]
 async fn confirms_are_pipelined_and_each_row_is_matched_to_its_own_confirm() {
     let db = TestDb::new(&order::MIGRATOR).await;
-    let amqp = testing::test_amqp();
+    let amqp = test_kit::test_amqp();
     let queue = TestQueue::bind(&amqp, &[KEY]).await;
     let ids = enqueue(&db.pool, 250, Duration::from_secs(60)).await;
 
-    let mut relay = relay(&db, &amqp, testing::fast_outbox());
+    let mut relay = relay(&db, &amqp, test_kit::fast_outbox());
     let mut sent = 0;
     for _ in 0..3 {
         sent += relay.run_once().await.unwrap().sent;
@@ -145,10 +143,10 @@ async fn confirms_are_pipelined_and_each_row_is_matched_to_its_own_confirm() {
 #[tokio::test]
 async fn an_unroutable_message_is_not_marked_sent() {
     let db = TestDb::new(&order::MIGRATOR).await;
-    let amqp = testing::test_amqp();
+    let amqp = test_kit::test_amqp();
     // No queue is bound to the exchange: with `mandatory` the broker returns the message.
     let ids = enqueue(&db.pool, 1, Duration::from_secs(60)).await;
-    let mut relay = relay(&db, &amqp, testing::fast_outbox());
+    let mut relay = relay(&db, &amqp, test_kit::fast_outbox());
 
     let report = relay.run_once().await.unwrap();
     assert_eq!(
@@ -180,9 +178,9 @@ async fn an_unroutable_message_is_not_marked_sent() {
 #[tokio::test]
 async fn exhausted_attempts_make_a_message_dead_with_its_last_error_and_it_can_be_requeued() {
     let db = TestDb::new(&order::MIGRATOR).await;
-    let amqp = testing::test_amqp();
+    let amqp = test_kit::test_amqp();
     let ids = enqueue(&db.pool, 1, Duration::from_secs(60)).await;
-    let mut cfg = testing::fast_outbox();
+    let mut cfg = test_kit::fast_outbox();
     cfg.retry.max_attempts = 3;
     let mut relay = relay(&db, &amqp, cfg);
 
@@ -214,14 +212,14 @@ async fn exhausted_attempts_make_a_message_dead_with_its_last_error_and_it_can_b
 #[tokio::test]
 async fn a_broker_lost_in_the_middle_of_a_window_leaves_every_row_to_retry() {
     let db = TestDb::new(&order::MIGRATOR).await;
-    let amqp = testing::test_amqp();
+    let amqp = test_kit::test_amqp();
     let queue = TestQueue::bind(&amqp, &[KEY]).await;
-    let proxy = TcpProxy::start(testing::broker_addr()).await;
+    let proxy = TcpProxy::start(test_kit::broker_addr()).await;
     let ids = enqueue(&db.pool, 20, Duration::from_secs(60)).await;
     let mut relay = relay(
         &db,
-        &testing::through_proxy(&amqp, &proxy),
-        testing::fast_outbox(),
+        &test_kit::through_proxy(&amqp, &proxy),
+        test_kit::fast_outbox(),
     );
 
     relay.run_once().await.unwrap(); // connected; nothing due yet beyond these 20…
@@ -263,20 +261,20 @@ async fn a_broker_lost_in_the_middle_of_a_window_leaves_every_row_to_retry() {
 #[tokio::test]
 async fn without_a_broker_nothing_is_claimed_and_no_attempt_is_burnt() {
     let db = TestDb::new(&order::MIGRATOR).await;
-    let amqp = testing::test_amqp();
-    let proxy = TcpProxy::start(testing::broker_addr()).await;
+    let amqp = test_kit::test_amqp();
+    let proxy = TcpProxy::start(test_kit::broker_addr()).await;
     proxy.disable().await;
     let ids = enqueue(&db.pool, 3, Duration::from_secs(60)).await;
     let mut relay = relay(
         &db,
-        &testing::through_proxy(&amqp, &proxy),
-        testing::fast_outbox(),
+        &test_kit::through_proxy(&amqp, &proxy),
+        test_kit::fast_outbox(),
     );
 
     for _ in 0..3 {
         assert!(matches!(
             relay.run_once().await,
-            Err(common::outbox::relay::RelayError::Broker(_))
+            Err(message_table::outbox::relay::RelayError::Broker(_))
         ));
     }
     assert!(!relay.status().is_connected());
@@ -295,10 +293,10 @@ async fn without_a_broker_nothing_is_claimed_and_no_attempt_is_burnt() {
 #[tokio::test]
 async fn an_expired_lease_is_handed_back_and_published_again() {
     let db = TestDb::new(&order::MIGRATOR).await;
-    let amqp = testing::test_amqp();
+    let amqp = test_kit::test_amqp();
     let queue = TestQueue::bind(&amqp, &[KEY]).await;
     let ids = enqueue(&db.pool, 1, Duration::from_secs(60)).await;
-    let cfg = testing::fast_outbox();
+    let cfg = test_kit::fast_outbox();
     let mut crashed = relay(&db, &amqp, cfg.clone());
     let claim = crashed.claim().await.unwrap();
     let outcomes = crashed.publish(&claim).await;
@@ -340,10 +338,10 @@ async fn an_expired_lease_is_handed_back_and_published_again() {
 #[tokio::test]
 async fn two_relays_on_one_outbox_publish_every_message_exactly_once() {
     let db = TestDb::new(&order::MIGRATOR).await;
-    let amqp = testing::test_amqp();
+    let amqp = test_kit::test_amqp();
     let queue = TestQueue::bind(&amqp, &[KEY]).await;
     let ids = enqueue(&db.pool, 400, Duration::from_secs(60)).await;
-    let mut cfg = testing::fast_outbox();
+    let mut cfg = test_kit::fast_outbox();
     cfg.batch_size = 25;
 
     let drive = |mut relay: Relay| async move {
@@ -373,11 +371,11 @@ async fn two_relays_on_one_outbox_publish_every_message_exactly_once() {
 #[tokio::test]
 async fn a_message_past_its_expiry_is_dead_not_published() {
     let db = TestDb::new(&order::MIGRATOR).await;
-    let amqp = testing::test_amqp();
+    let amqp = test_kit::test_amqp();
     let queue = TestQueue::bind(&amqp, &[KEY]).await;
     let expired = enqueue(&db.pool, 1, Duration::ZERO).await;
     let live = enqueue(&db.pool, 1, Duration::from_secs(60)).await;
-    let cfg = testing::fast_outbox();
+    let cfg = test_kit::fast_outbox();
     let mut relay = relay(&db, &amqp, cfg.clone());
     let scheduler = ResendScheduler::new(db.pool.clone(), cfg, relay.wake_handle());
 
@@ -397,7 +395,7 @@ async fn a_message_past_its_expiry_is_dead_not_published() {
 #[tokio::test]
 async fn an_unroutable_row_in_a_mixed_window_is_never_marked_sent() {
     let db = TestDb::new(&order::MIGRATOR).await;
-    let amqp = testing::test_amqp();
+    let amqp = test_kit::test_amqp();
     let queue = TestQueue::bind(&amqp, &[KEY]).await;
     let mut unroutable = Vec::new();
     let mut tx = db.pool.begin().await.unwrap();
@@ -417,7 +415,7 @@ async fn an_unroutable_row_in_a_mixed_window_is_never_marked_sent() {
         }
     }
     tx.commit().await.unwrap();
-    let mut cfg = testing::fast_outbox();
+    let mut cfg = test_kit::fast_outbox();
     cfg.batch_size = 200;
     let mut relay = relay(&db, &amqp, cfg);
     loop {
@@ -451,13 +449,13 @@ async fn an_unroutable_row_in_a_mixed_window_is_never_marked_sent() {
 #[tokio::test]
 async fn the_relay_reconnects_when_the_broker_closes_its_connection() {
     let db = TestDb::new(&order::MIGRATOR).await;
-    let amqp = testing::test_amqp();
+    let amqp = test_kit::test_amqp();
     let queue = TestQueue::bind(&amqp, &[KEY]).await;
-    let name = testing::unique_name("test-relay");
+    let name = test_kit::unique_name("test-relay");
     let relay = Relay::new(
         db.pool.clone(),
         amqp.clone(),
-        testing::fast_outbox(),
+        test_kit::fast_outbox(),
         name.clone(),
     );
     let stop = tokio_util::sync::CancellationToken::new();
@@ -469,7 +467,7 @@ async fn the_relay_reconnects_when_the_broker_closes_its_connection() {
         })
         .await;
 
-    assert_eq!(testing::broker_closes_connection(&name).await, 1);
+    assert_eq!(test_kit::broker_closes_connection(&name).await, 1);
     let second = enqueue(&db.pool, 1, Duration::from_secs(60)).await;
     let taken = queue
         .take_until("the second message", Duration::from_secs(20), |t| {
@@ -478,7 +476,7 @@ async fn the_relay_reconnects_when_the_broker_closes_its_connection() {
         .await;
     assert_eq!(message_ids(&taken), second);
     for id in first.iter().chain(&second) {
-        testing::eventually("marked sent", Duration::from_secs(10), || async {
+        test_kit::eventually("marked sent", Duration::from_secs(10), || async {
             (row(&db.pool, *id).await.status == "sent").then_some(())
         })
         .await;
@@ -492,13 +490,13 @@ async fn the_relay_reconnects_when_the_broker_closes_its_connection() {
 #[tokio::test]
 async fn wake_ups_do_not_bypass_the_reconnect_backoff() {
     let db = TestDb::new(&order::MIGRATOR).await;
-    let amqp = testing::test_amqp();
-    let proxy = TcpProxy::start(testing::broker_addr()).await;
+    let amqp = test_kit::test_amqp();
+    let proxy = TcpProxy::start(test_kit::broker_addr()).await;
     proxy.disable().await;
     let relay = relay(
         &db,
-        &testing::through_proxy(&amqp, &proxy),
-        testing::fast_outbox(),
+        &test_kit::through_proxy(&amqp, &proxy),
+        test_kit::fast_outbox(),
     );
     let wake = relay.wake_handle();
     let stop = tokio_util::sync::CancellationToken::new();
@@ -523,9 +521,9 @@ async fn wake_ups_do_not_bypass_the_reconnect_backoff() {
 #[tokio::test]
 async fn a_commit_wakes_the_relay_through_notify() {
     let db = TestDb::new(&order::MIGRATOR).await;
-    let amqp = testing::test_amqp();
+    let amqp = test_kit::test_amqp();
     let queue = TestQueue::bind(&amqp, &[KEY]).await;
-    let mut cfg = testing::fast_outbox();
+    let mut cfg = test_kit::fast_outbox();
     cfg.poll_interval = Duration::from_secs(60);
     let relay = relay(&db, &amqp, cfg);
     let stop = tokio_util::sync::CancellationToken::new();
@@ -538,12 +536,12 @@ async fn a_commit_wakes_the_relay_through_notify() {
     // The first one may be picked up by the relay's start-up round or the listener's
     // first wake-up; once it is sent, the relay is idle until woken.
     let first = enqueue(&db.pool, 1, Duration::from_secs(60)).await[0];
-    testing::eventually("first message sent", Duration::from_secs(10), || {
+    test_kit::eventually("first message sent", Duration::from_secs(10), || {
         sent(first)
     })
     .await;
     let second = enqueue(&db.pool, 1, Duration::from_secs(60)).await[0];
-    testing::eventually(
+    test_kit::eventually(
         "second message sent well before the 60 s poll",
         Duration::from_secs(10),
         || sent(second),
@@ -556,9 +554,9 @@ async fn a_commit_wakes_the_relay_through_notify() {
 
 #[test]
 fn a_lease_must_outlast_the_confirm_timeout_by_the_margin() {
-    let mut cfg = testing::fast_outbox();
+    let mut cfg = test_kit::fast_outbox();
     cfg.confirm_timeout = cfg.lease - Duration::from_secs(1);
     let err = cfg.validate().unwrap_err().to_string();
     assert!(err.contains("OUTBOX_LEASE_MS"), "{err}");
-    assert!(testing::fast_outbox().validate().is_ok());
+    assert!(test_kit::fast_outbox().validate().is_ok());
 }

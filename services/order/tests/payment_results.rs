@@ -2,13 +2,11 @@
 
 use std::sync::Arc;
 
-use common::{
-    inbox::{Inbox, Incoming, Outcome},
-    testing::{self, TestDb},
-};
+use message_table::inbox::{Inbox, Incoming, Outcome};
 use order::payment_results::PaymentResultHandler;
 use serde_json::json;
 use sqlx::PgPool;
+use test_kit::TestDb;
 use uuid::Uuid;
 
 fn answer(event_type: &str, order_id: Uuid) -> Incoming {
@@ -29,7 +27,7 @@ async fn order_inbox() -> (TestDb, Inbox) {
     let inbox = Inbox::new(
         db.pool.clone(),
         Arc::new(PaymentResultHandler),
-        testing::fast_inbox(),
+        test_kit::fast_inbox(),
     );
     (db, inbox)
 }

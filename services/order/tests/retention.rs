@@ -4,14 +4,14 @@
 
 use std::time::Duration;
 
-use common::{
+use message_table::{
     outbox::{self, NewMessage},
     retention::{LOCK_KEY, Purged, RetentionConfig, RetentionRunner},
-    testing::{self, TestDb},
 };
 use order::{Application, OrderConfig};
 use serde_json::json;
 use sqlx::PgPool;
+use test_kit::TestDb;
 use uuid::Uuid;
 
 /// `n` outbox rows in `status`, created and (if sent) sent `age_days` ago.
@@ -73,8 +73,8 @@ fn runner(db: &TestDb, batch_size: i64) -> RetentionRunner {
     // Both retentions are 7 days in the test settings.
     RetentionRunner::new(
         db.pool.clone(),
-        &testing::fast_outbox(),
-        &testing::fast_inbox(),
+        &test_kit::fast_outbox(),
+        &test_kit::fast_inbox(),
         RetentionConfig {
             interval: Duration::from_secs(600),
             batch_size,
@@ -157,8 +157,9 @@ async fn only_one_runner_at_a_time_works_on_a_database() {
 #[tokio::test]
 async fn an_inbox_retention_shorter_than_the_redelivery_horizon_is_refused_at_start_up() {
     let db = TestDb::new(&order::MIGRATOR).await;
-    let amqp = testing::test_amqp();
-    let mut messaging = testing::messaging(&amqp, "test.order", order::config::PAYMENT_RESULT_KEYS);
+    let amqp = test_kit::test_amqp();
+    let mut messaging =
+        test_kit::messaging(&amqp, "test.order", order::config::PAYMENT_RESULT_KEYS);
     // Messages may be published for a day; the inbox would remember them for an hour.
     messaging.outbox.message_ttl = Duration::from_secs(24 * 3600);
     messaging.inbox.retention = Duration::from_secs(3600);

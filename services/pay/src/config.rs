@@ -1,10 +1,7 @@
-use common::{
-    amqp::AmqpConfig,
-    config::{env_or, env_string},
-    inbox::InboxConfig,
-    outbox::OutboxConfig,
-    retention::RetentionConfig,
-    service::MessagingConfig,
+use common::config::{env_or, env_string};
+use message_service::service::MessagingConfig;
+use message_table::{
+    amqp::AmqpConfig, inbox::InboxConfig, outbox::OutboxConfig, retention::RetentionConfig,
 };
 
 /// Routing keys bound to pay's queue.

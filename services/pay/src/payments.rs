@@ -1,6 +1,6 @@
 //! The payment handler: what pay does with an `OrderCreated` message.
 //!
-//! It runs inside the inbox's transaction (see `common::inbox`), so the inbox row, the
+//! It runs inside the inbox's transaction (see `message_table::inbox`), so the inbox row, the
 //! debit, the payment row and the reply message commit together or not at all. A
 //! duplicate `OrderCreated` never reaches this code; and even a second message about the
 //! same order (another message id) cannot pay twice: `payments.order_id` is unique.
@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use common::{
+use message_table::{
     inbox::{HandlerError, InboxMessage, MessageHandler},
     outbox::{self, NewMessage},
 };

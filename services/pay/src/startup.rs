@@ -1,7 +1,7 @@
 use std::sync::Arc;
 
 use axum::{Router, routing::get};
-use common::service::{Service, ServiceSpec};
+use message_service::service::{Service, ServiceSpec};
 use sqlx::PgPool;
 
 use crate::{PayConfig, accounts, payments::PaymentHandler};

@@ -5,10 +5,10 @@ mod support;
 
 use std::time::Duration;
 
-use common::testing::{self, TestQueue};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use support::order_created_props as props;
+use test_kit::TestQueue;
 use uuid::Uuid;
 
 async fn get(base: &str, path: &str) -> (StatusCode, Value) {
@@ -27,7 +27,7 @@ async fn post(base: &str, path: &str) -> (StatusCode, Value) {
 
 #[tokio::test]
 async fn dead_messages_are_listed_with_their_reasons_and_can_be_requeued() {
-    let amqp = testing::test_amqp();
+    let amqp = test_kit::test_amqp();
     let pay = support::spawn_pay(&amqp, std::future::pending()).await;
     let publisher = TestQueue::bind(&amqp, &[]).await;
     let base = pay.base.as_str();
@@ -59,7 +59,7 @@ async fn dead_messages_are_listed_with_their_reasons_and_can_be_requeued() {
         )
         .await;
 
-    let stats = testing::eventually(
+    let stats = test_kit::eventually(
         "the dead rows are there",
         Duration::from_secs(20),
         || async {

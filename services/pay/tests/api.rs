@@ -2,14 +2,13 @@
 
 mod support;
 
-use common::testing;
 use reqwest::StatusCode;
 use serde_json::Value;
 use uuid::Uuid;
 
 #[tokio::test]
 async fn reads_and_their_errors() {
-    let amqp = testing::test_amqp();
+    let amqp = test_kit::test_amqp();
     let pay = support::spawn_pay(&amqp, std::future::pending()).await;
     let base = pay.base.clone();
     let get = |path: String| {

@@ -10,15 +10,13 @@ use std::{
 };
 
 use async_trait::async_trait;
-use common::{
-    inbox::{
-        HandlerError, Inbox, InboxCounters, InboxMessage, MessageHandler, consumer::InboxConsumer,
-        retry_sweeper::RetrySweeper,
-    },
-    testing::{self, TcpProxy, TestDb, TestQueue},
-};
 use lapin::{BasicProperties, types::ShortString};
+use message_table::inbox::{
+    HandlerError, Inbox, InboxCounters, InboxMessage, MessageHandler, consumer::InboxConsumer,
+    retry_sweeper::RetrySweeper,
+};
 use sqlx::PgConnection;
+use test_kit::{TcpProxy, TestDb, TestQueue};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -51,26 +49,26 @@ struct Running {
     queue: String,
     handled: Arc<AtomicUsize>,
     counters: Arc<InboxCounters>,
-    connected: common::amqp::BrokerStatus,
+    connected: message_table::amqp::BrokerStatus,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
     publisher: TestQueue,
 }
 
 async fn start(
-    amqp: &common::amqp::AmqpConfig,
-    consumer_amqp: common::amqp::AmqpConfig,
+    amqp: &message_table::amqp::AmqpConfig,
+    consumer_amqp: message_table::amqp::AmqpConfig,
 ) -> Running {
     let db = TestDb::new(&pay::MIGRATOR).await;
     let handled = Arc::new(AtomicUsize::new(0));
     let inbox = Inbox::new(
         db.pool.clone(),
         Arc::new(Handler(handled.clone())),
-        testing::fast_inbox(),
+        test_kit::fast_inbox(),
     );
     let counters = inbox.counters();
-    let queue = testing::unique_name("test.q");
-    let name = testing::unique_name("test-consumer");
+    let queue = test_kit::unique_name("test.q");
+    let name = test_kit::unique_name("test-consumer");
     let consumer = InboxConsumer::new(
         inbox.clone(),
         consumer_amqp,
@@ -81,7 +79,7 @@ async fn start(
     let connected = consumer.status();
     let stop = CancellationToken::new();
     let task = tokio::spawn(consumer.run(stop.clone()));
-    testing::eventually("consumer connected", Duration::from_secs(10), || async {
+    test_kit::eventually("consumer connected", Duration::from_secs(10), || async {
         connected.is_connected().then_some(())
     })
     .await;
@@ -102,7 +100,7 @@ async fn start(
 
 impl Running {
     async fn wait_handled(&self, n: usize) {
-        testing::eventually(
+        test_kit::eventually(
             &format!("{n} messages handled"),
             Duration::from_secs(20),
             || async { (self.handled.load(Ordering::SeqCst) == n).then_some(()) },
@@ -115,12 +113,12 @@ impl Running {
 /// close, not a cut socket: the consumer must treat it as a loss all the same.
 #[tokio::test]
 async fn the_consumer_reconnects_when_the_broker_closes_its_connection() {
-    let amqp = testing::test_amqp();
+    let amqp = test_kit::test_amqp();
     let c = start(&amqp, amqp.clone()).await;
     c.publisher.publish(&amqp, "k", props(), b"{}").await;
     c.wait_handled(1).await;
 
-    assert_eq!(testing::broker_closes_connection(&c.name).await, 1);
+    assert_eq!(test_kit::broker_closes_connection(&c.name).await, 1);
     // Only a new connection can deliver this one: the old one is closed.
     c.publisher.publish(&amqp, "k", props(), b"{}").await;
     c.wait_handled(2).await;
@@ -131,14 +129,14 @@ async fn the_consumer_reconnects_when_the_broker_closes_its_connection() {
 
 #[tokio::test]
 async fn the_consumer_reconnects_after_its_connection_is_cut() {
-    let amqp = testing::test_amqp();
-    let proxy = TcpProxy::start(testing::broker_addr()).await;
-    let c = start(&amqp, testing::through_proxy(&amqp, &proxy)).await;
+    let amqp = test_kit::test_amqp();
+    let proxy = TcpProxy::start(test_kit::broker_addr()).await;
+    let c = start(&amqp, test_kit::through_proxy(&amqp, &proxy)).await;
     c.publisher.publish(&amqp, "k", props(), b"{}").await;
     c.wait_handled(1).await;
 
     proxy.disable().await;
-    testing::eventually(
+    test_kit::eventually(
         "consumer sees the loss",
         Duration::from_secs(10),
         || async { (!c.connected.is_connected()).then_some(()) },
@@ -159,14 +157,14 @@ async fn the_consumer_reconnects_after_its_connection_is_cut() {
 
 #[tokio::test]
 async fn a_panicking_handler_is_a_recorded_failure_and_the_consumer_goes_on() {
-    let amqp = testing::test_amqp();
+    let amqp = test_kit::test_amqp();
     let c = start(&amqp, amqp.clone()).await;
     c.publisher
         .publish(&amqp, "k", props(), br#"{"boom": true}"#)
         .await;
     c.publisher.publish(&amqp, "k", props(), b"{}").await;
     c.wait_handled(1).await;
-    testing::eventually(
+    test_kit::eventually(
         "the panic recorded as a failure",
         Duration::from_secs(10),
         || async { (c.counters.snapshot().failed >= 1).then_some(()) },
@@ -204,14 +202,14 @@ async fn a_panicking_handler_is_a_recorded_failure_and_the_consumer_goes_on() {
 /// database accepts writes it is processed. Acked early, it would be gone.
 #[tokio::test]
 async fn a_delivery_is_acked_only_after_its_outcome_is_committed() {
-    let amqp = testing::test_amqp();
+    let amqp = test_kit::test_amqp();
     let c = start(&amqp, amqp.clone()).await;
     sqlx::query("ALTER TABLE inbox ADD CONSTRAINT refuse_everything CHECK (false) NOT VALID")
         .execute(&c._db.pool)
         .await
         .unwrap();
     c.publisher.publish(&amqp, "k", props(), b"{}").await;
-    testing::eventually(
+    test_kit::eventually(
         "handed back at least twice",
         Duration::from_secs(20),
         || async { (c.counters.snapshot().unrecorded >= 2).then_some(()) },
@@ -224,7 +222,7 @@ async fn a_delivery_is_acked_only_after_its_outcome_is_committed() {
         .await
         .unwrap();
     // The handler ran; wait for its outcome to be committed and counted.
-    testing::eventually("processed once", Duration::from_secs(20), || async {
+    test_kit::eventually("processed once", Duration::from_secs(20), || async {
         (c.counters.snapshot().processed == 1).then_some(())
     })
     .await;
@@ -235,14 +233,14 @@ async fn a_delivery_is_acked_only_after_its_outcome_is_committed() {
 /// delivery back to the queue), the queue is empty.
 #[tokio::test]
 async fn poison_deliveries_are_acked() {
-    let amqp = testing::test_amqp();
+    let amqp = test_kit::test_amqp();
     let c = start(&amqp, amqp.clone()).await;
     let no_id = BasicProperties::default().with_content_type(ShortString::from("application/json"));
     c.publisher.publish(&amqp, "k", no_id, b"{}").await;
     c.publisher.publish(&amqp, "k", props(), b"not json").await;
     c.publisher.publish(&amqp, "k", props(), b"{}").await;
     c.wait_handled(1).await;
-    testing::eventually(
+    test_kit::eventually(
         "two poison messages recorded",
         Duration::from_secs(10),
         || async { (c.counters.snapshot().poison == 2).then_some(()) },

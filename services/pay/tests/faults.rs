@@ -5,18 +5,18 @@ mod support;
 
 use std::time::Duration;
 
-use common::testing::{self, TcpProxy, TestQueue};
 use reqwest::StatusCode;
 use serde_json::json;
 use support::order_created_props as props;
+use test_kit::{TcpProxy, TestQueue};
 use uuid::Uuid;
 
 const START: i64 = 100_000_000;
 
 #[tokio::test]
 async fn deliveries_during_a_database_outage_are_not_acked_and_are_paid_once_it_is_back() {
-    let amqp = testing::test_amqp();
-    let proxy = TcpProxy::start(testing::database_addr()).await;
+    let amqp = test_kit::test_amqp();
+    let proxy = TcpProxy::start(test_kit::database_addr()).await;
     let pay = support::spawn_pay_through(&amqp, std::future::pending(), &proxy).await;
     let publisher = TestQueue::bind(&amqp, &[]).await;
 
@@ -36,7 +36,7 @@ async fn deliveries_during_a_database_outage_are_not_acked_and_are_paid_once_it_
             .await;
     }
     // The consumer took deliveries, could not record them, and handed them back.
-    testing::eventually(
+    test_kit::eventually(
         "deliveries handed back",
         Duration::from_secs(20),
         || async { (pay.counters.snapshot().unrecorded >= 1).then_some(()) },
@@ -58,7 +58,7 @@ async fn deliveries_during_a_database_outage_are_not_acked_and_are_paid_once_it_
 
     proxy.enable().await;
 
-    testing::eventually("all 20 paid", Duration::from_secs(30), || async {
+    test_kit::eventually("all 20 paid", Duration::from_secs(30), || async {
         let n: i64 = sqlx::query_scalar("SELECT count(*) FROM payments")
             .fetch_one(&pay.db.pool)
             .await

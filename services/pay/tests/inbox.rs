@@ -9,18 +9,18 @@ use std::{
 };
 
 use async_trait::async_trait;
-use common::{
+use lapin::{BasicProperties, types::ShortString};
+use message_table::{
     amqp::AmqpConfig,
     inbox::{
         self, HandlerError, Inbox, InboxCounters, InboxMessage, Incoming, MessageHandler, Outcome,
         retry_sweeper::RetrySweeper,
     },
-    testing::{self, TestDb, TestQueue},
 };
-use lapin::{BasicProperties, types::ShortString};
 use pay::payments::PaymentHandler;
 use serde_json::{Value, json};
 use sqlx::{PgConnection, PgPool};
+use test_kit::{TestDb, TestQueue};
 use uuid::Uuid;
 
 mod support;
@@ -109,7 +109,7 @@ const START: i64 = 100_000_000;
 #[tokio::test]
 async fn the_same_message_twice_pays_once() {
     let db = TestDb::new(&pay::MIGRATOR).await;
-    let inbox = Inbox::new(db.pool.clone(), handler(), testing::fast_inbox());
+    let inbox = Inbox::new(db.pool.clone(), handler(), test_kit::fast_inbox());
     let (order_id, msg) = order_created("alice", 1500);
 
     assert_eq!(
@@ -136,7 +136,7 @@ async fn the_same_message_twice_pays_once() {
 #[tokio::test]
 async fn a_message_older_than_the_inbox_memory_is_dead_not_paid_until_requeued() {
     let db = TestDb::new(&pay::MIGRATOR).await;
-    let inbox = Inbox::new(db.pool.clone(), handler(), testing::fast_inbox());
+    let inbox = Inbox::new(db.pool.clone(), handler(), test_kit::fast_inbox());
     let now = chrono::Utc::now().timestamp() as u64;
 
     let (old_order, mut old) = order_created("alice", 300);
@@ -179,7 +179,7 @@ async fn a_message_older_than_the_inbox_memory_is_dead_not_paid_until_requeued()
 #[tokio::test]
 async fn concurrent_copies_of_a_message_pay_once() {
     let db = TestDb::new(&pay::MIGRATOR).await;
-    let inbox = Inbox::new(db.pool.clone(), handler(), testing::fast_inbox());
+    let inbox = Inbox::new(db.pool.clone(), handler(), test_kit::fast_inbox());
     let (order_id, msg) = order_created("bob", 700);
 
     let outcomes = futures::future::join_all((0..8).map(|_| inbox.receive(msg.clone()))).await;
@@ -200,7 +200,7 @@ async fn concurrent_copies_of_a_message_pay_once() {
 #[tokio::test]
 async fn a_second_message_about_the_same_order_cannot_pay_twice() {
     let db = TestDb::new(&pay::MIGRATOR).await;
-    let inbox = Inbox::new(db.pool.clone(), handler(), testing::fast_inbox());
+    let inbox = Inbox::new(db.pool.clone(), handler(), test_kit::fast_inbox());
     let (order_id, first) = order_created("alice", 300);
     let mut second = first.clone();
     second.message_id = Some(Uuid::now_v7().to_string()); // same order, another message id
@@ -215,7 +215,7 @@ async fn a_second_message_about_the_same_order_cannot_pay_twice() {
 #[tokio::test]
 async fn a_handler_that_fails_twice_is_retried_with_backoff_and_pays_once() {
     let db = TestDb::new(&pay::MIGRATOR).await;
-    let mut cfg = testing::fast_inbox();
+    let mut cfg = test_kit::fast_inbox();
     cfg.retry.base = Duration::from_secs(10); // long enough to see, not to wait for
     cfg.retry.max = Duration::from_secs(60);
     let inbox = Inbox::new(db.pool.clone(), failing(2), cfg);
@@ -249,7 +249,7 @@ async fn a_handler_that_fails_twice_is_retried_with_backoff_and_pays_once() {
         Default::default(),
         "not due yet: not retried"
     );
-    testing::eventually(
+    test_kit::eventually(
         "the sweeper processes the message",
         Duration::from_secs(10),
         || async {
@@ -276,7 +276,7 @@ async fn a_handler_that_fails_twice_is_retried_with_backoff_and_pays_once() {
 #[tokio::test]
 async fn exhausted_attempts_end_dead_with_the_last_error_and_can_be_requeued() {
     let db = TestDb::new(&pay::MIGRATOR).await;
-    let mut cfg = testing::fast_inbox();
+    let mut cfg = test_kit::fast_inbox();
     cfg.retry.max_attempts = 3;
     let inbox = Inbox::new(db.pool.clone(), failing(u32::MAX), cfg.clone());
     let sweeper = RetrySweeper::new(&inbox);
@@ -284,7 +284,7 @@ async fn exhausted_attempts_end_dead_with_the_last_error_and_can_be_requeued() {
     let id = msg.message_id.clone().unwrap();
 
     inbox.receive(msg).await.unwrap();
-    testing::eventually("the message is dead", Duration::from_secs(10), || async {
+    test_kit::eventually("the message is dead", Duration::from_secs(10), || async {
         sweeper.run_once().await.unwrap();
         (inbox_row(&db.pool, &id).await.0 == "dead").then_some(())
     })
@@ -311,7 +311,7 @@ async fn exhausted_attempts_end_dead_with_the_last_error_and_can_be_requeued() {
 #[tokio::test]
 async fn insufficient_funds_and_unknown_users_are_failed_payments_not_retries() {
     let db = TestDb::new(&pay::MIGRATOR).await;
-    let inbox = Inbox::new(db.pool.clone(), handler(), testing::fast_inbox());
+    let inbox = Inbox::new(db.pool.clone(), handler(), test_kit::fast_inbox());
     let (poor, poor_msg) = order_created("carol", 100);
     let (ghost, ghost_msg) = order_created("nobody", 100);
     let poor_id = poor_msg.message_id.clone().unwrap();
@@ -343,7 +343,7 @@ async fn insufficient_funds_and_unknown_users_are_failed_payments_not_retries() 
 #[tokio::test]
 async fn a_payload_the_handler_cannot_understand_is_dead_at_once() {
     let db = TestDb::new(&pay::MIGRATOR).await;
-    let inbox = Inbox::new(db.pool.clone(), handler(), testing::fast_inbox());
+    let inbox = Inbox::new(db.pool.clone(), handler(), test_kit::fast_inbox());
     let (_, mut msg) = order_created("alice", 100);
     msg.body = br#"{"order_id": "not-a-uuid"}"#.to_vec();
     let outcome = inbox.receive(msg).await.unwrap();
@@ -380,7 +380,7 @@ fn props(message_id: Option<&str>, content_type: &str) -> BasicProperties {
 
 #[tokio::test]
 async fn a_message_published_twice_to_the_broker_pays_once() {
-    let amqp = testing::test_amqp();
+    let amqp = test_kit::test_amqp();
     let pay = spawn_pay(&amqp).await;
     let (order_id, msg) = order_created("alice", 4200);
     let id = msg.message_id.clone().unwrap();
@@ -394,7 +394,7 @@ async fn a_message_published_twice_to_the_broker_pays_once() {
             )
             .await;
     }
-    testing::eventually("both copies handled", Duration::from_secs(10), || async {
+    test_kit::eventually("both copies handled", Duration::from_secs(10), || async {
         let c = &pay.counters;
         (c.snapshot().processed == 1 && c.snapshot().duplicates == 1).then_some(())
     })
@@ -405,7 +405,7 @@ async fn a_message_published_twice_to_the_broker_pays_once() {
 
 #[tokio::test]
 async fn poison_messages_are_recorded_dead_acked_and_do_not_block_the_next_one() {
-    let amqp = testing::test_amqp();
+    let amqp = test_kit::test_amqp();
     let pay = spawn_pay(&amqp).await;
     let ct = "application/json";
     let bad_id = Uuid::now_v7().to_string();
@@ -445,13 +445,13 @@ async fn poison_messages_are_recorded_dead_acked_and_do_not_block_the_next_one()
     )
     .await;
 
-    testing::eventually(
+    test_kit::eventually(
         "the good message after the poison is paid",
         Duration::from_secs(10),
         || async { (payments(&pay.db.pool, order_id).await.len() == 1).then_some(()) },
     )
     .await;
-    testing::eventually(
+    test_kit::eventually(
         "five poison messages recorded",
         Duration::from_secs(10),
         || async { (pay.counters.snapshot().poison == 5).then_some(()) },
@@ -491,7 +491,7 @@ async fn poison_messages_are_recorded_dead_acked_and_do_not_block_the_next_one()
 #[tokio::test]
 async fn one_sweep_retries_a_failing_message_once() {
     let db = TestDb::new(&pay::MIGRATOR).await;
-    let mut cfg = testing::fast_inbox();
+    let mut cfg = test_kit::fast_inbox();
     cfg.retry.base = Duration::ZERO; // due again at once
     cfg.retry.max = Duration::ZERO;
     cfg.retry.max_attempts = 50;

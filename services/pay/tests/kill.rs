@@ -8,11 +8,9 @@ mod support;
 
 use std::{collections::HashMap, time::Duration};
 
-use common::{
-    amqp::AmqpConfig,
-    testing::{self, ServiceProcess, TestDb, TestQueue},
-};
+use message_table::amqp::AmqpConfig;
 use serde_json::{Value, json};
+use test_kit::{ServiceProcess, TestDb, TestQueue};
 use uuid::Uuid;
 
 const START: i64 = 100_000_000;
@@ -55,9 +53,9 @@ async fn pay_killed_mid_stream_pays_every_order_exactly_once_after_restart() {
     // A real binary declares a durable exchange; the test deletes it at the end.
     let amqp = AmqpConfig {
         exchange_auto_delete: false,
-        ..testing::test_amqp()
+        ..test_kit::test_amqp()
     };
-    let queue = testing::unique_name("test.pay");
+    let queue = test_kit::unique_name("test.pay");
     let replies = TestQueue::bind(&amqp, &["payment.completed", "payment.failed"]).await;
     let env = [
         ("PAY_DATABASE_URL", db.url.clone()),
@@ -75,7 +73,7 @@ async fn pay_killed_mid_stream_pays_every_order_exactly_once_after_restart() {
 
     let mut expected = HashMap::new();
     publish_orders(&amqp, &replies, 300, &mut expected).await;
-    testing::eventually(
+    test_kit::eventually(
         "pay is in the middle of the stream",
         Duration::from_secs(30),
         || async { (count(&db.pool, "SELECT count(*) FROM payments").await >= 30).then_some(()) },
@@ -87,7 +85,7 @@ async fn pay_killed_mid_stream_pays_every_order_exactly_once_after_restart() {
     publish_orders(&amqp, &replies, 100, &mut expected).await;
     pay.restart().await;
 
-    testing::eventually(
+    test_kit::eventually(
         "every order has its payment row",
         Duration::from_secs(60),
         || async { (count(&db.pool, "SELECT count(*) FROM payments").await == 400).then_some(()) },

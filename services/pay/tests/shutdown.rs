@@ -5,11 +5,9 @@ mod support;
 
 use std::time::Duration;
 
-use common::testing;
-
 #[tokio::test]
 async fn the_service_stops_cleanly_when_the_shutdown_future_resolves() {
-    let amqp = testing::test_amqp();
+    let amqp = test_kit::test_amqp();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let pay = support::spawn_pay(&amqp, async {
         let _ = stopped.await;

@@ -16,15 +16,13 @@
 
 use std::time::{Duration, Instant};
 
-use common::{
-    outbox::{
-        self, NewMessage,
-        relay::{Claim, Relay},
-    },
-    testing::{self, TestDb, TestQueue},
-};
 use futures::StreamExt;
+use message_table::outbox::{
+    self, NewMessage,
+    relay::{Claim, Relay},
+};
 use serde_json::json;
+use test_kit::{TestDb, TestQueue};
 use uuid::Uuid;
 
 /// Each service's database pool: the services' default.
@@ -49,7 +47,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 /// and then awaits all its confirms, otherwise each confirm is awaited before the next publish.
 async fn relay_round(pipelined: bool, batch: i64, messages: usize) -> f64 {
     let db = TestDb::new(&order::MIGRATOR).await;
-    let amqp = testing::test_amqp();
+    let amqp = test_kit::test_amqp();
     let queue = TestQueue::bind(&amqp, &["order.created"]).await;
     let mut tx = db.pool.begin().await.unwrap();
     for i in 0..messages {
@@ -65,7 +63,7 @@ async fn relay_round(pipelined: bool, batch: i64, messages: usize) -> f64 {
     }
     tx.commit().await.unwrap();
 
-    let mut cfg = testing::fast_outbox();
+    let mut cfg = test_kit::fast_outbox();
     cfg.batch_size = batch;
     let mut relay = Relay::new(db.pool.clone(), amqp, cfg, "bench-relay");
     let started = Instant::now();
@@ -140,7 +138,7 @@ async fn load(
 
 /// Section 4: direct vs through the gateway, same system, same order, same client.
 async fn gateway_overhead(rounds: usize, requests: usize, concurrency: usize) {
-    let amqp = testing::test_amqp();
+    let amqp = test_kit::test_amqp();
     let sys = system_tests::start_with_pools(&amqp, &amqp, POOL).await;
     let order_id = sys.buy("alice", 1).await;
     let direct = format!("{}/orders/{order_id}", sys.order);
@@ -194,7 +192,7 @@ async fn gateway_overhead(rounds: usize, requests: usize, concurrency: usize) {
 }
 
 async fn settle_times(sys: &system_tests::System, since: Instant) -> (f64, Vec<f64>) {
-    let settled = testing::eventually("every order settled", Duration::from_secs(300), || async {
+    let settled = test_kit::eventually("every order settled", Duration::from_secs(300), || async {
         let pending: i64 =
             sqlx::query_scalar("SELECT count(*) FROM orders WHERE status = 'PENDING_PAYMENT'")
                 .fetch_one(&sys.order_db.pool)
@@ -239,7 +237,7 @@ async fn latency_section(sequential: usize) {
         "\n== 2. end-to-end latency: {sequential} orders, one at a time (9 of 10 alice, 1 of 10 carol)"
     );
     {
-        let amqp = testing::test_amqp();
+        let amqp = test_kit::test_amqp();
         let sys = system_tests::start_with_pools(&amqp, &amqp, POOL).await;
         let url = format!("{}/buy", sys.order);
         let started = Instant::now();
@@ -258,7 +256,7 @@ async fn latency_section(sequential: usize) {
 async fn throughput_section(orders: usize, concurrency: usize) {
     let http = reqwest::Client::new();
     println!("\n== 3. end-to-end throughput: {orders} orders, {concurrency} concurrent POST /buy");
-    let amqp = testing::test_amqp();
+    let amqp = test_kit::test_amqp();
     let sys = system_tests::start_with_pools(&amqp, &amqp, POOL).await;
     let url = format!("{}/buy", sys.order);
     let started = Instant::now();

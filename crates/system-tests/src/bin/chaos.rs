@@ -433,8 +433,8 @@ async fn poison(a: &Args) -> AnyResult<()> {
     let count: u32 = a.number("count", 1)?;
     let routing_key = a.get("routing-key").unwrap_or("order.created");
     let out = PathBuf::from(a.required("out")?);
-    let amqp = common::amqp::AmqpConfig::from_env().map_err(|e| e.to_string())?;
-    let conn = common::amqp::connect(&amqp, "chaos-poison")
+    let amqp = message_table::amqp::AmqpConfig::from_env().map_err(|e| e.to_string())?;
+    let conn = message_table::amqp::connect(&amqp, "chaos-poison")
         .await
         .map_err(|e| e.to_string())?;
     let channel = conn.create_channel().await?;

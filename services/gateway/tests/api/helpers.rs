@@ -215,10 +215,13 @@ pub async fn raw_request_status(gateway: SocketAddr, request_head: &str) -> u16 
         .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"))
 }
 
-/// An address nothing listens on: bound, then released.
+/// An address nothing listens on (connections to it are refused).
 pub fn dead_addr() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
+    // Port 1 on a loopback address of its own: nothing listens there, and unlike a port
+    // freed by a dropped listener, it is never handed out again to a test's live server.
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(2);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    SocketAddr::from(([127, (n >> 16) as u8, (n >> 8) as u8, n as u8], 1))
 }
 
 /// Asserts the project's error shape and returns `error.code`.

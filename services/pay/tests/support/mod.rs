@@ -4,13 +4,10 @@
 
 use std::{future::Future, sync::Arc, time::Duration};
 
-use common::{
-    amqp::AmqpConfig,
-    inbox::InboxCounters,
-    testing::{self, TcpProxy, TestDb},
-};
 use lapin::{BasicProperties, types::ShortString};
+use message_table::{amqp::AmqpConfig, inbox::InboxCounters};
 use pay::{Application, PayConfig};
+use test_kit::{TcpProxy, TestDb};
 use tokio::task::JoinHandle;
 
 /// The AMQP properties of an OrderCreated message as order's relay sends it (persistent).
@@ -55,21 +52,21 @@ async fn spawn(
 ) -> Pay {
     let db = TestDb::new(&pay::MIGRATOR).await;
     let database_url = match proxy {
-        Some(p) => testing::url_through_proxy(&db.url, p),
+        Some(p) => test_kit::url_through_proxy(&db.url, p),
         None => db.url.clone(),
     };
     let app = Application::build(PayConfig {
         addr: "127.0.0.1:0".into(),
         database_url,
         db_max_connections: 5,
-        messaging: testing::messaging(amqp, "test.pay", pay::config::ORDER_CREATED_KEYS),
+        messaging: test_kit::messaging(amqp, "test.pay", pay::config::ORDER_CREATED_KEYS),
     })
     .await
     .expect("build pay");
     let base = format!("http://{}", app.local_addr());
     let counters = app.inbox_counters();
     let running = tokio::spawn(app.run_until_stopped(shutdown));
-    testing::eventually("pay is ready", Duration::from_secs(10), || async {
+    test_kit::eventually("pay is ready", Duration::from_secs(10), || async {
         let res = reqwest::get(format!("{base}/readyz")).await.ok()?;
         res.status().is_success().then_some(())
     })

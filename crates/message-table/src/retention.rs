@@ -27,7 +27,8 @@ use std::time::Duration;
 use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
-use crate::{config, inbox::InboxConfig, outbox::OutboxConfig};
+use crate::{inbox::InboxConfig, outbox::OutboxConfig};
+use common::config;
 
 /// The advisory lock key of the retention pass (advisory locks are per database, so each
 /// service's database has its own). Any fixed number no other code uses.

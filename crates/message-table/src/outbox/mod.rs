@@ -37,7 +37,8 @@ use serde_json::Value;
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
-use crate::{backoff::RetryPolicy, config};
+use crate::backoff::RetryPolicy;
+use common::config;
 
 /// The NOTIFY channel the relay listens on.
 pub const NOTIFY_CHANNEL: &str = "outbox_new";

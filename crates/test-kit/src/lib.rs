@@ -1,4 +1,4 @@
-//! Test support (feature `testing`): real PostgreSQL and RabbitMQ, isolated per test.
+//! Test support (a dev-dependency only): real PostgreSQL and RabbitMQ, isolated per test.
 //!
 //! - [`TestDb`]: a fresh database per test, migrated, dropped afterwards.
 //! - [`test_amqp`]: a unique exchange per test (queues get unique names from
@@ -21,9 +21,11 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::{
-    amqp::AmqpConfig, backoff::RetryPolicy, config::env_string, inbox::InboxConfig,
-    outbox::OutboxConfig, retention::RetentionConfig, service::MessagingConfig,
+use common::config::env_string;
+use message_service::service::MessagingConfig;
+use message_table::{
+    amqp::AmqpConfig, backoff::RetryPolicy, inbox::InboxConfig, outbox::OutboxConfig,
+    retention::RetentionConfig,
 };
 
 /// A throw-away name: `prefix-<12 hex>`.
@@ -69,7 +71,15 @@ pub struct TestDb {
 }
 
 impl TestDb {
+    /// A database with the message tables and the service's own tables (`migrator`).
     pub async fn new(migrator: &Migrator) -> Self {
+        let db = Self::with_message_tables().await;
+        migrator.run(&db.pool).await.expect("migrate test database");
+        db
+    }
+
+    /// A database with the message tables only (the mechanism's own tests).
+    pub async fn with_message_tables() -> Self {
         let name = unique_name("lmt_test").replace('-', "_");
         let admin = PgConnectOptions::from_str(&admin_url()).expect("TEST_DATABASE_URL");
         let mut conn = admin
@@ -87,7 +97,9 @@ impl TestDb {
             .connect_with(opts)
             .await
             .expect("connect to test database");
-        migrator.run(&pool).await.expect("migrate test database");
+        message_table::migrate(&pool)
+            .await
+            .expect("create the message tables");
         TestDb { pool, url, name }
     }
 
@@ -340,12 +352,12 @@ pub struct TestQueue {
 
 impl TestQueue {
     pub async fn bind(amqp: &AmqpConfig, routing_keys: &[&str]) -> Self {
-        let conn = crate::amqp::connect(amqp, "test-queue")
+        let conn = message_table::amqp::connect(amqp, "test-queue")
             .await
             .expect("connect to RabbitMQ");
         let channel = conn.create_channel().await.expect("channel");
         let name = unique_name("test.q");
-        crate::amqp::declare_queue(&channel, amqp, &name, routing_keys)
+        message_table::amqp::declare_queue(&channel, amqp, &name, routing_keys)
             .await
             .expect("declare test queue");
         TestQueue {
@@ -543,18 +555,13 @@ impl ServiceProcess {
     }
 }
 
-/// The status of `GET url`, or `None` when nothing answers (a plain HTTP/1.0 request, so
-/// the testing feature needs no HTTP client).
+/// The status of `GET url`, or `None` when nothing answers.
 async fn http_status(url: &str) -> Option<u16> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let rest = url.strip_prefix("http://")?;
-    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let mut stream = TcpStream::connect(host).await.ok()?;
-    let request = format!("GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut head = [0u8; 12];
-    stream.read_exact(&mut head).await.ok()?;
-    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .ok()?;
+    Some(client.get(url).send().await.ok()?.status().as_u16())
 }
 
 /// Has RabbitMQ itself close the connection named `name` (as `rabbitmqctl close_connection`

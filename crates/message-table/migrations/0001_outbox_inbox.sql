@@ -1,5 +1,5 @@
--- The local message tables, identical in every service's database (a test checks that
--- sql/order and sql/pay carry the same copy). Written and read only by crates/common.
+-- The local message tables, created in every service's database by the message-table crate
+-- (tracked in _message_table_migrations). Written and read only by that crate.
 
 -- Messages this service sends. A row is written in the same transaction as the business
 -- change it announces; the relay publishes it and marks it sent after the broker's ack.

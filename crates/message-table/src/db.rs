@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use sqlx::{PgPool, migrate::Migrator, postgres::PgPoolOptions};
 
-/// Opens the pool and applies the service's migrations (idempotent; concurrent instances
+/// Opens the pool and applies the message tables' migrations, then the service's (idempotent; concurrent instances
 /// are serialised by sqlx's migration lock).
 pub async fn connect_and_migrate(
     url: &str,
@@ -17,7 +17,13 @@ pub async fn connect_and_migrate(
         .connect(url)
         .await
         .with_context(|| format!("cannot connect to {}", redact(url)))?;
-    migrator.run(&pool).await.context("migrations failed")?;
+    crate::migrate(&pool)
+        .await
+        .context("the message tables' migrations failed")?;
+    migrator
+        .run(&pool)
+        .await
+        .context("the service's migrations failed")?;
     Ok(pool)
 }
 

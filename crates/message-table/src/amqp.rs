@@ -22,10 +22,9 @@ use lapin::{
     types::{AMQPValue, FieldTable, LongString, ShortString},
 };
 
-use crate::{
-    backoff::RetryPolicy,
-    config::{env_millis, env_or, env_string},
-};
+use common::config::{env_millis, env_or, env_string};
+
+use crate::backoff::RetryPolicy;
 
 /// Where the broker is and what the shared topology is called.
 #[derive(Debug, Clone)]

@@ -16,7 +16,7 @@ use tokio::{net::TcpListener, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
-use crate::{
+use message_table::{
     amqp::{AmqpConfig, BrokerStatus},
     db,
     inbox::{
@@ -40,9 +40,9 @@ pub struct MessagingConfig {
 }
 
 impl MessagingConfig {
-    /// Rules that span the parts (see [`crate::retention::validate`]).
+    /// Rules that span the parts (see [`message_table::retention::validate`]).
     pub fn validate(&self) -> anyhow::Result<()> {
-        crate::retention::validate(&self.outbox, &self.inbox)
+        message_table::retention::validate(&self.outbox, &self.inbox)
     }
 }
 
@@ -68,7 +68,7 @@ impl Readiness {
     /// 200 when the database answers and both broker connections are up, else 503.
     async fn respond(&self) -> Response {
         let database = db::ping(&self.pool).await;
-        crate::http::readiness(&[
+        common::http::readiness(&[
             ("database", database),
             ("broker_publisher", self.publisher.is_connected()),
             ("broker_consumer", self.consumer.is_connected()),
@@ -215,14 +215,14 @@ impl Service {
         );
         let router = routes(pool.clone())
             .nest("/admin", admin)
-            .route("/healthz", get(crate::http::healthz))
+            .route("/healthz", get(common::http::healthz))
             .route(
                 "/readyz",
                 get(|State(r): State<Readiness>| async move { r.respond().await })
                     .with_state(readiness),
             )
-            .fallback(crate::http::not_found)
-            .method_not_allowed_fallback(crate::http::method_not_allowed)
+            .fallback(common::http::not_found)
+            .method_not_allowed_fallback(common::http::method_not_allowed)
             .layer(DefaultBodyLimit::max(spec.max_body_bytes))
             // A 5xx is expected while a dependency is down (readiness 503s every few
             // seconds): a warning, not an error. Real internal errors log their cause.

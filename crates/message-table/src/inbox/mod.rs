@@ -52,7 +52,8 @@ use serde_json::Value;
 use sqlx::{Acquire, PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
 
-use crate::{backoff::RetryPolicy, config};
+use crate::backoff::RetryPolicy;
+use common::config;
 
 /// A message as the handler sees it.
 #[derive(Debug, Clone)]

@@ -31,8 +31,8 @@ use serde_json::{Value, json};
 use sqlx::{FromRow, PgPool};
 use uuid::Uuid;
 
-use crate::{
-    http::ApiError,
+use common::http::ApiError;
+use message_table::{
     inbox::{self, InboxCounters},
     outbox,
 };

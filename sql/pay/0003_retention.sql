@@ -1,6 +1,0 @@
--- Retention of the local message tables, identical in every service's database (a test
--- checks that sql/order and sql/pay carry the same copy). The retention runner
--- (crates/common/src/retention.rs) deletes sent outbox rows and processed inbox rows after
--- their retention, oldest first, in bounded batches: these indexes find them without a scan.
-CREATE INDEX outbox_sent ON outbox (sent_at) WHERE status = 'sent';
-CREATE INDEX inbox_processed ON inbox (processed_at) WHERE status = 'processed';
