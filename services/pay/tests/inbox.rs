@@ -13,7 +13,7 @@ use lapin::{BasicProperties, types::ShortString};
 use message_table::{
     amqp::AmqpConfig,
     inbox::{
-        self, HandlerError, Inbox, InboxCounters, InboxMessage, Incoming, MessageHandler, Outcome,
+        HandlerError, Inbox, InboxCounters, InboxMessage, Incoming, MessageHandler, Outcome,
         retry_sweeper::RetrySweeper,
     },
 };
@@ -130,52 +130,6 @@ async fn the_same_message_twice_pays_once() {
     assert_eq!(inbox.counters().snapshot().duplicates, 1);
 }
 
-/// The inbox remembers ids for its retention (7 days in the test settings). A message created
-/// before that window may be a copy of one processed and forgotten: it is dead, not paid,
-/// until an operator requeues it.
-#[tokio::test]
-async fn a_message_older_than_the_inbox_memory_is_dead_not_paid_until_requeued() {
-    let db = TestDb::new(&pay::MIGRATOR).await;
-    let inbox = Inbox::new(db.pool.clone(), handler(), test_kit::fast_inbox());
-    let now = chrono::Utc::now().timestamp() as u64;
-
-    let (old_order, mut old) = order_created("alice", 300);
-    old.timestamp = Some(now - 8 * 24 * 3600);
-    let id = old.message_id.clone().unwrap();
-    match inbox.receive(old.clone()).await.unwrap() {
-        Outcome::Dead { reason } => assert!(
-            reason.contains("before the inbox retention window"),
-            "{reason}"
-        ),
-        other => panic!("expected dead, got {other:?}"),
-    }
-    assert_eq!(payments(&db.pool, old_order).await, vec![]);
-    assert_eq!(balance(&db.pool, "alice").await, START);
-    let (status, attempts, _) = inbox_row(&db.pool, &id).await;
-    assert_eq!((status.as_str(), attempts), ("dead", 0));
-    // Another copy is a duplicate of the dead row, not a second chance.
-    assert_eq!(inbox.receive(old).await.unwrap(), Outcome::Duplicate);
-
-    // A recent message (an hour old) is processed as usual.
-    let (recent_order, mut recent) = order_created("alice", 200);
-    recent.timestamp = Some(now - 3600);
-    assert_eq!(inbox.receive(recent).await.unwrap(), Outcome::Processed);
-    assert_eq!(payments(&db.pool, recent_order).await.len(), 1);
-
-    // The operator checked the old order was never paid, and requeues it.
-    assert!(
-        inbox::requeue_dead(&db.pool, id.parse().unwrap())
-            .await
-            .unwrap()
-    );
-    RetrySweeper::new(&inbox).run_once().await.unwrap();
-    assert_eq!(
-        payments(&db.pool, old_order).await,
-        vec![("COMPLETED".into(), None)]
-    );
-    assert_eq!(balance(&db.pool, "alice").await, START - 500);
-}
-
 #[tokio::test]
 async fn concurrent_copies_of_a_message_pay_once() {
     let db = TestDb::new(&pay::MIGRATOR).await;
@@ -210,102 +164,6 @@ async fn a_second_message_about_the_same_order_cannot_pay_twice() {
     assert_eq!(payments(&db.pool, order_id).await.len(), 1);
     assert_eq!(balance(&db.pool, "alice").await, START - 300);
     assert_eq!(replies(&db.pool).await.len(), 1);
-}
-
-#[tokio::test]
-async fn a_handler_that_fails_twice_is_retried_with_backoff_and_pays_once() {
-    let db = TestDb::new(&pay::MIGRATOR).await;
-    let mut cfg = test_kit::fast_inbox();
-    cfg.retry.base = Duration::from_secs(10); // long enough to see, not to wait for
-    cfg.retry.max = Duration::from_secs(60);
-    let inbox = Inbox::new(db.pool.clone(), failing(2), cfg);
-    let sweeper = RetrySweeper::new(&inbox);
-    let (order_id, msg) = order_created("alice", 2500);
-    let id = msg.message_id.clone().unwrap();
-
-    let first = inbox.receive(msg).await.unwrap();
-    assert!(
-        matches!(first, Outcome::Failed { attempts: 1, .. }),
-        "{first:?}"
-    );
-    // The failure is durable (the delivery may be acked) and its effect rolled back.
-    let (status, attempts, error) = inbox_row(&db.pool, &id).await;
-    assert_eq!((status.as_str(), attempts), ("failed", 1));
-    assert_eq!(error.as_deref(), Some("simulated outage"));
-    let backed_off: bool = sqlx::query_scalar(
-        // First retry: 10 s with equal jitter, so at least 5 s away.
-        "SELECT next_attempt_at > now() + interval '4 seconds' FROM inbox WHERE message_id = $1::uuid",
-    )
-    .bind(&id)
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
-    assert!(backed_off, "the retry is scheduled later, not immediately");
-    assert!(payments(&db.pool, order_id).await.is_empty());
-    assert_eq!(balance(&db.pool, "alice").await, START);
-
-    assert_eq!(
-        sweeper.run_once().await.unwrap(),
-        Default::default(),
-        "not due yet: not retried"
-    );
-    test_kit::eventually(
-        "the sweeper processes the message",
-        Duration::from_secs(10),
-        || async {
-            // Time passes: make the backed-off retry due.
-            sqlx::query("UPDATE inbox SET next_attempt_at = now() WHERE status = 'failed'")
-                .execute(&db.pool)
-                .await
-                .unwrap();
-            sweeper.run_once().await.unwrap();
-            let (status, attempts, _) = inbox_row(&db.pool, &id).await;
-            (status == "processed").then_some(attempts)
-        },
-    )
-    .await;
-    let (_, attempts, _) = inbox_row(&db.pool, &id).await;
-    assert_eq!(attempts, 3, "two failures, then success");
-    assert_eq!(payments(&db.pool, order_id).await.len(), 1);
-    assert_eq!(balance(&db.pool, "alice").await, START - 2500);
-    assert_eq!(replies(&db.pool).await.len(), 1);
-    let c = inbox.counters();
-    assert_eq!((c.snapshot().failed, c.snapshot().processed), (2, 1));
-}
-
-#[tokio::test]
-async fn exhausted_attempts_end_dead_with_the_last_error_and_can_be_requeued() {
-    let db = TestDb::new(&pay::MIGRATOR).await;
-    let mut cfg = test_kit::fast_inbox();
-    cfg.retry.max_attempts = 3;
-    let inbox = Inbox::new(db.pool.clone(), failing(u32::MAX), cfg.clone());
-    let sweeper = RetrySweeper::new(&inbox);
-    let (order_id, msg) = order_created("alice", 100);
-    let id = msg.message_id.clone().unwrap();
-
-    inbox.receive(msg).await.unwrap();
-    test_kit::eventually("the message is dead", Duration::from_secs(10), || async {
-        sweeper.run_once().await.unwrap();
-        (inbox_row(&db.pool, &id).await.0 == "dead").then_some(())
-    })
-    .await;
-    let (_, attempts, error) = inbox_row(&db.pool, &id).await;
-    assert_eq!(attempts, 3);
-    assert_eq!(error.as_deref(), Some("simulated outage"));
-    assert!(payments(&db.pool, order_id).await.is_empty());
-    // Dead is final: the sweeper leaves it alone.
-    assert_eq!(sweeper.run_once().await.unwrap(), Default::default());
-
-    // An operator requeues it once the cause is fixed.
-    assert!(
-        inbox::requeue_dead(&db.pool, id.parse().unwrap())
-            .await
-            .unwrap()
-    );
-    let healthy = Inbox::new(db.pool.clone(), handler(), cfg);
-    RetrySweeper::new(&healthy).run_once().await.unwrap();
-    assert_eq!(inbox_row(&db.pool, &id).await.0, "processed");
-    assert_eq!(payments(&db.pool, order_id).await.len(), 1);
 }
 
 #[tokio::test]
@@ -403,108 +261,30 @@ async fn a_message_published_twice_to_the_broker_pays_once() {
     assert_eq!(balance(&pay.db.pool, "alice").await, START - 4200);
 }
 
+/// A failed attempt takes its debit, payment and reply back with it; the retry pays once.
 #[tokio::test]
-async fn poison_messages_are_recorded_dead_acked_and_do_not_block_the_next_one() {
-    let amqp = test_kit::test_amqp();
-    let pay = spawn_pay(&amqp).await;
-    let ct = "application/json";
-    let bad_id = Uuid::now_v7().to_string();
-    let q = &pay.queue;
-    q.publish(
-        &amqp,
-        "order.created",
-        props(Some(&bad_id), ct),
-        b"{not json",
-    )
-    .await;
-    q.publish(&amqp, "order.created", props(None, ct), b"{}")
-        .await;
-    q.publish(&amqp, "order.created", props(Some("not-a-uuid"), ct), b"{}")
-        .await;
-    q.publish(
-        &amqp,
-        "order.created",
-        props(Some(&Uuid::now_v7().to_string()), "text/plain"),
-        b"hello",
-    )
-    .await;
-    let huge = vec![b' '; 2 << 20];
-    q.publish(
-        &amqp,
-        "order.created",
-        props(Some(&Uuid::now_v7().to_string()), ct),
-        &huge,
-    )
-    .await;
-    let (order_id, good) = order_created("bob", 999);
-    q.publish(
-        &amqp,
-        "order.created",
-        props(good.message_id.as_deref(), ct),
-        &good.body,
-    )
-    .await;
-
-    test_kit::eventually(
-        "the good message after the poison is paid",
-        Duration::from_secs(10),
-        || async { (payments(&pay.db.pool, order_id).await.len() == 1).then_some(()) },
-    )
-    .await;
-    test_kit::eventually(
-        "five poison messages recorded",
-        Duration::from_secs(10),
-        || async { (pay.counters.snapshot().poison == 5).then_some(()) },
-    )
-    .await;
-    let dead: Vec<(String, Option<Vec<u8>>)> = sqlx::query_as(
-        "SELECT last_error, raw_body FROM inbox WHERE status = 'dead' ORDER BY received_at",
-    )
-    .fetch_all(&pay.db.pool)
-    .await
-    .unwrap();
-    assert_eq!(dead.len(), 5);
-    assert!(dead.iter().all(|(e, _)| e.starts_with("poison message:")));
-    let (not_json_error, not_json_body) = sqlx::query_as::<_, (String, Option<Vec<u8>>)>(
-        "SELECT last_error, raw_body FROM inbox WHERE message_id = $1::uuid",
-    )
-    .bind(&bad_id)
-    .fetch_one(&pay.db.pool)
-    .await
-    .unwrap();
-    assert!(not_json_error.contains("not valid JSON"));
-    let kept: i32 =
-        sqlx::query_scalar("SELECT max(length(raw_body)) FROM inbox WHERE status = 'dead'")
-            .fetch_one(&pay.db.pool)
-            .await
-            .unwrap();
-    assert_eq!(kept, 64 * 1024, "a huge poison body is kept up to 64 KiB");
-    assert_eq!(
-        not_json_body.as_deref(),
-        Some(&b"{not json"[..]),
-        "raw body kept"
-    );
-}
-
-/// One sweep tries a failing row once, even when its backoff is shorter than the sweep:
-/// otherwise a round would burn several attempts of the same message at once.
-#[tokio::test]
-async fn one_sweep_retries_a_failing_message_once() {
+async fn a_failed_attempt_rolls_the_debit_back_and_the_retry_pays_once() {
     let db = TestDb::new(&pay::MIGRATOR).await;
     let mut cfg = test_kit::fast_inbox();
     cfg.retry.base = Duration::ZERO; // due again at once
     cfg.retry.max = Duration::ZERO;
-    cfg.retry.max_attempts = 50;
-    let inbox = Inbox::new(db.pool.clone(), failing(u32::MAX), cfg);
-    let (_, msg) = order_created("alice", 100);
+    let inbox = Inbox::new(db.pool.clone(), failing(1), cfg);
+    let (order_id, msg) = order_created("alice", 2500);
     let id = msg.message_id.clone().unwrap();
-    inbox.receive(msg).await.unwrap();
+
+    let first = inbox.receive(msg).await.unwrap();
+    assert!(matches!(first, Outcome::Failed { .. }), "{first:?}");
+    assert!(payments(&db.pool, order_id).await.is_empty());
+    assert_eq!(balance(&db.pool, "alice").await, START);
+    assert!(replies(&db.pool).await.is_empty());
 
     let report = RetrySweeper::new(&inbox).run_once().await.unwrap();
-    assert_eq!(report.failed, 1);
+    assert_eq!(report.processed, 1, "{report:?}");
+    assert_eq!(inbox_row(&db.pool, &id).await.1, 2);
     assert_eq!(
-        inbox_row(&db.pool, &id).await.1,
-        2,
-        "one retry in one sweep"
+        payments(&db.pool, order_id).await,
+        vec![("COMPLETED".into(), None)]
     );
+    assert_eq!(balance(&db.pool, "alice").await, START - 2500);
+    assert_eq!(replies(&db.pool).await.len(), 1);
 }

@@ -59,7 +59,7 @@ async fn start(
     amqp: &message_table::amqp::AmqpConfig,
     consumer_amqp: message_table::amqp::AmqpConfig,
 ) -> Running {
-    let db = TestDb::new(&pay::MIGRATOR).await;
+    let db = TestDb::with_message_tables().await;
     let handled = Arc::new(AtomicUsize::new(0));
     let inbox = Inbox::new(
         db.pool.clone(),
@@ -256,4 +256,73 @@ async fn poison_deliveries_are_acked() {
         0,
         "nothing was left unacked"
     );
+}
+
+/// Every kind of unreadable delivery is recorded dead with its reason and (up to 64 KiB) its
+/// raw body, and the good message behind them is handled.
+#[tokio::test]
+async fn poison_is_recorded_dead_with_its_reason_and_raw_body_and_does_not_block_the_next_one() {
+    let amqp = test_kit::test_amqp();
+    let c = start(&amqp, amqp.clone()).await;
+    let with = |id: Option<&str>, content_type: &str| {
+        let p = BasicProperties::default()
+            .with_type(ShortString::from("Test"))
+            .with_content_type(ShortString::from(content_type));
+        match id {
+            Some(id) => p.with_message_id(ShortString::from(id)),
+            None => p,
+        }
+    };
+    let json = "application/json";
+    let not_json_id = Uuid::now_v7().to_string();
+    let fresh = || Uuid::now_v7().to_string();
+    let q = &c.publisher;
+    q.publish(&amqp, "k", with(Some(&not_json_id), json), b"{not json")
+        .await;
+    q.publish(&amqp, "k", with(None, json), b"{}").await;
+    q.publish(&amqp, "k", with(Some("not-a-uuid"), json), b"{}")
+        .await;
+    q.publish(&amqp, "k", with(Some(&fresh()), "text/plain"), b"hello")
+        .await;
+    let huge = vec![b' '; 2 << 20];
+    q.publish(&amqp, "k", with(Some(&fresh()), json), &huge)
+        .await;
+    q.publish(&amqp, "k", props(), b"{}").await;
+
+    c.wait_handled(1).await;
+    test_kit::eventually(
+        "five poison messages recorded",
+        Duration::from_secs(10),
+        || async { (c.counters.snapshot().poison == 5).then_some(()) },
+    )
+    .await;
+    let dead: Vec<(String, Option<Vec<u8>>)> = sqlx::query_as(
+        "SELECT last_error, raw_body FROM inbox WHERE payload IS NULL ORDER BY received_at",
+    )
+    .fetch_all(&c._db.pool)
+    .await
+    .unwrap();
+    assert_eq!(dead.len(), 5);
+    assert!(dead.iter().all(|(e, _)| e.starts_with("poison message:")));
+    let (not_json_error, not_json_body) = sqlx::query_as::<_, (String, Option<Vec<u8>>)>(
+        "SELECT last_error, raw_body FROM inbox WHERE message_id = $1::uuid",
+    )
+    .bind(&not_json_id)
+    .fetch_one(&c._db.pool)
+    .await
+    .unwrap();
+    assert!(
+        not_json_error.contains("not valid JSON"),
+        "{not_json_error}"
+    );
+    assert_eq!(
+        not_json_body.as_deref(),
+        Some(&b"{not json"[..]),
+        "raw body kept"
+    );
+    let kept: i32 = sqlx::query_scalar("SELECT max(length(raw_body)) FROM inbox")
+        .fetch_one(&c._db.pool)
+        .await
+        .unwrap();
+    assert_eq!(kept, 64 * 1024, "a huge poison body is kept up to 64 KiB");
 }

@@ -13,13 +13,15 @@ use sqlx::PgPool;
 use test_kit::{TcpProxy, TestDb, TestQueue};
 use uuid::Uuid;
 
-const KEY: &str = "order.created";
+mod support;
+
+const KEY: &str = "test.created";
 
 async fn enqueue(pool: &PgPool, n: usize, ttl: Duration) -> Vec<Uuid> {
     let mut tx = pool.begin().await.unwrap();
     let mut ids = Vec::new();
     for i in 0..n {
-        let msg = NewMessage::new(Uuid::now_v7(), "OrderCreated", KEY, json!({ "n": i }));
+        let msg = NewMessage::new(Uuid::now_v7(), "TestEvent", KEY, json!({ "n": i }));
         outbox::enqueue(&mut tx, &msg, ttl).await.unwrap();
         ids.push(msg.id);
     }
@@ -71,38 +73,32 @@ fn relay(db: &TestDb, amqp: &message_table::amqp::AmqpConfig, cfg: OutboxConfig)
 }
 
 #[tokio::test]
-async fn a_rolled_back_transaction_leaves_no_order_no_message_row_and_publishes_nothing() {
-    let db = TestDb::new(&order::MIGRATOR).await;
+async fn a_rolled_back_transaction_leaves_no_business_row_no_message_row_and_publishes_nothing() {
+    let db = support::test_db().await;
     let amqp = test_kit::test_amqp();
     let queue = TestQueue::bind(&amqp, &[KEY]).await;
 
     let mut tx = db.pool.begin().await.unwrap();
-    let order_id = Uuid::now_v7();
-    let msg = NewMessage::new(
-        order_id,
-        "OrderCreated",
-        KEY,
-        json!({ "order_id": order_id }),
-    );
-    sqlx::query("INSERT INTO orders (id, user_id, item, amount_cents, message_id) VALUES ($1, 'alice', 'book', 100, $2)")
-        .bind(order_id)
-        .bind(msg.id)
+    let note_id = Uuid::now_v7();
+    let msg = NewMessage::new(note_id, "NoteWritten", KEY, json!({ "note_id": note_id }));
+    sqlx::query("INSERT INTO notes (id, body) VALUES ($1, 'hello')")
+        .bind(note_id)
         .execute(&mut *tx)
         .await
         .unwrap();
     outbox::enqueue(&mut tx, &msg, Duration::from_secs(60))
         .await
         .unwrap();
-    // A later statement of the same transaction fails (amount must be > 0)...
-    let failed = sqlx::query("INSERT INTO orders (id, user_id, item, amount_cents, message_id) VALUES ($1, 'bob', 'x', 0, $1)")
+    // A later statement of the same transaction fails (a note must not be empty)...
+    let failed = sqlx::query("INSERT INTO notes (id, body) VALUES ($1, '')")
         .bind(Uuid::now_v7())
         .execute(&mut *tx)
         .await;
     assert!(failed.is_err());
     tx.rollback().await.unwrap();
 
-    // ...so neither the order nor its message exists, and nothing is ever published.
-    let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+    // ...so neither the note nor its message exists, and nothing is ever published.
+    let notes: i64 = sqlx::query_scalar("SELECT count(*) FROM notes")
         .fetch_one(&db.pool)
         .await
         .unwrap();
@@ -110,7 +106,7 @@ async fn a_rolled_back_transaction_leaves_no_order_no_message_row_and_publishes_
         .fetch_one(&db.pool)
         .await
         .unwrap();
-    assert_eq!((orders, messages), (0, 0));
+    assert_eq!((notes, messages), (0, 0));
     let report = relay(&db, &amqp, test_kit::fast_outbox())
         .run_once()
         .await
@@ -121,7 +117,7 @@ async fn a_rolled_back_transaction_leaves_no_order_no_message_row_and_publishes_
 
 #[tokio::test]
 async fn confirms_are_pipelined_and_each_row_is_matched_to_its_own_confirm() {
-    let db = TestDb::new(&order::MIGRATOR).await;
+    let db = TestDb::with_message_tables().await;
     let amqp = test_kit::test_amqp();
     let queue = TestQueue::bind(&amqp, &[KEY]).await;
     let ids = enqueue(&db.pool, 250, Duration::from_secs(60)).await;
@@ -142,7 +138,7 @@ async fn confirms_are_pipelined_and_each_row_is_matched_to_its_own_confirm() {
 
 #[tokio::test]
 async fn an_unroutable_message_is_not_marked_sent() {
-    let db = TestDb::new(&order::MIGRATOR).await;
+    let db = TestDb::with_message_tables().await;
     let amqp = test_kit::test_amqp();
     // No queue is bound to the exchange: with `mandatory` the broker returns the message.
     let ids = enqueue(&db.pool, 1, Duration::from_secs(60)).await;
@@ -177,7 +173,7 @@ async fn an_unroutable_message_is_not_marked_sent() {
 
 #[tokio::test]
 async fn exhausted_attempts_make_a_message_dead_with_its_last_error_and_it_can_be_requeued() {
-    let db = TestDb::new(&order::MIGRATOR).await;
+    let db = TestDb::with_message_tables().await;
     let amqp = test_kit::test_amqp();
     let ids = enqueue(&db.pool, 1, Duration::from_secs(60)).await;
     let mut cfg = test_kit::fast_outbox();
@@ -211,7 +207,7 @@ async fn exhausted_attempts_make_a_message_dead_with_its_last_error_and_it_can_b
 
 #[tokio::test]
 async fn a_broker_lost_in_the_middle_of_a_window_leaves_every_row_to_retry() {
-    let db = TestDb::new(&order::MIGRATOR).await;
+    let db = TestDb::with_message_tables().await;
     let amqp = test_kit::test_amqp();
     let queue = TestQueue::bind(&amqp, &[KEY]).await;
     let proxy = TcpProxy::start(test_kit::broker_addr()).await;
@@ -260,7 +256,7 @@ async fn a_broker_lost_in_the_middle_of_a_window_leaves_every_row_to_retry() {
 
 #[tokio::test]
 async fn without_a_broker_nothing_is_claimed_and_no_attempt_is_burnt() {
-    let db = TestDb::new(&order::MIGRATOR).await;
+    let db = TestDb::with_message_tables().await;
     let amqp = test_kit::test_amqp();
     let proxy = TcpProxy::start(test_kit::broker_addr()).await;
     proxy.disable().await;
@@ -292,7 +288,7 @@ async fn without_a_broker_nothing_is_claimed_and_no_attempt_is_burnt() {
 /// consumer's inbox drops (see the pay and system tests).
 #[tokio::test]
 async fn an_expired_lease_is_handed_back_and_published_again() {
-    let db = TestDb::new(&order::MIGRATOR).await;
+    let db = TestDb::with_message_tables().await;
     let amqp = test_kit::test_amqp();
     let queue = TestQueue::bind(&amqp, &[KEY]).await;
     let ids = enqueue(&db.pool, 1, Duration::from_secs(60)).await;
@@ -337,7 +333,7 @@ async fn an_expired_lease_is_handed_back_and_published_again() {
 
 #[tokio::test]
 async fn two_relays_on_one_outbox_publish_every_message_exactly_once() {
-    let db = TestDb::new(&order::MIGRATOR).await;
+    let db = TestDb::with_message_tables().await;
     let amqp = test_kit::test_amqp();
     let queue = TestQueue::bind(&amqp, &[KEY]).await;
     let ids = enqueue(&db.pool, 400, Duration::from_secs(60)).await;
@@ -370,7 +366,7 @@ async fn two_relays_on_one_outbox_publish_every_message_exactly_once() {
 
 #[tokio::test]
 async fn a_message_past_its_expiry_is_dead_not_published() {
-    let db = TestDb::new(&order::MIGRATOR).await;
+    let db = TestDb::with_message_tables().await;
     let amqp = test_kit::test_amqp();
     let queue = TestQueue::bind(&amqp, &[KEY]).await;
     let expired = enqueue(&db.pool, 1, Duration::ZERO).await;
@@ -394,7 +390,7 @@ async fn a_message_past_its_expiry_is_dead_not_published() {
 /// row is marked `sent` and lost.
 #[tokio::test]
 async fn an_unroutable_row_in_a_mixed_window_is_never_marked_sent() {
-    let db = TestDb::new(&order::MIGRATOR).await;
+    let db = TestDb::with_message_tables().await;
     let amqp = test_kit::test_amqp();
     let queue = TestQueue::bind(&amqp, &[KEY]).await;
     let mut unroutable = Vec::new();
@@ -406,7 +402,7 @@ async fn an_unroutable_row_in_a_mixed_window_is_never_marked_sent() {
         } else {
             KEY
         };
-        let msg = NewMessage::new(Uuid::now_v7(), "OrderCreated", key, json!({ "n": i }));
+        let msg = NewMessage::new(Uuid::now_v7(), "TestEvent", key, json!({ "n": i }));
         outbox::enqueue(&mut tx, &msg, Duration::from_secs(60))
             .await
             .unwrap();
@@ -448,7 +444,7 @@ async fn an_unroutable_row_in_a_mixed_window_is_never_marked_sent() {
 /// relay reconnects and publishes what comes next, and nothing is marked sent unconfirmed.
 #[tokio::test]
 async fn the_relay_reconnects_when_the_broker_closes_its_connection() {
-    let db = TestDb::new(&order::MIGRATOR).await;
+    let db = TestDb::with_message_tables().await;
     let amqp = test_kit::test_amqp();
     let queue = TestQueue::bind(&amqp, &[KEY]).await;
     let name = test_kit::unique_name("test-relay");
@@ -489,7 +485,7 @@ async fn the_relay_reconnects_when_the_broker_closes_its_connection() {
 /// must hold anyway, or an outage becomes one connection attempt per order.
 #[tokio::test]
 async fn wake_ups_do_not_bypass_the_reconnect_backoff() {
-    let db = TestDb::new(&order::MIGRATOR).await;
+    let db = TestDb::with_message_tables().await;
     let amqp = test_kit::test_amqp();
     let proxy = TcpProxy::start(test_kit::broker_addr()).await;
     proxy.disable().await;
@@ -520,7 +516,7 @@ async fn wake_ups_do_not_bypass_the_reconnect_backoff() {
 /// a message enqueued after the relay went idle is still sent at once.
 #[tokio::test]
 async fn a_commit_wakes_the_relay_through_notify() {
-    let db = TestDb::new(&order::MIGRATOR).await;
+    let db = TestDb::with_message_tables().await;
     let amqp = test_kit::test_amqp();
     let queue = TestQueue::bind(&amqp, &[KEY]).await;
     let mut cfg = test_kit::fast_outbox();

@@ -1,6 +1,5 @@
 //! Retention of the local message tables, against a real database: what is deleted, what is
-//! kept, in bounded batches, by one runner at a time; and the start-up check that the inbox
-//! remembers message ids for as long as copies can arrive.
+//! kept, in bounded batches, by one runner at a time.
 
 use std::time::Duration;
 
@@ -8,7 +7,6 @@ use message_table::{
     outbox::{self, NewMessage},
     retention::{LOCK_KEY, Purged, RetentionConfig, RetentionRunner},
 };
-use order::{Application, OrderConfig};
 use serde_json::json;
 use sqlx::PgPool;
 use test_kit::TestDb;
@@ -20,8 +18,8 @@ async fn outbox_rows(pool: &PgPool, n: usize, status: &str, age_days: i32) {
     for i in 0..n {
         let msg = NewMessage::new(
             Uuid::now_v7(),
-            "OrderCreated",
-            "order.created",
+            "TestEvent",
+            "test.created",
             json!({ "n": i }),
         );
         outbox::enqueue(&mut tx, &msg, Duration::from_secs(3600))
@@ -48,7 +46,7 @@ async fn inbox_rows(pool: &PgPool, n: usize, status: &str, age_days: i32) {
     for _ in 0..n {
         sqlx::query(
             "INSERT INTO inbox (message_id, event_type, payload, status, attempts, received_at, processed_at)
-             VALUES ($1, 'PaymentCompleted', '{}', $2, 1, now() - make_interval(days => $3),
+             VALUES ($1, 'TestEvent', '{}', $2, 1, now() - make_interval(days => $3),
                      CASE WHEN $2 = 'processed' THEN now() - make_interval(days => $3) END)",
         )
         .bind(Uuid::now_v7())
@@ -88,7 +86,7 @@ fn owned(rows: &[(&str, i64)]) -> Vec<(String, i64)> {
 
 #[tokio::test]
 async fn retention_deletes_old_sent_and_processed_rows_only_in_bounded_batches() {
-    let db = TestDb::new(&order::MIGRATOR).await;
+    let db = TestDb::with_message_tables().await;
     outbox_rows(&db.pool, 25, "sent", 8).await; // past retention: deleted
     outbox_rows(&db.pool, 3, "sent", 1).await; // recent: kept
     outbox_rows(&db.pool, 2, "pending", 8).await; // never deleted, however old
@@ -124,7 +122,7 @@ async fn retention_deletes_old_sent_and_processed_rows_only_in_bounded_batches()
 
 #[tokio::test]
 async fn only_one_runner_at_a_time_works_on_a_database() {
-    let db = TestDb::new(&order::MIGRATOR).await;
+    let db = TestDb::with_message_tables().await;
     outbox_rows(&db.pool, 5, "sent", 8).await;
 
     // Another instance is in the middle of a pass: it holds the advisory lock.
@@ -152,30 +150,4 @@ async fn only_one_runner_at_a_time_works_on_a_database() {
         .await
         .unwrap();
     assert!(free, "the runner kept the lock after its pass");
-}
-
-#[tokio::test]
-async fn an_inbox_retention_shorter_than_the_redelivery_horizon_is_refused_at_start_up() {
-    let db = TestDb::new(&order::MIGRATOR).await;
-    let amqp = test_kit::test_amqp();
-    let mut messaging =
-        test_kit::messaging(&amqp, "test.order", order::config::PAYMENT_RESULT_KEYS);
-    // Messages may be published for a day; the inbox would remember them for an hour.
-    messaging.outbox.message_ttl = Duration::from_secs(24 * 3600);
-    messaging.inbox.retention = Duration::from_secs(3600);
-    let cfg = OrderConfig {
-        addr: "127.0.0.1:0".into(),
-        database_url: db.url.clone(),
-        db_max_connections: 5,
-        messaging,
-    };
-    let err = match Application::build(cfg).await {
-        Ok(_) => panic!("a configuration that can process a message twice started"),
-        Err(e) => format!("{e:#}"),
-    };
-    assert!(
-        err.contains("INBOX_RETENTION_SECS (3600s) is shorter than the redelivery horizon"),
-        "{err}"
-    );
-    assert!(err.contains("OUTBOX_MESSAGE_TTL_SECS 86400s"), "{err}");
 }

@@ -1,0 +1,113 @@
+//! What the mechanism's tests share: a database with the message tables the crate creates,
+//! plus one small business table of the tests' own, and a handler whose effect is a row in it.
+#![allow(dead_code)] // each test file uses its own part of this module
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicU32, Ordering},
+};
+
+use async_trait::async_trait;
+use message_table::inbox::{HandlerError, InboxMessage, Incoming, MessageHandler};
+use serde_json::{Value, json};
+use sqlx::{PgConnection, PgPool};
+use test_kit::TestDb;
+use uuid::Uuid;
+
+/// The tests' business table: one row per handled message (`effects`), and `notes`, a table
+/// a business transaction writes next to its outbox row.
+const TEST_TABLES: &str = "
+    CREATE TABLE effects (
+        id         bigserial PRIMARY KEY,
+        message_id uuid      NOT NULL,
+        payload    jsonb     NOT NULL
+    );
+    CREATE TABLE notes (
+        id   uuid PRIMARY KEY,
+        body text NOT NULL CHECK (body <> '')
+    );";
+
+/// A fresh database: the message tables (created by the crate) and the tests' own tables.
+pub async fn test_db() -> TestDb {
+    let db = TestDb::with_message_tables().await;
+    sqlx::raw_sql(TEST_TABLES).execute(&db.pool).await.unwrap();
+    db
+}
+
+/// Writes its effect (a row in `effects`), then fails the first `failures` runs with a
+/// transient error: the effect must be rolled back with each failure. A payload with
+/// `"permanent": true` is refused as permanent (before any effect).
+pub struct RecordingHandler {
+    failures_left: AtomicU32,
+}
+
+impl RecordingHandler {
+    pub fn new() -> Arc<Self> {
+        Self::failing(0)
+    }
+
+    pub fn failing(failures: u32) -> Arc<Self> {
+        Arc::new(Self {
+            failures_left: AtomicU32::new(failures),
+        })
+    }
+}
+
+#[async_trait]
+impl MessageHandler for RecordingHandler {
+    async fn handle(&self, tx: &mut PgConnection, msg: &InboxMessage) -> Result<(), HandlerError> {
+        if msg.payload["permanent"] == true {
+            return Err(HandlerError::Permanent(
+                "the handler cannot understand it".into(),
+            ));
+        }
+        sqlx::query("INSERT INTO effects (message_id, payload) VALUES ($1, $2)")
+            .bind(msg.message_id)
+            .bind(&msg.payload)
+            .execute(&mut *tx)
+            .await?;
+        if self
+            .failures_left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(HandlerError::Transient(anyhow::anyhow!("simulated outage")));
+        }
+        Ok(())
+    }
+}
+
+/// A well-formed delivery with a fresh message id.
+pub fn incoming(payload: Value) -> Incoming {
+    Incoming {
+        message_id: Some(Uuid::now_v7().to_string()),
+        event_type: Some("TestEvent".into()),
+        content_type: Some("application/json".into()),
+        timestamp: None,
+        headers: json!({}),
+        body: serde_json::to_vec(&payload).unwrap(),
+    }
+}
+
+/// The message id of a delivery made by [`incoming`].
+pub fn id_of(incoming: &Incoming) -> Uuid {
+    incoming.message_id.as_deref().unwrap().parse().unwrap()
+}
+
+/// How many committed effects a message had.
+pub async fn effects(pool: &PgPool, message_id: Uuid) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM effects WHERE message_id = $1")
+        .bind(message_id)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// Status, attempts and last error of an inbox row.
+pub async fn inbox_row(pool: &PgPool, message_id: Uuid) -> (String, i32, Option<String>) {
+    sqlx::query_as("SELECT status, attempts, last_error FROM inbox WHERE message_id = $1")
+        .bind(message_id)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
