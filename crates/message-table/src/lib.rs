@@ -1,17 +1,4 @@
-//! The local message table: a transactional outbox and an idempotent inbox on PostgreSQL,
-//! carried over RabbitMQ. See the crate's README for what it guarantees and how a service
-//! uses it.
-//!
-//! - [`outbox`]: [`outbox::enqueue`] a message in your transaction; the [`outbox::relay`]
-//!   publishes it with publisher confirms and `mandatory`; the
-//!   [`outbox::resend_scheduler`] retries and expires.
-//! - [`inbox`]: [`inbox::Inbox::receive`] dedups by message id and runs your
-//!   [`inbox::MessageHandler`] in the same transaction; the [`inbox::retry_sweeper`]
-//!   re-runs failures; poison ends `dead`.
-//! - [`retention`]: bounded deletes of what is done, one runner at a time.
-//!
-//! The crate owns its schema: [`migrate`] creates the `outbox` and `inbox` tables, tracked
-//! in a migrations table of its own, so a service's own migrations never clash with it.
+#![doc = include_str!("../README.md")]
 pub mod amqp;
 pub mod backoff;
 pub mod db;
