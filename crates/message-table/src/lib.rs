@@ -9,6 +9,7 @@
 //!   [`inbox::MessageHandler`] in the same transaction; the [`inbox::retry_sweeper`]
 //!   re-runs failures; poison ends `dead`.
 //! - [`retention`]: bounded deletes of what is done, one runner at a time.
+//! - [`status`]: the rows' states as types ([`OutboxStatus`], [`InboxStatus`]).
 //!
 //! The crate owns its schema: [`migrate`] creates the `outbox` and `inbox` tables, tracked
 //! in a migrations table of its own, so a service's own migrations never clash with it.
@@ -18,6 +19,9 @@ pub mod db;
 pub mod inbox;
 pub mod outbox;
 pub mod retention;
+pub mod status;
+
+pub use status::{InboxStatus, OutboxStatus};
 
 use std::{borrow::Cow, sync::LazyLock};
 
