@@ -50,7 +50,9 @@ use std::{
 use async_trait::async_trait;
 use futures::FutureExt;
 use serde_json::Value;
-use sqlx::{Acquire, PgConnection, PgExecutor, PgPool};
+use sqlx::{
+    Acquire, PgConnection, PgExecutor, PgPool, Postgres, postgres::PgArguments, query::Query,
+};
 use uuid::Uuid;
 
 use crate::backoff::RetryPolicy;
@@ -328,7 +330,7 @@ impl Inbox {
             .and_then(|s| Uuid::parse_str(s).ok())
             .unwrap_or_else(Uuid::now_v7);
         let raw = &incoming.body[..incoming.body.len().min(MAX_KEPT_RAW_BODY)];
-        let inserted = sqlx::query(
+        let insert = sqlx::query(
             "INSERT INTO inbox (message_id, event_type, raw_body, headers, status, attempts, last_error)
              VALUES ($1, $2, $3, $4, $6, 1, $5)
              ON CONFLICT (message_id) DO NOTHING",
@@ -337,12 +339,8 @@ impl Inbox {
         .bind(incoming.event_type.as_deref().unwrap_or(""))
         .bind(raw)
         .bind(&incoming.headers)
-        .bind(format!("poison message: {reason}"))
-        .bind(InboxStatus::Dead)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        if inserted == 0 {
+        .bind(format!("poison message: {reason}"));
+        if !self.insert_dead(insert).await? {
             return Ok(Outcome::Duplicate);
         }
         tracing::error!(recorded_as = %id, %reason, "poison message recorded dead");
@@ -365,7 +363,7 @@ impl Inbox {
     }
 
     async fn record_too_old(&self, msg: &InboxMessage, reason: String) -> sqlx::Result<Outcome> {
-        let inserted = sqlx::query(
+        let insert = sqlx::query(
             "INSERT INTO inbox (message_id, event_type, payload, headers, status, attempts, last_error)
              VALUES ($1, $2, $3, $4, $6, 0, $5)
              ON CONFLICT (message_id) DO NOTHING",
@@ -374,17 +372,24 @@ impl Inbox {
         .bind(&msg.event_type)
         .bind(&msg.payload)
         .bind(&msg.headers)
-        .bind(&reason)
-        .bind(InboxStatus::Dead)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        if inserted == 0 {
+        .bind(&reason);
+        if !self.insert_dead(insert).await? {
             return Ok(Outcome::Duplicate);
         }
         let outcome = Outcome::Dead { reason };
         log_outcome(msg, &outcome);
         Ok(outcome)
+    }
+
+    /// Runs an `INSERT ... ON CONFLICT DO NOTHING` of a message that is not processed,
+    /// whose last parameter is its status: `dead`. False when the id was already there.
+    async fn insert_dead(&self, insert: Query<'_, Postgres, PgArguments>) -> sqlx::Result<bool> {
+        let inserted = insert
+            .bind(InboxStatus::Dead)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(inserted == 1)
     }
 
     /// Step 1: inserts the message's row, written as it reads when the handler succeeds
