@@ -2,9 +2,9 @@
 //!
 //! The message is already safe in the inbox (it was recorded before its delivery was
 //! acked), so a retry needs no broker: the sweeper locks one due row with
-//! `FOR UPDATE SKIP LOCKED`, runs the same handler on the same transaction as the
-//! first delivery did, and commits `processed`, or `failed` with the next backoff, or
-//! `dead` when attempts are exhausted. The row lock keeps several sweepers (several
+//! `FOR UPDATE SKIP LOCKED` and runs it through the very steps a first delivery takes
+//! (`Inbox::process`: the handler in a savepoint of that transaction), committing
+//! `processed`, or `failed` with the next backoff, or `dead` when attempts are exhausted. The row lock keeps several sweepers (several
 //! instances) from running the same message at once. A failing message is rescheduled
 //! and the sweeper moves on; rows are retried one after another, so a handler that hangs
 //! delays this instance's later retries (fresh deliveries are not affected).
@@ -44,7 +44,7 @@ impl RetrySweeper {
     /// Retries every due row (up to the batch size), one transaction each, each row at most
     /// once: a row that fails again with a backoff shorter than the round must wait for the
     /// next round, not burn its attempts now.
-    #[tracing::instrument(name = "inbox_retry_sweep", skip_all)]
+    #[tracing::instrument(name = "inbox_retry_sweep", skip_all, fields(batch = self.batch))]
     pub async fn run_once(&self) -> sqlx::Result<SweepReport> {
         let mut report = SweepReport::default();
         let mut tried = Vec::new();
