@@ -4,8 +4,9 @@
 //! acked), so a retry needs no broker: the sweeper locks one due row with
 //! `FOR UPDATE SKIP LOCKED` and runs it through the very steps a first delivery takes
 //! (`Inbox::process`: the handler in a savepoint of that transaction), committing
-//! `processed`, or `failed` with the next backoff, or `dead` when attempts are exhausted. The row lock keeps several sweepers (several
-//! instances) from running the same message at once. A failing message is rescheduled
+//! `processed`, or `failed` with the next backoff, or `dead` when attempts are exhausted.
+//! The row lock keeps several sweepers (several instances) from running the same message
+//! at once. A failing message is rescheduled
 //! and the sweeper moves on; rows are retried one after another, so a handler that hangs
 //! delays this instance's later retries (fresh deliveries are not affected).
 
