@@ -33,6 +33,7 @@ use uuid::Uuid;
 
 use common::http::ApiError;
 use message_table::{
+    InboxStatus, OutboxStatus,
     inbox::{self, InboxCounters},
     outbox,
 };
@@ -61,17 +62,10 @@ pub fn router(pool: PgPool, counters: Arc<InboxCounters>, message_ttl: Duration)
 
 async fn stats(State(s): State<AdminState>) -> Result<Json<Value>, ApiError> {
     let outbox = outbox::stats(&s.pool).await?;
-    let (processed, failed, dead): (i64, i64, i64) = sqlx::query_as(
-        "SELECT count(*) FILTER (WHERE status = 'processed'),
-                count(*) FILTER (WHERE status = 'failed'),
-                count(*) FILTER (WHERE status = 'dead')
-         FROM inbox",
-    )
-    .fetch_one(&s.pool)
-    .await?;
+    let inbox = inbox::stats(&s.pool).await?;
     Ok(Json(json!({
         "outbox": outbox,
-        "inbox": { "processed": processed, "failed": failed, "dead": dead },
+        "inbox": inbox,
         "inbox_since_start": s.counters.snapshot(),
     })))
 }
@@ -91,8 +85,9 @@ struct DeadOutbox {
 async fn dead_outbox(State(s): State<AdminState>) -> Result<Json<Value>, ApiError> {
     let rows: Vec<DeadOutbox> = sqlx::query_as(
         "SELECT id, event_type, routing_key, aggregate_id, attempts, last_error, created_at, expires_at
-         FROM outbox WHERE status = 'dead' ORDER BY created_at DESC LIMIT 100",
+         FROM outbox WHERE status = $1 ORDER BY created_at DESC LIMIT 100",
     )
+    .bind(OutboxStatus::Dead)
     .fetch_all(&s.pool)
     .await?;
     Ok(Json(json!({ "dead": rows })))
@@ -113,8 +108,9 @@ async fn dead_inbox(State(s): State<AdminState>) -> Result<Json<Value>, ApiError
     let rows: Vec<DeadInbox> = sqlx::query_as(
         "SELECT message_id, event_type, attempts, last_error, payload IS NOT NULL AS requeueable,
                 received_at
-         FROM inbox WHERE status = 'dead' ORDER BY received_at DESC LIMIT 100",
+         FROM inbox WHERE status = $1 ORDER BY received_at DESC LIMIT 100",
     )
+    .bind(InboxStatus::Dead)
     .fetch_all(&s.pool)
     .await?;
     Ok(Json(json!({ "dead": rows })))
@@ -142,9 +138,10 @@ async fn requeue_inbox(
         return Ok((StatusCode::OK, Json(json!({ "requeued": id }))));
     }
     let poison: Option<bool> = sqlx::query_scalar(
-        "SELECT payload IS NULL FROM inbox WHERE message_id = $1 AND status = 'dead'",
+        "SELECT payload IS NULL FROM inbox WHERE message_id = $1 AND status = $2",
     )
     .bind(id)
+    .bind(InboxStatus::Dead)
     .fetch_optional(&s.pool)
     .await?;
     match poison {

@@ -5,6 +5,9 @@ pub mod db;
 pub mod inbox;
 pub mod outbox;
 pub mod retention;
+pub mod status;
+
+pub use status::{InboxStatus, OutboxStatus};
 
 use std::{borrow::Cow, sync::LazyLock};
 

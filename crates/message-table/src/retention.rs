@@ -24,10 +24,14 @@
 
 use std::time::Duration;
 
-use sqlx::{PgConnection, PgPool};
+use sqlx::{Encode, PgConnection, PgPool, Postgres, Type};
 use tokio_util::sync::CancellationToken;
 
-use crate::{inbox::InboxConfig, outbox::OutboxConfig};
+use crate::{
+    inbox::InboxConfig,
+    outbox::OutboxConfig,
+    status::{InboxStatus, OutboxStatus},
+};
 use common::config;
 
 /// The advisory lock key of the retention pass (advisory locks are per database, so each
@@ -145,9 +149,10 @@ impl RetentionRunner {
                 conn,
                 "DELETE FROM outbox WHERE id IN (
                      SELECT id FROM outbox
-                     WHERE status = 'sent' AND sent_at < now() - make_interval(secs => $1)
+                     WHERE status = $3 AND sent_at < now() - make_interval(secs => $1)
                      ORDER BY sent_at LIMIT $2)",
                 self.outbox_retention,
+                OutboxStatus::Sent,
             )
             .await?;
         let (inbox_rows, inbox_batches) = self
@@ -155,9 +160,10 @@ impl RetentionRunner {
                 conn,
                 "DELETE FROM inbox WHERE message_id IN (
                      SELECT message_id FROM inbox
-                     WHERE status = 'processed' AND processed_at < now() - make_interval(secs => $1)
+                     WHERE status = $3 AND processed_at < now() - make_interval(secs => $1)
                      ORDER BY processed_at LIMIT $2)",
                 self.inbox_retention,
+                InboxStatus::Processed,
             )
             .await?;
         Ok(Purged {
@@ -172,12 +178,14 @@ impl RetentionRunner {
         conn: &mut PgConnection,
         sql: &'static str,
         retention: Duration,
+        status: impl for<'t> Encode<'t, Postgres> + Type<Postgres> + Copy,
     ) -> sqlx::Result<(u64, u32)> {
         let (mut total, mut batches) = (0, 0);
         loop {
             let deleted = sqlx::query(sql)
                 .bind(retention.as_secs_f64())
                 .bind(self.cfg.batch_size)
+                .bind(status)
                 .execute(&mut *conn)
                 .await?
                 .rows_affected();

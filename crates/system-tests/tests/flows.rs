@@ -3,10 +3,13 @@
 
 use std::time::Duration;
 
-use message_table::outbox::{
-    self, NewMessage,
-    relay::{PublishOutcome, Relay},
-    resend_scheduler::ResendScheduler,
+use message_table::{
+    InboxStatus, OutboxStatus,
+    outbox::{
+        self, NewMessage,
+        relay::{PublishOutcome, Relay},
+        resend_scheduler::ResendScheduler,
+    },
 };
 use serde_json::json;
 use test_kit::TcpProxy;
@@ -71,11 +74,12 @@ async fn insufficient_funds_end_in_payment_failed_without_retries() {
     assert_eq!(account["balance_cents"], 0);
 
     // A business failure is an outcome: handled once, never retried.
-    let (status, attempts): (String, i32) = sqlx::query_as("SELECT status, attempts FROM inbox")
-        .fetch_one(&sys.pay_db.pool)
-        .await
-        .unwrap();
-    assert_eq!((status.as_str(), attempts), ("processed", 1));
+    let (status, attempts): (InboxStatus, i32) =
+        sqlx::query_as("SELECT status, attempts FROM inbox")
+            .fetch_one(&sys.pay_db.pool)
+            .await
+            .unwrap();
+    assert_eq!((status, attempts), (InboxStatus::Processed, 1));
     assert_eq!(sys.pay_counters.snapshot().failed, 0);
 }
 
@@ -107,11 +111,12 @@ async fn an_order_taken_while_the_broker_is_unreachable_is_paid_once_it_is_back(
     assert_eq!(order["status"], "PENDING_PAYMENT");
     // The order is taken; its message waits in the outbox, and the relay's failed rounds
     // (it has been retrying the connection meanwhile) burnt none of its attempts.
-    let (attempts, status): (i32, String) = sqlx::query_as("SELECT attempts, status FROM outbox")
-        .fetch_one(&sys.order_db.pool)
-        .await
-        .unwrap();
-    assert_eq!((attempts, status.as_str()), (0, "pending"));
+    let (attempts, status): (i32, OutboxStatus) =
+        sqlx::query_as("SELECT attempts, status FROM outbox")
+            .fetch_one(&sys.order_db.pool)
+            .await
+            .unwrap();
+    assert_eq!((attempts, status), (0, OutboxStatus::Pending));
 
     proxy.enable().await;
     let order = sys.settled(order_id, Duration::from_secs(40)).await;

@@ -13,7 +13,7 @@ use std::{
 };
 
 use message_service::service::MessagingConfig;
-use message_table::amqp::AmqpConfig;
+use message_table::{amqp::AmqpConfig, inbox, outbox};
 use serde_json::{Value, json};
 use system_tests::{Instance, spawn_order, spawn_pay};
 use test_kit::{TestDb, TestQueue};
@@ -107,13 +107,9 @@ impl Cluster {
                 .unwrap();
         assert_eq!(alice, START - debited);
         for (name, db) in [("order", &self.order_db), ("pay", &self.pay_db)] {
-            let stuck: i64 = sqlx::query_scalar(
-                "SELECT (SELECT count(*) FROM outbox WHERE status <> 'sent')
-                      + (SELECT count(*) FROM inbox WHERE status <> 'processed')",
-            )
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
+            let outbox = outbox::stats(&db.pool).await.unwrap();
+            let inbox = inbox::stats(&db.pool).await.unwrap();
+            let stuck = outbox.total() - outbox.sent + inbox.failed + inbox.dead;
             assert_eq!(
                 stuck, 0,
                 "{name}: outbox rows not sent or inbox rows not processed"

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use message_table::{OutboxStatus, outbox};
 use order::{Application, OrderConfig};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -109,13 +110,9 @@ async fn buy_writes_the_order_and_its_message_and_the_relay_publishes_it() {
         "the outbox row is sent",
         Duration::from_secs(10),
         || async {
-            let status: String =
-                sqlx::query_scalar("SELECT status FROM outbox WHERE id = $1::uuid")
-                    .bind(&message_id)
-                    .fetch_one(&app.db.pool)
-                    .await
-                    .ok()?;
-            (status == "sent").then_some(())
+            let id = Uuid::parse_str(&message_id).unwrap();
+            let status = outbox::status_of(&app.db.pool, id).await.ok()?;
+            (status == Some(OutboxStatus::Sent)).then_some(())
         },
     )
     .await;

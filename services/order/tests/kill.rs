@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use message_table::amqp::AmqpConfig;
+use message_table::{OutboxStatus, amqp::AmqpConfig, outbox};
 use serde_json::{Value, json};
 use support::order_ids;
 use test_kit::{ServiceProcess, TestDb, TestQueue};
@@ -107,18 +107,14 @@ async fn order_killed_while_taking_orders_publishes_every_committed_order_once_r
     let (seen, copies) = (order_ids(&taken), taken.len());
     assert_eq!(seen, orders);
     // One message per order: the order and its message were committed together.
-    let (messages, sent): (i64, i64) =
-        sqlx::query_as("SELECT count(*), count(*) FILTER (WHERE status = 'sent') FROM outbox")
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
+    let stats = outbox::stats(&db.pool).await.unwrap();
+    let (messages, sent) = (stats.total(), stats.sent);
     assert_eq!(messages as usize, orders.len());
     test_kit::eventually(
         "every row is marked sent",
         Duration::from_secs(30),
         || async {
-            let sent: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE status = 'sent'")
-                .fetch_one(&db.pool)
+            let sent = outbox::count_by_status(&db.pool, OutboxStatus::Sent)
                 .await
                 .unwrap();
             (sent == messages).then_some(())

@@ -8,6 +8,10 @@
 //! keeps it; the pause keeps a database outage from turning into a hot redelivery loop.
 //! If the connection drops, unacked deliveries go back to the queue by themselves and come
 //! back (marked redelivered) to this or another consumer, where the inbox deduplicates.
+//!
+//! [`Incoming`] is the one place the inbox meets lapin's types: a delivery becomes plain
+//! data before [`Inbox::receive`] sees it, so the inbox can be driven (and tested) without
+//! a broker.
 
 use std::time::Duration;
 
@@ -15,12 +19,65 @@ use futures::StreamExt;
 use lapin::{
     message::Delivery,
     options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions},
-    types::{FieldTable, ShortString},
+    types::{AMQPValue, FieldTable, ShortString},
 };
+use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use super::{Inbox, Incoming, Outcome};
+use super::{Inbox, Outcome};
 use crate::amqp::{self, AmqpConfig, BrokerStatus};
+
+/// A delivery as it came off the wire, independent of the AMQP client.
+#[derive(Debug, Clone, Default)]
+pub struct Incoming {
+    pub message_id: Option<String>,
+    pub event_type: Option<String>,
+    pub content_type: Option<String>,
+    /// The AMQP `timestamp` (seconds since the epoch): when the message was created.
+    pub timestamp: Option<u64>,
+    pub headers: Value,
+    pub body: Vec<u8>,
+}
+
+impl Incoming {
+    /// Takes the body out of `d` (no copy); the rest of the delivery stays usable for the ack.
+    pub fn take_from(d: &mut Delivery) -> Self {
+        let p = &d.properties;
+        let headers = p
+            .headers()
+            .as_ref()
+            .map(|t| {
+                Value::Object(
+                    t.inner()
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), amqp_to_json(v)))
+                        .collect(),
+                )
+            })
+            .unwrap_or(Value::Object(Default::default()));
+        Incoming {
+            message_id: p.message_id().as_ref().map(|s| s.to_string()),
+            event_type: p.kind().as_ref().map(|s| s.to_string()),
+            content_type: p.content_type().as_ref().map(|s| s.to_string()),
+            timestamp: *p.timestamp(),
+            headers,
+            body: std::mem::take(&mut d.data),
+        }
+    }
+}
+
+fn amqp_to_json(v: &AMQPValue) -> Value {
+    match v {
+        AMQPValue::LongString(s) => {
+            Value::String(String::from_utf8_lossy(s.as_bytes()).into_owned())
+        }
+        AMQPValue::ShortString(s) => Value::String(s.to_string()),
+        AMQPValue::LongInt(i) => Value::from(*i),
+        AMQPValue::LongLongInt(i) => Value::from(*i),
+        AMQPValue::Boolean(b) => Value::Bool(*b),
+        other => Value::String(format!("{other:?}")),
+    }
+}
 
 pub struct InboxConsumer {
     inbox: Inbox,
@@ -138,25 +195,27 @@ impl InboxConsumer {
 
 /// Receives one delivery through the inbox and acks it once its outcome is committed.
 async fn handle_delivery(inbox: &Inbox, mut delivery: Delivery) {
-    match inbox.receive(Incoming::take_from(&mut delivery)).await {
+    let incoming = Incoming::take_from(&mut delivery);
+    let message_id = incoming.message_id.clone();
+    match inbox.receive(incoming).await {
         Ok(outcome) => {
             if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
                 // The outcome is committed; a redelivery will be dropped as a duplicate.
-                tracing::warn!(error = %e, ?outcome, "ack failed after commit");
+                tracing::warn!(?message_id, error = %e, ?outcome, "ack failed after commit");
             }
             if matches!(outcome, Outcome::Duplicate) && delivery.redelivered {
-                tracing::debug!("redelivered copy dropped");
+                tracing::debug!(?message_id, "redelivered copy dropped");
             }
         }
         Err(e) => {
-            tracing::warn!(error = %e, "could not record the delivery; handing it back to the broker");
+            tracing::warn!(?message_id, error = %e, "could not record the delivery; handing it back to the broker");
             tokio::time::sleep(NACK_PAUSE).await;
             let requeue = BasicNackOptions {
                 requeue: true,
                 ..Default::default()
             };
             if let Err(e) = delivery.acker.nack(requeue).await {
-                tracing::warn!(error = %e, "nack failed; the broker requeues the delivery when the channel closes");
+                tracing::warn!(?message_id, error = %e, "nack failed; the broker requeues the delivery when the channel closes");
             }
         }
     }

@@ -6,7 +6,8 @@
 //! connection dropped. A consumer that debits an account per delivery debits twice.
 //!
 //! # The mechanism
-//! [`Inbox::receive`] runs, for one delivery, a single database transaction:
+//! [`Inbox::receive`] first reads the delivery (an unreadable one is poison, see below),
+//! then runs a single database transaction:
 //!
 //! 1. `INSERT` the message id into `inbox` with `ON CONFLICT DO NOTHING`. If the id is
 //!    already there, the message was handled (or is owned by the retry sweeper): the
@@ -18,7 +19,8 @@
 //!    inbox row or not at all.
 //! 3. If the handler fails, roll back to the savepoint and record the failure on the inbox
 //!    row instead: `failed` with attempts and a backed-off next attempt (a technical error),
-//!    or `dead` (a permanent one). The [`retry_sweeper`] re-runs `failed` rows.
+//!    or `dead` (a permanent one). The [`retry_sweeper`] re-runs `failed` rows through the
+//!    same steps 2 and 3 (`Inbox::process`): one code path decides what a run records.
 //! 4. Commit. Only then does the consumer ack the delivery.
 //!
 //! A message that cannot even be read (no message id, not JSON, wrong content type, too
@@ -47,13 +49,16 @@ use std::{
 
 use async_trait::async_trait;
 use futures::FutureExt;
-use lapin::{message::Delivery, types::AMQPValue};
 use serde_json::Value;
-use sqlx::{Acquire, PgConnection, PgExecutor, PgPool};
+use sqlx::{
+    Acquire, PgConnection, PgExecutor, PgPool, Postgres, postgres::PgArguments, query::Query,
+};
 use uuid::Uuid;
 
 use crate::backoff::RetryPolicy;
+pub use crate::status::InboxStatus;
 use common::config;
+pub use consumer::Incoming;
 
 /// A message as the handler sees it.
 #[derive(Debug, Clone)]
@@ -90,58 +95,6 @@ impl From<sqlx::Error> for HandlerError {
 #[async_trait]
 pub trait MessageHandler: Send + Sync + 'static {
     async fn handle(&self, tx: &mut PgConnection, msg: &InboxMessage) -> Result<(), HandlerError>;
-}
-
-/// A delivery as it came off the wire, independent of the AMQP client.
-#[derive(Debug, Clone, Default)]
-pub struct Incoming {
-    pub message_id: Option<String>,
-    pub event_type: Option<String>,
-    pub content_type: Option<String>,
-    /// The AMQP `timestamp` (seconds since the epoch): when the message was created.
-    pub timestamp: Option<u64>,
-    pub headers: Value,
-    pub body: Vec<u8>,
-}
-
-impl Incoming {
-    /// Takes the body out of `d` (no copy); the rest of the delivery stays usable for the ack.
-    pub fn take_from(d: &mut Delivery) -> Self {
-        let p = &d.properties;
-        let headers = p
-            .headers()
-            .as_ref()
-            .map(|t| {
-                Value::Object(
-                    t.inner()
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), amqp_to_json(v)))
-                        .collect(),
-                )
-            })
-            .unwrap_or(Value::Object(Default::default()));
-        Incoming {
-            message_id: p.message_id().as_ref().map(|s| s.to_string()),
-            event_type: p.kind().as_ref().map(|s| s.to_string()),
-            content_type: p.content_type().as_ref().map(|s| s.to_string()),
-            timestamp: *p.timestamp(),
-            headers,
-            body: std::mem::take(&mut d.data),
-        }
-    }
-}
-
-fn amqp_to_json(v: &AMQPValue) -> Value {
-    match v {
-        AMQPValue::LongString(s) => {
-            Value::String(String::from_utf8_lossy(s.as_bytes()).into_owned())
-        }
-        AMQPValue::ShortString(s) => Value::String(s.to_string()),
-        AMQPValue::LongInt(i) => Value::from(*i),
-        AMQPValue::LongLongInt(i) => Value::from(*i),
-        AMQPValue::Boolean(b) => Value::Bool(*b),
-        other => Value::String(format!("{other:?}")),
-    }
 }
 
 /// What happened to one delivery. Every variant means "safe to ack".
@@ -256,6 +209,8 @@ pub struct InboxCounts {
     pub unrecorded: u64,
 }
 
+/// The inbox of one service: its pool, its handler, its settings and its counters. Cheap
+/// to clone (the consumer and the retry sweeper each hold one).
 #[derive(Clone)]
 pub struct Inbox {
     pool: PgPool,
@@ -292,6 +247,14 @@ impl Inbox {
 
     /// Handles one delivery (see the module docs). `Ok` means the outcome is committed and
     /// the delivery may be acked; `Err` means nothing was recorded: do not ack.
+    #[tracing::instrument(
+        name = "inbox_receive",
+        skip_all,
+        fields(
+            message_id = incoming.message_id.as_deref(),
+            event_type = incoming.event_type.as_deref(),
+        )
+    )]
     pub async fn receive(&self, incoming: Incoming) -> sqlx::Result<Outcome> {
         let outcome = self.receive_uncounted(incoming).await;
         match &outcome {
@@ -313,33 +276,18 @@ impl Inbox {
         }
 
         let mut tx = self.pool.begin().await?;
-        let inserted = sqlx::query(
-            "INSERT INTO inbox (message_id, event_type, payload, headers, status, attempts, processed_at)
-             VALUES ($1, $2, $3, $4, 'processed', 1, clock_timestamp())
-             ON CONFLICT (message_id) DO NOTHING",
-        )
-        .bind(msg.message_id)
-        .bind(&msg.event_type)
-        .bind(&msg.payload)
-        .bind(&msg.headers)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if inserted == 0 {
+        if !self.remember(&mut tx, &msg).await? {
             tx.rollback().await?;
-            tracing::info!(message_id = %msg.message_id, event_type = %msg.event_type, "duplicate message dropped by the inbox");
+            tracing::info!("duplicate message dropped by the inbox");
             return Ok(Outcome::Duplicate);
         }
-
-        let outcome = match run_handler(self.handler.as_ref(), &mut tx, &msg).await? {
-            Ok(()) => Outcome::Processed,
-            Err(e) => record_failure(&mut tx, &msg, &e, &self.cfg.retry).await?,
-        };
+        let outcome = self.process(&mut tx, &msg, InboxStatus::Processed).await?;
         tx.commit().await?;
         log_outcome(&msg, &outcome);
         Ok(outcome)
     }
 
+    /// Reads the delivery; `Err` is why it is poison.
     fn parse(&self, incoming: &Incoming) -> Result<InboxMessage, String> {
         let id_text = incoming
             .message_id
@@ -374,6 +322,31 @@ impl Inbox {
         })
     }
 
+    async fn record_poison(&self, incoming: &Incoming, reason: String) -> sqlx::Result<Outcome> {
+        // A readable id is kept (a redelivered copy is then a duplicate); otherwise a new one.
+        let id = incoming
+            .message_id
+            .as_deref()
+            .and_then(|s| Uuid::parse_str(s).ok())
+            .unwrap_or_else(Uuid::now_v7);
+        let raw = &incoming.body[..incoming.body.len().min(MAX_KEPT_RAW_BODY)];
+        let insert = sqlx::query(
+            "INSERT INTO inbox (message_id, event_type, raw_body, headers, status, attempts, last_error)
+             VALUES ($1, $2, $3, $4, $6, 1, $5)
+             ON CONFLICT (message_id) DO NOTHING",
+        )
+        .bind(id)
+        .bind(incoming.event_type.as_deref().unwrap_or(""))
+        .bind(raw)
+        .bind(&incoming.headers)
+        .bind(format!("poison message: {reason}"));
+        if !self.insert_dead(insert).await? {
+            return Ok(Outcome::Duplicate);
+        }
+        tracing::error!(recorded_as = %id, %reason, "poison message recorded dead");
+        Ok(Outcome::Poison { reason })
+    }
+
     /// Why a message is too old to be deduplicated reliably, if it is: created before the
     /// inbox retention window (less a margin for clock differences between the services).
     fn older_than_memory(&self, incoming: &Incoming) -> Option<String> {
@@ -390,20 +363,17 @@ impl Inbox {
     }
 
     async fn record_too_old(&self, msg: &InboxMessage, reason: String) -> sqlx::Result<Outcome> {
-        let inserted = sqlx::query(
+        let insert = sqlx::query(
             "INSERT INTO inbox (message_id, event_type, payload, headers, status, attempts, last_error)
-             VALUES ($1, $2, $3, $4, 'dead', 0, $5)
+             VALUES ($1, $2, $3, $4, $6, 0, $5)
              ON CONFLICT (message_id) DO NOTHING",
         )
         .bind(msg.message_id)
         .bind(&msg.event_type)
         .bind(&msg.payload)
         .bind(&msg.headers)
-        .bind(&reason)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        if inserted == 0 {
+        .bind(&reason);
+        if !self.insert_dead(insert).await? {
             return Ok(Outcome::Duplicate);
         }
         let outcome = Outcome::Dead { reason };
@@ -411,39 +381,62 @@ impl Inbox {
         Ok(outcome)
     }
 
-    async fn record_poison(&self, incoming: &Incoming, reason: String) -> sqlx::Result<Outcome> {
-        // A readable id is kept (a redelivered copy is then a duplicate); otherwise a new one.
-        let id = incoming
-            .message_id
-            .as_deref()
-            .and_then(|s| Uuid::parse_str(s).ok())
-            .unwrap_or_else(Uuid::now_v7);
-        let raw = &incoming.body[..incoming.body.len().min(MAX_KEPT_RAW_BODY)];
+    /// Runs an `INSERT ... ON CONFLICT DO NOTHING` of a message that is not processed,
+    /// whose last parameter is its status: `dead`. False when the id was already there.
+    async fn insert_dead(&self, insert: Query<'_, Postgres, PgArguments>) -> sqlx::Result<bool> {
+        let inserted = insert
+            .bind(InboxStatus::Dead)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(inserted == 1)
+    }
+
+    /// Step 1: inserts the message's row, written as it reads when the handler succeeds
+    /// (`processed`), so the common case costs one statement. False when the id is already
+    /// there: a duplicate. A concurrent copy waits here for the first one's transaction.
+    async fn remember(&self, tx: &mut PgConnection, msg: &InboxMessage) -> sqlx::Result<bool> {
         let inserted = sqlx::query(
-            "INSERT INTO inbox (message_id, event_type, raw_body, headers, status, attempts, last_error)
-             VALUES ($1, $2, $3, $4, 'dead', 1, $5)
+            "INSERT INTO inbox (message_id, event_type, payload, headers, status, attempts, processed_at)
+             VALUES ($1, $2, $3, $4, $5, 1, clock_timestamp())
              ON CONFLICT (message_id) DO NOTHING",
         )
-        .bind(id)
-        .bind(incoming.event_type.as_deref().unwrap_or(""))
-        .bind(raw)
-        .bind(&incoming.headers)
-        .bind(format!("poison message: {reason}"))
-        .execute(&self.pool)
+        .bind(msg.message_id)
+        .bind(&msg.event_type)
+        .bind(&msg.payload)
+        .bind(&msg.headers)
+        .bind(InboxStatus::Processed)
+        .execute(&mut *tx)
         .await?
         .rows_affected();
-        if inserted == 0 {
-            return Ok(Outcome::Duplicate);
+        Ok(inserted == 1)
+    }
+
+    /// Steps 2 and 3, shared by the first delivery and the retry sweeper: runs the handler
+    /// on `tx` inside a savepoint and writes what happened onto the message's row, which
+    /// reads `row` until then. The caller commits.
+    pub(crate) async fn process(
+        &self,
+        tx: &mut PgConnection,
+        msg: &InboxMessage,
+        row: InboxStatus,
+    ) -> sqlx::Result<Outcome> {
+        match run_handler(self.handler.as_ref(), tx, msg).await? {
+            Ok(()) => {
+                if row != InboxStatus::Processed {
+                    record_processed(tx, msg).await?;
+                }
+                Ok(Outcome::Processed)
+            }
+            Err(e) => record_failure(tx, msg, &e, &self.cfg.retry).await,
         }
-        tracing::error!(message_id = %id, raw_message_id = ?incoming.message_id, %reason, "poison message recorded dead");
-        Ok(Outcome::Poison { reason })
     }
 }
 
 /// Runs the handler inside a savepoint of `tx`, so a failing handler leaves the
 /// transaction usable for recording the failure. The outer `Err` is a database error of
 /// the savepoint itself (the connection is gone).
-pub(crate) async fn run_handler(
+async fn run_handler(
     handler: &dyn MessageHandler,
     tx: &mut PgConnection,
     msg: &InboxMessage,
@@ -476,11 +469,26 @@ pub(crate) async fn run_handler(
     }
 }
 
+/// Marks a retried message `processed` (in the caller's transaction).
+async fn record_processed(tx: &mut PgConnection, msg: &InboxMessage) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE inbox SET status = $3, attempts = $2, processed_at = clock_timestamp(),
+                next_attempt_at = NULL
+         WHERE message_id = $1",
+    )
+    .bind(msg.message_id)
+    .bind(msg.attempt)
+    .bind(InboxStatus::Processed)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
 /// Writes a handler failure onto the message's inbox row (in the caller's transaction):
 /// `failed` with a backed-off next attempt, or `dead` when permanent or exhausted.
 /// `clock_timestamp()`, not `now()`: the backoff counts from the failure, not from the
 /// start of a transaction that may have run for a while.
-pub(crate) async fn record_failure(
+async fn record_failure(
     tx: &mut PgConnection,
     msg: &InboxMessage,
     error: &HandlerError,
@@ -489,8 +497,7 @@ pub(crate) async fn record_failure(
     let dead = matches!(error, HandlerError::Permanent(_)) || policy.exhausted(msg.attempt);
     let text = error.to_string();
     sqlx::query(
-        "UPDATE inbox SET attempts = $2, last_error = $3, processed_at = NULL,
-                status = CASE WHEN $4 THEN 'dead' ELSE 'failed' END,
+        "UPDATE inbox SET attempts = $2, last_error = $3, processed_at = NULL, status = $6,
                 next_attempt_at = CASE WHEN $4 THEN NULL ELSE clock_timestamp() + make_interval(secs => $5) END
          WHERE message_id = $1",
     )
@@ -499,6 +506,11 @@ pub(crate) async fn record_failure(
     .bind(&text)
     .bind(dead)
     .bind(policy.delay(msg.attempt).as_secs_f64())
+    .bind(if dead {
+        InboxStatus::Dead
+    } else {
+        InboxStatus::Failed
+    })
     .execute(&mut *tx)
     .await?;
     Ok(if dead {
@@ -511,18 +523,19 @@ pub(crate) async fn record_failure(
     })
 }
 
+/// One line per recorded outcome. The message's id comes with the caller's span
+/// (`inbox_receive` or the sweeper's `inbox_retry`).
 fn log_outcome(msg: &InboxMessage, outcome: &Outcome) {
-    let (id, ty, attempt) = (msg.message_id, msg.event_type.as_str(), msg.attempt);
+    let attempt = msg.attempt;
     match outcome {
-        Outcome::Processed => {
-            tracing::debug!(message_id = %id, event_type = ty, attempt, "message processed")
+        Outcome::Processed if attempt > 1 => {
+            tracing::info!(attempt, "retried message processed")
         }
+        Outcome::Processed => tracing::debug!(attempt, "message processed"),
         Outcome::Failed { error, .. } => {
-            tracing::warn!(message_id = %id, event_type = ty, attempt, %error, "message failed; the retry sweeper will run it again")
+            tracing::warn!(attempt, %error, "message failed; the retry sweeper will run it again")
         }
-        Outcome::Dead { reason } => {
-            tracing::error!(message_id = %id, event_type = ty, attempt, %reason, "message is dead")
-        }
+        Outcome::Dead { reason } => tracing::error!(attempt, %reason, "message is dead"),
         Outcome::Duplicate | Outcome::Poison { .. } => {}
     }
 }
@@ -531,12 +544,60 @@ fn log_outcome(msg: &InboxMessage, outcome: &Outcome) {
 /// which have no parsed payload, cannot be requeued. Returns false when nothing matched.
 pub async fn requeue_dead(db: impl PgExecutor<'_>, message_id: Uuid) -> sqlx::Result<bool> {
     let res = sqlx::query(
-        "UPDATE inbox SET status = 'failed', attempts = 0, next_attempt_at = now(),
+        "UPDATE inbox SET status = $2, attempts = 0, next_attempt_at = now(),
                 last_error = 'requeued by operator; was: ' || coalesce(last_error, '')
-         WHERE message_id = $1 AND status = 'dead' AND payload IS NOT NULL",
+         WHERE message_id = $1 AND status = $3 AND payload IS NOT NULL",
     )
     .bind(message_id)
+    .bind(InboxStatus::Failed)
+    .bind(InboxStatus::Dead)
     .execute(db)
     .await?;
     Ok(res.rows_affected() == 1)
+}
+
+/// Rows per status, for `/admin/stats`, metrics and tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct InboxStats {
+    pub processed: i64,
+    pub failed: i64,
+    pub dead: i64,
+}
+
+pub async fn stats(db: impl PgExecutor<'_>) -> sqlx::Result<InboxStats> {
+    let (processed, failed, dead): (i64, i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE status = $1),
+                count(*) FILTER (WHERE status = $2),
+                count(*) FILTER (WHERE status = $3)
+         FROM inbox",
+    )
+    .bind(InboxStatus::Processed)
+    .bind(InboxStatus::Failed)
+    .bind(InboxStatus::Dead)
+    .fetch_one(db)
+    .await?;
+    Ok(InboxStats {
+        processed,
+        failed,
+        dead,
+    })
+}
+
+/// The status of one message, `None` when the inbox has no row for it.
+pub async fn status_of(
+    db: impl PgExecutor<'_>,
+    message_id: Uuid,
+) -> sqlx::Result<Option<InboxStatus>> {
+    sqlx::query_scalar("SELECT status FROM inbox WHERE message_id = $1")
+        .bind(message_id)
+        .fetch_optional(db)
+        .await
+}
+
+/// How many rows are in `status`.
+pub async fn count_by_status(db: impl PgExecutor<'_>, status: InboxStatus) -> sqlx::Result<i64> {
+    sqlx::query_scalar("SELECT count(*) FROM inbox WHERE status = $1")
+        .bind(status)
+        .fetch_one(db)
+        .await
 }

@@ -2,25 +2,23 @@
 //!
 //! The message is already safe in the inbox (it was recorded before its delivery was
 //! acked), so a retry needs no broker: the sweeper locks one due row with
-//! `FOR UPDATE SKIP LOCKED`, runs the same handler on the same transaction as the
-//! first delivery did, and commits `processed`, or `failed` with the next backoff, or
-//! `dead` when attempts are exhausted. The row lock keeps several sweepers (several
-//! instances) from running the same message at once. A failing message is rescheduled
+//! `FOR UPDATE SKIP LOCKED` and runs it through the very steps a first delivery takes
+//! (`Inbox::process`: the handler in a savepoint of that transaction), committing
+//! `processed`, or `failed` with the next backoff, or `dead` when attempts are exhausted.
+//! The row lock keeps several sweepers (several instances) from running the same message
+//! at once. A failing message is rescheduled
 //! and the sweeper moves on; rows are retried one after another, so a handler that hangs
 //! delays this instance's later retries (fresh deliveries are not affected).
 
-use std::sync::Arc;
-
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::PgPool;
+use sqlx::AssertSqlSafe;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use uuid::Uuid;
 
-use super::{
-    Inbox, InboxConfig, InboxCounters, InboxMessage, MessageHandler, Outcome, record_failure,
-    run_handler,
-};
+use super::{Inbox, InboxMessage, InboxStatus, Outcome, log_outcome};
+use crate::status::{AWAITING_RETRY, RETRY_DUE};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SweepReport {
@@ -30,10 +28,8 @@ pub struct SweepReport {
 }
 
 pub struct RetrySweeper {
-    pool: PgPool,
-    handler: Arc<dyn MessageHandler>,
-    cfg: InboxConfig,
-    counters: Arc<InboxCounters>,
+    /// The same inbox the consumer uses: same handler, settings and counters.
+    inbox: Inbox,
     /// Rows retried per round at most, so a round ends and shutdown is noticed.
     batch: usize,
 }
@@ -41,10 +37,7 @@ pub struct RetrySweeper {
 impl RetrySweeper {
     pub fn new(inbox: &Inbox) -> Self {
         Self {
-            pool: inbox.pool().clone(),
-            handler: inbox.handler(),
-            cfg: inbox.config().clone(),
-            counters: inbox.counters(),
+            inbox: inbox.clone(),
             batch: 100,
         }
     }
@@ -52,6 +45,7 @@ impl RetrySweeper {
     /// Retries every due row (up to the batch size), one transaction each, each row at most
     /// once: a row that fails again with a backoff shorter than the round must wait for the
     /// next round, not burn its attempts now.
+    #[tracing::instrument(name = "inbox_retry_sweep", skip_all, fields(batch = self.batch))]
     pub async fn run_once(&self) -> sqlx::Result<SweepReport> {
         let mut report = SweepReport::default();
         let mut tried = Vec::new();
@@ -63,21 +57,25 @@ impl RetrySweeper {
                 Some(_) => report.dead += 1,
             }
         }
+        if report != SweepReport::default() {
+            tracing::debug!(?report, "retry sweep");
+        }
         Ok(report)
     }
 
     async fn retry_next(&self, tried: &mut Vec<Uuid>) -> sqlx::Result<Option<Outcome>> {
-        let mut tx = self.pool.begin().await?;
-        let row: Option<(Uuid, String, Option<Value>, Value, i32)> = sqlx::query_as(
-            "SELECT message_id, event_type, payload, headers, attempts FROM inbox
-             WHERE status = 'failed' AND next_attempt_at <= now() AND message_id <> ALL($1)
-             ORDER BY next_attempt_at
-             LIMIT 1
-             FOR UPDATE SKIP LOCKED",
-        )
-        .bind(&*tried)
-        .fetch_optional(&mut *tx)
-        .await?;
+        let mut tx = self.inbox.pool().begin().await?;
+        let row: Option<(Uuid, String, Option<Value>, Value, i32)> =
+            sqlx::query_as(AssertSqlSafe(format!(
+                "SELECT message_id, event_type, payload, headers, attempts FROM inbox
+                 WHERE {RETRY_DUE} AND message_id <> ALL($1)
+                 ORDER BY next_attempt_at
+                 LIMIT 1
+                 FOR UPDATE SKIP LOCKED"
+            )))
+            .bind(&*tried)
+            .fetch_optional(&mut *tx)
+            .await?;
         let Some((message_id, event_type, payload, headers, attempts)) = row else {
             return Ok(None);
         };
@@ -89,47 +87,37 @@ impl RetrySweeper {
             headers,
             attempt: attempts + 1,
         };
-        let outcome = match run_handler(self.handler.as_ref(), &mut tx, &msg).await? {
-            Ok(()) => {
-                sqlx::query(
-                    "UPDATE inbox SET status = 'processed', attempts = $2, processed_at = clock_timestamp(),
-                            next_attempt_at = NULL
-                     WHERE message_id = $1",
-                )
-                .bind(message_id)
-                .bind(msg.attempt)
-                .execute(&mut *tx)
+        let span = tracing::info_span!(
+            "inbox_retry",
+            message_id = %msg.message_id,
+            event_type = %msg.event_type,
+        );
+        async {
+            let outcome = self
+                .inbox
+                .process(&mut tx, &msg, InboxStatus::Failed)
                 .await?;
-                Outcome::Processed
-            }
-            Err(e) => record_failure(&mut tx, &msg, &e, &self.cfg.retry).await?,
-        };
-        tx.commit().await?;
-        self.counters.count(&outcome);
-        match &outcome {
-            Outcome::Processed => {
-                tracing::info!(%message_id, attempt = msg.attempt, "retried message processed")
-            }
-            Outcome::Failed { error, .. } => {
-                tracing::warn!(%message_id, attempt = msg.attempt, %error, "retry failed; backing off")
-            }
-            other => {
-                tracing::error!(%message_id, attempt = msg.attempt, ?other, "message is dead after retries")
-            }
+            tx.commit().await?;
+            self.inbox.counters.count(&outcome);
+            log_outcome(&msg, &outcome);
+            Ok(Some(outcome))
         }
-        Ok(Some(outcome))
+        .instrument(span)
+        .await
     }
 
     async fn next_due(&self) -> sqlx::Result<Option<DateTime<Utc>>> {
-        sqlx::query_scalar("SELECT min(next_attempt_at) FROM inbox WHERE status = 'failed'")
-            .fetch_one(&self.pool)
-            .await
+        sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT min(next_attempt_at) FROM inbox WHERE {AWAITING_RETRY}"
+        )))
+        .fetch_one(self.inbox.pool())
+        .await
     }
 
     /// Sweeps until `shutdown`, sleeping until the next row is due (at most the poll
     /// interval, so rows failed by other instances are seen too).
     pub async fn run(self, shutdown: CancellationToken) {
-        let max_sleep = self.cfg.poll_interval;
+        let max_sleep = self.inbox.config().poll_interval;
         while !shutdown.is_cancelled() {
             let sleep = match self.run_once().await {
                 Ok(_) => {

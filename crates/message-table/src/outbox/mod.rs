@@ -34,10 +34,12 @@ pub mod resend_scheduler;
 use std::time::Duration;
 
 use serde_json::Value;
-use sqlx::{PgConnection, PgExecutor};
+use sqlx::{AssertSqlSafe, PgConnection, PgExecutor};
 use uuid::Uuid;
 
 use crate::backoff::RetryPolicy;
+pub use crate::status::OutboxStatus;
+use crate::status::{IN_FLIGHT, WAITING};
 use common::config;
 
 /// The NOTIFY channel the relay listens on.
@@ -208,17 +210,19 @@ pub async fn record_failures(
              claim_token = NULL,
              lease_expires_at = NULL,
              next_attempt_at = now() + make_interval(secs => f.delay),
-             status = CASE WHEN f.exhausted OR o.expires_at <= now() THEN 'dead' ELSE 'pending' END
+             status = CASE WHEN f.exhausted OR o.expires_at <= now() THEN $6 ELSE $7 END
          FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::float8[], $5::bool[])
               AS f(id, token, error, delay, exhausted)
          WHERE o.id = f.id AND o.claim_token = f.token
-         RETURNING CASE WHEN o.status = 'dead' THEN o.id END",
+         RETURNING CASE WHEN o.status = $6 THEN o.id END",
     )
     .bind(&ids)
     .bind(&tokens)
     .bind(&errors)
     .bind(&delays)
     .bind(&exhausted)
+    .bind(OutboxStatus::Dead)
+    .bind(OutboxStatus::Pending)
     .fetch_all(db)
     .await
     .map(|rows: Vec<Option<Uuid>>| rows.into_iter().flatten().collect())
@@ -228,13 +232,15 @@ pub async fn record_failures(
 /// Returns false when no dead message has that id.
 pub async fn requeue_dead(db: impl PgExecutor<'_>, id: Uuid, ttl: Duration) -> sqlx::Result<bool> {
     let res = sqlx::query(
-        "UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = now(),
+        "UPDATE outbox SET status = $3, attempts = 0, next_attempt_at = now(),
                 expires_at = now() + make_interval(secs => $2),
                 last_error = 'requeued by operator; was: ' || coalesce(last_error, '')
-         WHERE id = $1 AND status = 'dead'",
+         WHERE id = $1 AND status = $4",
     )
     .bind(id)
     .bind(ttl.as_secs_f64())
+    .bind(OutboxStatus::Pending)
+    .bind(OutboxStatus::Dead)
     .execute(db)
     .await?;
     Ok(res.rows_affected() == 1)
@@ -249,20 +255,46 @@ pub struct OutboxStats {
     pub dead: i64,
 }
 
+impl OutboxStats {
+    /// Every row, whatever its status.
+    pub fn total(&self) -> i64 {
+        self.pending + self.in_flight + self.sent + self.dead
+    }
+}
+
 pub async fn stats(db: impl PgExecutor<'_>) -> sqlx::Result<OutboxStats> {
-    let (pending, in_flight, sent, dead): (i64, i64, i64, i64) = sqlx::query_as(
-        "SELECT count(*) FILTER (WHERE status = 'pending' AND claim_token IS NULL),
-                count(*) FILTER (WHERE status = 'pending' AND claim_token IS NOT NULL),
-                count(*) FILTER (WHERE status = 'sent'),
-                count(*) FILTER (WHERE status = 'dead')
-         FROM outbox",
-    )
-    .fetch_one(db)
-    .await?;
+    let (pending, in_flight, sent, dead): (i64, i64, i64, i64) =
+        sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT count(*) FILTER (WHERE {WAITING}),
+                    count(*) FILTER (WHERE {IN_FLIGHT}),
+                    count(*) FILTER (WHERE status = $1),
+                    count(*) FILTER (WHERE status = $2)
+             FROM outbox"
+        )))
+        .bind(OutboxStatus::Sent)
+        .bind(OutboxStatus::Dead)
+        .fetch_one(db)
+        .await?;
     Ok(OutboxStats {
         pending,
         in_flight,
         sent,
         dead,
     })
+}
+
+/// The status of one message, `None` when there is no such row (or retention deleted it).
+pub async fn status_of(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Option<OutboxStatus>> {
+    sqlx::query_scalar("SELECT status FROM outbox WHERE id = $1")
+        .bind(id)
+        .fetch_optional(db)
+        .await
+}
+
+/// How many rows are in `status` (a `pending` row counts whether claimed or not).
+pub async fn count_by_status(db: impl PgExecutor<'_>, status: OutboxStatus) -> sqlx::Result<i64> {
+    sqlx::query_scalar("SELECT count(*) FROM outbox WHERE status = $1")
+        .bind(status)
+        .fetch_one(db)
+        .await
 }

@@ -8,36 +8,45 @@
 //!    this round's claim token and a lease, and **commit** the claim before publishing.
 //!    Other relays skip these rows; if this process dies, the lease runs out and the
 //!    [resend scheduler](super::resend_scheduler) hands the rows back.
-//! 3. **Publish the whole window pipelined**: every row goes out as a persistent message
-//!    with `mandatory`, its message id and type, without waiting in between. Each publish
-//!    returns its own confirm future (matched by delivery tag).
-//! 4. **Await the confirms** together, under one deadline that also bounds the publishes.
-//!    - acked, and its message id not among the window's returns → the row is `sent`;
+//! 3. **Publish the whole window pipelined** ([`Relay::publish_window`]): every row goes out
+//!    as a persistent message with `mandatory`, its message id and type, without waiting in
+//!    between. Each publish returns its own confirm future (matched by delivery tag). One
+//!    deadline, set before the first publish, bounds steps 3 and 4 together.
+//! 4. **Await the confirms** together ([`await_confirms`]), under that deadline.
+//! 5. **Classify the answers** ([`classify`]):
+//!    - acked, and its message id not among the window's returns → confirmed;
 //!    - returned (basic.return: no queue was bound) → *not* delivered, retried; without
 //!      `mandatory` the broker would confirm and silently drop it. Returns are matched to
 //!      rows by message id: the client may attach a return to another message's confirm;
-//!    - nack, timeout, channel error → retried with backoff, or `dead` when exhausted.
-//! 5. **Settle**: mark rows `sent` / record failures — each update only applies while this
-//!    round's claim token is still on the row.
+//!    - nack, timeout, channel error → a [`PublishFailure`], retried with backoff. A
+//!      failure that leaves the channel suspect ([`PublishFailure::must_drop_channel`])
+//!      also closes the connection: the next round starts on a fresh one.
+//! 6. **Settle** ([`Relay::settle`]): confirmed rows become `sent`, the others are retried
+//!    or `dead` when exhausted — each update only applies while this round's claim token is
+//!    still on the row.
 //!
 //! A row is therefore `sent` only when the broker has taken responsibility for it.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{collections::HashMap, fmt, sync::Arc, time::Duration};
 
 use futures::future::join_all;
 use lapin::{
-    BasicProperties, Channel, Confirmation, Connection,
+    BasicProperties, Channel, Confirmation, Connection, PublisherConfirm,
     options::{BasicPublishOptions, ConfirmSelectOptions},
     types::{AMQPValue, FieldTable, LongString, ShortString},
 };
 use serde_json::Value;
-use sqlx::{FromRow, PgPool, postgres::PgListener};
+use sqlx::{AssertSqlSafe, FromRow, PgPool, postgres::PgListener};
 use tokio::{sync::Notify, time::Instant};
 use tokio_util::sync::CancellationToken;
+use tracing::Span;
 use uuid::Uuid;
 
-use super::{Failure, NOTIFY_CHANNEL, OutboxConfig, record_failures};
-use crate::amqp::{self, AmqpConfig, BrokerStatus};
+use super::{Failure, NOTIFY_CHANNEL, OutboxConfig, OutboxStatus, record_failures};
+use crate::{
+    amqp::{self, AmqpConfig, BrokerStatus},
+    status::CLAIMABLE,
+};
 
 /// A claimed row, as it will be published.
 #[derive(Debug, Clone, FromRow)]
@@ -64,7 +73,68 @@ pub struct Claim {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PublishOutcome {
     Confirmed,
-    Failed(String),
+    Failed(PublishFailure),
+}
+
+/// Why one row was not confirmed. Its `Display` is what the row's `last_error` records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PublishFailure {
+    /// No channel to publish on (the broker is unreachable); nothing was sent.
+    NoChannel(String),
+    /// `basic.publish` itself failed: the channel or connection is gone.
+    PublishFailed(String),
+    /// `basic.publish` did not return before the deadline (flow control, dead socket).
+    PublishBlocked,
+    /// The confirm future failed (channel closed before the broker answered).
+    ConfirmFailed(String),
+    /// The deadline passed before the broker's confirm.
+    ConfirmTimedOut,
+    /// The broker returned it (no queue bound for its routing key), then acked it.
+    Returned { reply_code: u16, reply_text: String },
+    /// The broker refused it (basic.nack).
+    Nacked,
+    /// The channel was not in confirm mode: no confirm will ever come.
+    NotInConfirmMode,
+}
+
+impl PublishFailure {
+    /// Whether the channel can no longer be trusted with the next window: it broke, or it
+    /// may still owe confirms (a late confirm would be matched against the wrong delivery
+    /// tags). A nack or a return is an answer on a healthy channel.
+    pub fn must_drop_channel(&self) -> bool {
+        match self {
+            Self::PublishFailed(_)
+            | Self::PublishBlocked
+            | Self::ConfirmFailed(_)
+            | Self::ConfirmTimedOut => true,
+            Self::NoChannel(_) | Self::Returned { .. } | Self::Nacked | Self::NotInConfirmMode => {
+                false
+            }
+        }
+    }
+}
+
+impl fmt::Display for PublishFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NoChannel(e) => f.write_str(e),
+            Self::PublishFailed(e) => write!(f, "publish failed: {e}"),
+            Self::PublishBlocked => {
+                f.write_str("publish blocked past the deadline (flow control or dead connection)")
+            }
+            Self::ConfirmFailed(e) => write!(f, "confirm failed: {e}"),
+            Self::ConfirmTimedOut => f.write_str("no confirm before the deadline"),
+            Self::Returned {
+                reply_code,
+                reply_text,
+            } => write!(
+                f,
+                "returned by broker as unroutable: {reply_code} {reply_text}"
+            ),
+            Self::Nacked => f.write_str("nacked by broker"),
+            Self::NotInConfirmMode => f.write_str("channel not in confirm mode"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -118,12 +188,16 @@ impl Relay {
     }
 
     /// One full round: connect, claim, publish, await confirms, settle.
+    #[tracing::instrument(name = "relay_round", skip(self), fields(relay = %self.name, claim_token, claimed))]
     pub async fn run_once(&mut self) -> Result<RelayReport, RelayError> {
         self.channel().await?;
         let claim = self.claim().await?;
         if claim.rows.is_empty() {
             return Ok(RelayReport::default());
         }
+        let span = Span::current();
+        span.record("claim_token", tracing::field::display(claim.token));
+        span.record("claimed", claim.rows.len());
         let outcomes = self.publish(&claim).await;
         Ok(self.settle(&claim, &outcomes).await?)
     }
@@ -131,11 +205,10 @@ impl Relay {
     /// Step 2: claim due rows under a fresh token and a lease, committed before publishing.
     pub async fn claim(&self) -> sqlx::Result<Claim> {
         let token = Uuid::new_v4();
-        let mut rows: Vec<OutboxRow> = sqlx::query_as(
+        let mut rows: Vec<OutboxRow> = sqlx::query_as(AssertSqlSafe(format!(
             "WITH due AS (
                  SELECT id FROM outbox
-                 WHERE status = 'pending' AND claim_token IS NULL
-                   AND next_attempt_at <= now() AND expires_at > now()
+                 WHERE {CLAIMABLE}
                  ORDER BY next_attempt_at, id
                  LIMIT $1
                  FOR UPDATE SKIP LOCKED)
@@ -143,8 +216,8 @@ impl Relay {
              SET claim_token = $2, lease_expires_at = now() + make_interval(secs => $3)
              FROM due WHERE o.id = due.id
              RETURNING o.id, o.aggregate_id, o.event_type, o.routing_key, o.payload, o.headers, o.attempts,
-                       o.created_at",
-        )
+                       o.created_at"
+        )))
         .bind(self.cfg.batch_size)
         .bind(token)
         .bind(self.cfg.lease.as_secs_f64())
@@ -155,109 +228,85 @@ impl Relay {
         Ok(Claim { token, rows })
     }
 
-    /// Steps 3 and 4: publish every row of the claim, then await all the confirms.
-    /// Never fails as a whole: every row gets an outcome.
-    ///
-    /// One deadline bounds the whole window, publishes included: a publish can block
-    /// (broker flow control, a dead socket), and the window must end well inside the lease.
+    /// Steps 3 to 5: publish every row of the claim, await all the confirms, classify the
+    /// answers. Never fails as a whole: every row gets an outcome. Drops the connection
+    /// when an outcome says the channel is suspect.
     pub async fn publish(&mut self, claim: &Claim) -> Vec<PublishOutcome> {
         let channel = match self.channel().await {
             Ok(c) => c,
-            Err(e) => return vec![PublishOutcome::Failed(e.to_string()); claim.rows.len()],
+            Err(e) => {
+                let failure = PublishFailure::NoChannel(e.to_string());
+                return vec![PublishOutcome::Failed(failure); claim.rows.len()];
+            }
         };
         let deadline = Instant::now() + self.cfg.confirm_timeout;
-        let mut pending = Vec::with_capacity(claim.rows.len());
-        let mut broken: Option<String> = None;
-        for row in &claim.rows {
-            if let Some(err) = &broken {
-                pending.push(Err(err.clone()));
-                continue;
-            }
-            let body = serde_json::to_vec(&row.payload).unwrap_or_default();
-            let publish = channel.basic_publish(
-                ShortString::from(self.amqp.exchange.as_str()),
-                ShortString::from(row.routing_key.as_str()),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..Default::default()
-                },
-                &body,
-                self.properties(row),
-            );
-            match tokio::time::timeout_at(deadline, publish).await {
-                Ok(Ok(confirm)) => pending.push(Ok(confirm)),
-                Ok(Err(e)) => {
-                    broken = Some(format!("publish failed: {e}"));
-                    pending.push(Err(broken.clone().unwrap()));
-                }
-                Err(_) => {
-                    broken = Some(
-                        "publish blocked past the deadline (flow control or dead connection)"
-                            .into(),
-                    );
-                    pending.push(Err(broken.clone().unwrap()));
-                }
-            }
-        }
-
-        let answers = join_all(pending.into_iter().map(|p| async move {
-            match p {
-                Ok(confirm) => match tokio::time::timeout_at(deadline, confirm).await {
-                    Ok(Ok(confirmation)) => Ok(confirmation),
-                    Ok(Err(e)) => Err(format!("confirm failed: {e}")),
-                    Err(_) => Err("no confirm before the deadline".to_string()),
-                },
-                Err(e) => Err(e),
-            }
-        }))
-        .await;
-
-        // A basic.return carries no delivery tag: the client hands it to whichever confirm
-        // resolves next, which is not always the returned message's own (several acks can
-        // arrive as one, and RabbitMQ may ack an earlier message between a return and its
-        // ack). So a return is matched to its row by message id, never by which confirm
-        // carried it.
-        let returned: HashMap<String, String> = answers
+        let window = self.publish_window(&channel, &claim.rows, deadline).await;
+        let answers = await_confirms(window, deadline).await;
+        let outcomes = classify(&claim.rows, answers);
+        if outcomes
             .iter()
-            .filter_map(|a| match a {
-                Ok(Confirmation::Ack(Some(ret)) | Confirmation::Nack(Some(ret))) => {
-                    let id = ret.delivery.properties.message_id().as_ref()?.to_string();
-                    Some((id, format!("{} {}", ret.reply_code, ret.reply_text)))
-                }
-                _ => None,
-            })
-            .collect();
-        let outcomes: Vec<PublishOutcome> = claim
-            .rows
-            .iter()
-            .zip(answers)
-            .map(|(row, answer)| match answer {
-                Ok(Confirmation::Ack(_)) => match returned.get(&row.id.to_string()) {
-                    Some(reason) => PublishOutcome::Failed(format!(
-                        "returned by broker as unroutable: {reason}"
-                    )),
-                    None => PublishOutcome::Confirmed,
-                },
-                Ok(Confirmation::Nack(_)) => PublishOutcome::Failed("nacked by broker".into()),
-                Ok(Confirmation::NotRequested) => {
-                    PublishOutcome::Failed("channel not in confirm mode".into())
-                }
-                Err(e) => PublishOutcome::Failed(e),
-            })
-            .collect();
-
-        // A channel that lost a confirm or errored cannot be trusted with the next window.
-        let channel_suspect = broken.is_some()
-            || outcomes.iter().any(|o| {
-                matches!(o, PublishOutcome::Failed(e) if e.starts_with("confirm failed") || e.starts_with("no confirm"))
-            });
-        if channel_suspect {
+            .any(|o| matches!(o, PublishOutcome::Failed(f) if f.must_drop_channel()))
+        {
             self.disconnect().await;
         }
         outcomes
     }
 
-    /// Step 5: confirmed rows become `sent`; the others are retried or `dead`.
+    /// Step 3: `basic.publish` every row without waiting for confirms in between; one
+    /// confirm future per row.
+    ///
+    /// The deadline bounds the publishes too: a publish can block (broker flow control, a
+    /// dead socket), and the window must end well inside the lease. Once one publish has
+    /// failed the channel is gone, so the rows after it are not tried and share its failure.
+    pub async fn publish_window(
+        &self,
+        channel: &Channel,
+        rows: &[OutboxRow],
+        deadline: Instant,
+    ) -> Vec<Result<PublisherConfirm, PublishFailure>> {
+        let mut window = Vec::with_capacity(rows.len());
+        let mut broken: Option<PublishFailure> = None;
+        for row in rows {
+            let published = match &broken {
+                Some(failure) => Err(failure.clone()),
+                None => self.publish_one(channel, row, deadline).await,
+            };
+            if let Err(failure) = &published
+                && broken.is_none()
+            {
+                tracing::debug!(message_id = %row.id, error = %failure, "publish failed; the rest of the window is not sent");
+                broken = Some(failure.clone());
+            }
+            window.push(published);
+        }
+        window
+    }
+
+    async fn publish_one(
+        &self,
+        channel: &Channel,
+        row: &OutboxRow,
+        deadline: Instant,
+    ) -> Result<PublisherConfirm, PublishFailure> {
+        let body = serde_json::to_vec(&row.payload).unwrap_or_default();
+        let publish = channel.basic_publish(
+            ShortString::from(self.amqp.exchange.as_str()),
+            ShortString::from(row.routing_key.as_str()),
+            BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            &body,
+            self.properties(row),
+        );
+        match tokio::time::timeout_at(deadline, publish).await {
+            Ok(Ok(confirm)) => Ok(confirm),
+            Ok(Err(e)) => Err(PublishFailure::PublishFailed(e.to_string())),
+            Err(_) => Err(PublishFailure::PublishBlocked),
+        }
+    }
+
+    /// Step 6: confirmed rows become `sent`; the others are retried or `dead`.
     pub async fn settle(
         &self,
         claim: &Claim,
@@ -268,21 +317,22 @@ impl Relay {
         for (row, outcome) in claim.rows.iter().zip(outcomes) {
             match outcome {
                 PublishOutcome::Confirmed => sent_ids.push(row.id),
-                PublishOutcome::Failed(error) => failures.push(Failure {
+                PublishOutcome::Failed(failure) => failures.push(Failure {
                     id: row.id,
                     claim_token: claim.token,
                     attempts: row.attempts,
-                    error: error.clone(),
+                    error: failure.to_string(),
                 }),
             }
         }
         let sent = sqlx::query(
-            "UPDATE outbox SET status = 'sent', sent_at = now(), attempts = attempts + 1,
+            "UPDATE outbox SET status = $3, sent_at = now(), attempts = attempts + 1,
                     claim_token = NULL, lease_expires_at = NULL, last_error = NULL
              WHERE id = ANY($1) AND claim_token = $2",
         )
         .bind(&sent_ids)
         .bind(claim.token)
+        .bind(OutboxStatus::Sent)
         .execute(&self.pool)
         .await?
         .rows_affected() as usize;
@@ -421,6 +471,61 @@ impl Relay {
         self.disconnect().await;
         tracing::info!(relay = %self.name, "relay stopped");
     }
+}
+
+/// Step 4: every confirm of the window, awaited together until `deadline`.
+pub async fn await_confirms(
+    window: Vec<Result<PublisherConfirm, PublishFailure>>,
+    deadline: Instant,
+) -> Vec<Result<Confirmation, PublishFailure>> {
+    join_all(window.into_iter().map(|published| async move {
+        match tokio::time::timeout_at(deadline, published?).await {
+            Ok(Ok(confirmation)) => Ok(confirmation),
+            Ok(Err(e)) => Err(PublishFailure::ConfirmFailed(e.to_string())),
+            Err(_) => Err(PublishFailure::ConfirmTimedOut),
+        }
+    }))
+    .await
+}
+
+/// Step 5: the broker's answers (in the rows' order) as one outcome per row.
+pub fn classify(
+    rows: &[OutboxRow],
+    answers: Vec<Result<Confirmation, PublishFailure>>,
+) -> Vec<PublishOutcome> {
+    // A basic.return carries no delivery tag: the client hands it to whichever confirm
+    // resolves next, which is not always the returned message's own (several acks can
+    // arrive as one, and RabbitMQ may ack an earlier message between a return and its
+    // ack). So a return is matched to its row by message id, never by which confirm
+    // carried it.
+    let mut returned: HashMap<String, PublishFailure> = answers
+        .iter()
+        .filter_map(|a| match a {
+            Ok(Confirmation::Ack(Some(ret)) | Confirmation::Nack(Some(ret))) => {
+                let id = ret.delivery.properties.message_id().as_ref()?.to_string();
+                let failure = PublishFailure::Returned {
+                    reply_code: ret.reply_code,
+                    reply_text: ret.reply_text.to_string(),
+                };
+                Some((id, failure))
+            }
+            _ => None,
+        })
+        .collect();
+    rows.iter()
+        .zip(answers)
+        .map(|(row, answer)| match answer {
+            Ok(Confirmation::Ack(_)) => match returned.remove(&row.id.to_string()) {
+                Some(returned) => PublishOutcome::Failed(returned),
+                None => PublishOutcome::Confirmed,
+            },
+            Ok(Confirmation::Nack(_)) => PublishOutcome::Failed(PublishFailure::Nacked),
+            Ok(Confirmation::NotRequested) => {
+                PublishOutcome::Failed(PublishFailure::NotInConfirmMode)
+            }
+            Err(failure) => PublishOutcome::Failed(failure),
+        })
+        .collect()
 }
 
 /// LISTENs for the NOTIFY that [`super::enqueue`] sends at commit and wakes the relay.

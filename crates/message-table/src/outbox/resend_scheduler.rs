@@ -17,12 +17,13 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+use sqlx::{AssertSqlSafe, PgPool};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{Failure, OutboxConfig, record_failures};
+use super::{Failure, OutboxConfig, OutboxStatus, record_failures};
+use crate::status::{CLAIMABLE, IN_FLIGHT, WAITING};
 
 pub const LEASE_EXPIRED: &str =
     "lease expired before the publish was confirmed (relay crashed or stalled); publishing again";
@@ -57,11 +58,11 @@ impl ResendScheduler {
 
         // 1. Expired leases: compare-and-set on the claim token, so a relay that settles
         //    at the same moment wins or loses cleanly, never both.
-        let expired: Vec<(Uuid, Uuid, i32)> = sqlx::query_as(
+        let expired: Vec<(Uuid, Uuid, i32)> = sqlx::query_as(AssertSqlSafe(format!(
             "SELECT id, claim_token, attempts FROM outbox
-             WHERE status = 'pending' AND claim_token IS NOT NULL AND lease_expires_at < now()
-             ORDER BY lease_expires_at LIMIT $1",
-        )
+             WHERE {IN_FLIGHT} AND lease_expires_at < now()
+             ORDER BY lease_expires_at LIMIT $1"
+        )))
         .bind(self.cfg.batch_size)
         .fetch_all(&self.pool)
         .await?;
@@ -86,13 +87,14 @@ impl ResendScheduler {
         }
 
         // 2. Expired messages.
-        let expired_ids: Vec<Uuid> = sqlx::query_scalar(
-            "UPDATE outbox SET status = 'dead',
+        let expired_ids: Vec<Uuid> = sqlx::query_scalar(AssertSqlSafe(format!(
+            "UPDATE outbox SET status = $1,
                     last_error = 'expired before it could be published'
                                  || coalesce('; last error: ' || last_error, '')
-             WHERE status = 'pending' AND claim_token IS NULL AND expires_at <= now()
-             RETURNING id",
-        )
+             WHERE {WAITING} AND expires_at <= now()
+             RETURNING id"
+        )))
+        .bind(OutboxStatus::Dead)
         .fetch_all(&self.pool)
         .await?;
         for id in &expired_ids {
@@ -101,10 +103,9 @@ impl ResendScheduler {
         report.dead += expired_ids.len();
 
         // 3. Due retries.
-        let due: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM outbox
-                            WHERE status = 'pending' AND claim_token IS NULL AND next_attempt_at <= now())",
-        )
+        let due: bool = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT EXISTS (SELECT 1 FROM outbox WHERE {CLAIMABLE})"
+        )))
         .fetch_one(&self.pool)
         .await?;
         if due {
@@ -116,11 +117,11 @@ impl ResendScheduler {
 
     /// When the next thing happens: the next retry falls due or the next lease expires.
     async fn next_event(&self) -> sqlx::Result<Option<DateTime<Utc>>> {
-        sqlx::query_scalar(
+        sqlx::query_scalar(AssertSqlSafe(format!(
             "SELECT least(
-                 (SELECT min(next_attempt_at) FROM outbox WHERE status = 'pending' AND claim_token IS NULL AND next_attempt_at > now()),
-                 (SELECT min(lease_expires_at) FROM outbox WHERE status = 'pending' AND claim_token IS NOT NULL))",
-        )
+                 (SELECT min(next_attempt_at) FROM outbox WHERE {WAITING} AND next_attempt_at > now()),
+                 (SELECT min(lease_expires_at) FROM outbox WHERE {IN_FLIGHT}))"
+        )))
         .fetch_one(&self.pool)
         .await
     }
