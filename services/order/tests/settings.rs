@@ -1,10 +1,7 @@
-//! The order service's settings: what the binary tells (`--help`), what it refuses before
-//! touching anything, and the same rules for a configuration built in code.
+//! The order binary's settings: what it tells (`--help`) and what it refuses before touching
+//! anything (configs built in code: `retention.rs`).
 
-use std::{process::Output, time::Duration};
-
-use order::{Application, OrderConfig};
-use test_kit::TestDb;
+use std::process::Output;
 
 /// Runs the real binary with `args` and only `env` in its environment; it must exit.
 fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
@@ -16,25 +13,24 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
         .expect("the order binary runs")
 }
 
-/// Starts the binary with `variable=value`; were it not refused, start-up would still fail
-/// at once (no database there), not serve.
-fn start_with(variable: &str, value: &str) -> Output {
+/// Starts the binary with `variable=value`, which must stop it with exit `status`; its
+/// stderr. Were it not refused, start-up would still fail at once (no database), not serve.
+fn refused_at_start_up(variable: &str, value: &str, status: i32) -> String {
     let env = [
         ("ORDER_DATABASE_URL", "postgres://postgres@127.0.0.1:1/none"),
         ("ORDER_ADDR", "127.0.0.1:0"),
         (variable, value),
     ];
-    run(&[], &env)
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    let out = run(&[], &env);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(status), "{stderr}");
+    stderr
 }
 
 #[test]
 fn help_lists_every_variable_with_its_default() {
     let out = run(&["--help"], &[]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(out.status.success(), "{out:?}");
     let help = String::from_utf8(out.stdout).unwrap();
     let variables = order::variables();
     assert!(variables.len() > 25, "{variables:?}");
@@ -46,9 +42,7 @@ fn help_lists_every_variable_with_its_default() {
 
 #[test]
 fn an_unparsable_variable_stops_start_up_naming_it() {
-    let out = start_with("OUTBOX_BATCH_SIZE", "lots");
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    let err = stderr(&out);
+    let err = refused_at_start_up("OUTBOX_BATCH_SIZE", "lots", 2);
     assert!(
         err.contains("OUTBOX_BATCH_SIZE") && err.contains("lots"),
         "{err}"
@@ -57,36 +51,11 @@ fn an_unparsable_variable_stops_start_up_naming_it() {
 
 #[test]
 fn a_lease_too_short_from_the_environment_stops_start_up_naming_the_variables() {
-    let out = start_with("OUTBOX_LEASE_MS", "12000");
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    let err = stderr(&out);
+    let err = refused_at_start_up("OUTBOX_LEASE_MS", "12000", 1);
     assert!(
         err.contains("invalid configuration")
             && err.contains("OUTBOX_LEASE_MS")
             && err.contains("OUTBOX_CONFIRM_TIMEOUT_MS"),
-        "{err}"
-    );
-}
-
-#[tokio::test]
-async fn a_config_built_in_code_with_a_lease_too_short_is_refused() {
-    let db = TestDb::new(&order::MIGRATOR).await;
-    let amqp = test_kit::test_amqp();
-    let mut messaging =
-        test_kit::messaging(&amqp, "test.order", order::config::PAYMENT_RESULT_KEYS);
-    messaging.outbox.lease = messaging.outbox.confirm_timeout + Duration::from_secs(1);
-    let cfg = OrderConfig {
-        addr: "127.0.0.1:0".into(),
-        database_url: db.url.clone(),
-        db_max_connections: 5,
-        messaging,
-    };
-    let err = match Application::build(cfg).await {
-        Ok(_) => panic!("a lease that can expire while its window is in flight started"),
-        Err(e) => format!("{e:#}"),
-    };
-    assert!(
-        err.contains("OUTBOX_LEASE_MS") && err.contains("OUTBOX_CONFIRM_TIMEOUT_MS"),
         "{err}"
     );
 }
