@@ -19,7 +19,7 @@ LMT_LIB_SOURCED=1
 # Repository root, whatever the caller's working directory.
 LMT_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
-# Defaults, the same as the services' own (see crates/message-table and services/*/src/config.rs).
+# Defaults, the same as the services' own (`order --help`, `pay --help`, `gateway --help`).
 # An empty variable counts as unset, as in the services. Used by the scripts sourcing this file.
 # shellcheck disable=SC2034
 {

@@ -1,10 +1,9 @@
 //! Starts the whole system in-process for a test: pay, order and the gateway, each on port 0,
 //! each service with its own fresh database, all on a unique exchange of the real broker.
 
-pub mod config_scan;
-
 use std::{sync::Arc, time::Duration};
 
+use common::config::Settings;
 use message_service::service::MessagingConfig;
 use message_table::{amqp::AmqpConfig, inbox::InboxCounters};
 use serde_json::{Value, json};
@@ -43,7 +42,10 @@ pub async fn start_with_pools(amqp: &AmqpConfig, order_amqp: &AmqpConfig, pool: 
         test_kit::messaging(order_amqp, "test.order", order::config::PAYMENT_RESULT_KEYS);
     let order = spawn_order(&order_db.url, &order_msg, pool).await;
 
-    let mut gw = gateway::config::GatewayConfig::from_env().expect("gateway config");
+    let mut gw = gateway::GatewaySettings::try_load_from(["gateway"])
+        .expect("gateway settings")
+        .into_config()
+        .expect("gateway config");
     gw.addr = "127.0.0.1:0".into();
     gw.routes =
         gateway::routes::RouteTable::parse(&format!("/order={},/pay={}", order.base, pay.base))

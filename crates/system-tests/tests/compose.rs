@@ -1,6 +1,6 @@
 //! docker-compose.yml agrees with the services and with itself, without Docker: every variable
 //! it sets on order, pay and gateway is one that service reads; every listen port, gateway
-//! route, database and broker URL agrees with the services' own defaults (their `config.rs`)
+//! route, database and broker URL agrees with the services' own defaults (their settings)
 //! and with the other containers (names, credentials, the PostgreSQL init script); each value
 //! written twice (interpolation defaults, Dockerfile build arguments) is written the same way.
 //! `scripts/compose-test.sh` runs the file for real.
@@ -11,7 +11,6 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use system_tests::config_scan::{rust_sources, variables_read};
 use yaml_rust2::{Yaml, YamlLoader};
 
 const SERVICES: [&str; 3] = ["order", "pay", "gateway"];
@@ -137,48 +136,32 @@ fn interpolations(text: &str) -> Vec<(String, String)> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// What the code reads: the scanner shared with readme.rs, per service.
+// What the code reads: each service's settings, as `--help` lists them.
 
-/// The variables a service's process reads: its own crate, and of `common` what it uses
-/// (order and pay: all of it; the gateway: the logging set-up only).
-fn read_by(service: &str) -> BTreeSet<String> {
-    let mut sources = rust_sources(&root().join("services").join(service).join("src"));
-    if service == "gateway" {
-        sources.extend(rust_sources(&root().join("crates/common/src/telemetry.rs")));
-    } else {
-        for dir in [
-            "crates/common/src",
-            "crates/message-table/src",
-            "crates/message-service/src",
-        ] {
-            sources.extend(rust_sources(&root().join(dir)));
-        }
-    }
-    let mut read: BTreeSet<String> = sources.iter().flat_map(|s| variables_read(s)).collect();
-    // Read by tracing-subscriber's EnvFilter::try_from_default_env, not by our readers.
-    read.insert("RUST_LOG".into());
-    read
+/// Every variable `service` reads, with its default.
+fn variables(service: &str) -> BTreeMap<String, String> {
+    let list = match service {
+        "order" => order::variables(),
+        "pay" => pay::variables(),
+        "gateway" => gateway::variables(),
+        other => panic!("no service {other}"),
+    };
+    list.into_iter().collect()
 }
 
-/// The default the code gives variable `name` in `file`: the string literal after `"name",`.
-fn code_default(file: &str, name: &str) -> String {
-    let source = read(file);
-    let needle = format!("\"{name}\",");
-    let at = source
-        .find(&needle)
-        .unwrap_or_else(|| panic!("{file} does not read {name}"));
-    let rest = &source[at + needle.len()..];
-    let start = rest.find('"').expect("a string default") + 1;
-    let end = start + rest[start..].find('"').unwrap();
-    rest[start..end].to_string()
+fn read_by(service: &str) -> BTreeSet<String> {
+    variables(service).into_keys().collect()
+}
+
+/// The default `service` gives variable `name`.
+fn code_default(service: &str, name: &str) -> String {
+    variables(service)
+        .remove(name)
+        .unwrap_or_else(|| panic!("{service} does not read {name}"))
 }
 
 fn addr_variable(service: &str) -> String {
     format!("{}_ADDR", service.to_uppercase())
-}
-
-fn config_file(service: &str) -> String {
-    format!("services/{service}/src/config.rs")
 }
 
 fn port_of_addr(addr: &str) -> u16 {
@@ -257,7 +240,8 @@ fn the_services_read_every_variable_compose_sets_on_them() {
         let read = read_by(name);
         assert!(
             read.contains(&addr_variable(name)),
-            "scanner missed {name}'s variables"
+            "{name}'s settings have no {}",
+            addr_variable(name)
         );
         let unread: Vec<_> = env.keys().filter(|k| !read.contains(*k)).collect();
         assert!(
@@ -273,7 +257,7 @@ fn listen_addresses_and_healthchecks_use_the_services_default_ports() {
     for name in SERVICES {
         let svc = service(&compose, name);
         let var = addr_variable(name);
-        let default = code_default(&config_file(name), &var);
+        let default = code_default(name, &var);
         let value = with_defaults(&environment(svc)[&var]);
         assert_eq!(
             port_of_addr(&value),
@@ -317,7 +301,7 @@ fn the_published_gateway_port_is_the_gateways_listen_port() {
     assert_eq!(parts[0], "127.0.0.1", "{mapping}");
     assert_eq!(
         parts[1].parse::<u16>().unwrap(),
-        port_of_addr(&code_default(&config_file("gateway"), "GATEWAY_ADDR"))
+        port_of_addr(&code_default("gateway", "GATEWAY_ADDR"))
     );
 }
 
@@ -350,7 +334,7 @@ fn gateway_routes_point_at_the_services_on_their_ports() {
     let services = service_names(&compose);
     let gateway = service(&compose, "gateway");
     let routes = parse_routes(&environment(gateway)["GATEWAY_ROUTES"]);
-    let defaults = parse_routes(&code_default(&config_file("gateway"), "GATEWAY_ROUTES"));
+    let defaults = parse_routes(&code_default("gateway", "GATEWAY_ROUTES"));
     assert_eq!(
         routes.keys().collect::<Vec<_>>(),
         defaults.keys().collect::<Vec<_>>(),
@@ -411,7 +395,7 @@ fn database_urls_name_the_users_and_databases_the_init_script_creates() {
         let var = format!("{}_DATABASE_URL", name.to_uppercase());
         let raw = &environment(service(&compose, name))[&var];
         let url = parse_url(&with_defaults(raw));
-        let default = parse_url(&code_default(&config_file(name), &var));
+        let default = parse_url(&code_default(name, &var));
         assert_eq!(url.scheme, default.scheme, "{var}");
         assert_eq!(url.host, "postgres", "{var}");
         assert_eq!(url.port, default.port, "{var}: PostgreSQL's port");
@@ -456,10 +440,7 @@ fn amqp_urls_use_the_brokers_port_vhost_and_credentials() {
         Some("rabbitmq"),
         "a stable node name"
     );
-    let default = parse_url(&code_default(
-        "crates/message-table/src/amqp.rs",
-        "AMQP_URL",
-    ));
+    let default = parse_url(&code_default("order", "AMQP_URL"));
     let mut seen = BTreeSet::new();
     for name in ["order", "pay"] {
         let raw = environment(service(&compose, name))["AMQP_URL"].clone();

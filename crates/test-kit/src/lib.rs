@@ -36,15 +36,23 @@ pub fn unique_name(prefix: &str) -> String {
     )
 }
 
+/// The server where per-test databases are created.
+const TEST_DATABASE_URL: (&str, &str) = (
+    "TEST_DATABASE_URL",
+    "postgres://postgres@127.0.0.1:5432/postgres",
+);
+/// The broker of the tests.
+const TEST_AMQP_URL: (&str, &str) = ("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f");
+
+/// The variables the tests read, with their defaults (README lists them).
+pub const VARIABLES: [(&str, &str); 2] = [TEST_DATABASE_URL, TEST_AMQP_URL];
+
 fn admin_url() -> String {
-    env_string(
-        "TEST_DATABASE_URL",
-        "postgres://postgres@127.0.0.1:5432/postgres",
-    )
+    env_string(TEST_DATABASE_URL.0, TEST_DATABASE_URL.1)
 }
 
 pub fn amqp_url() -> String {
-    env_string("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f")
+    env_string(TEST_AMQP_URL.0, TEST_AMQP_URL.1)
 }
 
 /// A unique exchange on the local broker; queues declared by tests expire when unused.

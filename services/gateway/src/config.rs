@@ -1,16 +1,100 @@
-//! Gateway configuration from environment variables. Every variable has a default that works
-//! with the order and pay services running locally on their default ports.
+//! The gateway's settings ([`GatewaySettings`], from the environment, `gateway --help`) and
+//! the configuration it runs with ([`GatewayConfig`], which tests build in code). Every
+//! variable has a default that works with the order and pay services running locally on
+//! their default ports.
 
-use std::{env::VarError, time::Duration};
+use std::time::Duration;
 
-use anyhow::{Context, bail};
-use common::config::{env_millis, env_or, env_string};
+use anyhow::bail;
+use common::{config::Settings, telemetry::LogSettings};
 
 use crate::{
     internal::{DEFAULT_INTERNAL_PATHS, InternalPaths},
     routes::RouteTable,
     upstream::EjectionPolicy,
 };
+
+/// Every variable the gateway reads, with its default. README (and [`GatewayConfig`]) say
+/// more about each.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "gateway", version, about)]
+pub struct GatewaySettings {
+    /// Listen address; port 0 picks a free port.
+    #[arg(long, env = "GATEWAY_ADDR", default_value = "127.0.0.1:8769")]
+    pub gateway_addr: String,
+    /// Comma-separated: `prefix=base-url` starts a route, a bare `http://…` entry adds an
+    /// instance to the route before it.
+    #[arg(
+        long,
+        env = "GATEWAY_ROUTES",
+        default_value = "/order=http://127.0.0.1:8763,/pay=http://127.0.0.1:8762",
+        value_parser = RouteTable::parse
+    )]
+    pub gateway_routes: RouteTable,
+    /// Comma-separated `prefix=milliseconds` pairs overriding GATEWAY_UPSTREAM_TIMEOUT_MS.
+    #[arg(long, env = "GATEWAY_ROUTE_TIMEOUTS", default_value = "")]
+    pub gateway_route_timeouts: String,
+    /// Wait for an upstream's response headers, then 504.
+    #[arg(long, env = "GATEWAY_UPSTREAM_TIMEOUT_MS", default_value_t = 30_000)]
+    pub gateway_upstream_timeout_ms: u64,
+    /// Connect to one instance; failing ejects it and the next one is tried.
+    #[arg(long, env = "GATEWAY_CONNECT_TIMEOUT_MS", default_value_t = 2_000)]
+    pub gateway_connect_timeout_ms: u64,
+    /// Larger request bodies get 413.
+    #[arg(long, env = "GATEWAY_MAX_BODY_BYTES", default_value_t = 10 * 1024 * 1024)]
+    pub gateway_max_body_bytes: u64,
+    /// Services' paths the gateway answers 404 itself; set but empty exposes them.
+    #[arg(
+        long,
+        env = "GATEWAY_INTERNAL_PATHS",
+        default_value = DEFAULT_INTERNAL_PATHS,
+        value_parser = InternalPaths::parse
+    )]
+    pub gateway_internal_paths: InternalPaths,
+    /// An instance that refused a connection is tried last for this long.
+    #[arg(long, env = "GATEWAY_EJECT_BASE_MS", default_value_t = 1_000)]
+    pub gateway_eject_base_ms: u64,
+    /// That wait doubles per failed trial, up to this.
+    #[arg(long, env = "GATEWAY_EJECT_MAX_MS", default_value_t = 30_000)]
+    pub gateway_eject_max_ms: u64,
+    #[command(flatten)]
+    pub log: LogSettings,
+}
+
+impl Settings for GatewaySettings {
+    /// Set but empty, nothing is blocked.
+    const KEEP_EMPTY: &'static [&'static str] = &["GATEWAY_INTERNAL_PATHS"];
+}
+
+impl GatewaySettings {
+    /// Applies the route timeouts to the routes; the rest is checked when the gateway is
+    /// built ([`GatewayConfig::validate`]).
+    pub fn into_config(self) -> anyhow::Result<GatewayConfig> {
+        let timeouts = &self.gateway_route_timeouts;
+        let routes = self.gateway_routes.with_timeouts(timeouts).map_err(|e| {
+            anyhow::anyhow!(
+                "environment variable GATEWAY_ROUTE_TIMEOUTS={timeouts:?} is invalid: {e}"
+            )
+        })?;
+        Ok(GatewayConfig {
+            addr: self.gateway_addr,
+            routes,
+            upstream_timeout: Duration::from_millis(self.gateway_upstream_timeout_ms),
+            connect_timeout: Duration::from_millis(self.gateway_connect_timeout_ms),
+            max_body_bytes: self.gateway_max_body_bytes,
+            internal_paths: self.gateway_internal_paths,
+            ejection: EjectionPolicy {
+                base: Duration::from_millis(self.gateway_eject_base_ms),
+                max: Duration::from_millis(self.gateway_eject_max_ms),
+            },
+        })
+    }
+}
+
+/// Every variable the gateway reads, with its default (README lists them).
+pub fn variables() -> Vec<(String, String)> {
+    GatewaySettings::variables()
+}
 
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
@@ -54,53 +138,10 @@ pub struct GatewayConfig {
 }
 
 impl GatewayConfig {
-    pub fn from_env() -> anyhow::Result<Self> {
-        let routes_spec = env_string(
-            "GATEWAY_ROUTES",
-            "/order=http://127.0.0.1:8763,/pay=http://127.0.0.1:8762",
-        );
-        let timeouts_spec = env_string("GATEWAY_ROUTE_TIMEOUTS", "");
-        let routes = RouteTable::parse(&routes_spec)
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "environment variable GATEWAY_ROUTES={routes_spec:?} is invalid: {e}"
-                )
-            })?
-            .with_timeouts(&timeouts_spec)
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "environment variable GATEWAY_ROUTE_TIMEOUTS={timeouts_spec:?} is invalid: {e}"
-                )
-            })?;
-        let internal_spec = match std::env::var("GATEWAY_INTERNAL_PATHS") {
-            Ok(spec) => spec,
-            Err(VarError::NotPresent) => DEFAULT_INTERNAL_PATHS.to_string(),
-            Err(e) => bail!("environment variable GATEWAY_INTERNAL_PATHS is invalid: {e}"),
-        };
-        let internal_paths = InternalPaths::parse(&internal_spec).map_err(|e| {
-            anyhow::anyhow!(
-                "environment variable GATEWAY_INTERNAL_PATHS={internal_spec:?} is invalid: {e}"
-            )
-        })?;
-        let config = GatewayConfig {
-            addr: env_string("GATEWAY_ADDR", "127.0.0.1:8769"),
-            routes,
-            upstream_timeout: env_millis("GATEWAY_UPSTREAM_TIMEOUT_MS", 30_000)?,
-            connect_timeout: env_millis("GATEWAY_CONNECT_TIMEOUT_MS", 2_000)?,
-            max_body_bytes: env_or("GATEWAY_MAX_BODY_BYTES", 10 * 1024 * 1024)?,
-            internal_paths,
-            ejection: EjectionPolicy {
-                base: env_millis("GATEWAY_EJECT_BASE_MS", 1_000)?,
-                max: env_millis("GATEWAY_EJECT_MAX_MS", 30_000)?,
-            },
-        };
-        config.validate().context("invalid gateway configuration")?;
-        Ok(config)
-    }
-
     /// Zero would make every request fail (or, for ejection, retry a dead instance on every
-    /// request), which is never what an operator meant.
-    fn validate(&self) -> anyhow::Result<()> {
+    /// request), which is never what an operator meant. [`crate::Application::build`] runs
+    /// this, on settings and on configs built in code alike.
+    pub fn validate(&self) -> anyhow::Result<()> {
         if self.upstream_timeout.is_zero() {
             bail!("GATEWAY_UPSTREAM_TIMEOUT_MS must be greater than 0");
         }
@@ -117,5 +158,48 @@ impl GatewayConfig {
             bail!("GATEWAY_EJECT_MAX_MS must be at least GATEWAY_EJECT_BASE_MS");
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(args: &[&str]) -> anyhow::Result<GatewayConfig> {
+        let args = std::iter::once("gateway").chain(args.iter().copied());
+        GatewaySettings::try_load_from(args)?.into_config()
+    }
+
+    /// One test, since the variables are the process's.
+    #[test]
+    fn settings_become_the_configuration_with_todays_defaults_and_rules() {
+        let cfg = load(&[]).unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.addr, "127.0.0.1:8769");
+        assert_eq!(cfg.routes.iter().count(), 2);
+        assert_eq!(cfg.upstream_timeout, Duration::from_secs(30));
+        assert_eq!(cfg.connect_timeout, Duration::from_secs(2));
+        assert_eq!(cfg.max_body_bytes, 10 * 1024 * 1024);
+        assert_eq!(cfg.ejection.base, Duration::from_secs(1));
+        assert_eq!(cfg.ejection.max, Duration::from_secs(30));
+        assert!(cfg.internal_paths.blocks("/admin/stats"));
+
+        let err = load(&["--gateway-route-timeouts", "/nope=5"]).unwrap_err();
+        assert!(err.to_string().contains("GATEWAY_ROUTE_TIMEOUTS"), "{err}");
+        let err = load(&["--gateway-routes", "order"]).unwrap_err();
+        assert!(err.to_string().contains("GATEWAY_ROUTES"), "{err}");
+        let cfg = load(&["--gateway-eject-max-ms", "10"]).unwrap();
+        let err = cfg.validate().unwrap_err();
+        assert!(err.to_string().contains("GATEWAY_EJECT_MAX_MS"), "{err}");
+
+        // Set but empty: nothing blocked, where other variables fall back to their default.
+        // SAFETY: no other test of this crate reads the environment.
+        unsafe {
+            std::env::set_var("GATEWAY_INTERNAL_PATHS", "");
+            std::env::set_var("GATEWAY_ADDR", "");
+        }
+        let cfg = load(&[]).unwrap();
+        assert!(!cfg.internal_paths.blocks("/admin/stats"));
+        assert_eq!(cfg.addr, "127.0.0.1:8769");
     }
 }

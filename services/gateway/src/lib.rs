@@ -18,7 +18,7 @@
 //! at a time without clients noticing; an instance that refuses connections is taken out of
 //! rotation and the request goes to the next one (see [`upstream`]).
 //!
-//! - [`config`]: environment variables.
+//! - [`config`]: the settings (environment variables) and the configuration.
 //! - [`routes`]: the prefix route table: prefixes, instance URLs, per-route timeouts.
 //! - [`upstream`]: round robin, ejection and trials of a route's instances.
 //! - [`internal`]: the services' internal paths, kept from clients.
@@ -36,5 +36,5 @@ pub mod routes;
 pub mod startup;
 pub mod upstream;
 
-pub use config::GatewayConfig;
+pub use config::{GatewayConfig, GatewaySettings, variables};
 pub use startup::Application;

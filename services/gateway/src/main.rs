@@ -1,13 +1,15 @@
-use gateway::{Application, GatewayConfig};
+use common::config::Settings;
+use gateway::{Application, GatewaySettings};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    common::telemetry::init("gateway");
-    common::telemetry::exit_code(run().await)
+    let settings = GatewaySettings::load();
+    common::telemetry::init("gateway", &settings.log);
+    common::telemetry::exit_code(run(settings).await)
 }
 
-async fn run() -> anyhow::Result<()> {
-    let app = Application::build(GatewayConfig::from_env()?).await?;
+async fn run(settings: GatewaySettings) -> anyhow::Result<()> {
+    let app = Application::build(settings.into_config()?).await?;
     tracing::info!(addr = %app.local_addr(), "gateway listening");
     app.run_until_stopped(common::http::shutdown_signal()).await
 }

@@ -28,6 +28,7 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: GatewayConfig) -> anyhow::Result<Self> {
+        config.validate().context("invalid gateway configuration")?;
         let proxy = Arc::new(proxy::Proxy::new(&config)?);
         let listener = TcpListener::bind(&config.addr)
             .await

@@ -1,41 +1,67 @@
-use common::config::{env_or, env_string};
-use message_service::service::MessagingConfig;
-use message_table::{
-    amqp::AmqpConfig, inbox::InboxConfig, outbox::OutboxConfig, retention::RetentionConfig,
-};
+//! The order service's settings ([`OrderSettings`], from the environment, `order --help`)
+//! and the configuration it runs with ([`OrderConfig`], which tests build in code).
+
+use common::{config::Settings, telemetry::LogSettings};
+use message_service::{service::MessagingConfig, settings::MessagingSettings};
 
 /// Routing keys of pay's answers, bound to the order service's queue.
 pub const PAYMENT_RESULT_KEYS: &[&str] = &["payment.completed", "payment.failed"];
 
-#[derive(Debug, Clone)]
-pub struct OrderConfig {
-    /// `ORDER_ADDR` (default `127.0.0.1:8763`); port 0 picks a free port (tests).
-    pub addr: String,
-    /// `ORDER_DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/order_db`).
-    pub database_url: String,
-    /// `ORDER_DB_MAX_CONNECTIONS` (default 10).
-    pub db_max_connections: u32,
-    /// `AMQP_*`, `OUTBOX_*`, `INBOX_*`, and `ORDER_QUEUE` (default `order.payment-results`).
-    pub messaging: MessagingConfig,
+/// Every variable the order service reads, with its default.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "order", version, about)]
+pub struct OrderSettings {
+    /// Listen address; port 0 picks a free port.
+    #[arg(long, env = "ORDER_ADDR", default_value = "127.0.0.1:8763")]
+    pub order_addr: String,
+    /// order's database (migrated at start-up).
+    #[arg(
+        long,
+        env = "ORDER_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/order_db"
+    )]
+    pub order_database_url: String,
+    /// Pool size.
+    #[arg(long, env = "ORDER_DB_MAX_CONNECTIONS", default_value_t = 10)]
+    pub order_db_max_connections: u32,
+    /// The queue order consumes (bound to payment.completed, payment.failed).
+    #[arg(long, env = "ORDER_QUEUE", default_value = "order.payment-results")]
+    pub order_queue: String,
+    #[command(flatten)]
+    pub messaging: MessagingSettings,
+    #[command(flatten)]
+    pub log: LogSettings,
 }
 
-impl OrderConfig {
-    pub fn from_env() -> anyhow::Result<Self> {
-        Ok(Self {
-            addr: env_string("ORDER_ADDR", "127.0.0.1:8763"),
-            database_url: env_string(
-                "ORDER_DATABASE_URL",
-                "postgres://postgres@127.0.0.1:5432/order_db",
-            ),
-            db_max_connections: env_or("ORDER_DB_MAX_CONNECTIONS", 10)?,
-            messaging: MessagingConfig {
-                amqp: AmqpConfig::from_env()?,
-                outbox: OutboxConfig::from_env()?,
-                inbox: InboxConfig::from_env()?,
-                queue: env_string("ORDER_QUEUE", "order.payment-results"),
-                retention: RetentionConfig::from_env()?,
-                routing_keys: PAYMENT_RESULT_KEYS.iter().map(|s| s.to_string()).collect(),
-            },
-        })
+impl Settings for OrderSettings {}
+
+impl OrderSettings {
+    /// Checked when the service is built ([`message_service::service::Service::build`]).
+    pub fn into_config(self) -> OrderConfig {
+        OrderConfig {
+            addr: self.order_addr,
+            database_url: self.order_database_url,
+            db_max_connections: self.order_db_max_connections,
+            messaging: self
+                .messaging
+                .into_config(self.order_queue, PAYMENT_RESULT_KEYS),
+        }
     }
+}
+
+/// Every variable the order service reads, with its default (README lists them).
+pub fn variables() -> Vec<(String, String)> {
+    OrderSettings::variables()
+}
+
+#[derive(Debug, Clone)]
+pub struct OrderConfig {
+    /// `ORDER_ADDR`; port 0 picks a free port (tests).
+    pub addr: String,
+    /// `ORDER_DATABASE_URL`.
+    pub database_url: String,
+    /// `ORDER_DB_MAX_CONNECTIONS`.
+    pub db_max_connections: u32,
+    /// `AMQP_*`, `OUTBOX_*`, `INBOX_*`, `RETENTION_*`, and `ORDER_QUEUE`.
+    pub messaging: MessagingConfig,
 }

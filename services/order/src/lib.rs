@@ -11,7 +11,7 @@ pub mod orders;
 pub mod payment_results;
 mod startup;
 
-pub use config::OrderConfig;
+pub use config::{OrderConfig, OrderSettings, variables};
 pub use startup::Application;
 
 /// The migrations of order_db (`sql/order`), applied at start-up.

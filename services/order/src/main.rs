@@ -1,13 +1,15 @@
-use order::{Application, OrderConfig};
+use common::config::Settings;
+use order::{Application, OrderSettings};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    common::telemetry::init("order");
-    common::telemetry::exit_code(run().await)
+    let settings = OrderSettings::load();
+    common::telemetry::init("order", &settings.log);
+    common::telemetry::exit_code(run(settings).await)
 }
 
-async fn run() -> anyhow::Result<()> {
-    let app = Application::build(OrderConfig::from_env()?).await?;
+async fn run(settings: OrderSettings) -> anyhow::Result<()> {
+    let app = Application::build(settings.into_config()).await?;
     tracing::info!(addr = %app.local_addr(), "order service listening");
     app.run_until_stopped(common::http::shutdown_signal()).await
 }

@@ -1,33 +1,58 @@
-//! Start-up checks of the order service's configuration: a configuration that could process a
-//! message twice never starts.
+//! Start-up checks of the order service on configs built in code: the inbox remembers message
+//! ids for as long as copies can arrive, and a lease outlasts the confirm window. A
+//! configuration that could process a message twice never starts.
 
 use std::time::Duration;
 
+use message_service::service::MessagingConfig;
 use order::{Application, OrderConfig};
 use test_kit::TestDb;
 
-#[tokio::test]
-async fn an_inbox_retention_shorter_than_the_redelivery_horizon_is_refused_at_start_up() {
+/// Builds order with the test messaging settings changed by `change`, which must make
+/// `Service::build` refuse it; the error.
+async fn refused_at_start_up(change: impl FnOnce(&mut MessagingConfig)) -> String {
     let db = TestDb::new(&order::MIGRATOR).await;
     let amqp = test_kit::test_amqp();
     let mut messaging =
         test_kit::messaging(&amqp, "test.order", order::config::PAYMENT_RESULT_KEYS);
-    // Messages may be published for a day; the inbox would remember them for an hour.
-    messaging.outbox.message_ttl = Duration::from_secs(24 * 3600);
-    messaging.inbox.retention = Duration::from_secs(3600);
+    change(&mut messaging);
     let cfg = OrderConfig {
         addr: "127.0.0.1:0".into(),
         database_url: db.url.clone(),
         db_max_connections: 5,
         messaging,
     };
-    let err = match Application::build(cfg).await {
+    match Application::build(cfg).await {
         Ok(_) => panic!("a configuration that can process a message twice started"),
         Err(e) => format!("{e:#}"),
-    };
+    }
+}
+
+#[tokio::test]
+async fn an_inbox_retention_shorter_than_the_redelivery_horizon_is_refused_at_start_up() {
+    let err = refused_at_start_up(|messaging| {
+        // Messages may be published for a day; the inbox would remember them for an hour.
+        messaging.outbox.message_ttl = Duration::from_secs(24 * 3600);
+        messaging.inbox.retention = Duration::from_secs(3600);
+    })
+    .await;
     assert!(
         err.contains("INBOX_RETENTION_SECS (3600s) is shorter than the redelivery horizon"),
         "{err}"
     );
     assert!(err.contains("OUTBOX_MESSAGE_TTL_SECS 86400s"), "{err}");
+}
+
+/// Configs built in code go through the same checks as settings from the environment.
+#[tokio::test]
+async fn a_config_built_in_code_with_a_lease_too_short_is_refused_at_start_up() {
+    let err = refused_at_start_up(|messaging| {
+        // A lease that can expire while its window is in flight: duplicates.
+        messaging.outbox.lease = messaging.outbox.confirm_timeout + Duration::from_secs(1);
+    })
+    .await;
+    assert!(
+        err.contains("OUTBOX_LEASE_MS") && err.contains("OUTBOX_CONFIRM_TIMEOUT_MS"),
+        "{err}"
+    );
 }

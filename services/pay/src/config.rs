@@ -1,41 +1,67 @@
-use common::config::{env_or, env_string};
-use message_service::service::MessagingConfig;
-use message_table::{
-    amqp::AmqpConfig, inbox::InboxConfig, outbox::OutboxConfig, retention::RetentionConfig,
-};
+//! The pay service's settings ([`PaySettings`], from the environment, `pay --help`)
+//! and the configuration it runs with ([`PayConfig`], which tests build in code).
+
+use common::{config::Settings, telemetry::LogSettings};
+use message_service::{service::MessagingConfig, settings::MessagingSettings};
 
 /// Routing keys bound to pay's queue.
 pub const ORDER_CREATED_KEYS: &[&str] = &["order.created"];
 
-#[derive(Debug, Clone)]
-pub struct PayConfig {
-    /// `PAY_ADDR` (default `127.0.0.1:8762`); port 0 picks a free port (tests).
-    pub addr: String,
-    /// `PAY_DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/pay_db`).
-    pub database_url: String,
-    /// `PAY_DB_MAX_CONNECTIONS` (default 10).
-    pub db_max_connections: u32,
-    /// `AMQP_*`, `OUTBOX_*`, `INBOX_*`, and `PAY_QUEUE` (default `pay.order-created`).
-    pub messaging: MessagingConfig,
+/// Every variable the pay service reads, with its default.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "pay", version, about)]
+pub struct PaySettings {
+    /// Listen address; port 0 picks a free port.
+    #[arg(long, env = "PAY_ADDR", default_value = "127.0.0.1:8762")]
+    pub pay_addr: String,
+    /// pay's database (migrated at start-up).
+    #[arg(
+        long,
+        env = "PAY_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/pay_db"
+    )]
+    pub pay_database_url: String,
+    /// Pool size.
+    #[arg(long, env = "PAY_DB_MAX_CONNECTIONS", default_value_t = 10)]
+    pub pay_db_max_connections: u32,
+    /// The queue pay consumes (bound to order.created).
+    #[arg(long, env = "PAY_QUEUE", default_value = "pay.order-created")]
+    pub pay_queue: String,
+    #[command(flatten)]
+    pub messaging: MessagingSettings,
+    #[command(flatten)]
+    pub log: LogSettings,
 }
 
-impl PayConfig {
-    pub fn from_env() -> anyhow::Result<Self> {
-        Ok(Self {
-            addr: env_string("PAY_ADDR", "127.0.0.1:8762"),
-            database_url: env_string(
-                "PAY_DATABASE_URL",
-                "postgres://postgres@127.0.0.1:5432/pay_db",
-            ),
-            db_max_connections: env_or("PAY_DB_MAX_CONNECTIONS", 10)?,
-            messaging: MessagingConfig {
-                amqp: AmqpConfig::from_env()?,
-                outbox: OutboxConfig::from_env()?,
-                inbox: InboxConfig::from_env()?,
-                queue: env_string("PAY_QUEUE", "pay.order-created"),
-                retention: RetentionConfig::from_env()?,
-                routing_keys: ORDER_CREATED_KEYS.iter().map(|s| s.to_string()).collect(),
-            },
-        })
+impl Settings for PaySettings {}
+
+impl PaySettings {
+    /// Checked when the service is built ([`message_service::service::Service::build`]).
+    pub fn into_config(self) -> PayConfig {
+        PayConfig {
+            addr: self.pay_addr,
+            database_url: self.pay_database_url,
+            db_max_connections: self.pay_db_max_connections,
+            messaging: self
+                .messaging
+                .into_config(self.pay_queue, ORDER_CREATED_KEYS),
+        }
     }
+}
+
+/// Every variable the pay service reads, with its default (README lists them).
+pub fn variables() -> Vec<(String, String)> {
+    PaySettings::variables()
+}
+
+#[derive(Debug, Clone)]
+pub struct PayConfig {
+    /// `PAY_ADDR`; port 0 picks a free port (tests).
+    pub addr: String,
+    /// `PAY_DATABASE_URL`.
+    pub database_url: String,
+    /// `PAY_DB_MAX_CONNECTIONS`.
+    pub db_max_connections: u32,
+    /// `AMQP_*`, `OUTBOX_*`, `INBOX_*`, `RETENTION_*`, and `PAY_QUEUE`.
+    pub messaging: MessagingConfig,
 }

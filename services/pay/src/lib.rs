@@ -11,7 +11,7 @@ pub mod config;
 pub mod payments;
 mod startup;
 
-pub use config::PayConfig;
+pub use config::{PayConfig, PaySettings, variables};
 pub use startup::Application;
 
 /// The migrations of pay_db (`sql/pay`), applied at start-up.

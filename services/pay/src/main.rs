@@ -1,13 +1,15 @@
-use pay::{Application, PayConfig};
+use common::config::Settings;
+use pay::{Application, PaySettings};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    common::telemetry::init("pay");
-    common::telemetry::exit_code(run().await)
+    let settings = PaySettings::load();
+    common::telemetry::init("pay", &settings.log);
+    common::telemetry::exit_code(run(settings).await)
 }
 
-async fn run() -> anyhow::Result<()> {
-    let app = Application::build(PayConfig::from_env()?).await?;
+async fn run(settings: PaySettings) -> anyhow::Result<()> {
+    let app = Application::build(settings.into_config()).await?;
     tracing::info!(addr = %app.local_addr(), "pay service listening");
     app.run_until_stopped(common::http::shutdown_signal()).await
 }

@@ -172,3 +172,29 @@ async fn the_binary_streams_50_mib_each_way_without_its_memory_growing_with_the_
         "peak RSS grew by {growth_kib} KiB moving {SIZE} bytes each way"
     );
 }
+
+#[test]
+fn help_lists_every_variable_with_its_default() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .arg("--help")
+        .env_clear()
+        .output()
+        .expect("the gateway binary runs");
+    assert!(out.status.success(), "{out:?}");
+    let help = String::from_utf8(out.stdout).unwrap();
+    let variables = gateway::variables();
+    assert!(
+        variables.iter().any(|(name, _)| name == "GATEWAY_ROUTES"),
+        "{variables:?}"
+    );
+    for (name, default) in variables {
+        // clap quotes an empty default.
+        let default = if default.is_empty() {
+            "\"\"".into()
+        } else {
+            default
+        };
+        let listed = format!("[env: {name}=] [default: {default}]");
+        assert!(help.contains(&listed), "{listed} is not in:\n{help}");
+    }
+}
