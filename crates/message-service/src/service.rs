@@ -45,20 +45,10 @@ impl MessagingConfig {
     /// one check: [`Service::build`] runs it, whether the config came from the environment
     /// ([`crate::settings`]) or was built in code.
     pub fn validate(&self) -> anyhow::Result<()> {
-        self.amqp.clone().validate()?;
-        self.outbox.clone().validate()?;
-        let inbox = &self.inbox;
-        anyhow::ensure!(inbox.prefetch > 0, "INBOX_PREFETCH must be > 0");
-        anyhow::ensure!(
-            inbox.retry.max_attempts > 0,
-            "INBOX_MAX_ATTEMPTS must be > 0"
-        );
-        let retention = &self.retention;
-        anyhow::ensure!(
-            !retention.interval.is_zero(),
-            "RETENTION_INTERVAL_SECS must be > 0"
-        );
-        anyhow::ensure!(retention.batch_size > 0, "RETENTION_BATCH_SIZE must be > 0");
+        self.amqp.validate()?;
+        self.outbox.validate()?;
+        self.inbox.validate()?;
+        self.retention.validate()?;
         message_table::retention::validate(&self.outbox, &self.inbox)
     }
 }

@@ -22,8 +22,6 @@ use lapin::{
     types::{AMQPValue, FieldTable, LongString, ShortString},
 };
 
-use common::config::{env_millis, env_or, env_string};
-
 use crate::backoff::RetryPolicy;
 
 /// Where the broker is and what the shared topology is called.
@@ -43,28 +41,13 @@ pub struct AmqpConfig {
 }
 
 impl AmqpConfig {
-    pub fn from_env() -> anyhow::Result<Self> {
-        let expires_ms: u64 = env_or("AMQP_QUEUE_EXPIRES_MS", 0)?;
-        Ok(Self {
-            url: env_string("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"),
-            exchange: env_string("AMQP_EXCHANGE", "lmt.events"),
-            queue_expires: (expires_ms > 0).then(|| Duration::from_millis(expires_ms)),
-            exchange_auto_delete: false,
-            reconnect: RetryPolicy {
-                base: env_millis("AMQP_RECONNECT_BASE_MS", 200)?,
-                max: env_millis("AMQP_RECONNECT_MAX_MS", 5_000)?,
-                max_attempts: i32::MAX,
-            },
-        })
-        .and_then(Self::validate)
-    }
-
-    pub fn validate(self) -> anyhow::Result<Self> {
+    /// The rules a usable broker configuration follows (checked by the service builder).
+    pub fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(
             !self.reconnect.base.is_zero() && self.reconnect.base <= self.reconnect.max,
             "AMQP_RECONNECT_BASE_MS must be > 0 and at most AMQP_RECONNECT_MAX_MS"
         );
-        Ok(self)
+        Ok(())
     }
 }
 

@@ -32,7 +32,6 @@ use crate::{
     outbox::OutboxConfig,
     status::{InboxStatus, OutboxStatus},
 };
-use common::config;
 
 /// The advisory lock key of the retention pass (advisory locks are per database, so each
 /// service's database has its own). Any fixed number no other code uses.
@@ -51,17 +50,14 @@ pub struct RetentionConfig {
 }
 
 impl RetentionConfig {
-    pub fn from_env() -> anyhow::Result<Self> {
-        let cfg = Self {
-            interval: config::env_secs("RETENTION_INTERVAL_SECS", 600)?,
-            batch_size: config::env_or("RETENTION_BATCH_SIZE", 1_000)?,
-        };
+    /// The rules a usable retention configuration follows (checked by the service builder).
+    pub fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(
-            !cfg.interval.is_zero(),
+            !self.interval.is_zero(),
             "RETENTION_INTERVAL_SECS must be > 0"
         );
-        anyhow::ensure!(cfg.batch_size > 0, "RETENTION_BATCH_SIZE must be > 0");
-        Ok(cfg)
+        anyhow::ensure!(self.batch_size > 0, "RETENTION_BATCH_SIZE must be > 0");
+        Ok(())
     }
 }
 

@@ -12,8 +12,8 @@ use std::{
 use async_trait::async_trait;
 use lapin::{BasicProperties, types::ShortString};
 use message_table::inbox::{
-    HandlerError, Inbox, InboxCounters, InboxMessage, MessageHandler, consumer::InboxConsumer,
-    retry_sweeper::RetrySweeper,
+    HandlerError, Inbox, InboxCounters, InboxMessage, InboxStatus, MessageHandler,
+    consumer::InboxConsumer, retry_sweeper::RetrySweeper,
 };
 use sqlx::PgConnection;
 use test_kit::{TcpProxy, TestDb, TestQueue};
@@ -175,12 +175,12 @@ async fn a_panicking_handler_is_a_recorded_failure_and_the_consumer_goes_on() {
         "the consumer task survived the panic"
     );
     assert!(c.connected.is_connected());
-    let (status, error): (String, String) =
+    let (status, error): (InboxStatus, String) =
         sqlx::query_as("SELECT status, last_error FROM inbox WHERE payload ? 'boom'")
             .fetch_one(&c._db.pool)
             .await
             .unwrap();
-    assert_eq!(status, "failed");
+    assert_eq!(status, InboxStatus::Failed);
     assert!(error.contains("handler panicked: handler bug"), "{error}");
 
     // The sweeper retries it like any failure (and it panics again: attempt 2, still alive).

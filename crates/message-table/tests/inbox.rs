@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use message_table::inbox::{self, Inbox, Outcome, retry_sweeper::RetrySweeper};
+use message_table::inbox::{self, Inbox, InboxStatus, Outcome, retry_sweeper::RetrySweeper};
 use serde_json::json;
 use support::{RecordingHandler, effects, id_of, inbox_row, incoming};
 
@@ -31,7 +31,7 @@ async fn the_same_message_twice_has_one_effect() {
     assert_eq!(effects(&db.pool, id_of(&msg)).await, 1);
     assert_eq!(
         inbox_row(&db.pool, id_of(&msg)).await,
-        ("processed".into(), 1, None)
+        (InboxStatus::Processed, 1, None)
     );
     let counts = inbox.counters().snapshot();
     assert_eq!((counts.processed, counts.duplicates), (1, 1));
@@ -84,7 +84,7 @@ async fn a_message_older_than_the_inbox_memory_is_dead_without_effect_until_requ
     }
     assert_eq!(effects(&db.pool, id_of(&old)).await, 0);
     let (status, attempts, _) = inbox_row(&db.pool, id_of(&old)).await;
-    assert_eq!((status.as_str(), attempts), ("dead", 0));
+    assert_eq!((status, attempts), (InboxStatus::Dead, 0));
     // Another copy is a duplicate of the dead row, not a second chance.
     assert_eq!(
         inbox.receive(old.clone()).await.unwrap(),
@@ -104,7 +104,10 @@ async fn a_message_older_than_the_inbox_memory_is_dead_without_effect_until_requ
     assert!(inbox::requeue_dead(&db.pool, id_of(&old)).await.unwrap());
     RetrySweeper::new(&inbox).run_once().await.unwrap();
     assert_eq!(effects(&db.pool, id_of(&old)).await, 1);
-    assert_eq!(inbox_row(&db.pool, id_of(&old)).await.0, "processed");
+    assert_eq!(
+        inbox_row(&db.pool, id_of(&old)).await.0,
+        InboxStatus::Processed
+    );
 }
 
 #[tokio::test]
@@ -125,7 +128,7 @@ async fn a_handler_that_fails_twice_is_retried_with_backoff_and_its_effect_commi
     );
     // The failure is durable (the delivery may be acked) and its effect rolled back.
     let (status, attempts, error) = inbox_row(&db.pool, id).await;
-    assert_eq!((status.as_str(), attempts), ("failed", 1));
+    assert_eq!((status, attempts), (InboxStatus::Failed, 1));
     assert_eq!(error.as_deref(), Some("simulated outage"));
     let backed_off: bool = sqlx::query_scalar(
         // First retry: 10 s with equal jitter, so at least 5 s away.
@@ -155,7 +158,7 @@ async fn a_handler_that_fails_twice_is_retried_with_backoff_and_its_effect_commi
                 .unwrap();
             sweeper.run_once().await.unwrap();
             let (status, attempts, _) = inbox_row(&db.pool, id).await;
-            (status == "processed").then_some(attempts)
+            (status == InboxStatus::Processed).then_some(attempts)
         },
     )
     .await;
@@ -183,7 +186,7 @@ async fn exhausted_attempts_end_dead_with_the_last_error_and_can_be_requeued() {
     inbox.receive(msg).await.unwrap();
     test_kit::eventually("the message is dead", Duration::from_secs(10), || async {
         sweeper.run_once().await.unwrap();
-        (inbox_row(&db.pool, id).await.0 == "dead").then_some(())
+        (inbox_row(&db.pool, id).await.0 == InboxStatus::Dead).then_some(())
     })
     .await;
     let (_, attempts, error) = inbox_row(&db.pool, id).await;
@@ -197,7 +200,7 @@ async fn exhausted_attempts_end_dead_with_the_last_error_and_can_be_requeued() {
     assert!(inbox::requeue_dead(&db.pool, id).await.unwrap());
     let healthy = Inbox::new(db.pool.clone(), RecordingHandler::new(), cfg);
     RetrySweeper::new(&healthy).run_once().await.unwrap();
-    assert_eq!(inbox_row(&db.pool, id).await.0, "processed");
+    assert_eq!(inbox_row(&db.pool, id).await.0, InboxStatus::Processed);
     assert_eq!(effects(&db.pool, id).await, 1);
 }
 
@@ -215,7 +218,7 @@ async fn a_permanent_error_is_dead_at_once_and_never_retried() {
     let outcome = inbox.receive(msg).await.unwrap();
     assert!(matches!(outcome, Outcome::Dead { .. }), "{outcome:?}");
     let (status, attempts, error) = inbox_row(&db.pool, id).await;
-    assert_eq!((status.as_str(), attempts), ("dead", 1));
+    assert_eq!((status, attempts), (InboxStatus::Dead, 1));
     assert_eq!(error.as_deref(), Some("the handler cannot understand it"));
     assert_eq!(
         RetrySweeper::new(&inbox).run_once().await.unwrap(),

@@ -4,7 +4,7 @@
 use std::{collections::HashSet, time::Duration};
 
 use message_table::outbox::{
-    self, NewMessage, OutboxConfig,
+    self, NewMessage, OutboxConfig, OutboxStatus,
     relay::{PublishOutcome, Relay, RelayReport},
     resend_scheduler::{LEASE_EXPIRED, ResendScheduler},
 };
@@ -31,7 +31,7 @@ async fn enqueue(pool: &PgPool, n: usize, ttl: Duration) -> Vec<Uuid> {
 
 #[derive(Debug, sqlx::FromRow)]
 struct Row {
-    status: String,
+    status: OutboxStatus,
     attempts: i32,
     last_error: Option<String>,
     claim_token: Option<Uuid>,
@@ -62,7 +62,8 @@ fn message_ids(deliveries: &[lapin::message::Delivery]) -> Vec<Uuid> {
 
 /// Makes every backed-off row due now (instead of sleeping through its backoff).
 async fn make_due(pool: &PgPool) {
-    sqlx::query("UPDATE outbox SET next_attempt_at = now() WHERE status = 'pending'")
+    sqlx::query("UPDATE outbox SET next_attempt_at = now() WHERE status = $1")
+        .bind(OutboxStatus::Pending)
         .execute(pool)
         .await
         .unwrap();
@@ -155,7 +156,7 @@ async fn an_unroutable_message_is_not_marked_sent() {
         }
     );
     let r = row(&db.pool, ids[0]).await;
-    assert_eq!((r.status.as_str(), r.attempts), ("pending", 1));
+    assert_eq!((r.status, r.attempts), (OutboxStatus::Pending, 1));
     assert!(
         r.last_error.as_deref().unwrap().contains("NO_ROUTE"),
         "{:?}",
@@ -167,7 +168,7 @@ async fn an_unroutable_message_is_not_marked_sent() {
     let queue = TestQueue::bind(&amqp, &[KEY]).await;
     make_due(&db.pool).await;
     assert_eq!(relay.run_once().await.unwrap().sent, 1);
-    assert_eq!(row(&db.pool, ids[0]).await.status, "sent");
+    assert_eq!(row(&db.pool, ids[0]).await.status, OutboxStatus::Sent);
     assert_eq!(message_ids(&queue.take_all().await), ids);
 }
 
@@ -188,7 +189,7 @@ async fn exhausted_attempts_make_a_message_dead_with_its_last_error_and_it_can_b
     assert_eq!(reports.iter().map(|r| r.retried).sum::<usize>(), 2);
     assert_eq!(reports[2].dead, 1);
     let r = row(&db.pool, ids[0]).await;
-    assert_eq!((r.status.as_str(), r.attempts), ("dead", 3));
+    assert_eq!((r.status, r.attempts), (OutboxStatus::Dead, 3));
     assert!(r.last_error.unwrap().contains("NO_ROUTE"));
     // Dead rows are never claimed again by themselves.
     make_due(&db.pool).await;
@@ -234,7 +235,7 @@ async fn a_broker_lost_in_the_middle_of_a_window_leaves_every_row_to_retry() {
     assert_eq!((report.sent, report.retried), (0, 20));
     for id in &ids2 {
         let r = row(&db.pool, *id).await;
-        assert_eq!((r.status.as_str(), r.attempts), ("pending", 1));
+        assert_eq!((r.status, r.attempts), (OutboxStatus::Pending, 1));
     }
 
     // The broker is back: the relay reconnects by itself and delivers the rows.
@@ -277,8 +278,8 @@ async fn without_a_broker_nothing_is_claimed_and_no_attempt_is_burnt() {
     for id in ids {
         let r = row(&db.pool, id).await;
         assert_eq!(
-            (r.status.as_str(), r.attempts, r.claim_token),
-            ("pending", 0, None)
+            (r.status, r.attempts, r.claim_token),
+            (OutboxStatus::Pending, 0, None)
         );
     }
 }
@@ -313,7 +314,7 @@ async fn an_expired_lease_is_handed_back_and_published_again() {
     let tick = scheduler.tick().await.unwrap();
     assert_eq!(tick.released, 1);
     let r = row(&db.pool, ids[0]).await;
-    assert_eq!((r.status.as_str(), r.attempts), ("pending", 1));
+    assert_eq!((r.status, r.attempts), (OutboxStatus::Pending, 1));
     assert_eq!(r.last_error.as_deref(), Some(LEASE_EXPIRED));
 
     make_due(&db.pool).await;
@@ -322,7 +323,7 @@ async fn an_expired_lease_is_handed_back_and_published_again() {
     let late = crashed.settle(&claim, &outcomes).await.unwrap();
     assert_eq!(late.sent, 0);
     let r = row(&db.pool, ids[0]).await;
-    assert_eq!((r.status.as_str(), r.attempts), ("sent", 2));
+    assert_eq!((r.status, r.attempts), (OutboxStatus::Sent, 2));
 
     assert_eq!(
         message_ids(&queue.take_all().await),
@@ -380,7 +381,7 @@ async fn a_message_past_its_expiry_is_dead_not_published() {
     assert!(tick.woke_relay, "a due row wakes the relay");
     assert_eq!(relay.run_once().await.unwrap().sent, 1);
     let r = row(&db.pool, expired[0]).await;
-    assert_eq!(r.status, "dead");
+    assert_eq!(r.status, OutboxStatus::Dead);
     assert!(r.last_error.unwrap().contains("expired"));
     assert_eq!(message_ids(&queue.take_all().await), live);
 }
@@ -420,8 +421,9 @@ async fn an_unroutable_row_in_a_mixed_window_is_never_marked_sent() {
         }
     }
     let wrongly_sent: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE id = ANY($1) AND status = 'sent'")
+        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE id = ANY($1) AND status = $2")
             .bind(&unroutable)
+            .bind(OutboxStatus::Sent)
             .fetch_one(&db.pool)
             .await
             .unwrap();
@@ -432,11 +434,9 @@ async fn an_unroutable_row_in_a_mixed_window_is_never_marked_sent() {
         2000 - unroutable.len(),
         "every routable message delivered once"
     );
-    let routable_sent: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE status = 'sent'")
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
+    let routable_sent: i64 = outbox::count_by_status(&db.pool, OutboxStatus::Sent)
+        .await
+        .unwrap();
     assert_eq!(routable_sent as usize, delivered);
 }
 
@@ -473,7 +473,7 @@ async fn the_relay_reconnects_when_the_broker_closes_its_connection() {
     assert_eq!(message_ids(&taken), second);
     for id in first.iter().chain(&second) {
         test_kit::eventually("marked sent", Duration::from_secs(10), || async {
-            (row(&db.pool, *id).await.status == "sent").then_some(())
+            (row(&db.pool, *id).await.status == OutboxStatus::Sent).then_some(())
         })
         .await;
     }
@@ -527,7 +527,7 @@ async fn a_commit_wakes_the_relay_through_notify() {
 
     let sent = |id: Uuid| {
         let pool = db.pool.clone();
-        async move { (row(&pool, id).await.status == "sent").then_some(()) }
+        async move { (row(&pool, id).await.status == OutboxStatus::Sent).then_some(()) }
     };
     // The first one may be picked up by the relay's start-up round or the listener's
     // first wake-up; once it is sent, the relay is idle until woken.

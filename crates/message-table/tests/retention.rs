@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use message_table::{
+    InboxStatus, OutboxStatus,
     outbox::{self, NewMessage},
     retention::{LOCK_KEY, Purged, RetentionConfig, RetentionRunner},
 };
@@ -13,7 +14,7 @@ use test_kit::TestDb;
 use uuid::Uuid;
 
 /// `n` outbox rows in `status`, created and (if sent) sent `age_days` ago.
-async fn outbox_rows(pool: &PgPool, n: usize, status: &str, age_days: i32) {
+async fn outbox_rows(pool: &PgPool, n: usize, status: OutboxStatus, age_days: i32) {
     let mut tx = pool.begin().await.unwrap();
     for i in 0..n {
         let msg = NewMessage::new(
@@ -28,12 +29,13 @@ async fn outbox_rows(pool: &PgPool, n: usize, status: &str, age_days: i32) {
         sqlx::query(
             "UPDATE outbox SET status = $2,
                     created_at = now() - make_interval(days => $3),
-                    sent_at = CASE WHEN $2 = 'sent' THEN now() - make_interval(days => $3) END
+                    sent_at = CASE WHEN $4 THEN now() - make_interval(days => $3) END
              WHERE id = $1",
         )
         .bind(msg.id)
         .bind(status)
         .bind(age_days)
+        .bind(status == OutboxStatus::Sent)
         .execute(&mut *tx)
         .await
         .unwrap();
@@ -42,29 +44,35 @@ async fn outbox_rows(pool: &PgPool, n: usize, status: &str, age_days: i32) {
 }
 
 /// `n` inbox rows in `status`, received (and if processed, processed) `age_days` ago.
-async fn inbox_rows(pool: &PgPool, n: usize, status: &str, age_days: i32) {
+async fn inbox_rows(pool: &PgPool, n: usize, status: InboxStatus, age_days: i32) {
     for _ in 0..n {
         sqlx::query(
             "INSERT INTO inbox (message_id, event_type, payload, status, attempts, received_at, processed_at)
              VALUES ($1, 'TestEvent', '{}', $2, 1, now() - make_interval(days => $3),
-                     CASE WHEN $2 = 'processed' THEN now() - make_interval(days => $3) END)",
+                     CASE WHEN $4 THEN now() - make_interval(days => $3) END)",
         )
         .bind(Uuid::now_v7())
         .bind(status)
         .bind(age_days)
+        .bind(status == InboxStatus::Processed)
         .execute(pool)
         .await
         .unwrap();
     }
 }
 
-async fn counts(pool: &PgPool, table: &str) -> Vec<(String, i64)> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT status, count(*) FROM {table} GROUP BY status ORDER BY status"
-    )))
-    .fetch_all(pool)
-    .await
-    .unwrap()
+async fn outbox_counts(pool: &PgPool) -> Vec<(OutboxStatus, i64)> {
+    sqlx::query_as("SELECT status, count(*) FROM outbox GROUP BY status ORDER BY status")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
+async fn inbox_counts(pool: &PgPool) -> Vec<(InboxStatus, i64)> {
+    sqlx::query_as("SELECT status, count(*) FROM inbox GROUP BY status ORDER BY status")
+        .fetch_all(pool)
+        .await
+        .unwrap()
 }
 
 fn runner(db: &TestDb, batch_size: i64) -> RetentionRunner {
@@ -80,21 +88,17 @@ fn runner(db: &TestDb, batch_size: i64) -> RetentionRunner {
     )
 }
 
-fn owned(rows: &[(&str, i64)]) -> Vec<(String, i64)> {
-    rows.iter().map(|(s, n)| (s.to_string(), *n)).collect()
-}
-
 #[tokio::test]
 async fn retention_deletes_old_sent_and_processed_rows_only_in_bounded_batches() {
     let db = TestDb::with_message_tables().await;
-    outbox_rows(&db.pool, 25, "sent", 8).await; // past retention: deleted
-    outbox_rows(&db.pool, 3, "sent", 1).await; // recent: kept
-    outbox_rows(&db.pool, 2, "pending", 8).await; // never deleted, however old
-    outbox_rows(&db.pool, 2, "dead", 30).await; // waits for an operator
-    inbox_rows(&db.pool, 12, "processed", 8).await;
-    inbox_rows(&db.pool, 2, "processed", 1).await;
-    inbox_rows(&db.pool, 1, "failed", 30).await;
-    inbox_rows(&db.pool, 1, "dead", 30).await;
+    outbox_rows(&db.pool, 25, OutboxStatus::Sent, 8).await; // past retention: deleted
+    outbox_rows(&db.pool, 3, OutboxStatus::Sent, 1).await; // recent: kept
+    outbox_rows(&db.pool, 2, OutboxStatus::Pending, 8).await; // never deleted, however old
+    outbox_rows(&db.pool, 2, OutboxStatus::Dead, 30).await; // waits for an operator
+    inbox_rows(&db.pool, 12, InboxStatus::Processed, 8).await;
+    inbox_rows(&db.pool, 2, InboxStatus::Processed, 1).await;
+    inbox_rows(&db.pool, 1, InboxStatus::Failed, 30).await;
+    inbox_rows(&db.pool, 1, InboxStatus::Dead, 30).await;
 
     let purged = runner(&db, 10).run_once().await.unwrap();
 
@@ -108,12 +112,20 @@ async fn retention_deletes_old_sent_and_processed_rows_only_in_bounded_batches()
         })
     );
     assert_eq!(
-        counts(&db.pool, "outbox").await,
-        owned(&[("dead", 2), ("pending", 2), ("sent", 3)])
+        outbox_counts(&db.pool).await,
+        [
+            (OutboxStatus::Dead, 2),
+            (OutboxStatus::Pending, 2),
+            (OutboxStatus::Sent, 3)
+        ]
     );
     assert_eq!(
-        counts(&db.pool, "inbox").await,
-        owned(&[("dead", 1), ("failed", 1), ("processed", 2)])
+        inbox_counts(&db.pool).await,
+        [
+            (InboxStatus::Dead, 1),
+            (InboxStatus::Failed, 1),
+            (InboxStatus::Processed, 2)
+        ]
     );
     // A second pass finds nothing left to delete.
     let again = runner(&db, 10).run_once().await.unwrap().unwrap();
@@ -123,7 +135,7 @@ async fn retention_deletes_old_sent_and_processed_rows_only_in_bounded_batches()
 #[tokio::test]
 async fn only_one_runner_at_a_time_works_on_a_database() {
     let db = TestDb::with_message_tables().await;
-    outbox_rows(&db.pool, 5, "sent", 8).await;
+    outbox_rows(&db.pool, 5, OutboxStatus::Sent, 8).await;
 
     // Another instance is in the middle of a pass: it holds the advisory lock.
     let mut other = db.pool.acquire().await.unwrap();
@@ -134,7 +146,7 @@ async fn only_one_runner_at_a_time_works_on_a_database() {
         .unwrap();
     assert!(locked);
     assert_eq!(runner(&db, 10).run_once().await.unwrap(), None);
-    assert_eq!(counts(&db.pool, "outbox").await, owned(&[("sent", 5)]));
+    assert_eq!(outbox_counts(&db.pool).await, [(OutboxStatus::Sent, 5)]);
 
     // Once it is done, the next pass runs, and releases the lock after itself.
     sqlx::query("SELECT pg_advisory_unlock($1)")

@@ -13,8 +13,8 @@ use lapin::{BasicProperties, types::ShortString};
 use message_table::{
     amqp::AmqpConfig,
     inbox::{
-        HandlerError, Inbox, InboxCounters, InboxMessage, Incoming, MessageHandler, Outcome,
-        retry_sweeper::RetrySweeper,
+        HandlerError, Inbox, InboxCounters, InboxMessage, InboxStatus, Incoming, MessageHandler,
+        Outcome, retry_sweeper::RetrySweeper,
     },
 };
 use pay::payments::PaymentHandler;
@@ -96,7 +96,7 @@ async fn replies(pool: &PgPool) -> Vec<(String, Value)> {
         .unwrap()
 }
 
-async fn inbox_row(pool: &PgPool, id: &str) -> (String, i32, Option<String>) {
+async fn inbox_row(pool: &PgPool, id: &str) -> (InboxStatus, i32, Option<String>) {
     sqlx::query_as("SELECT status, attempts, last_error FROM inbox WHERE message_id = $1::uuid")
         .bind(id)
         .fetch_one(pool)
@@ -187,7 +187,7 @@ async fn insufficient_funds_and_unknown_users_are_failed_payments_not_retries() 
     assert_eq!(balance(&db.pool, "carol").await, 0);
     assert_eq!(
         inbox_row(&db.pool, &poor_id).await,
-        ("processed".into(), 1, None)
+        (InboxStatus::Processed, 1, None)
     );
     let replies = replies(&db.pool).await;
     assert_eq!(replies.len(), 2);

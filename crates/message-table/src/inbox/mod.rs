@@ -57,7 +57,6 @@ use uuid::Uuid;
 
 use crate::backoff::RetryPolicy;
 pub use crate::status::InboxStatus;
-use common::config;
 pub use consumer::Incoming;
 
 /// A message as the handler sees it.
@@ -134,21 +133,14 @@ pub struct InboxConfig {
 }
 
 impl InboxConfig {
-    pub fn from_env() -> anyhow::Result<Self> {
-        let cfg = Self {
-            prefetch: config::env_or("INBOX_PREFETCH", 32)?,
-            retry: RetryPolicy {
-                base: config::env_millis("INBOX_RETRY_BASE_MS", 1_000)?,
-                max: config::env_millis("INBOX_RETRY_MAX_MS", 300_000)?,
-                max_attempts: config::env_or("INBOX_MAX_ATTEMPTS", 8)?,
-            },
-            poll_interval: config::env_millis("INBOX_POLL_INTERVAL_MS", 1_000)?,
-            max_body_bytes: config::env_or("INBOX_MAX_BODY_BYTES", 1 << 20)?,
-            retention: config::env_secs("INBOX_RETENTION_SECS", 7 * 24 * 3600)?,
-        };
-        anyhow::ensure!(cfg.prefetch > 0, "INBOX_PREFETCH must be > 0");
-        anyhow::ensure!(cfg.retry.max_attempts > 0, "INBOX_MAX_ATTEMPTS must be > 0");
-        Ok(cfg)
+    /// The rules a usable inbox configuration follows (checked by the service builder).
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.prefetch > 0, "INBOX_PREFETCH must be > 0");
+        anyhow::ensure!(
+            self.retry.max_attempts > 0,
+            "INBOX_MAX_ATTEMPTS must be > 0"
+        );
+        Ok(())
     }
 }
 

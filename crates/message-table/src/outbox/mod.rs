@@ -40,7 +40,6 @@ use uuid::Uuid;
 use crate::backoff::RetryPolicy;
 pub use crate::status::OutboxStatus;
 use crate::status::{IN_FLIGHT, WAITING};
-use common::config;
 
 /// The NOTIFY channel the relay listens on.
 pub const NOTIFY_CHANNEL: &str = "outbox_new";
@@ -130,24 +129,9 @@ pub struct OutboxConfig {
 }
 
 impl OutboxConfig {
-    pub fn from_env() -> anyhow::Result<Self> {
-        Ok(Self {
-            batch_size: config::env_or("OUTBOX_BATCH_SIZE", 200)?,
-            lease: config::env_millis("OUTBOX_LEASE_MS", 30_000)?,
-            confirm_timeout: config::env_millis("OUTBOX_CONFIRM_TIMEOUT_MS", 10_000)?,
-            poll_interval: config::env_millis("OUTBOX_POLL_INTERVAL_MS", 1_000)?,
-            message_ttl: config::env_secs("OUTBOX_MESSAGE_TTL_SECS", 24 * 3600)?,
-            retry: RetryPolicy {
-                base: config::env_millis("OUTBOX_RETRY_BASE_MS", 500)?,
-                max: config::env_millis("OUTBOX_RETRY_MAX_MS", 60_000)?,
-                max_attempts: config::env_or("OUTBOX_MAX_ATTEMPTS", 12)?,
-            },
-            retention: config::env_secs("OUTBOX_RETENTION_SECS", 7 * 24 * 3600)?,
-        })
-        .and_then(Self::validate)
-    }
-
-    pub fn validate(self) -> anyhow::Result<Self> {
+    /// The rules a usable outbox configuration follows (the service builder checks them,
+    /// whether the configuration came from the environment or was built in code).
+    pub fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(self.batch_size > 0, "OUTBOX_BATCH_SIZE must be > 0");
         anyhow::ensure!(
             self.retry.max_attempts > 0,
@@ -162,7 +146,7 @@ impl OutboxConfig {
             self.lease,
             self.confirm_timeout
         );
-        Ok(self)
+        Ok(())
     }
 }
 

@@ -8,7 +8,7 @@ use std::sync::{
 };
 
 use async_trait::async_trait;
-use message_table::inbox::{HandlerError, InboxMessage, Incoming, MessageHandler};
+use message_table::inbox::{HandlerError, InboxMessage, InboxStatus, Incoming, MessageHandler};
 use serde_json::{Value, json};
 use sqlx::{PgConnection, PgPool};
 use test_kit::TestDb;
@@ -104,7 +104,7 @@ pub async fn effects(pool: &PgPool, message_id: Uuid) -> i64 {
 }
 
 /// Status, attempts and last error of an inbox row.
-pub async fn inbox_row(pool: &PgPool, message_id: Uuid) -> (String, i32, Option<String>) {
+pub async fn inbox_row(pool: &PgPool, message_id: Uuid) -> (InboxStatus, i32, Option<String>) {
     sqlx::query_as("SELECT status, attempts, last_error FROM inbox WHERE message_id = $1")
         .bind(message_id)
         .fetch_one(pool)
