@@ -174,16 +174,23 @@ async fn serve(
 /// How long shutdown waits for workers (a relay may wait for one confirm window).
 const WORKER_DRAIN: Duration = Duration::from_secs(15);
 
-/// What a service is made of, besides its routes and handler.
-pub struct ServiceSpec<'a> {
+/// Where a service listens, its database and its messaging: what order and pay are
+/// configured with (from their settings, or built in code by tests).
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    /// Listen address; port 0 picks a free port (tests).
+    pub addr: String,
+    pub database_url: String,
+    pub db_max_connections: u32,
+    pub messaging: MessagingConfig,
+}
+
+/// What a service is made of, besides its configuration, routes and handler.
+pub struct ServiceSpec {
     /// Names the AMQP connections and the logs.
     pub name: &'static str,
-    /// Listen address; port 0 picks a free port (tests).
-    pub addr: &'a str,
-    pub database_url: &'a str,
-    pub db_max_connections: u32,
+    /// The service's own migrations (the message tables' run first).
     pub migrator: &'static Migrator,
-    pub messaging: &'a MessagingConfig,
     /// Request bodies above this are refused with 413.
     pub max_body_bytes: usize,
 }
@@ -201,24 +208,25 @@ impl Service {
     /// applied); `/healthz`, `/readyz`, `/admin` (see [`crate::admin`]), JSON 404/405 and
     /// the body limit are added here.
     pub async fn build(
-        spec: ServiceSpec<'_>,
+        spec: ServiceSpec,
+        cfg: &ServiceConfig,
         handler: Arc<dyn MessageHandler>,
         routes: impl FnOnce(PgPool) -> Router,
     ) -> anyhow::Result<Self> {
         // Before touching anything: a configuration that could process a message twice
         // never starts.
-        spec.messaging
+        cfg.messaging
             .validate()
             .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         let pool =
-            db::connect_and_migrate(spec.database_url, spec.db_max_connections, spec.migrator)
+            db::connect_and_migrate(&cfg.database_url, cfg.db_max_connections, spec.migrator)
                 .await?;
-        let messaging = Messaging::new(pool.clone(), handler, spec.messaging, spec.name);
+        let messaging = Messaging::new(pool.clone(), handler, &cfg.messaging, spec.name);
         let readiness = messaging.readiness(pool.clone());
         let admin = crate::admin::router(
             pool.clone(),
             messaging.inbox_counters(),
-            spec.messaging.outbox.message_ttl,
+            cfg.messaging.outbox.message_ttl,
         );
         let router = routes(pool.clone())
             .nest("/admin", admin)
@@ -237,9 +245,9 @@ impl Service {
                 TraceLayer::new_for_http()
                     .on_failure(DefaultOnFailure::new().level(tracing::Level::WARN)),
             );
-        let listener = TcpListener::bind(spec.addr)
+        let listener = TcpListener::bind(&cfg.addr)
             .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", spec.addr))?;
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.addr))?;
         Ok(Self {
             listener,
             router,

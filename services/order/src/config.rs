@@ -2,7 +2,7 @@
 //! and the configuration it runs with ([`OrderConfig`], which tests build in code).
 
 use common::{config::Settings, telemetry::LogSettings};
-use message_service::{service::MessagingConfig, settings::MessagingSettings};
+use message_service::{service::ServiceConfig, settings::MessagingSettings};
 
 /// Routing keys of pay's answers, bound to the order service's queue.
 pub const PAYMENT_RESULT_KEYS: &[&str] = &["payment.completed", "payment.failed"];
@@ -54,14 +54,7 @@ pub fn variables() -> Vec<(String, String)> {
     OrderSettings::variables()
 }
 
-#[derive(Debug, Clone)]
-pub struct OrderConfig {
-    /// `ORDER_ADDR`; port 0 picks a free port (tests).
-    pub addr: String,
-    /// `ORDER_DATABASE_URL`.
-    pub database_url: String,
-    /// `ORDER_DB_MAX_CONNECTIONS`.
-    pub db_max_connections: u32,
-    /// `AMQP_*`, `OUTBOX_*`, `INBOX_*`, `RETENTION_*`, and `ORDER_QUEUE`.
-    pub messaging: MessagingConfig,
-}
+/// The configuration order runs with: `ORDER_ADDR`, `ORDER_DATABASE_URL`,
+/// `ORDER_DB_MAX_CONNECTIONS`, and the messaging (`AMQP_*`, `OUTBOX_*`, `INBOX_*`,
+/// `RETENTION_*`, `ORDER_QUEUE`).
+pub type OrderConfig = ServiceConfig;

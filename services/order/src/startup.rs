@@ -27,15 +27,11 @@ impl Application {
     pub async fn build(cfg: OrderConfig) -> anyhow::Result<Service> {
         let spec = ServiceSpec {
             name: "order",
-            addr: &cfg.addr,
-            database_url: &cfg.database_url,
-            db_max_connections: cfg.db_max_connections,
             migrator: &crate::MIGRATOR,
-            messaging: &cfg.messaging,
             max_body_bytes: MAX_BODY_BYTES,
         };
         let message_ttl = cfg.messaging.outbox.message_ttl;
-        Service::build(spec, Arc::new(PaymentResultHandler), |pool| {
+        Service::build(spec, &cfg, Arc::new(PaymentResultHandler), |pool| {
             Router::new()
                 .route("/buy", post(orders::buy))
                 .route("/orders/{id}", get(orders::get_order))

@@ -2,7 +2,7 @@
 //! and the configuration it runs with ([`PayConfig`], which tests build in code).
 
 use common::{config::Settings, telemetry::LogSettings};
-use message_service::{service::MessagingConfig, settings::MessagingSettings};
+use message_service::{service::ServiceConfig, settings::MessagingSettings};
 
 /// Routing keys bound to pay's queue.
 pub const ORDER_CREATED_KEYS: &[&str] = &["order.created"];
@@ -54,14 +54,7 @@ pub fn variables() -> Vec<(String, String)> {
     PaySettings::variables()
 }
 
-#[derive(Debug, Clone)]
-pub struct PayConfig {
-    /// `PAY_ADDR`; port 0 picks a free port (tests).
-    pub addr: String,
-    /// `PAY_DATABASE_URL`.
-    pub database_url: String,
-    /// `PAY_DB_MAX_CONNECTIONS`.
-    pub db_max_connections: u32,
-    /// `AMQP_*`, `OUTBOX_*`, `INBOX_*`, `RETENTION_*`, and `PAY_QUEUE`.
-    pub messaging: MessagingConfig,
-}
+/// The configuration pay runs with: `PAY_ADDR`, `PAY_DATABASE_URL`,
+/// `PAY_DB_MAX_CONNECTIONS`, and the messaging (`AMQP_*`, `OUTBOX_*`, `INBOX_*`,
+/// `RETENTION_*`, `PAY_QUEUE`).
+pub type PayConfig = ServiceConfig;

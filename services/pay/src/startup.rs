@@ -23,15 +23,11 @@ impl Application {
     pub async fn build(cfg: PayConfig) -> anyhow::Result<Service> {
         let spec = ServiceSpec {
             name: "pay",
-            addr: &cfg.addr,
-            database_url: &cfg.database_url,
-            db_max_connections: cfg.db_max_connections,
             migrator: &crate::MIGRATOR,
-            messaging: &cfg.messaging,
             max_body_bytes: MAX_BODY_BYTES,
         };
         let handler = Arc::new(PaymentHandler::new(cfg.messaging.outbox.message_ttl));
-        Service::build(spec, handler, |pool| {
+        Service::build(spec, &cfg, handler, |pool| {
             Router::new()
                 .route("/payments/{order_id}", get(accounts::get_payment))
                 .route("/accounts/{user_id}", get(accounts::get_account))
