@@ -62,7 +62,8 @@ pub async fn snapshot(a: &SnapshotArgs) -> AnyResult<()> {
 
 /// Duplicates dropped per service over every process that ran: the readings saved before
 /// each kill or stop, and one of each instance still running now. What a process counted
-/// between its last reading and its kill (milliseconds) is not in them.
+/// after its last reading is not in them: nothing much before a kill, which follows at once;
+/// the deliveries it finishes while draining after a SIGTERM.
 struct Duplicates {
     by_service: BTreeMap<String, u64>,
     readings: usize,
