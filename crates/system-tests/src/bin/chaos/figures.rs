@@ -12,7 +12,7 @@ use crate::{
     args::{Instance, SnapshotArgs, service_of},
     check::{Inputs, Snapshot, unanswered},
     now_ms, secs,
-    stats::{self, InboxSinceStart, Services},
+    stats::{self, Services},
 };
 
 /// The readings `chaos snapshot` saved in the run directory, one JSON object a line.
@@ -24,21 +24,22 @@ const COUNTERS_FILE: &str = "counters.jsonl";
 struct Reading {
     instance: String,
     taken_ms: i64,
+    /// Duplicates the instance's inbox dropped since the process started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    inbox_since_start: Option<InboxSinceStart>,
+    duplicates: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     error: Option<String>,
 }
 
 async fn read_counters(http: &reqwest::Client, instance: &Instance) -> Reading {
-    let (inbox_since_start, error) = match stats::admin_stats(http, instance).await {
-        Ok(s) => (Some(s.inbox_since_start), None),
+    let (duplicates, error) = match stats::admin_stats(http, instance).await {
+        Ok(s) => (Some(s.inbox_since_start.duplicates), None),
         Err(e) => (None, Some(e.to_string())),
     };
     Reading {
         instance: instance.name.clone(),
         taken_ms: now_ms(),
-        inbox_since_start,
+        duplicates,
         error,
     }
 }
@@ -85,11 +86,11 @@ async fn duplicates(dir: &Path, services: &Services) -> Duplicates {
     }
     let mut by_service: BTreeMap<String, u64> = BTreeMap::new();
     for r in &readings {
-        match (&r.inbox_since_start, &r.error) {
-            (Some(c), _) => {
+        match (r.duplicates, &r.error) {
+            (Some(n), _) => {
                 *by_service
                     .entry(service_of(&r.instance).to_string())
-                    .or_default() += c.duplicates
+                    .or_default() += n
             }
             (None, e) => missed.push(format!("{}: {}", r.instance, e.as_deref().unwrap_or("?"))),
         }

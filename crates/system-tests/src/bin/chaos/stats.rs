@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use uuid::Uuid;
 
 use crate::{AnyResult, args::Instance};
@@ -40,16 +40,11 @@ pub struct InboxRows {
     pub dead: i64,
 }
 
-/// Counts since the process started (see `message_table::inbox::InboxCounts`).
-#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize)]
-#[serde(default)]
+/// Counts since the process started (`message_table::inbox::InboxCounts`): the figures use
+/// the duplicates dropped.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
 pub struct InboxSinceStart {
-    pub processed: u64,
     pub duplicates: u64,
-    pub failed: u64,
-    pub dead: u64,
-    pub poison: u64,
-    pub unrecorded: u64,
 }
 
 /// A row of `GET /admin/inbox/dead` (the newest 100).
