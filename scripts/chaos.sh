@@ -16,7 +16,8 @@
 # total (and per account); no outbox row pending or dead, no inbox row failed or dead except
 # the poison messages injected on purpose; each graceful stop exited 0; no instance died on
 # its own, none panicked. It prints the figures (orders, faults, duplicates dropped by the
-# inbox, retries, time to converge after the last fault) and `N passed, M failed`, and exits
+# inbox as the instances count them, read before each kill or stop and at the end, retries,
+# time to converge after the last fault) and `N passed, M failed`, and exits
 # non-zero when a check failed (printing the end of each log).
 #
 #   scripts/chaos.sh            short run (CI): about 80 s of load at 30 orders/s, every fault
@@ -114,19 +115,12 @@ done
 ((${#KINDS[@]} > 0)) || die "CHAOS_FAULTS is empty"
 
 # The test's own state.
-pg_server="$(pg_url_parts "$(env_or_default ORDER_DATABASE_URL "$DEFAULT_ORDER_DATABASE_URL")" | cut -d' ' -f1)"
-PG_ADMIN="$pg_server"
-pg_server="${pg_server%/*}"
+PG_ADMIN="$(pg_url_parts "$(env_or_default ORDER_DATABASE_URL "$DEFAULT_ORDER_DATABASE_URL")" | cut -d' ' -f1)"
 ORDER_DB=lmt_chaos_order
 PAY_DB=lmt_chaos_pay
 RUN_ID="$(date +%Y%m%d%H%M%S)-$$"
-export ORDER_DATABASE_URL="$pg_server/$ORDER_DB"
-export PAY_DATABASE_URL="$pg_server/$PAY_DB"
-export AMQP_EXCHANGE="lmt.chaos.events"
-# Per run: whatever an aborted run left in its queues cannot reach this one.
-export ORDER_QUEUE="chaos.$RUN_ID.order.payment-results"
-export PAY_QUEUE="chaos.$RUN_ID.pay.order-created"
-export AMQP_QUEUE_EXPIRES_MS=600000
+# Queues per run: whatever an aborted run left in its queues cannot reach this one.
+use_own_state "$ORDER_DB" "$PAY_DB" lmt.chaos.events "chaos.$RUN_ID"
 export ORDER_DB_MAX_CONNECTIONS="${CHAOS_DB_MAX_CONNECTIONS:-8}"
 export PAY_DB_MAX_CONNECTIONS="${CHAOS_DB_MAX_CONNECTIONS:-8}"
 export NO_COLOR=1
@@ -160,6 +154,16 @@ driver_targets() {
     else
         printf '%s/order,%s\n' "$GW" "$(url_of order2)"
     fi
+}
+
+# NAME=URL of the order and pay instances, comma-separated: what `chaos check` asks for the
+# state of the message tables and the inbox counters.
+instance_urls() {
+    local name urls=()
+    for name in "${INSTANCES[@]}"; do
+        [[ "$name" == gateway ]] || urls+=("$name=$(url_of "$name")")
+    done
+    (IFS=,; printf '%s\n' "${urls[*]}")
 }
 
 binary() { printf '%s/release/%s\n' "${CARGO_TARGET_DIR:-target}" "$1"; }
@@ -323,23 +327,6 @@ finish() {
     if ((FAILED > 0)); then print_logs; fi
 }
 
-summary() {
-    ((SUMMARY_PRINTED == 0)) || return 0
-    SUMMARY_PRINTED=1
-    printf '%s passed, %s failed\n' "$PASSED" "$FAILED"
-}
-
-on_exit() {
-    local rc=$?
-    if ((FINISHED == 0)); then
-        if ((rc != 0)); then not_ok "chaos.sh ran to the end" "aborted with exit status $rc"; fi
-        finish
-    fi
-    summary
-    if ((FAILED > 0 && rc == 0)); then rc=1; fi
-    exit "$rc"
-}
-
 # ---------------------------------------------------------------------------------------------
 # Faults. Each appends "START_MS END_MS KIND DETAIL" to faults.txt; END is when the fault's
 # action is over (the process restarted, the broker's app started), before readiness.
@@ -365,7 +352,15 @@ kill_targets() {
     esac
 }
 
+# snapshot_counters NAME: saves NAME's inbox counters (they die with the process) for the
+# figures; the gateway has none.
+snapshot_counters() {
+    [[ "$1" == gateway ]] && return 0
+    "$CHAOS" snapshot --dir "$RUN" --instance "$1=$(url_of "$1")" >>"$RUN/snapshot.log" 2>&1 || true
+}
+
 kill_now() {
+    snapshot_counters "$1"
     kill -KILL "${PID[$1]}" 2>/dev/null || true
     reap "$1"
     KILLED+="${KILLED:+,}$1(status=$REAPED)"
@@ -417,6 +412,7 @@ fault_rolling_restart() {
     local start name
     start="$(now_ms)"
     for name in "${ROLLING[@]}"; do
+        snapshot_counters "$name"
         stop_graceful "$name"
         start_instance "$name"
         wait_ready "$name" || true
@@ -470,7 +466,7 @@ for name in "${INSTANCES[@]}"; do
     fi
 done
 
-trap on_exit EXIT
+trap exit_with_summary EXIT
 trap 'exit 130' INT TERM
 
 ensure_services
@@ -479,7 +475,7 @@ if [[ " ${KINDS[*]} " == *" broker-restart "* ]]; then
         die "rabbitmqctl status fails (broker-restart needs rabbitmqctl, as root or through sudo); CHAOS_BROKER=0 leaves that fault out"
 fi
 mkdir -p "$RUN"
-rm -f "$RUN"/{pay1,pay2,order1,order2,gateway,driver,poison}.log "$RUN"/{faults.txt,accepted.csv,drive.json,poison.ids,check.txt,check.err}
+rm -f "$RUN"/{pay1,pay2,order1,order2,gateway,driver,poison,snapshot}.log "$RUN"/{faults.txt,accepted.csv,drive.json,poison.ids,counters.jsonl,check.txt,check.err}
 : >"$RUN/faults.txt"
 
 if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
@@ -491,10 +487,8 @@ for bin in order pay gateway chaos; do
 done
 CHAOS="$(binary chaos)"
 
-for db in "$ORDER_DB" "$PAY_DB"; do
-    psql "$PG_ADMIN" -XqAc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null ||
-        die "cannot drop the chaos database $db"
-done
+drop_database "$ORDER_DATABASE_URL"
+drop_database "$PAY_DATABASE_URL"
 ensure_database "$ORDER_DATABASE_URL"
 ensure_database "$PAY_DATABASE_URL"
 
@@ -572,7 +566,7 @@ fi
 kinds_csv="$(IFS=,; printf '%s' "${KINDS[*]}")"
 log "waiting (up to ${CONVERGE_SECS} s) for the system to converge, then checking"
 set +e
-"$CHAOS" check --dir "$RUN" --logs "$RUN" --initial-balances "$INITIAL" \
+"$CHAOS" check --dir "$RUN" --instances "$(instance_urls)" --initial-balances "$INITIAL" \
     --deadline-secs "$CONVERGE_SECS" --min-each "$MIN_EACH" --kinds "$kinds_csv" \
     | tee "$RUN/check.txt"
 check_rc="${PIPESTATUS[0]}"
@@ -608,4 +602,4 @@ else
 fi
 
 finish
-summary
+print_summary

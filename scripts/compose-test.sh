@@ -418,20 +418,7 @@ STATUS=000
 BODY=""
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/compose-test.XXXXXX")"
 
-# req METHOD PATH [CURL_ARGS...]: sets STATUS and BODY; the headers are in $TMP/headers.
-req() {
-    local method="$1" path="$2"
-    shift 2
-    : >"$TMP/body"
-    : >"$TMP/headers"
-    STATUS="$(curl -sS -o "$TMP/body" -D "$TMP/headers" -w '%{http_code}' --max-time 30 \
-        -X "$method" "$@" "$GW$path" 2>"$TMP/curl.err")" || STATUS=000
-    BODY="$(cat "$TMP/body")"
-}
-
-header() {
-    { grep -i "^$1:" "$TMP/headers" || true; } | tail -n1 | cut -d: -f2- | tr -d '\r' | sed 's/^ *//; s/ *$//'
-}
+# req and header (scripts/lib.sh) send to $GW and keep the headers in $TMP.
 
 json() { jq -r "$1" <<<"$BODY" 2>/dev/null; }
 
@@ -499,7 +486,7 @@ on_exit() {
         [[ -n "${PHASE_SECS[$phase]:-}" ]] && printf '  %-10s %5ss\n' "$phase" "${PHASE_SECS[$phase]}"
     done
     printf '  %-10s %5ss\n' total "$((SECONDS - T_START))"
-    printf '%s passed, %s failed\n' "$PASSED" "$FAILED"
+    print_summary
     if ((FAILED > 0 && rc == 0)); then rc=1; fi
     exit "$rc"
 }

@@ -19,14 +19,7 @@ PAYMENT_DEADLINE_SECS="${E2E_PAYMENT_DEADLINE_SECS:-15}"
 # The test owns its state: its own databases, recreated on every run, and its own exchange
 # and queues (removed by the broker when unused). Nothing a developer left in order_db,
 # pay_db or the demo queues can change the outcome, and the test leaves them alone.
-pg_server="$(pg_url_parts "$(env_or_default ORDER_DATABASE_URL "$DEFAULT_ORDER_DATABASE_URL")" | cut -d' ' -f1)"
-pg_server="${pg_server%/*}"
-export ORDER_DATABASE_URL="$pg_server/lmt_e2e_order"
-export PAY_DATABASE_URL="$pg_server/lmt_e2e_pay"
-export AMQP_EXCHANGE="lmt.e2e.events"
-export ORDER_QUEUE="e2e.order.payment-results"
-export PAY_QUEUE="e2e.pay.order-created"
-export AMQP_QUEUE_EXPIRES_MS=600000
+use_own_state lmt_e2e_order lmt_e2e_pay lmt.e2e.events e2e
 GW="$(base_url "$(env_or_default GATEWAY_ADDR "$DEFAULT_GATEWAY_ADDR")")"
 MAX_BODY_BYTES="$(env_or_default GATEWAY_MAX_BODY_BYTES "$DEFAULT_GATEWAY_MAX_BODY_BYTES")"
 
@@ -67,23 +60,7 @@ finish() {
     rm -rf "$TMP"
 }
 
-summary() {
-    ((SUMMARY_PRINTED == 0)) || return 0
-    SUMMARY_PRINTED=1
-    printf '%s passed, %s failed\n' "$PASSED" "$FAILED"
-}
-
-on_exit() {
-    local rc=$?
-    if ((FINISHED == 0)); then
-        if ((rc != 0)); then not_ok "e2e.sh ran to the end" "aborted with exit status $rc"; fi
-        finish
-    fi
-    summary
-    if ((FAILED > 0 && rc == 0)); then rc=1; fi
-    exit "$rc"
-}
-trap on_exit EXIT
+trap exit_with_summary EXIT
 trap 'exit 130' INT TERM
 
 # ---------------------------------------------------------------------------------------------
@@ -92,21 +69,7 @@ trap 'exit 130' INT TERM
 STATUS=000
 BODY=""
 
-# req METHOD PATH [CURL_ARGS...]: sets STATUS and BODY; the headers are in $TMP/headers.
-req() {
-    local method="$1" path="$2"
-    shift 2
-    : >"$TMP/body"
-    : >"$TMP/headers"
-    STATUS="$(curl -sS -o "$TMP/body" -D "$TMP/headers" -w '%{http_code}' --max-time 30 \
-        -X "$method" "$@" "$GW$path" 2>"$TMP/curl.err")" || STATUS=000
-    BODY="$(cat "$TMP/body")"
-}
-
-# header NAME: the last response's header NAME (empty when absent).
-header() {
-    { grep -i "^$1:" "$TMP/headers" || true; } | tail -n1 | cut -d: -f2- | tr -d '\r' | sed 's/^ *//; s/ *$//'
-}
+# req and header (scripts/lib.sh) send to $GW and keep the headers in $TMP.
 
 # field JQ_PATH: a field of the last response's JSON body (empty when absent or not JSON).
 field() {
@@ -174,18 +137,15 @@ expect_error() {
 # The stack
 
 ensure_services
-for url in "$ORDER_DATABASE_URL" "$PAY_DATABASE_URL"; do
-    read -r admin_url db < <(pg_url_parts "$url")
-    psql "$admin_url" -XqAc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null ||
-        die "cannot drop the e2e database $db"
-done
+drop_database "$ORDER_DATABASE_URL"
+drop_database "$PAY_DATABASE_URL"
 
 log "starting the stack (scripts/run-local.sh start)"
 STARTED=1
 if ! scripts/run-local.sh start >"$TMP/start.out"; then
     not_ok "the stack starts and becomes ready" "scripts/run-local.sh start failed"
     finish
-    summary
+    print_summary
     exit 1
 fi
 ok "the stack starts and becomes ready"
@@ -344,4 +304,4 @@ check "its payment is COMPLETED" "$(got)" test "$STATUS" == 200 -a "$(field .sta
 # ---------------------------------------------------------------------------------------------
 
 finish
-summary
+print_summary

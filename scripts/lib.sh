@@ -46,6 +46,27 @@ not_ok() {
     printf 'not ok - %s (%s)\n' "$1" "$2"
 }
 
+# print_summary: the `N passed, M failed` line, once.
+print_summary() {
+    ((${SUMMARY_PRINTED:-0} == 0)) || return 0
+    SUMMARY_PRINTED=1
+    printf '%s passed, %s failed\n' "$PASSED" "$FAILED"
+}
+
+# exit_with_summary: the EXIT trap of e2e.sh and chaos.sh, which define `finish` (it sets
+# FINISHED=1). An abort is a failed check; the summary comes last; a failed check makes the
+# exit status non-zero.
+exit_with_summary() {
+    local rc=$?
+    if ((FINISHED == 0)); then
+        if ((rc != 0)); then not_ok "$(basename "$0") ran to the end" "aborted with exit status $rc"; fi
+        finish
+    fi
+    print_summary
+    if ((FAILED > 0 && rc == 0)); then rc=1; fi
+    exit "$rc"
+}
+
 # ---------------------------------------------------------------------------------------------
 # Messages
 
@@ -279,6 +300,29 @@ ensure_database() {
     fi
 }
 
+# use_own_state ORDER_DB PAY_DB EXCHANGE QUEUE_PREFIX: exports the services' variables so
+# that they use these databases (on ORDER_DATABASE_URL's server), this exchange and queues
+# named QUEUE_PREFIX.* that the broker removes 10 minutes after their last use.
+use_own_state() {
+    local server
+    server="$(pg_url_parts "$(env_or_default ORDER_DATABASE_URL "$DEFAULT_ORDER_DATABASE_URL")" | cut -d' ' -f1)"
+    server="${server%/*}"
+    export ORDER_DATABASE_URL="$server/$1"
+    export PAY_DATABASE_URL="$server/$2"
+    export AMQP_EXCHANGE="$3"
+    export ORDER_QUEUE="$4.order.payment-results"
+    export PAY_QUEUE="$4.pay.order-created"
+    export AMQP_QUEUE_EXPIRES_MS=600000
+}
+
+# drop_database URL: drops URL's database (it may not exist), whoever is connected to it.
+drop_database() {
+    local admin_url db
+    read -r admin_url db < <(pg_url_parts "$1") || die "cannot parse database URL '$1'"
+    psql "$admin_url" -XqAc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null ||
+        die "cannot drop the database $db"
+}
+
 # ensure_databases: order's and pay's databases exist.
 ensure_databases() {
     ensure_database "$(env_or_default ORDER_DATABASE_URL "$DEFAULT_ORDER_DATABASE_URL")"
@@ -291,6 +335,23 @@ ensure_databases() {
 # http_status URL: prints the status code of GET URL (000 when nothing answers).
 http_status() {
     curl -s -o /dev/null -w '%{http_code}' --connect-timeout 1 --max-time 3 "$1" 2>/dev/null || true
+}
+
+# req METHOD PATH [CURL_ARGS...]: a request to "$GW$PATH" (GW: the caller's base URL); sets
+# STATUS and BODY, the headers are in $TMP/headers (TMP: the caller's scratch directory).
+req() {
+    local method="$1" path="$2"
+    shift 2
+    : >"$TMP/body"
+    : >"$TMP/headers"
+    STATUS="$(curl -sS -o "$TMP/body" -D "$TMP/headers" -w '%{http_code}' --max-time 30 \
+        -X "$method" "$@" "$GW$path" 2>"$TMP/curl.err")" || STATUS=000
+    BODY="$(cat "$TMP/body")"
+}
+
+# header NAME: the last response's header NAME (empty when absent).
+header() {
+    { grep -i "^$1:" "$TMP/headers" || true; } | tail -n1 | cut -d: -f2- | tr -d '\r' | sed 's/^ *//; s/ *$//'
 }
 
 # wait_http URL DEADLINE_SECS [STATUS]: polls GET URL until it answers STATUS (default 200).

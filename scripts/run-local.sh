@@ -86,18 +86,25 @@ port_owner() {
     fi
 }
 
-# launch NAME: starts NAME's binary in the background (its own session, so it outlives this
-# script and the terminal) and records its pid.
-launch() {
-    local name="$1" bin addr port file log owner
-    bin="$(binary_path "$name")"
-    [[ -x "$bin" ]] || die "$bin is missing: run scripts/run-local.sh start (it builds) or cargo build --release --bins"
+# ensure_port_free NAME: dies when NAME's port is taken, naming who holds it.
+ensure_port_free() {
+    local name="$1" addr port owner
     addr="$(service_addr "$name")"
     port="$(addr_port "$addr")"
     if port_in_use "$port" "$(addr_host "$addr")"; then
         owner="$(port_owner "$port")"
         die "port $port ($name, ${name^^}_ADDR=$addr) is already in use${owner:+ by $owner}; free it or set ${name^^}_ADDR"
     fi
+}
+
+# launch NAME: starts NAME's binary in the background (its own session, so it outlives this
+# script and the terminal) and records its pid.
+launch() {
+    local name="$1" bin addr file log
+    bin="$(binary_path "$name")"
+    [[ -x "$bin" ]] || die "$bin is missing: run scripts/run-local.sh start (it builds) or cargo build --release --bins"
+    ensure_port_free "$name"
+    addr="$(service_addr "$name")"
     file="$(pid_file "$name")"
     log="$(log_file "$name")"
     rm -f "$file"
@@ -236,15 +243,7 @@ cmd_start() {
     local name
     for name in "${SERVICES[@]}"; do remove_stale_pid_file "$name"; done
     # Fail on a taken port before spending minutes on a build.
-    local addr port owner
-    for name in "${SERVICES[@]}"; do
-        addr="$(service_addr "$name")"
-        port="$(addr_port "$addr")"
-        if port_in_use "$port" "$(addr_host "$addr")"; then
-            owner="$(port_owner "$port")"
-            die "port $port ($name, ${name^^}_ADDR=$addr) is already in use${owner:+ by $owner}; free it or set ${name^^}_ADDR"
-        fi
-    done
+    for name in "${SERVICES[@]}"; do ensure_port_free "$name"; done
     ensure_tool curl
     ensure_tool psql postgresql-client
     ensure_services

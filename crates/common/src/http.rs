@@ -6,12 +6,33 @@
 //! generic message: a client never sees SQL or broker details.
 
 use axum::{
-    Json,
-    extract::rejection::{JsonRejection, PathRejection},
+    extract::{
+        FromRequest, FromRequestParts,
+        rejection::{JsonRejection, PathRejection},
+    },
     http::StatusCode,
     response::{IntoResponse, Response},
 };
+use serde::Serialize;
 use serde_json::json;
+
+/// `axum::Json` whose rejection is an [`ApiError`], so a bad body gets the project's error
+/// shape and a handler can take `Json(body): Json<T>` directly. As a response it is
+/// `axum::Json`.
+#[derive(Debug, Clone, Copy, Default, FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct Json<T>(pub T);
+
+impl<T: Serialize> IntoResponse for Json<T> {
+    fn into_response(self) -> Response {
+        axum::Json(self.0).into_response()
+    }
+}
+
+/// `axum::extract::Path` whose rejection is an [`ApiError`] (400 `invalid_path`).
+#[derive(Debug, Clone, Copy, FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct Path<T>(pub T);
 
 /// The one error type a handler returns.
 #[derive(Debug, thiserror::Error)]

@@ -20,8 +20,8 @@
 use std::{sync::Arc, time::Duration};
 
 use axum::{
-    Json, Router,
-    extract::{Path, State, rejection::PathRejection},
+    Router,
+    extract::State,
     http::StatusCode,
     routing::{get, post},
 };
@@ -31,7 +31,7 @@ use serde_json::{Value, json};
 use sqlx::{FromRow, PgPool};
 use uuid::Uuid;
 
-use common::http::ApiError;
+use common::http::{ApiError, Json, Path};
 use message_table::{
     InboxStatus, OutboxStatus,
     inbox::{self, InboxCounters},
@@ -118,9 +118,8 @@ async fn dead_inbox(State(s): State<AdminState>) -> Result<Json<Value>, ApiError
 
 async fn requeue_outbox(
     State(s): State<AdminState>,
-    id: Result<Path<Uuid>, PathRejection>,
+    Path(id): Path<Uuid>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let Path(id) = id?;
     if outbox::requeue_dead(&s.pool, id, s.message_ttl).await? {
         tracing::info!(message_id = %id, "dead outbox message requeued by an operator");
         return Ok((StatusCode::OK, Json(json!({ "requeued": id }))));
@@ -130,9 +129,8 @@ async fn requeue_outbox(
 
 async fn requeue_inbox(
     State(s): State<AdminState>,
-    id: Result<Path<Uuid>, PathRejection>,
+    Path(id): Path<Uuid>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let Path(id) = id?;
     if inbox::requeue_dead(&s.pool, id).await? {
         tracing::info!(message_id = %id, "dead inbox message requeued by an operator");
         return Ok((StatusCode::OK, Json(json!({ "requeued": id }))));

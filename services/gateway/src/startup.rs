@@ -4,16 +4,12 @@
 use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use anyhow::Context;
-use axum::{
-    Router,
-    extract::Request,
-    http::{HeaderName, HeaderValue},
-    middleware::{self, Next},
-    response::Response,
-    routing::get,
-};
+use axum::{Router, extract::Request, http::HeaderName, middleware, routing::get};
 use tokio::net::TcpListener;
-use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tower_http::{
+    request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer},
+    trace::{DefaultOnResponse, TraceLayer},
+};
 use tracing::Level;
 
 use crate::{config::GatewayConfig, health, proxy};
@@ -74,14 +70,17 @@ fn router(proxy: Arc<proxy::Proxy>) -> Router {
         .method_not_allowed_fallback(common::http::method_not_allowed)
         .fallback(proxy::forward)
         .with_state(proxy)
-        // Layers run bottom-up: the request id exists before the access-log span reads it.
+        // Layers run bottom-up. The client's `x-request-id` is kept or one is made, so the
+        // gateway log, the upstream's log (the forwarded headers carry it) and the client name
+        // the same request; the response echoes it, also on errors the gateway answers itself.
+        .layer(PropagateRequestIdLayer::x_request_id())
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|request: &Request| {
                     let request_id = request
-                        .headers()
-                        .get(&X_REQUEST_ID)
-                        .and_then(|v| v.to_str().ok())
+                        .extensions()
+                        .get::<RequestId>()
+                        .and_then(|id| id.header_value().to_str().ok())
                         .unwrap_or_default();
                     tracing::info_span!(
                         "request",
@@ -96,20 +95,18 @@ fn router(proxy: Arc<proxy::Proxy>) -> Router {
                 // logged where they happen.
                 .on_failure(()),
         )
-        .layer(middleware::from_fn(request_id))
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(middleware::map_request(drop_empty_request_id))
 }
 
-/// Keeps the client's `x-request-id` or makes one, so the gateway log, the upstream's log and
-/// the client can name the same request; the forwarded headers carry it upstream. The
-/// response always echoes the gateway's id, also on errors the gateway answers itself.
-async fn request_id(mut request: Request, next: Next) -> Response {
-    let id = match request.headers().get(&X_REQUEST_ID) {
-        Some(id) if !id.is_empty() => id.clone(),
-        _ => HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
-            .expect("a UUID is a valid header value"),
-    };
-    request.headers_mut().insert(X_REQUEST_ID, id.clone());
-    let mut response = next.run(request).await;
-    response.headers_mut().insert(X_REQUEST_ID, id);
-    response
+/// An empty `x-request-id` names no request: removed, so that one is made for it.
+async fn drop_empty_request_id(mut request: Request) -> Request {
+    if request
+        .headers()
+        .get(X_REQUEST_ID)
+        .is_some_and(|id| id.is_empty())
+    {
+        request.headers_mut().remove(X_REQUEST_ID);
+    }
+    request
 }

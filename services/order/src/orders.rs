@@ -6,16 +6,12 @@
 //! be taken while RabbitMQ is down; the relay delivers the message when it is back.
 
 use axum::{
-    Json,
-    extract::{
-        Path, State,
-        rejection::{JsonRejection, PathRejection},
-    },
+    extract::State,
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
 use chrono::{DateTime, Utc};
-use common::http::ApiError;
+use common::http::{ApiError, Json, Path};
 use message_table::outbox::{self, NewMessage};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -120,9 +116,9 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 pub async fn buy(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Result<Json<BuyRequest>, JsonRejection>,
+    Json(body): Json<BuyRequest>,
 ) -> Result<Response, ApiError> {
-    let req = body?.0.validate()?;
+    let req = body.validate()?;
     let key = idempotency_key(&headers)?;
     let fingerprint = req.fingerprint();
 
@@ -221,9 +217,8 @@ fn created(body: BuyResponse, replayed: bool) -> Response {
 /// `GET /orders/{id}`.
 pub async fn get_order(
     State(state): State<AppState>,
-    id: Result<Path<Uuid>, PathRejection>,
+    Path(id): Path<Uuid>,
 ) -> Result<Json<Order>, ApiError> {
-    let Path(id) = id?;
     sqlx::query_as(
         "SELECT id, user_id, item, amount_cents, status, failure_reason, message_id, created_at, updated_at
          FROM orders WHERE id = $1",

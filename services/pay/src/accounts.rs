@@ -1,11 +1,8 @@
 //! Read-only HTTP views: `GET /payments/{order_id}` and `GET /accounts/{user_id}`.
 
-use axum::{
-    Json,
-    extract::{Path, State, rejection::PathRejection},
-};
+use axum::extract::State;
 use chrono::{DateTime, Utc};
-use common::http::ApiError;
+use common::http::{ApiError, Json, Path};
 use serde::Serialize;
 use sqlx::FromRow;
 use uuid::Uuid;
@@ -34,9 +31,8 @@ pub struct Account {
 
 pub async fn get_payment(
     State(state): State<AppState>,
-    order_id: Result<Path<Uuid>, PathRejection>,
+    Path(order_id): Path<Uuid>,
 ) -> Result<Json<Payment>, ApiError> {
-    let Path(order_id) = order_id?;
     sqlx::query_as(
         "SELECT id, order_id, user_id, amount_cents, status, failure_reason, message_id, created_at
          FROM payments WHERE order_id = $1",

@@ -43,13 +43,8 @@ async fn x_forwarded_headers_reach_the_upstream() {
     assert_eq!(seen["headers"]["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
 }
 
-#[tokio::test]
-async fn a_missing_request_id_is_generated_sent_upstream_and_echoed() {
-    let order = spawn_echo().await;
-    let app = spawn_app(&format!("/order=http://{order}")).await;
-
-    let response = app.client.get(app.url("/order/x")).send().await.unwrap();
-
+/// The echo upstream's `response` carries a generated (UUID) request id, the one it was sent.
+async fn assert_generated_id_sent_upstream_and_echoed(response: reqwest::Response) {
     let echoed_id = response.headers()["x-request-id"]
         .to_str()
         .unwrap()
@@ -57,6 +52,16 @@ async fn a_missing_request_id_is_generated_sent_upstream_and_echoed() {
     uuid::Uuid::parse_str(&echoed_id).expect("generated id is a UUID");
     let seen: Value = response.json().await.unwrap();
     assert_eq!(seen["headers"]["x-request-id"], echoed_id);
+}
+
+#[tokio::test]
+async fn a_missing_request_id_is_generated_sent_upstream_and_echoed() {
+    let order = spawn_echo().await;
+    let app = spawn_app(&format!("/order=http://{order}")).await;
+
+    let response = app.client.get(app.url("/order/x")).send().await.unwrap();
+
+    assert_generated_id_sent_upstream_and_echoed(response).await;
 }
 
 #[tokio::test]
@@ -75,6 +80,22 @@ async fn a_given_request_id_is_kept_sent_upstream_and_echoed() {
     assert_eq!(response.headers()["x-request-id"], "client-chose-this-42");
     let seen: Value = response.json().await.unwrap();
     assert_eq!(seen["headers"]["x-request-id"], "client-chose-this-42");
+}
+
+#[tokio::test]
+async fn an_empty_request_id_is_replaced_by_a_generated_one() {
+    let order = spawn_echo().await;
+    let app = spawn_app(&format!("/order=http://{order}")).await;
+
+    let response = app
+        .client
+        .get(app.url("/order/x"))
+        .header("x-request-id", "")
+        .send()
+        .await
+        .unwrap();
+
+    assert_generated_id_sent_upstream_and_echoed(response).await;
 }
 
 #[tokio::test]

@@ -1,0 +1,56 @@
+//! `chaos poison`: unreadable messages, published to pay on purpose.
+
+use std::fmt::Write as _;
+
+use lapin::{
+    BasicProperties,
+    options::{BasicPublishOptions, ConfirmSelectOptions},
+    types::ShortString,
+};
+use uuid::Uuid;
+
+use crate::{AnyResult, args::PoisonArgs};
+
+pub async fn poison(a: &PoisonArgs) -> AnyResult<()> {
+    let (count, routing_key, out) = (a.count, a.routing_key.as_str(), &a.out);
+    let amqp = message_table::amqp::AmqpConfig::from(a.amqp.clone());
+    let conn = message_table::amqp::connect(&amqp, "chaos-poison")
+        .await
+        .map_err(|e| e.to_string())?;
+    let channel = conn.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let mut ids = String::new();
+    for n in 0..count {
+        let id = Uuid::now_v7();
+        let props = BasicProperties::default()
+            .with_message_id(ShortString::from(id.to_string()))
+            .with_type(ShortString::from("OrderCreated"))
+            .with_content_type(ShortString::from("application/json"))
+            .with_delivery_mode(2);
+        let confirm = channel
+            .basic_publish(
+                ShortString::from(amqp.exchange.as_str()),
+                ShortString::from(routing_key),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                format!("chaos poison {n}: this is not JSON {{").as_bytes(),
+                props,
+            )
+            .await?
+            .await?;
+        if !confirm.is_ack() || confirm.take_message().is_some() {
+            return Err(
+                format!("poison message {id} was not routed (is pay's queue bound?)").into(),
+            );
+        }
+        let _ = writeln!(ids, "{id}");
+    }
+    std::fs::write(out, ids)?;
+    let _ = conn.close(200, ShortString::from("bye")).await;
+    eprintln!("chaos poison: published {count} unreadable messages with routing key {routing_key}");
+    Ok(())
+}
