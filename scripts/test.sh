@@ -88,7 +88,15 @@ step "tools and preflight checks" preflight
 step "PostgreSQL and RabbitMQ are up" ensure_services
 step "cargo fmt" cargo fmt --all -- --check
 step "docker-compose config" scripts/compose-test.sh config
+# The gateway shares only `common`: no database driver, no broker client in its tree.
+gateway_has_no_database_or_broker() {
+    local found
+    found="$(cargo tree -p gateway -e normal --prefix none | grep -E '^(sqlx|lapin)' || true)"
+    [[ -z "$found" ]] || die "the gateway depends on: $found"
+}
+
 step "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
+step "gateway: neither sqlx nor lapin" gateway_has_no_database_or_broker
 step "cargo test" cargo test --workspace
 step "end-to-end (scripts/e2e.sh)" scripts/e2e.sh
 step "chaos, short (scripts/chaos.sh)" scripts/chaos.sh
