@@ -3,7 +3,7 @@
 //! and its retry sweeper, the HTTP server with the standard endpoints, readiness, and an
 //! orderly shutdown. A service brings only its routes and its message handler.
 
-use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use std::{future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Duration};
 
 use axum::{
     Router,
@@ -132,8 +132,11 @@ impl Messaging {
         }
     }
 
-    fn spawn(self, token: &CancellationToken) -> JoinSet<()> {
+    fn spawn(self, token: &CancellationToken, extra: Vec<Worker>) -> JoinSet<()> {
         let mut set = JoinSet::new();
+        for worker in extra {
+            set.spawn(worker(token.clone()));
+        }
         set.spawn(self.relay.run(token.clone()));
         set.spawn(self.scheduler.run(token.clone()));
         set.spawn(self.consumer.run(token.clone()));
@@ -150,10 +153,11 @@ async fn serve(
     listener: TcpListener,
     router: Router,
     messaging: Messaging,
+    extra_workers: Vec<Worker>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let token = CancellationToken::new();
-    let mut workers = messaging.spawn(&token);
+    let mut workers = messaging.spawn(&token, extra_workers);
     let server = axum::serve(
         listener,
         router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
@@ -193,6 +197,24 @@ pub struct ServiceSpec {
     pub migrator: &'static Migrator,
     /// Request bodies above this are refused with 413.
     pub max_body_bytes: usize,
+    /// What the service adds to the standard workers and `/admin` routes, if anything.
+    pub extras: Option<ExtrasBuilder>,
+}
+
+/// A background task of a service: runs until the token is cancelled, then returns.
+pub type Worker =
+    Box<dyn FnOnce(CancellationToken) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+
+/// Builds a service's [`Extras`] from its (migrated) pool.
+pub type ExtrasBuilder = Box<dyn FnOnce(PgPool) -> Extras + Send>;
+
+/// A service's own workers and operator routes, run and served like the standard ones:
+/// the workers are spawned and stopped with the message-table workers, the routes are
+/// nested under `/admin` next to [`crate::admin`]'s (behind whatever guards `/admin`).
+#[derive(Default)]
+pub struct Extras {
+    pub workers: Vec<Worker>,
+    pub admin_routes: Router,
 }
 
 /// A built service: database migrated, port bound, workers ready. Nothing runs until
@@ -201,12 +223,13 @@ pub struct Service {
     listener: TcpListener,
     router: Router,
     messaging: Messaging,
+    extra_workers: Vec<Worker>,
 }
 
 impl Service {
     /// `routes` gets the pool and returns the service's own routes (with their state
-    /// applied); `/healthz`, `/readyz`, `/admin` (see [`crate::admin`]), JSON 404/405 and
-    /// the body limit are added here.
+    /// applied); `/healthz`, `/readyz`, `/admin` (see [`crate::admin`], plus the
+    /// `spec.extras` routes), JSON 404/405 and the body limit are added here.
     pub async fn build(
         spec: ServiceSpec,
         cfg: &ServiceConfig,
@@ -223,11 +246,16 @@ impl Service {
                 .await?;
         let messaging = Messaging::new(pool.clone(), handler, &cfg.messaging, spec.name);
         let readiness = messaging.readiness(pool.clone());
+        let extras = spec
+            .extras
+            .map(|build| build(pool.clone()))
+            .unwrap_or_default();
         let admin = crate::admin::router(
             pool.clone(),
             messaging.inbox_counters(),
             cfg.messaging.outbox.message_ttl,
-        );
+        )
+        .merge(extras.admin_routes);
         let router = routes(pool.clone())
             .nest("/admin", admin)
             .route("/healthz", get(common::http::healthz))
@@ -252,6 +280,7 @@ impl Service {
             listener,
             router,
             messaging,
+            extra_workers: extras.workers,
         })
     }
 
@@ -269,6 +298,13 @@ impl Service {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        serve(self.listener, self.router, self.messaging, shutdown).await
+        serve(
+            self.listener,
+            self.router,
+            self.messaging,
+            self.extra_workers,
+            shutdown,
+        )
+        .await
     }
 }
