@@ -1,7 +1,8 @@
 //! What every service that sends and receives messages runs, wired once: its database
 //! (migrated at start-up), the outbox relay and its resend scheduler, the inbox consumer
 //! and its retry sweeper, the HTTP server with the standard endpoints, readiness, and an
-//! orderly shutdown. A service brings only its routes and its message handler.
+//! orderly shutdown. A service brings only its routes and its message handler, and, if it
+//! has any, its own workers and `/admin` routes ([`Extras`]).
 
 use std::{future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Duration};
 

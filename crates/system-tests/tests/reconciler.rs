@@ -4,13 +4,14 @@
 
 use std::time::Duration;
 
+use message_table::amqp::AmqpConfig;
 use order::{
     config::PAYMENT_RESULT_KEYS,
     orders::ORDER_CREATED_KEY,
     reconciler::{ReconcilerConfig, Reports},
 };
 use serde_json::{Value, json};
-use system_tests::{Instance, spawn_order_with_reconciler, spawn_pay, spawn_pay_on};
+use system_tests::{Instance, spawn_order_with_reconciler, spawn_pay_on};
 use test_kit::{TestDb, TestQueue};
 use uuid::Uuid;
 
@@ -56,6 +57,14 @@ async fn reports(order: &Instance) -> Reports {
     res.json().await.unwrap()
 }
 
+/// Pay on its own database and queue, listening on `addr`.
+async fn start_pay(amqp: &AmqpConfig, addr: &str) -> (TestDb, Instance) {
+    let db = TestDb::new(&pay::MIGRATOR).await;
+    let msg = test_kit::messaging(amqp, "test.pay", pay::config::ORDER_CREATED_KEYS);
+    let pay = spawn_pay_on(addr, &db.url, &msg, POOL).await;
+    (db, pay)
+}
+
 fn free_addr() -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap().to_string()
@@ -89,9 +98,7 @@ async fn a_message_deleted_before_pay_saw_it_is_published_again_and_the_order_pa
         .unwrap();
 
     // Pay starts after the message is gone: its queue never held it.
-    let pay_db = TestDb::new(&pay::MIGRATOR).await;
-    let pay_msg = test_kit::messaging(&amqp, "test.pay", pay::config::ORDER_CREATED_KEYS);
-    let _pay = spawn_pay_on(&pay_addr, &pay_db.url, &pay_msg, POOL).await;
+    let (pay_db, _pay) = start_pay(&amqp, &pay_addr).await;
 
     assert_eq!(settled(&order, order_id).await["status"], "PAID");
     // Paid once, by the very message that was lost: same message id.
@@ -115,9 +122,7 @@ async fn a_message_deleted_before_pay_saw_it_is_published_again_and_the_order_pa
 #[tokio::test]
 async fn an_answer_lost_after_pay_committed_is_settled_from_pays_record() {
     let amqp = test_kit::test_amqp();
-    let pay_db = TestDb::new(&pay::MIGRATOR).await;
-    let pay_msg = test_kit::messaging(&amqp, "test.pay", pay::config::ORDER_CREATED_KEYS);
-    let pay = spawn_pay(&pay_db.url, &pay_msg, POOL).await;
+    let (pay_db, pay) = start_pay(&amqp, "127.0.0.1:0").await;
     // Order's queue is bound to nothing pay sends (as if unbound by hand); pay's answers
     // end in this queue, which nobody reads.
     let answers = TestQueue::bind(&amqp, PAYMENT_RESULT_KEYS).await;
@@ -152,9 +157,7 @@ async fn an_answer_lost_after_pay_committed_is_settled_from_pays_record() {
 #[tokio::test]
 async fn what_cannot_be_repaired_is_reported_and_left_alone() {
     let amqp = test_kit::test_amqp();
-    let pay_db = TestDb::new(&pay::MIGRATOR).await;
-    let pay_msg = test_kit::messaging(&amqp, "test.pay", pay::config::ORDER_CREATED_KEYS);
-    let pay = spawn_pay(&pay_db.url, &pay_msg, POOL).await;
+    let (pay_db, pay) = start_pay(&amqp, "127.0.0.1:0").await;
     let order_db = TestDb::new(&order::MIGRATOR).await;
     let order_msg = test_kit::messaging(&amqp, "test.order", PAYMENT_RESULT_KEYS);
 
