@@ -122,7 +122,7 @@ async fn a_message_deleted_before_pay_saw_it_is_published_again_and_the_order_pa
 #[tokio::test]
 async fn an_answer_lost_after_pay_committed_is_settled_from_pays_record() {
     let amqp = test_kit::test_amqp();
-    let (pay_db, pay) = start_pay(&amqp, "127.0.0.1:0").await;
+    let (_pay_db, pay) = start_pay(&amqp, "127.0.0.1:0").await;
     // Order's queue is bound to nothing pay sends (as if unbound by hand); pay's answers
     // end in this queue, which nobody reads.
     let answers = TestQueue::bind(&amqp, PAYMENT_RESULT_KEYS).await;
