@@ -22,13 +22,14 @@
 //! at a time does the work and the others skip their turn. The lock is a session lock on
 //! one pooled connection; if that instance dies, PostgreSQL releases it with the session.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use sqlx::{Encode, PgConnection, PgPool, Postgres, Type};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     inbox::InboxConfig,
+    metrics::MessageTableMetrics,
     outbox::OutboxConfig,
     status::{InboxStatus, OutboxStatus},
 };
@@ -99,6 +100,7 @@ pub struct RetentionRunner {
     outbox_retention: Duration,
     inbox_retention: Duration,
     cfg: RetentionConfig,
+    metrics: Arc<MessageTableMetrics>,
 }
 
 impl RetentionRunner {
@@ -113,7 +115,14 @@ impl RetentionRunner {
             outbox_retention: outbox.retention,
             inbox_retention: inbox.retention,
             cfg,
+            metrics: Arc::default(),
         }
+    }
+
+    /// Counts into `metrics` (by default into an unregistered set nobody reads).
+    pub fn with_metrics(mut self, metrics: Arc<MessageTableMetrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// One pass; `None` when another runner holds the lock (it is doing this work).
@@ -127,6 +136,10 @@ impl RetentionRunner {
             return Ok(None);
         }
         let result = self.purge(&mut conn).await;
+        if let Ok(p) = &result {
+            self.metrics.deleted("outbox", p.outbox_rows);
+            self.metrics.deleted("inbox", p.inbox_rows);
+        }
         let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
             .bind(LOCK_KEY)
             .execute(&mut *conn)
