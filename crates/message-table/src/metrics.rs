@@ -53,6 +53,7 @@ pub const RETRY_OUTCOMES: [&str; 3] = ["processed", "failed", "dead"];
 /// Buckets for rows per relay round, up to the largest batch size one would configure.
 const BATCH_BUCKETS: [f64; 9] = [1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0];
 
+/// The families of one service (names and meanings: [`MessageTableMetrics::register`]).
 pub struct MessageTableMetrics {
     pub publishes: Counters,
     pub confirm_duration: Histogram,

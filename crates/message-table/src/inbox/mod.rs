@@ -244,10 +244,6 @@ impl Inbox {
         self
     }
 
-    pub fn metrics(&self) -> Arc<MessageTableMetrics> {
-        self.metrics.clone()
-    }
-
     pub fn counters(&self) -> Arc<InboxCounters> {
         self.counters.clone()
     }
