@@ -4,4 +4,5 @@
 //! this crate alone (`sqlx` is an opt-in feature for the services that have a database).
 pub mod config;
 pub mod http;
+pub mod metrics;
 pub mod telemetry;

@@ -1,17 +1,19 @@
 //! What every service that sends and receives messages runs, wired once: its database
 //! (migrated at start-up), the outbox relay and its resend scheduler, the inbox consumer
-//! and its retry sweeper, the HTTP server with the standard endpoints, readiness, and an
-//! orderly shutdown. A service brings only its routes and its message handler, and, if it
-//! has any, its own workers and `/admin` routes ([`Extras`]).
+//! and its retry sweeper, the HTTP server with the standard endpoints (`/metrics` among
+//! them), readiness, and an orderly shutdown. A service brings only its routes and its message
+//! handler, and, if it has any, its own workers and `/admin` routes ([`Extras`]).
 
 use std::{future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Duration};
 
 use axum::{
     Router,
     extract::{DefaultBodyLimit, State},
+    middleware,
     response::Response,
     routing::get,
 };
+use prometheus_client::registry::Registry;
 use sqlx::{PgPool, migrate::Migrator};
 use tokio::{net::TcpListener, task::JoinSet};
 use tokio_util::sync::CancellationToken;
@@ -24,6 +26,7 @@ use message_table::{
         Inbox, InboxConfig, InboxCounters, MessageHandler, consumer::InboxConsumer,
         retry_sweeper::RetrySweeper,
     },
+    metrics::MessageTableMetrics,
     outbox::{OutboxConfig, relay::Relay, resend_scheduler::ResendScheduler},
     retention::{RetentionConfig, RetentionRunner},
 };
@@ -85,23 +88,27 @@ impl Readiness {
 }
 
 impl Messaging {
-    /// `name` labels the AMQP connections (`<name>-relay`, `<name>-consumer`).
+    /// `name` labels the AMQP connections (`<name>-relay`, `<name>-consumer`). Every
+    /// worker counts into `metrics`.
     fn new(
         pool: PgPool,
         handler: Arc<dyn MessageHandler>,
         cfg: &MessagingConfig,
         name: &str,
+        metrics: Arc<MessageTableMetrics>,
     ) -> Self {
         let relay = Relay::new(
             pool.clone(),
             cfg.amqp.clone(),
             cfg.outbox.clone(),
             format!("{name}-relay"),
-        );
+        )
+        .with_metrics(metrics.clone());
         let scheduler = ResendScheduler::new(pool.clone(), cfg.outbox.clone(), relay.wake_handle());
         let retention =
-            RetentionRunner::new(pool.clone(), &cfg.outbox, &cfg.inbox, cfg.retention.clone());
-        let inbox = Inbox::new(pool, handler, cfg.inbox.clone());
+            RetentionRunner::new(pool.clone(), &cfg.outbox, &cfg.inbox, cfg.retention.clone())
+                .with_metrics(metrics.clone());
+        let inbox = Inbox::new(pool, handler, cfg.inbox.clone()).with_metrics(metrics);
         let keys: Vec<&str> = cfg.routing_keys.iter().map(String::as_str).collect();
         let consumer = InboxConsumer::new(
             inbox.clone(),
@@ -206,8 +213,9 @@ pub struct ServiceSpec {
 pub type Worker =
     Box<dyn FnOnce(CancellationToken) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
 
-/// Builds a service's [`Extras`] from its (migrated) pool.
-pub type ExtrasBuilder = Box<dyn FnOnce(PgPool) -> Extras + Send>;
+/// Builds a service's [`Extras`] from its (migrated) pool; their metrics go into `registry`, served
+/// with the others at `/metrics`.
+pub type ExtrasBuilder = Box<dyn FnOnce(PgPool, &mut Registry) -> Extras + Send>;
 
 /// A service's own workers and operator routes, run and served like the standard ones:
 /// the workers are spawned and stopped with the message-table workers, the routes are
@@ -229,8 +237,9 @@ pub struct Service {
 
 impl Service {
     /// `routes` gets the pool and returns the service's own routes (with their state
-    /// applied); `/healthz`, `/readyz`, `/admin` (see [`crate::admin`], plus the
-    /// `spec.extras` routes), JSON 404/405 and the body limit are added here.
+    /// applied); `/healthz`, `/readyz`, `/metrics` (see [`crate::metrics`]), `/admin` (see
+    /// [`crate::admin`], plus the `spec.extras` routes), the HTTP metrics, JSON 404/405 and the
+    /// body limit are added here.
     pub async fn build(
         spec: ServiceSpec,
         cfg: &ServiceConfig,
@@ -245,12 +254,26 @@ impl Service {
         let pool =
             db::connect_and_migrate(&cfg.database_url, cfg.db_max_connections, spec.migrator)
                 .await?;
-        let messaging = Messaging::new(pool.clone(), handler, &cfg.messaging, spec.name);
-        let readiness = messaging.readiness(pool.clone());
+        let mut registry = Registry::default();
+        let table_metrics = Arc::new(MessageTableMetrics::register(&mut registry));
+        let http_metrics = common::metrics::HttpMetrics::register(&mut registry);
+        let messaging = Messaging::new(
+            pool.clone(),
+            handler,
+            &cfg.messaging,
+            spec.name,
+            table_metrics,
+        );
+        // The service's own workers register their metrics beside the message table's.
         let extras = spec
             .extras
-            .map(|build| build(pool.clone()))
+            .map(|build| build(pool.clone(), &mut registry))
             .unwrap_or_default();
+        let metrics = crate::metrics::MetricsState {
+            registry: Arc::new(registry),
+            pool: pool.clone(),
+        };
+        let readiness = messaging.readiness(pool.clone());
         let admin = crate::admin::router(
             pool.clone(),
             messaging.inbox_counters(),
@@ -260,6 +283,7 @@ impl Service {
         let router = routes(pool.clone())
             .nest("/admin", admin)
             .route("/healthz", get(common::http::healthz))
+            .route("/metrics", get(crate::metrics::scrape).with_state(metrics))
             .route(
                 "/readyz",
                 get(|State(r): State<Readiness>| async move { r.respond().await })
@@ -268,6 +292,10 @@ impl Service {
             .fallback(common::http::not_found)
             .method_not_allowed_fallback(common::http::method_not_allowed)
             .layer(DefaultBodyLimit::max(spec.max_body_bytes))
+            .layer(middleware::from_fn_with_state(
+                http_metrics,
+                common::metrics::track,
+            ))
             // A 5xx is expected while a dependency is down (readiness 503s every few
             // seconds): a warning, not an error. Real internal errors log their cause.
             .layer(

@@ -4,6 +4,7 @@ pub mod amqp;
 pub mod backoff;
 pub mod db;
 pub mod inbox;
+pub mod metrics;
 pub mod outbox;
 pub mod retention;
 pub mod status;

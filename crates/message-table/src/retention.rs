@@ -21,7 +21,7 @@
 //! runner, but a pass only starts after taking a PostgreSQL advisory lock, so one instance
 //! at a time does the work and the others skip their turn (see [`crate::advisory_lock`]).
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use sqlx::{Encode, PgConnection, PgPool, Postgres, Type};
 use tokio_util::sync::CancellationToken;
@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     advisory_lock::AdvisoryLock,
     inbox::InboxConfig,
+    metrics::MessageTableMetrics,
     outbox::OutboxConfig,
     status::{InboxStatus, OutboxStatus},
 };
@@ -99,6 +100,7 @@ pub struct RetentionRunner {
     outbox_retention: Duration,
     inbox_retention: Duration,
     cfg: RetentionConfig,
+    metrics: Arc<MessageTableMetrics>,
 }
 
 impl RetentionRunner {
@@ -113,7 +115,14 @@ impl RetentionRunner {
             outbox_retention: outbox.retention,
             inbox_retention: inbox.retention,
             cfg,
+            metrics: Arc::default(),
         }
+    }
+
+    /// Counts into `metrics` (by default into an unregistered set nobody reads).
+    pub fn with_metrics(mut self, metrics: Arc<MessageTableMetrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// One pass; `None` when another runner holds the lock (it is doing this work).
@@ -124,6 +133,8 @@ impl RetentionRunner {
         // On error the lock is dropped held: its session is closed, not pooled.
         let purged = self.purge(lock.conn()).await?;
         lock.unlock().await;
+        self.metrics.deleted("outbox", purged.outbox_rows);
+        self.metrics.deleted("inbox", purged.inbox_rows);
         Ok(Some(purged))
     }
 

@@ -18,6 +18,8 @@ pub struct System {
     /// Base URL of the gateway: `/order/...` and `/pay/...`.
     pub gateway: String,
     pub order: String,
+    /// Base URL of the pay service itself.
+    pub pay: String,
     pub pay_counters: Arc<InboxCounters>,
     pub http: reqwest::Client,
     _instances: Vec<Instance>,
@@ -61,6 +63,7 @@ pub async fn start_with_pools(amqp: &AmqpConfig, order_amqp: &AmqpConfig, pool: 
         pay_db,
         gateway,
         order: order.base.clone(),
+        pay: pay.base.clone(),
         pay_counters,
         http: reqwest::Client::new(),
         _instances: vec![pay, order],

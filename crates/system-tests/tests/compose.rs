@@ -325,7 +325,10 @@ fn every_published_port_is_a_variable_and_bound_to_a_variable_address() {
             );
         }
     }
-    assert_eq!(published, 2, "the gateway and the management UI");
+    assert_eq!(
+        published, 3,
+        "the gateway, the management UI and Prometheus"
+    );
 }
 
 #[test]
@@ -573,4 +576,55 @@ fn a_variable_has_one_default_everywhere_and_build_arguments_match_the_dockerfil
             "{name}: {image}"
         );
     }
+}
+
+#[test]
+fn prometheus_is_optional_and_scrapes_every_service_on_its_port() {
+    let compose = compose();
+    let prometheus = service(&compose, "prometheus");
+    assert_eq!(
+        strings(&prometheus["profiles"]),
+        ["observability"],
+        "Prometheus starts only with --profile observability"
+    );
+    // No other container is in a profile: `docker compose up` starts the system as before.
+    for name in SERVICES {
+        assert!(service(&compose, name)["profiles"].is_badvalue(), "{name}");
+    }
+    assert!(
+        strings(&prometheus["volumes"])
+            .contains(&"./docker/prometheus.yml:/etc/prometheus/prometheus.yml:ro".to_string()),
+        "the scrape configuration is mounted"
+    );
+
+    let config = YamlLoader::load_from_str(&read("docker/prometheus.yml"))
+        .expect("docker/prometheus.yml is YAML")
+        .remove(0);
+    let jobs = config["scrape_configs"]
+        .as_vec()
+        .expect("scrape_configs is a list");
+    let mut scraped = BTreeSet::new();
+    for job in jobs {
+        assert_eq!(job["metrics_path"].as_str(), Some("/metrics"), "{job:?}");
+        for static_config in job["static_configs"].as_vec().expect("static_configs") {
+            for target in strings(&static_config["targets"]) {
+                let (host, port) = target.split_once(':').expect("host:port");
+                let addr =
+                    with_defaults(&environment(service(&compose, host))[&addr_variable(host)]);
+                assert_eq!(
+                    port.parse::<u16>().unwrap(),
+                    port_of_addr(&addr),
+                    "{target}: {host} listens on {addr}"
+                );
+                scraped.insert(host.to_string());
+            }
+        }
+    }
+    assert_eq!(
+        scraped,
+        SERVICES
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<BTreeSet<_>>()
+    );
 }

@@ -117,6 +117,14 @@ async fn a_message_deleted_before_pay_saw_it_is_published_again_and_the_order_pa
     assert!(totals.fixed.republished >= 1, "{totals:?}");
     assert_eq!(totals.fixed.settled, 0, "the answer message settled it");
     assert_eq!(totals.unfixed, 0, "{totals:?}");
+    let metrics = scrape(&order).await;
+    let fixed = |kind| metrics.value("reconciler_fixed_total", &[("kind", kind)]);
+    assert_eq!(fixed("republished"), totals.fixed.republished as f64);
+    assert_eq!(fixed("settled"), 0.0);
+    assert_eq!(
+        metrics.value("reconciler_found_total", &[("kind", "unknown_to_pay")]),
+        totals.found.unknown_to_pay as f64
+    );
 }
 
 #[tokio::test]
@@ -152,6 +160,25 @@ async fn an_answer_lost_after_pay_committed_is_settled_from_pays_record() {
     let totals = reports(&order).await.since_start;
     assert_eq!(totals.fixed.settled, 2, "{totals:?}");
     assert_eq!(totals.fixed.republished, 0, "{totals:?}");
+    let metrics = scrape(&order).await;
+    let fixed = |kind| metrics.value("reconciler_fixed_total", &[("kind", kind)]);
+    assert_eq!((fixed("settled"), fixed("republished")), (2.0, 0.0));
+    assert_eq!(
+        metrics.value("reconciler_found_total", &[("kind", "settled_by_pay")]),
+        2.0
+    );
+    assert_eq!(metrics.value("reconciler_unfixed_total", &[]), 0.0);
+}
+
+/// Order's `/metrics`, parsed.
+async fn scrape(order: &Instance) -> test_kit::metrics::Metrics {
+    let text = reqwest::get(format!("{}/metrics", order.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    test_kit::metrics::Metrics::parse(&text)
 }
 
 #[tokio::test]

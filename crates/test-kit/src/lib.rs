@@ -7,6 +7,9 @@
 //!   cut the connection ("broker down") without stopping the shared server that other
 //!   tests use in parallel.
 //! - [`eventually`]: wait for a condition with a deadline instead of sleeping.
+//! - [`metrics`]: parse a `/metrics` answer and read one sample.
+
+pub mod metrics;
 
 use std::{future::Future, net::SocketAddr, str::FromStr, sync::Arc, time::Duration};
 

@@ -25,12 +25,14 @@
 //! - [`proxy`]: the forwarding algorithm.
 //! - [`error`]: the failures the gateway answers itself.
 //! - [`health`]: readiness from every instance's health.
+//! - [`metrics`]: the upstream results per instance, for `/metrics`.
 //! - [`startup`]: binding, middleware (request id, access log), serving.
 
 pub mod config;
 pub mod error;
 pub mod health;
 pub mod internal;
+pub mod metrics;
 pub mod proxy;
 pub mod routes;
 pub mod startup;

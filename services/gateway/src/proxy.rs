@@ -38,8 +38,8 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use reqwest::Url;
 
 use crate::{
-    config::GatewayConfig, error::GatewayError, internal::InternalPaths, routes::Route,
-    upstream::Upstream,
+    config::GatewayConfig, error::GatewayError, internal::InternalPaths, metrics::UpstreamMetrics,
+    routes::Route, upstream::Upstream,
 };
 
 /// Headers that describe one connection rather than the message (RFC 9110 §7.6.1), so they
@@ -72,6 +72,7 @@ pub struct Proxy {
     upstream_timeout: Duration,
     max_body_bytes: u64,
     internal_paths: InternalPaths,
+    metrics: UpstreamMetrics,
 }
 
 /// A route and the run-time state of its instances.
@@ -98,14 +99,25 @@ impl Proxy {
                 route: route.clone(),
                 upstream: Upstream::new(route.instances(), config.ejection),
             })
-            .collect();
+            .collect::<Vec<Backend>>();
+        let metrics = UpstreamMetrics::new(
+            backends
+                .iter()
+                .flat_map(|b| b.upstream.instances().iter().map(|i| i.name())),
+        );
         Ok(Proxy {
             client,
             backends,
             upstream_timeout: config.upstream_timeout,
             max_body_bytes: config.max_body_bytes,
             internal_paths: config.internal_paths.clone(),
+            metrics,
         })
+    }
+
+    /// The upstream results, to register into the gateway's registry.
+    pub fn metrics(&self) -> &UpstreamMetrics {
+        &self.metrics
     }
 
     pub fn client(&self) -> &reqwest::Client {
@@ -170,7 +182,10 @@ pub async fn forward(
         ClientBody::Stream(Arc::new(Mutex::new(Some(Box::pin(limited)))))
     };
 
-    // 6. Attempts. Dropping the future on timeout closes the upstream connection.
+    // 6. Attempts. Dropping the future on timeout closes the upstream connection; `trying`
+    // names the instance the deadline interrupted.
+    let metrics = &proxy.metrics;
+    let trying: Mutex<Option<&str>> = Mutex::new(None);
     let attempts = async {
         let mut last_error = None;
         for instance in backend.upstream.attempt_order() {
@@ -184,18 +199,31 @@ pub async fn forward(
             *upstream_request.headers_mut() = headers.clone();
             *upstream_request.body_mut() = body.for_attempt();
             let started = Instant::now();
-            match proxy.client.execute(upstream_request).await {
+            *lock(&trying) = Some(instance.name());
+            let result = proxy.client.execute(upstream_request).await;
+            *lock(&trying) = None;
+            match result {
                 Ok(response) => {
                     instance.connected(started);
+                    let result = if response.status().is_server_error() {
+                        "5xx"
+                    } else {
+                        "ok"
+                    };
+                    metrics.record(instance.name(), result);
                     return Ok(response);
                 }
                 Err(e) if e.is_connect() => {
-                    instance.connect_failed(started);
+                    metrics.record(instance.name(), "connect_failure");
+                    if instance.connect_failed(started) {
+                        metrics.record(instance.name(), "ejected");
+                    }
                     tracing::debug!(route = route.name(), instance = instance.name(), error = %error_chain(&e), "connect failed, trying the next instance");
                     last_error = Some(e);
                 }
                 Err(e) => {
                     instance.connected(started);
+                    metrics.record(instance.name(), "error");
                     last_error = Some(e);
                     break;
                 }
@@ -215,6 +243,9 @@ pub async fn forward(
             return Err(GatewayError::BodyTooLarge { limit });
         }
         Err(_elapsed) => {
+            if let Some(instance) = *lock(&trying) {
+                metrics.record(instance, "timeout");
+            }
             tracing::warn!(route = route.name(), "upstream did not answer in time");
             return Err(GatewayError::GatewayTimeout);
         }

@@ -4,7 +4,16 @@
 use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use anyhow::Context;
-use axum::{Router, extract::Request, http::HeaderName, middleware, routing::get};
+use axum::{
+    Router,
+    extract::{Request, State},
+    http::HeaderName,
+    middleware,
+    response::Response,
+    routing::get,
+};
+use common::metrics::HttpMetrics;
+use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tower_http::{
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer},
@@ -26,6 +35,10 @@ impl Application {
     pub async fn build(config: GatewayConfig) -> anyhow::Result<Self> {
         config.validate().context("invalid gateway configuration")?;
         let proxy = Arc::new(proxy::Proxy::new(&config)?);
+        // The gateway's own registry: see `common::metrics` for why not a global one.
+        let mut registry = Registry::default();
+        let http_metrics = HttpMetrics::register(&mut registry);
+        proxy.metrics().register(&mut registry);
         let listener = TcpListener::bind(&config.addr)
             .await
             .with_context(|| format!("binding GATEWAY_ADDR={}", config.addr))?;
@@ -33,7 +46,7 @@ impl Application {
         Ok(Application {
             listener,
             local_addr,
-            router: router(proxy),
+            router: router(proxy, Arc::new(registry), http_metrics),
         })
     }
 
@@ -63,13 +76,21 @@ impl Application {
     }
 }
 
-fn router(proxy: Arc<proxy::Proxy>) -> Router {
+fn router(proxy: Arc<proxy::Proxy>, registry: Arc<Registry>, http_metrics: HttpMetrics) -> Router {
     Router::new()
         .route("/healthz", get(common::http::healthz))
         .route("/readyz", get(health::readyz))
+        // The gateway's own; the services' `/metrics` stay internal (`GATEWAY_INTERNAL_PATHS`).
+        .route("/metrics", get(metrics).with_state(registry))
         .method_not_allowed_fallback(common::http::method_not_allowed)
         .fallback(proxy::forward)
         .with_state(proxy)
+        // Proxied requests have no route template: they count as `unmatched`, and per
+        // instance in `gateway_upstream_results_total`.
+        .layer(middleware::from_fn_with_state(
+            http_metrics,
+            common::metrics::track,
+        ))
         // Layers run bottom-up. The client's `x-request-id` is kept or one is made, so the
         // gateway log, the upstream's log (the forwarded headers carry it) and the client name
         // the same request; the response echoes it, also on errors the gateway answers itself.
@@ -97,6 +118,10 @@ fn router(proxy: Arc<proxy::Proxy>) -> Router {
         )
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .layer(middleware::map_request(drop_empty_request_id))
+}
+
+async fn metrics(State(registry): State<Arc<Registry>>) -> Response {
+    common::metrics::encode(&[&registry])
 }
 
 /// An empty `x-request-id` names no request: removed, so that one is made for it.

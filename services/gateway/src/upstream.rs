@@ -140,8 +140,8 @@ impl Instance {
     }
 
     /// An attempt started at `started` could not connect: eject the instance, or push its
-    /// next trial further away if it already was.
-    pub fn connect_failed(&self, started: Instant) {
+    /// next trial further away if it already was. True when this ejected it.
+    pub fn connect_failed(&self, started: Instant) -> bool {
         let now = Instant::now();
         let mut ejection = self.lock();
         let (since, failures) = match *ejection {
@@ -149,7 +149,8 @@ impl Instance {
             None => (started, 1),
         };
         let delay = self.policy.delay(failures);
-        if ejection.is_none() {
+        let newly_ejected = ejection.is_none();
+        if newly_ejected {
             tracing::warn!(
                 instance = self.name(),
                 retry_in_ms = delay.as_millis() as u64,
@@ -162,6 +163,7 @@ impl Instance {
             trial_at: now + delay,
         });
         self.ejected.store(true, Ordering::Relaxed);
+        newly_ejected
     }
 
     /// An attempt started at `started` connected (whatever happened next): the instance is

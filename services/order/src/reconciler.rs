@@ -37,6 +37,10 @@ use axum::{Router, extract::State, routing::get};
 use chrono::{DateTime, Utc};
 use common::http::Json;
 use message_table::{advisory_lock::AdvisoryLock, outbox};
+use prometheus_client::{
+    metrics::{counter::Counter, family::Family},
+    registry::Registry,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sqlx::{FromRow, PgPool};
@@ -233,6 +237,82 @@ pub struct Reconciler {
     message_ttl: Duration,
     http: reqwest::Client,
     reports: SharedReports,
+    metrics: ReconcilerMetrics,
+}
+
+/// What every pass found and fixed, as Prometheus counters (the same numbers as
+/// [`Totals`], which `/admin/reconciliation` shows; these add up across instances).
+#[derive(Clone, Default)]
+pub struct ReconcilerMetrics {
+    passes: Family<[(&'static str, &'static str); 1], Counter>,
+    looked_at: Counter,
+    found: Family<[(&'static str, &'static str); 1], Counter>,
+    fixed: Family<[(&'static str, &'static str); 1], Counter>,
+    unfixed: Counter,
+}
+
+impl ReconcilerMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        registry.register(
+            "reconciler_passes",
+            "Reconciliation passes by result: completed, failed (stopped early), skipped (another instance held the lock)",
+            m.passes.clone(),
+        );
+        registry.register(
+            "reconciler_orders_looked_at",
+            "Orders still PENDING_PAYMENT past the threshold that a pass looked at",
+            m.looked_at.clone(),
+        );
+        registry.register(
+            "reconciler_found",
+            "Stuck orders by what pay knew: unknown_to_pay, settled_by_pay",
+            m.found.clone(),
+        );
+        registry.register(
+            "reconciler_fixed",
+            "Repairs by kind: republished (OrderCreated again, same message id), settled (from pay's answer)",
+            m.fixed.clone(),
+        );
+        registry.register(
+            "reconciler_unfixed",
+            "Stuck orders the reconciler could not repair (reported at /admin/reconciliation)",
+            m.unfixed.clone(),
+        );
+        // Every label value from 0, so a rate() has a starting point.
+        for result in ["completed", "failed", "skipped"] {
+            let _ = m.passes.get_or_create(&[("result", result)]);
+        }
+        for kind in ["unknown_to_pay", "settled_by_pay"] {
+            let _ = m.found.get_or_create(&[("kind", kind)]);
+        }
+        for kind in ["republished", "settled"] {
+            let _ = m.fixed.get_or_create(&[("kind", kind)]);
+        }
+        m
+    }
+
+    fn skipped(&self) {
+        self.passes.get_or_create(&[("result", "skipped")]).inc();
+    }
+
+    fn pass(&self, r: &Report) {
+        let result = if r.error.is_some() {
+            "failed"
+        } else {
+            "completed"
+        };
+        self.passes.get_or_create(&[("result", result)]).inc();
+        self.looked_at.inc_by(r.looked_at);
+        let count = |family: &Family<[(&'static str, &'static str); 1], Counter>, kind, n| {
+            family.get_or_create(&[("kind", kind)]).inc_by(n);
+        };
+        count(&self.found, "unknown_to_pay", r.found.unknown_to_pay);
+        count(&self.found, "settled_by_pay", r.found.settled_by_pay);
+        count(&self.fixed, "republished", r.fixed.republished);
+        count(&self.fixed, "settled", r.fixed.settled);
+        self.unfixed.inc_by(r.unfixed_count);
+    }
 }
 
 impl Reconciler {
@@ -248,7 +328,14 @@ impl Reconciler {
             message_ttl,
             http,
             reports: SharedReports::default(),
+            metrics: ReconcilerMetrics::default(),
         }
+    }
+
+    /// Counts into `metrics` (registered in the service's registry) as well as the report.
+    pub fn with_metrics(mut self, metrics: ReconcilerMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     pub fn reports(&self) -> SharedReports {
@@ -278,6 +365,7 @@ impl Reconciler {
     pub async fn run_once(&self) -> sqlx::Result<Option<Report>> {
         let Some(lock) = AdvisoryLock::try_acquire(&self.pool, LOCK_KEY).await? else {
             self.update(|r| r.since_start.skipped += 1);
+            self.metrics.skipped();
             return Ok(None);
         };
         let mut report = Report::new();
@@ -287,6 +375,7 @@ impl Reconciler {
         report.finished_at = Utc::now();
         lock.unlock().await;
         log(&report);
+        self.metrics.pass(&report);
         self.update(|r| {
             r.since_start.add(&report);
             r.last_report = Some(report.clone());

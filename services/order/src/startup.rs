@@ -10,7 +10,7 @@ use sqlx::PgPool;
 use crate::{
     OrderConfig, orders,
     payment_results::PaymentResultHandler,
-    reconciler::{self, Reconciler, ReconcilerConfig},
+    reconciler::{self, Reconciler, ReconcilerConfig, ReconcilerMetrics},
 };
 
 /// Shared by the HTTP handlers.
@@ -44,8 +44,9 @@ impl Application {
             .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         let http = reconciler::pay_client()?;
         let message_ttl = cfg.messaging.outbox.message_ttl;
-        let extras: ExtrasBuilder = Box::new(move |pool| {
-            let worker = Reconciler::new(pool, reconciler.clone(), message_ttl, http);
+        let extras: ExtrasBuilder = Box::new(move |pool, registry| {
+            let worker = Reconciler::new(pool, reconciler.clone(), message_ttl, http)
+                .with_metrics(ReconcilerMetrics::register(registry));
             let admin_routes = reconciler::admin_routes(worker.reports(), reconciler);
             let run: Worker = Box::new(move |shutdown| Box::pin(worker.run(shutdown)));
             Extras {

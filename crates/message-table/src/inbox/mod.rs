@@ -55,8 +55,8 @@ use sqlx::{
 };
 use uuid::Uuid;
 
-use crate::backoff::RetryPolicy;
 pub use crate::status::InboxStatus;
+use crate::{backoff::RetryPolicy, metrics::MessageTableMetrics};
 pub use consumer::Incoming;
 
 /// A message as the handler sees it.
@@ -150,8 +150,22 @@ const CLOCK_SKEW_MARGIN: Duration = Duration::from_secs(300);
 /// Raw bodies of poison messages are kept up to this size, for a human to look at.
 const MAX_KEPT_RAW_BODY: usize = 64 * 1024;
 
+impl Outcome {
+    /// The `outcome` label of the inbox metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Processed => "processed",
+            Outcome::Duplicate => "duplicate",
+            Outcome::Failed { .. } => "failed",
+            Outcome::Dead { .. } => "dead",
+            Outcome::Poison { .. } => "poison",
+        }
+    }
+}
+
 /// Outcome counts since start: how many duplicates the inbox dropped, how many messages
-/// failed or died. Read by tests, the chaos script and (later) metrics.
+/// failed or died. Read by tests, the chaos script and `/admin/stats`; the Prometheus
+/// metrics ([`crate::metrics`]) count deliveries and retries apart.
 #[derive(Debug, Default)]
 pub struct InboxCounters {
     pub processed: AtomicU64,
@@ -209,6 +223,7 @@ pub struct Inbox {
     handler: Arc<dyn MessageHandler>,
     cfg: InboxConfig,
     counters: Arc<InboxCounters>,
+    metrics: Arc<MessageTableMetrics>,
 }
 
 impl Inbox {
@@ -218,7 +233,15 @@ impl Inbox {
             handler,
             cfg,
             counters: Arc::default(),
+            metrics: Arc::default(),
         }
+    }
+
+    /// Counts into `metrics` (by default into an unregistered set nobody reads); the
+    /// retry sweeper built from this inbox does too.
+    pub fn with_metrics(mut self, metrics: Arc<MessageTableMetrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     pub fn counters(&self) -> Arc<InboxCounters> {
@@ -255,6 +278,7 @@ impl Inbox {
                 self.counters.unrecorded.fetch_add(1, Ordering::Relaxed);
             }
         }
+        self.metrics.delivery(outcome.as_ref().ok());
         outcome
     }
 
@@ -413,7 +437,12 @@ impl Inbox {
         msg: &InboxMessage,
         row: InboxStatus,
     ) -> sqlx::Result<Outcome> {
-        match run_handler(self.handler.as_ref(), tx, msg).await? {
+        let started = std::time::Instant::now();
+        let result = run_handler(self.handler.as_ref(), tx, msg).await?;
+        self.metrics
+            .handler_duration
+            .observe(started.elapsed().as_secs_f64());
+        match result {
             Ok(()) => {
                 if row != InboxStatus::Processed {
                     record_processed(tx, msg).await?;

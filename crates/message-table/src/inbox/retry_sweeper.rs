@@ -47,6 +47,7 @@ impl RetrySweeper {
     /// next round, not burn its attempts now.
     #[tracing::instrument(name = "inbox_retry_sweep", skip_all, fields(batch = self.batch))]
     pub async fn run_once(&self) -> sqlx::Result<SweepReport> {
+        self.inbox.metrics.sweeps.inc();
         let mut report = SweepReport::default();
         let mut tried = Vec::new();
         for _ in 0..self.batch {
@@ -99,6 +100,7 @@ impl RetrySweeper {
                 .await?;
             tx.commit().await?;
             self.inbox.counters.count(&outcome);
+            self.inbox.metrics.retry(&outcome);
             log_outcome(&msg, &outcome);
             Ok(Some(outcome))
         }

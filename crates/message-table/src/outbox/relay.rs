@@ -45,6 +45,7 @@ use uuid::Uuid;
 use super::{Failure, NOTIFY_CHANNEL, OutboxConfig, OutboxStatus, record_failures};
 use crate::{
     amqp::{self, AmqpConfig, BrokerStatus},
+    metrics::MessageTableMetrics,
     status::CLAIMABLE,
 };
 
@@ -74,6 +75,26 @@ pub struct Claim {
 pub enum PublishOutcome {
     Confirmed,
     Failed(PublishFailure),
+}
+
+impl PublishOutcome {
+    /// The `outcome` label of `outbox_publishes_total`: failures that mean the same to an
+    /// operator share one value.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Confirmed => "confirmed",
+            Self::Failed(PublishFailure::Nacked) => "nacked",
+            Self::Failed(PublishFailure::Returned { .. }) => "returned",
+            Self::Failed(PublishFailure::ConfirmTimedOut | PublishFailure::PublishBlocked) => {
+                "timed_out"
+            }
+            Self::Failed(PublishFailure::PublishFailed(_) | PublishFailure::ConfirmFailed(_)) => {
+                "channel_error"
+            }
+            Self::Failed(PublishFailure::NoChannel(_)) => "no_channel",
+            Self::Failed(PublishFailure::NotInConfirmMode) => "not_in_confirm_mode",
+        }
+    }
 }
 
 /// Why one row was not confirmed. Its `Display` is what the row's `last_error` records.
@@ -162,6 +183,7 @@ pub struct Relay {
     link: Option<(Connection, Channel)>,
     status: BrokerStatus,
     wake: Arc<Notify>,
+    metrics: Arc<MessageTableMetrics>,
 }
 
 impl Relay {
@@ -174,7 +196,14 @@ impl Relay {
             link: None,
             status: BrokerStatus::default(),
             wake: Arc::new(Notify::new()),
+            metrics: Arc::default(),
         }
+    }
+
+    /// Counts into `metrics` (by default into an unregistered set nobody reads).
+    pub fn with_metrics(mut self, metrics: Arc<MessageTableMetrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Broker connection state, for `/readyz`.
@@ -191,6 +220,7 @@ impl Relay {
     #[tracing::instrument(name = "relay_round", skip(self), fields(relay = %self.name, claim_token, claimed))]
     pub async fn run_once(&mut self) -> Result<RelayReport, RelayError> {
         self.channel().await?;
+        let started = Instant::now();
         let claim = self.claim().await?;
         if claim.rows.is_empty() {
             return Ok(RelayReport::default());
@@ -198,8 +228,15 @@ impl Relay {
         let span = Span::current();
         span.record("claim_token", tracing::field::display(claim.token));
         span.record("claimed", claim.rows.len());
+        self.metrics
+            .relay_batch_rows
+            .observe(claim.rows.len() as f64);
         let outcomes = self.publish(&claim).await;
-        Ok(self.settle(&claim, &outcomes).await?)
+        let report = self.settle(&claim, &outcomes).await?;
+        self.metrics
+            .relay_round_duration
+            .observe(started.elapsed().as_secs_f64());
+        Ok(report)
     }
 
     /// Step 2: claim due rows under a fresh token and a lease, committed before publishing.
@@ -232,6 +269,14 @@ impl Relay {
     /// answers. Never fails as a whole: every row gets an outcome. Drops the connection
     /// when an outcome says the channel is suspect.
     pub async fn publish(&mut self, claim: &Claim) -> Vec<PublishOutcome> {
+        let outcomes = self.publish_uncounted(claim).await;
+        for outcome in &outcomes {
+            self.metrics.publish(outcome);
+        }
+        outcomes
+    }
+
+    async fn publish_uncounted(&mut self, claim: &Claim) -> Vec<PublishOutcome> {
         let channel = match self.channel().await {
             Ok(c) => c,
             Err(e) => {
@@ -239,9 +284,13 @@ impl Relay {
                 return vec![PublishOutcome::Failed(failure); claim.rows.len()];
             }
         };
-        let deadline = Instant::now() + self.cfg.confirm_timeout;
+        let started = Instant::now();
+        let deadline = started + self.cfg.confirm_timeout;
         let window = self.publish_window(&channel, &claim.rows, deadline).await;
         let answers = await_confirms(window, deadline).await;
+        self.metrics
+            .confirm_duration
+            .observe(started.elapsed().as_secs_f64());
         let outcomes = classify(&claim.rows, answers);
         if outcomes
             .iter()

@@ -8,6 +8,7 @@ mod forwarding;
 mod headers;
 mod helpers;
 mod internal_paths;
+mod metrics;
 mod process;
 mod readiness;
 mod shutdown;

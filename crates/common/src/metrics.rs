@@ -1,0 +1,194 @@
+//! Prometheus metrics shared by the three services: the HTTP request metrics (a middleware)
+//! and the `/metrics` answer.
+//!
+//! # Why a registry per service, and no global recorder
+//! Each service builds its own [`Registry`] and hands the metric families to the parts that
+//! update them. Several services run in one process in the system tests (order, pay and the
+//! gateway, sometimes several instances of one): a global recorder would add their counts
+//! together, and no test could say "order published exactly N messages". A library user who
+//! wants no metrics gets unregistered instances that count into nothing anyone reads.
+//!
+//! The text is the OpenMetrics format of `prometheus-client`, which Prometheus scrapes
+//! natively: counters end in `_total`, durations are in seconds.
+
+use std::time::Instant;
+
+use axum::{
+    extract::{MatchedPath, Request, State},
+    http::{Method, StatusCode, header},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text},
+    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    registry::Registry,
+};
+
+/// The `Content-Type` of the OpenMetrics text format.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The route label of a request no route matched (the gateway's proxied requests, 404s):
+/// the raw path would make the label unbounded.
+pub const UNMATCHED: &str = "unmatched";
+
+/// Buckets for durations from a millisecond to ten seconds, in seconds.
+pub const DURATION_BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
+/// A histogram with [`DURATION_BUCKETS`].
+pub fn duration_histogram() -> Histogram {
+    Histogram::new(DURATION_BUCKETS)
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub method: &'static str,
+    pub route: String,
+    pub status: u16,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub method: &'static str,
+    pub route: String,
+}
+
+/// `http_requests_total` and `http_request_duration_seconds`.
+#[derive(Clone)]
+pub struct HttpMetrics {
+    requests: Family<RequestLabels, Counter>,
+    duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
+}
+
+impl Default for HttpMetrics {
+    fn default() -> Self {
+        Self {
+            requests: Family::default(),
+            duration: Family::new_with_constructor(duration_histogram),
+        }
+    }
+}
+
+impl HttpMetrics {
+    /// New families, registered into `registry`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests answered, by route template, method and status",
+            metrics.requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "Time to the response's head, by route template and method",
+            metrics.duration.clone(),
+        );
+        metrics
+    }
+
+    fn observe(&self, method: &'static str, route: String, status: StatusCode, seconds: f64) {
+        self.duration
+            .get_or_create(&RouteLabels {
+                method,
+                route: route.clone(),
+            })
+            .observe(seconds);
+        self.requests
+            .get_or_create(&RequestLabels {
+                method,
+                route,
+                status: status.as_u16(),
+            })
+            .inc();
+    }
+}
+
+/// The middleware: `router.layer(axum::middleware::from_fn_with_state(metrics, track))`.
+/// Added with `Router::layer`, it runs after routing, so the route template
+/// ([`MatchedPath`], e.g. `/orders/{id}`) is known: never the raw path, which holds ids.
+pub async fn track(State(metrics): State<HttpMetrics>, request: Request, next: Next) -> Response {
+    let method = method_label(request.method());
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| UNMATCHED.to_string(), |p| p.as_str().to_string());
+    let started = Instant::now();
+    let response = next.run(request).await;
+    metrics.observe(
+        method,
+        route,
+        response.status(),
+        started.elapsed().as_secs_f64(),
+    );
+    response
+}
+
+/// The standard methods by name; any other (a client may send anything) is `other`.
+fn method_label(method: &Method) -> &'static str {
+    const KNOWN: [Method; 9] = [
+        Method::GET,
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::PATCH,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::CONNECT,
+        Method::TRACE,
+    ];
+    KNOWN
+        .iter()
+        .find(|m| *m == method)
+        .map_or("other", |m| m.as_str())
+}
+
+/// The `/metrics` answer: `registries` encoded one after the other (a service may add one
+/// built at scrape time), then the end-of-exposition marker.
+pub fn encode(registries: &[&Registry]) -> Response {
+    let mut body = String::new();
+    let encoded = registries
+        .iter()
+        .try_for_each(|r| text::encode_registry(&mut body, r))
+        .and_then(|()| text::encode_eof(&mut body));
+    match encoded {
+        Ok(()) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode the metrics");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_methods_share_one_label() {
+        assert_eq!(method_label(&Method::POST), "POST");
+        assert_eq!(
+            method_label(&Method::from_bytes(b"PURGE").unwrap()),
+            "other"
+        );
+    }
+
+    #[test]
+    fn requests_are_counted_by_route_method_and_status() {
+        let mut registry = Registry::default();
+        let metrics = HttpMetrics::register(&mut registry);
+        metrics.observe("POST", "/buy".into(), StatusCode::CREATED, 0.002);
+        metrics.observe("POST", "/buy".into(), StatusCode::CREATED, 0.003);
+        let mut text = String::new();
+        text::encode(&mut text, &registry).unwrap();
+        assert!(
+            text.contains(r#"http_requests_total{method="POST",route="/buy",status="201"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"http_request_duration_seconds_count{method="POST",route="/buy"} 2"#),
+            "{text}"
+        );
+    }
+}
