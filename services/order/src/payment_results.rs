@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use message_table::inbox::{HandlerError, InboxMessage, MessageHandler};
 use serde::Deserialize;
 use sqlx::PgConnection;
+use tracing::Instrument;
 use uuid::Uuid;
 
 pub const PAYMENT_COMPLETED: &str = "PaymentCompleted";
@@ -38,35 +39,46 @@ impl MessageHandler for PaymentResultHandler {
             HandlerError::Permanent(format!("invalid {} payload: {e}", msg.event_type))
         })?;
 
-        let updated = sqlx::query(
-            "UPDATE orders SET status = $2, failure_reason = $3, updated_at = now()
-             WHERE id = $1 AND status = 'PENDING_PAYMENT'",
-        )
-        .bind(result.order_id)
-        .bind(new_status)
-        .bind(&result.reason)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if updated == 1 {
-            tracing::info!(order_id = %result.order_id, status = new_status, "order settled");
-            return Ok(());
-        }
+        let span = tracing::info_span!("settle", order_id = %result.order_id);
+        settle(tx, msg, &result, new_status).instrument(span).await
+    }
+}
 
-        let current: Option<String> = sqlx::query_scalar("SELECT status FROM orders WHERE id = $1")
-            .bind(result.order_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        match current {
-            None => Err(HandlerError::Permanent(format!(
-                "order {} does not exist",
-                result.order_id
-            ))),
-            Some(s) if s == new_status => Ok(()), // already applied
-            Some(s) => Err(HandlerError::Permanent(format!(
-                "order {} is already {s}; refusing {}",
-                result.order_id, msg.event_type
-            ))),
-        }
+/// Moves the order to `new_status`, once.
+async fn settle(
+    tx: &mut PgConnection,
+    msg: &InboxMessage,
+    result: &PaymentResult,
+    new_status: &str,
+) -> Result<(), HandlerError> {
+    let updated = sqlx::query(
+        "UPDATE orders SET status = $2, failure_reason = $3, updated_at = now()
+             WHERE id = $1 AND status = 'PENDING_PAYMENT'",
+    )
+    .bind(result.order_id)
+    .bind(new_status)
+    .bind(&result.reason)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if updated == 1 {
+        tracing::info!(order_id = %result.order_id, status = new_status, "order settled");
+        return Ok(());
+    }
+
+    let current: Option<String> = sqlx::query_scalar("SELECT status FROM orders WHERE id = $1")
+        .bind(result.order_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    match current {
+        None => Err(HandlerError::Permanent(format!(
+            "order {} does not exist",
+            result.order_id
+        ))),
+        Some(s) if s == new_status => Ok(()), // already applied
+        Some(s) => Err(HandlerError::Permanent(format!(
+            "order {} is already {s}; refusing {}",
+            result.order_id, msg.event_type
+        ))),
     }
 }
