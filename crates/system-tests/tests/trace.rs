@@ -1,8 +1,12 @@
 //! One trace per order, as an operator sees it: the three real binaries with
 //! `LOG_FORMAT=json`, one `POST /order/buy` through the gateway, and the same trace id in
-//! the three logs and on both messages (in the outboxes and on the wire).
+//! the three logs and on both messages (in the outboxes and on the wire), and exported to
+//! an OTLP collector by each service.
 
-use std::time::Duration;
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use common::trace::{TRACEPARENT, TraceParent};
 use message_table::amqp::AmqpConfig;
@@ -20,9 +24,27 @@ struct Running {
     gateway: ServiceProcess,
     broker: TestQueue,
     amqp: AmqpConfig,
+    /// The bodies the services exported to `/v1/traces`.
+    exported: Arc<Mutex<Vec<Vec<u8>>>>,
+}
+
+/// A stand-in OTLP/HTTP collector: keeps every body posted to `/v1/traces`. Returns its URL.
+async fn collector(exported: Arc<Mutex<Vec<Vec<u8>>>>) -> String {
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |body: axum::body::Bytes| async move {
+            exported.lock().unwrap().push(body.to_vec());
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
 }
 
 async fn start() -> Running {
+    let exported = Arc::default();
+    let otlp = collector(Arc::clone(&exported)).await;
     let amqp = AmqpConfig {
         // The binaries declare a durable exchange: the test deletes it at the end.
         exchange_auto_delete: false,
@@ -39,6 +61,7 @@ async fn start() -> Running {
         ("AMQP_QUEUE_EXPIRES_MS", "120000".to_string()),
         ("LOG_FORMAT", "json".into()),
         ("RUST_LOG", "info,sqlx=warn,lapin=warn".into()),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.clone()),
     ];
     let with = |own: &[(&'static str, String)]| -> Vec<(&'static str, String)> {
         shared.iter().chain(own).cloned().collect()
@@ -72,6 +95,7 @@ async fn start() -> Running {
         &[
             ("LOG_FORMAT", "json".into()),
             ("RUST_LOG", "info".into()),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp),
             (
                 "GATEWAY_ROUTES",
                 format!("/order={},/pay={}", order.base, pay.base),
@@ -87,6 +111,7 @@ async fn start() -> Running {
         gateway,
         broker,
         amqp,
+        exported,
     }
 }
 
@@ -148,7 +173,7 @@ fn line<'a>(lines: &'a [Value], message: &str, service: &str) -> &'a Value {
 
 #[tokio::test]
 async fn one_order_is_one_trace_in_the_three_logs_and_on_both_messages() {
-    let sys = start().await;
+    let mut sys = start().await;
     let order_id = buy(&sys, None).await;
 
     // The messages: OrderCreated as order's outbox stored it, the reply as pay's did.
@@ -209,5 +234,37 @@ async fn one_order_is_one_trace_in_the_three_logs_and_on_both_messages() {
     assert_eq!(continued.trace_id, client.trace_id);
     assert_ne!(continued.parent_id, client.parent_id);
 
+    // Each service exported its spans of the trace (flushed at the latest on SIGTERM).
+    for process in [&mut sys.gateway, &mut sys.order, &mut sys.pay] {
+        assert!(process.terminate().await.success());
+    }
+    let id_bytes = created.trace_id.to_be_bytes();
+    let exported = sys.exported.lock().unwrap().clone();
+    for service in ["gateway", "order", "pay"] {
+        // An OTLP body holds the resource's service.name and the spans' raw trace ids.
+        let found = exported
+            .iter()
+            .any(|body| contains(body, &service_name(service)) && contains(body, &id_bytes));
+        assert!(
+            found,
+            "{service} exported no span of the trace ({} bodies)",
+            exported.len()
+        );
+    }
     sys.broker.delete_exchange(&sys.amqp).await;
+}
+
+/// The resource attribute `service.name` = `service` as protobuf encodes it (a `KeyValue`
+/// whose value is an `AnyValue` string): only that service's export holds it.
+fn service_name(service: &str) -> Vec<u8> {
+    let len = u8::try_from(service.len()).unwrap();
+    let mut bytes = vec![0x0a, 12];
+    bytes.extend_from_slice(b"service.name");
+    bytes.extend_from_slice(&[0x12, len + 2, 0x0a, len]);
+    bytes.extend_from_slice(service.as_bytes());
+    bytes
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }
