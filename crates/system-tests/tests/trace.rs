@@ -63,30 +63,15 @@ async fn start() -> Running {
         ("RUST_LOG", "info,sqlx=warn,lapin=warn".into()),
         ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.clone()),
     ];
-    let with = |own: &[(&'static str, String)]| -> Vec<(&'static str, String)> {
-        shared.iter().chain(own).cloned().collect()
-    };
 
     let pay_db = TestDb::new(&pay::MIGRATOR).await;
-    let pay = ServiceProcess::start(
-        env!("CARGO_BIN_EXE_system-pay"),
-        "PAY_ADDR",
-        &with(&[
-            ("PAY_DATABASE_URL", pay_db.url.clone()),
-            ("PAY_DB_MAX_CONNECTIONS", "3".into()),
-            ("PAY_QUEUE", test_kit::unique_name("test.pay")),
-        ]),
-    )
-    .await;
+    let pay = start_service(env!("CARGO_BIN_EXE_system-pay"), "PAY", &pay_db, &shared).await;
     let order_db = TestDb::new(&order::MIGRATOR).await;
-    let order = ServiceProcess::start(
+    let order = start_service(
         env!("CARGO_BIN_EXE_system-order"),
-        "ORDER_ADDR",
-        &with(&[
-            ("ORDER_DATABASE_URL", order_db.url.clone()),
-            ("ORDER_DB_MAX_CONNECTIONS", "3".into()),
-            ("ORDER_QUEUE", test_kit::unique_name("test.order")),
-        ]),
+        "ORDER",
+        &order_db,
+        &shared,
     )
     .await;
     let gateway = ServiceProcess::start(
@@ -113,6 +98,22 @@ async fn start() -> Running {
         amqp,
         exported,
     }
+}
+
+/// order or pay (`prefix` of its variables) on `db`, with the `shared` variables, its own
+/// queue and a small pool.
+async fn start_service(
+    bin: &str,
+    prefix: &str,
+    db: &TestDb,
+    shared: &[(&str, String)],
+) -> ServiceProcess {
+    let names = ["DATABASE_URL", "DB_MAX_CONNECTIONS", "QUEUE"].map(|v| format!("{prefix}_{v}"));
+    let queue = test_kit::unique_name(&format!("test.{}", prefix.to_lowercase()));
+    let own = [db.url.clone(), "3".into(), queue];
+    let mut env = shared.to_vec();
+    env.extend(names.iter().map(String::as_str).zip(own));
+    ServiceProcess::start(bin, &format!("{prefix}_ADDR"), &env).await
 }
 
 /// `POST /order/buy` through the gateway, with the client's `traceparent` if any; waits
