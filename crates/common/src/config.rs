@@ -64,6 +64,13 @@ pub trait Settings: clap::Parser {
     }
 }
 
+/// How `--help` lists a variable with its default (clap quotes an empty default): what the
+/// services' `--help` tests look for.
+pub fn help_entry(name: &str, default: &str) -> String {
+    let default = if default.is_empty() { "\"\"" } else { default };
+    format!("[env: {name}=] [default: {default}]")
+}
+
 /// Reads `name`, or `default` when unset or blank (test-kit's variables, which are not a
 /// service's settings).
 pub fn env_string(name: &str, default: &str) -> String {

@@ -1,8 +1,9 @@
 //! What the three services share: the one JSON error shape ([`http`]), health and readiness
-//! answers, environment-variable helpers ([`config`]), logging ([`telemetry`]) and the
-//! shutdown signal. Nothing here knows about databases or brokers, so the gateway depends on
+//! answers, environment-variable helpers ([`config`]), logging ([`telemetry`]), the W3C
+//! trace context ([`trace`]) and the shutdown signal. Nothing here knows about databases or brokers, so the gateway depends on
 //! this crate alone (`sqlx` is an opt-in feature for the services that have a database).
 pub mod config;
 pub mod http;
 pub mod metrics;
 pub mod telemetry;
+pub mod trace;

@@ -300,6 +300,7 @@ impl Service {
             // seconds): a warning, not an error. Real internal errors log their cause.
             .layer(
                 TraceLayer::new_for_http()
+                    .make_span_with(common::trace::request_span)
                     .on_failure(DefaultOnFailure::new().level(tracing::Level::WARN)),
             );
         let listener = TcpListener::bind(&cfg.addr)

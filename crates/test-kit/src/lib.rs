@@ -559,6 +559,11 @@ impl ServiceProcess {
             .expect("wait for the process")
     }
 
+    /// What the process logged so far (stdout and stderr).
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).expect("read the log file")
+    }
+
     /// SIGKILL: no shutdown code runs, connections are dropped by the kernel.
     pub async fn kill(&mut self) {
         let mut child = self.child.take().expect("the process is running");

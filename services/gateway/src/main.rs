@@ -4,7 +4,7 @@ use gateway::{Application, GatewaySettings};
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let settings = GatewaySettings::load();
-    common::telemetry::init("gateway", &settings.log);
+    let _telemetry = common::telemetry::init("gateway", &settings.log);
     common::telemetry::exit_code(run(settings).await)
 }
 

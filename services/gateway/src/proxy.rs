@@ -4,7 +4,8 @@
 //! 2. work out the path the upstream will see (prefix stripped, dot segments resolved, query
 //!    unchanged); an internal path is answered 404 `no_route` like a missing route;
 //! 3. refuse a declared `Content-Length` above the limit (413) before touching the upstream;
-//! 4. copy the headers minus hop-by-hop ones, add `x-forwarded-*`;
+//! 4. copy the headers minus hop-by-hop ones, add `x-forwarded-*` and a `traceparent` that
+//!    continues the client's trace (or starts one);
 //! 5. stream the body through a length limit, so a chunked body cannot exceed it either;
 //! 6. try the route's instances in [`Upstream::attempt_order`]: an instance that refuses the
 //!    connection is ejected and the next one is tried, as the request has not left the
@@ -161,7 +162,8 @@ pub async fn forward(
     }
 
     // 4. Headers.
-    let headers = upstream_request_headers(&parts.headers, &parts.uri, client_addr);
+    let mut headers = upstream_request_headers(&parts.headers, &parts.uri, client_addr);
+    common::trace::forward_headers(&mut headers);
 
     // 5. Body. `exceeded` tells a cut body apart from other send failures below, instead of
     // digging the limit error out of the HTTP client's error, whose shape depends on when

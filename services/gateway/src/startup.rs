@@ -16,7 +16,7 @@ use common::metrics::HttpMetrics;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tower_http::{
-    request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer},
+    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
     trace::{DefaultOnResponse, TraceLayer},
 };
 use tracing::Level;
@@ -97,19 +97,8 @@ fn router(proxy: Arc<proxy::Proxy>, registry: Arc<Registry>, http_metrics: HttpM
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(
             TraceLayer::new_for_http()
-                .make_span_with(|request: &Request| {
-                    let request_id = request
-                        .extensions()
-                        .get::<RequestId>()
-                        .and_then(|id| id.header_value().to_str().ok())
-                        .unwrap_or_default();
-                    tracing::info_span!(
-                        "request",
-                        method = %request.method(),
-                        uri = %request.uri(),
-                        request_id,
-                    )
-                })
+                // The request id and the trace (the client's, or a new one) on every line.
+                .make_span_with(common::trace::request_span)
                 .on_response(DefaultOnResponse::new().level(Level::INFO))
                 // The access line already has the status, and an upstream's 5xx is the
                 // upstream's error, not the gateway's; the gateway's own failures are

@@ -4,7 +4,7 @@ use order::{Application, OrderSettings};
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let settings = OrderSettings::load();
-    common::telemetry::init("order", &settings.log);
+    let _telemetry = common::telemetry::init("order", &settings.log);
     common::telemetry::exit_code(run(settings).await)
 }
 

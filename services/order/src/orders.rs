@@ -123,7 +123,7 @@ pub async fn buy(
     let fingerprint = req.fingerprint();
 
     let order_id = Uuid::now_v7();
-    let mut message = NewMessage::new(
+    let message = NewMessage::new(
         order_id,
         ORDER_CREATED,
         ORDER_CREATED_KEY,
@@ -134,9 +134,9 @@ pub async fn buy(
             "amount_cents": req.amount_cents,
         }),
     );
-    if let Some(tp) = headers.get("traceparent").and_then(|v| v.to_str().ok()) {
-        message = message.with_header("traceparent", tp);
-    }
+    // The request's trace (the gateway's, or the one its span started) goes on to pay.
+    let trace = common::trace::outgoing(common::trace::from_http(&headers).as_ref());
+    let message = message.with_header(common::trace::TRACEPARENT, trace.to_string());
 
     let mut tx = state.pool.begin().await?;
     // A concurrent request with the same key waits here on the unique index until the

@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use message_table::inbox::{HandlerError, InboxMessage, MessageHandler};
 use serde::Deserialize;
 use sqlx::PgConnection;
+use tracing::Instrument;
 use uuid::Uuid;
 
 pub const PAYMENT_COMPLETED: &str = "PaymentCompleted";
@@ -134,7 +135,8 @@ impl MessageHandler for PaymentResultHandler {
                 )));
             }
         };
-        match settle(tx, order_id, &outcome).await {
+        let span = tracing::info_span!("settle", %order_id);
+        match settle(tx, order_id, &outcome).instrument(span).await {
             Ok(_) => Ok(()),
             Err(SettleError::Database(e)) => Err(e.into()),
             // A contradicting late answer or an unknown order: recorded dead.

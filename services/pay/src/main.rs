@@ -4,7 +4,7 @@ use pay::{Application, PaySettings};
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let settings = PaySettings::load();
-    common::telemetry::init("pay", &settings.log);
+    let _telemetry = common::telemetry::init("pay", &settings.log);
     common::telemetry::exit_code(run(settings).await)
 }
 

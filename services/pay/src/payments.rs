@@ -18,6 +18,7 @@ use message_table::{
 use serde::Deserialize;
 use serde_json::json;
 use sqlx::PgConnection;
+use tracing::Instrument;
 use uuid::Uuid;
 
 pub const ORDER_CREATED: &str = "OrderCreated";
@@ -60,6 +61,19 @@ impl MessageHandler for PaymentHandler {
             )));
         }
 
+        let span = tracing::info_span!("payment", order_id = %order.order_id);
+        self.pay(tx, msg, &order).instrument(span).await
+    }
+}
+
+impl PaymentHandler {
+    /// Pays `order` and enqueues the reply, in the trace of the message that asked.
+    async fn pay(
+        &self,
+        tx: &mut PgConnection,
+        msg: &InboxMessage,
+        order: &OrderCreated,
+    ) -> Result<(), HandlerError> {
         // The payment row first: its unique order_id is the guard against paying twice.
         let payment_id = Uuid::now_v7();
         let inserted: Option<Uuid> = sqlx::query_scalar(
@@ -92,7 +106,7 @@ impl MessageHandler for PaymentHandler {
 
         let reply = if debited == 1 {
             tracing::info!(order_id = %order.order_id, %payment_id, amount_cents = order.amount_cents, "payment completed");
-            reply(PAYMENT_COMPLETED, &order, payment_id, None)
+            reply(PAYMENT_COMPLETED, order, payment_id, None)
         } else {
             let known: bool =
                 sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM accounts WHERE user_id = $1)")
@@ -110,12 +124,10 @@ impl MessageHandler for PaymentHandler {
                 .execute(&mut *tx)
                 .await?;
             tracing::info!(order_id = %order.order_id, %payment_id, reason, "payment failed");
-            reply(PAYMENT_FAILED, &order, payment_id, Some(reason))
+            reply(PAYMENT_FAILED, order, payment_id, Some(reason))
         };
-        let reply = match msg.headers.get("traceparent").and_then(|v| v.as_str()) {
-            Some(tp) => reply.with_header("traceparent", tp),
-            None => reply,
-        };
+        let trace = common::trace::outgoing(common::trace::from_message(&msg.headers).as_ref());
+        let reply = reply.with_header(common::trace::TRACEPARENT, trace.to_string());
         outbox::enqueue(tx, &reply, self.message_ttl).await?;
         Ok(())
     }

@@ -53,6 +53,7 @@ use serde_json::Value;
 use sqlx::{
     Acquire, PgConnection, PgExecutor, PgPool, Postgres, postgres::PgArguments, query::Query,
 };
+use tracing::Instrument;
 use uuid::Uuid;
 
 pub use crate::status::InboxStatus;
@@ -262,16 +263,21 @@ impl Inbox {
 
     /// Handles one delivery (see the module docs). `Ok` means the outcome is committed and
     /// the delivery may be acked; `Err` means nothing was recorded: do not ack.
-    #[tracing::instrument(
-        name = "inbox_receive",
-        skip_all,
-        fields(
+    ///
+    /// Its span (`inbox_receive`) continues the sender's trace (the `traceparent` header),
+    /// or starts one.
+    pub async fn receive(&self, incoming: Incoming) -> sqlx::Result<Outcome> {
+        let span = tracing::info_span!(
+            "inbox_receive",
             message_id = incoming.message_id.as_deref(),
             event_type = incoming.event_type.as_deref(),
-        )
-    )]
-    pub async fn receive(&self, incoming: Incoming) -> sqlx::Result<Outcome> {
-        let outcome = self.receive_uncounted(incoming).await;
+            trace_id = tracing::field::Empty,
+        );
+        common::trace::continue_trace(
+            &span,
+            common::trace::from_message(&incoming.headers).as_ref(),
+        );
+        let outcome = self.receive_uncounted(incoming).instrument(span).await;
         match &outcome {
             Ok(o) => self.counters.count(o),
             Err(_) => {

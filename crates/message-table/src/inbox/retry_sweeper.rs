@@ -92,7 +92,9 @@ impl RetrySweeper {
             "inbox_retry",
             message_id = %msg.message_id,
             event_type = %msg.event_type,
+            trace_id = tracing::field::Empty,
         );
+        common::trace::continue_trace(&span, common::trace::from_message(&msg.headers).as_ref());
         async {
             let outcome = self
                 .inbox

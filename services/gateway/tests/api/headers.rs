@@ -3,6 +3,7 @@ use axum::{
     http::{HeaderName, StatusCode},
     routing::get,
 };
+use common::trace::TraceParent;
 use serde_json::Value;
 
 use crate::helpers::{spawn_app, spawn_echo, spawn_upstream};
@@ -17,21 +18,13 @@ async fn x_forwarded_headers_reach_the_upstream() {
     let order = spawn_echo().await;
     let app = spawn_app(&format!("/order=http://{order}")).await;
 
-    let seen = echoed(app.client.get(app.url("/order/x")).header(
-        "traceparent",
-        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
-    ))
-    .await;
+    let seen = echoed(app.client.get(app.url("/order/x"))).await;
     let headers = &seen["headers"];
     assert_eq!(headers["x-forwarded-for"], "127.0.0.1");
     assert_eq!(headers["x-forwarded-proto"], "http");
     assert_eq!(headers["x-forwarded-host"], app.address.to_string());
     // The upstream is addressed by its own name, not the gateway's.
     assert_eq!(headers["host"], order.to_string());
-    assert_eq!(
-        headers["traceparent"],
-        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-    );
 
     // An earlier proxy's chain is extended, not replaced.
     let seen = echoed(
@@ -41,6 +34,37 @@ async fn x_forwarded_headers_reach_the_upstream() {
     )
     .await;
     assert_eq!(seen["headers"]["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
+}
+
+/// The trace the upstream was sent when the client sent `traceparent`.
+async fn forwarded_trace(traceparent: Option<&str>) -> TraceParent {
+    let order = spawn_echo().await;
+    let app = spawn_app(&format!("/order=http://{order}")).await;
+    let mut request = app.client.get(app.url("/order/x"));
+    if let Some(tp) = traceparent {
+        request = request.header("traceparent", tp);
+    }
+    let seen = echoed(request).await;
+    let sent = seen["headers"]["traceparent"]
+        .as_str()
+        .expect("a traceparent");
+    TraceParent::parse(sent).unwrap_or_else(|| panic!("invalid traceparent {sent:?}"))
+}
+
+#[tokio::test]
+async fn the_clients_trace_is_continued_and_a_missing_or_invalid_one_started() {
+    let client = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let kept = forwarded_trace(Some(client)).await;
+    let sent = TraceParent::parse(client).unwrap();
+    assert_eq!((kept.trace_id, kept.flags), (sent.trace_id, sent.flags));
+    // The upstream's parent is the gateway's span, not the client's.
+    assert_ne!(kept.parent_id, sent.parent_id);
+
+    let started = forwarded_trace(None).await;
+    let invalid = "00-00000000000000000000000000000000-b7ad6b7169203331-01";
+    let replaced = forwarded_trace(Some(invalid)).await;
+    assert_ne!(started.trace_id, replaced.trace_id);
+    assert_ne!(replaced.trace_id, 0);
 }
 
 /// The echo upstream's `response` carries a generated (UUID) request id, the one it was sent.
