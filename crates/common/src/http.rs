@@ -10,7 +10,7 @@ use axum::{
         FromRequest, FromRequestParts,
         rejection::{JsonRejection, PathRejection},
     },
-    http::StatusCode,
+    http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
 use serde::Serialize;
@@ -44,6 +44,9 @@ pub enum ApiError {
         code: &'static str,
         message: String,
     },
+    /// Credentials missing or wrong: 401 with `WWW-Authenticate: Bearer`.
+    #[error("{0}")]
+    Unauthorized(String),
     #[error("{0}")]
     NotFound(String),
     /// The request conflicts with the current state (for example an idempotency key reused
@@ -78,6 +81,7 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest { status, .. } => *status,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -90,6 +94,7 @@ impl ApiError {
             ApiError::BadRequest { code, .. }
             | ApiError::Conflict { code, .. }
             | ApiError::Unavailable { code, .. } => code,
+            ApiError::Unauthorized(_) => "unauthorized",
             ApiError::NotFound(_) => "not_found",
             ApiError::Internal(_) => "internal_error",
         }
@@ -119,7 +124,14 @@ impl IntoResponse for ApiError {
             }
             other => other.to_string(),
         };
-        error_response(self.status(), self.code(), &message)
+        let mut response = error_response(self.status(), self.code(), &message);
+        if let ApiError::Unauthorized(_) = self {
+            // RFC 6750 §3: a 401 names the scheme the client should use.
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
     }
 }
 
