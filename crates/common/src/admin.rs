@@ -114,7 +114,9 @@ impl fmt::Debug for AdminAuth {
 impl From<Denied> for ApiError {
     fn from(denied: Denied) -> Self {
         match denied {
-            Denied::Off => ApiError::NotFound("the admin API is off (ADMIN_TOKEN is not set)".into()),
+            Denied::Off => {
+                ApiError::NotFound("the admin API is off (ADMIN_TOKEN is not set)".into())
+            }
             Denied::Unauthorized => ApiError::Unauthorized(
                 "the admin API needs the header Authorization: Bearer <ADMIN_TOKEN>".into(),
             ),
@@ -124,7 +126,11 @@ impl From<Denied> for ApiError {
 
 /// Middleware for a whole `/admin` router: `axum::middleware::from_fn_with_state(auth,
 /// require_admin)`.
-pub async fn require_admin(State(auth): State<AdminAuth>, request: Request, next: Next) -> Response {
+pub async fn require_admin(
+    State(auth): State<AdminAuth>,
+    request: Request,
+    next: Next,
+) -> Response {
     match auth.check(request.headers()) {
         Ok(()) => next.run(request).await,
         Err(denied) => ApiError::from(denied).into_response(),

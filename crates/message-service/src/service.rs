@@ -8,6 +8,7 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 use axum::{
     Router,
     extract::{DefaultBodyLimit, State},
+    middleware,
     response::Response,
     routing::get,
 };
@@ -15,6 +16,8 @@ use sqlx::{PgPool, migrate::Migrator};
 use tokio::{net::TcpListener, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
+
+use common::admin::AdminAuth;
 
 use message_table::{
     amqp::{AmqpConfig, BrokerStatus},
@@ -183,6 +186,26 @@ pub struct ServiceConfig {
     pub database_url: String,
     pub db_max_connections: u32,
     pub messaging: MessagingConfig,
+    /// `ADMIN_TOKEN`: who may call `/admin` (off: every admin route is a 404).
+    pub admin: AdminAuth,
+}
+
+/// What a service adds to the standard routes: its API, and admin routes of its own,
+/// nested under `/admin` next to [`crate::admin`]'s and behind the same token check.
+#[derive(Default)]
+pub struct ServiceRoutes {
+    pub api: Router,
+    pub admin: Router,
+}
+
+/// A service without admin routes of its own.
+impl From<Router> for ServiceRoutes {
+    fn from(api: Router) -> Self {
+        Self {
+            api,
+            admin: Router::new(),
+        }
+    }
 }
 
 /// What a service is made of, besides its configuration, routes and handler.
@@ -205,13 +228,13 @@ pub struct Service {
 
 impl Service {
     /// `routes` gets the pool and returns the service's own routes (with their state
-    /// applied); `/healthz`, `/readyz`, `/admin` (see [`crate::admin`]), JSON 404/405 and
-    /// the body limit are added here.
-    pub async fn build(
+    /// applied), a [`Router`] or [`ServiceRoutes`] with admin routes; `/healthz`, `/readyz`,
+    /// `/admin` (see [`crate::admin`]), JSON 404/405 and the body limit are added here.
+    pub async fn build<R: Into<ServiceRoutes>>(
         spec: ServiceSpec,
         cfg: &ServiceConfig,
         handler: Arc<dyn MessageHandler>,
-        routes: impl FnOnce(PgPool) -> Router,
+        routes: impl FnOnce(PgPool) -> R,
     ) -> anyhow::Result<Self> {
         // Before touching anything: a configuration that could process a message twice
         // never starts.
@@ -223,12 +246,22 @@ impl Service {
                 .await?;
         let messaging = Messaging::new(pool.clone(), handler, &cfg.messaging, spec.name);
         let readiness = messaging.readiness(pool.clone());
+        let ServiceRoutes { api, admin } = routes(pool.clone()).into();
+        // One layer on the whole nest: every admin route, the message tables' and the
+        // service's own (today or added later), needs the token without code of its own.
+        // `layer`, not `route_layer`: an unknown admin path is a 401 too, so probing
+        // reveals nothing.
         let admin = crate::admin::router(
             pool.clone(),
             messaging.inbox_counters(),
             cfg.messaging.outbox.message_ttl,
-        );
-        let router = routes(pool.clone())
+        )
+        .merge(admin)
+        .layer(middleware::from_fn_with_state(
+            cfg.admin.clone(),
+            common::admin::require_admin,
+        ));
+        let router = api
             .nest("/admin", admin)
             .route("/healthz", get(common::http::healthz))
             .route(

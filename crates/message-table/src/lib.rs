@@ -1,4 +1,5 @@
 #![doc = include_str!("../README.md")]
+pub mod admin;
 pub mod amqp;
 pub mod backoff;
 pub mod db;

@@ -107,6 +107,7 @@ pub async fn spawn_pay(database_url: &str, messaging: &MessagingConfig, pool: u3
         addr: "127.0.0.1:0".into(),
         database_url: database_url.into(),
         db_max_connections: pool,
+        admin: test_kit::admin(),
         messaging: messaging.clone(),
     })
     .await
@@ -120,6 +121,7 @@ pub async fn spawn_order(database_url: &str, messaging: &MessagingConfig, pool: 
         addr: "127.0.0.1:0".into(),
         database_url: database_url.into(),
         db_max_connections: pool,
+        admin: test_kit::admin(),
         messaging: messaging.clone(),
     })
     .await

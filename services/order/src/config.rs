@@ -1,7 +1,7 @@
 //! The order service's settings ([`OrderSettings`], from the environment, `order --help`)
 //! and the configuration it runs with ([`OrderConfig`], which tests build in code).
 
-use common::{config::Settings, telemetry::LogSettings};
+use common::{admin::AdminSettings, config::Settings, telemetry::LogSettings};
 use message_service::{service::ServiceConfig, settings::MessagingSettings};
 
 /// Routing keys of pay's answers, bound to the order service's queue.
@@ -30,6 +30,8 @@ pub struct OrderSettings {
     #[command(flatten)]
     pub messaging: MessagingSettings,
     #[command(flatten)]
+    pub admin: AdminSettings,
+    #[command(flatten)]
     pub log: LogSettings,
 }
 
@@ -42,6 +44,7 @@ impl OrderSettings {
             addr: self.order_addr,
             database_url: self.order_database_url,
             db_max_connections: self.order_db_max_connections,
+            admin: self.admin.admin_token,
             messaging: self
                 .messaging
                 .into_config(self.order_queue, PAYMENT_RESULT_KEYS),
@@ -56,5 +59,5 @@ pub fn variables() -> Vec<(String, String)> {
 
 /// The configuration order runs with: `ORDER_ADDR`, `ORDER_DATABASE_URL`,
 /// `ORDER_DB_MAX_CONNECTIONS`, and the messaging (`AMQP_*`, `OUTBOX_*`, `INBOX_*`,
-/// `RETENTION_*`, `ORDER_QUEUE`).
+/// `RETENTION_*`, `ORDER_QUEUE`) and `ADMIN_TOKEN`.
 pub type OrderConfig = ServiceConfig;

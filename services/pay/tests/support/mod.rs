@@ -59,6 +59,7 @@ async fn spawn(
         addr: "127.0.0.1:0".into(),
         database_url,
         db_max_connections: 5,
+        admin: test_kit::admin(),
         messaging: test_kit::messaging(amqp, "test.pay", pay::config::ORDER_CREATED_KEYS),
     })
     .await
