@@ -249,14 +249,15 @@ impl Service {
         let ServiceRoutes { api, admin } = routes(pool.clone()).into();
         // One layer on the whole nest: every admin route, the message tables' and the
         // service's own (today or added later), needs the token without code of its own.
-        // `layer`, not `route_layer`: an unknown admin path is a 401 too, so probing
-        // reveals nothing.
+        // `layer`, not `route_layer`, over a fallback of the nest's own: an unknown admin
+        // path is a 401 too, so probing without the token reveals nothing.
         let admin = crate::admin::router(
             pool.clone(),
             messaging.inbox_counters(),
             cfg.messaging.outbox.message_ttl,
         )
         .merge(admin)
+        .fallback(common::http::not_found)
         .layer(middleware::from_fn_with_state(
             cfg.admin.clone(),
             common::admin::require_admin,

@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::{FromRow, PgExecutor};
+use sqlx::{FromRow, PgExecutor, Postgres, postgres::PgArguments, query::QueryAs};
 use uuid::Uuid;
 
 use crate::status::{InboxStatus, OutboxStatus};
@@ -90,7 +90,7 @@ pub async fn list_outbox(
     after: Option<PageKey>,
     limit: i64,
 ) -> sqlx::Result<Vec<OutboxRow>> {
-    sqlx::query_as(
+    let query = sqlx::query_as(
         "SELECT id, event_type, routing_key, aggregate_id, status,
                 claim_token IS NOT NULL AS in_flight, attempts, last_error, created_at,
                 next_attempt_at, expires_at, sent_at
@@ -102,14 +102,23 @@ pub async fn list_outbox(
          ORDER BY created_at DESC, id DESC
          LIMIT $6",
     )
-    .bind(status)
-    .bind(&filter.event_type)
-    .bind(filter.before)
-    .bind(after.map(|k| k.at))
-    .bind(after.map(|k| k.id))
-    .bind(limit)
-    .fetch_all(db)
-    .await
+    .bind(status);
+    bind_page(query, filter, after, limit).fetch_all(db).await
+}
+
+/// Binds `$2` to `$6` of a listing, after its status (`$1`).
+fn bind_page<'q, R>(
+    query: QueryAs<'q, Postgres, R, PgArguments>,
+    filter: &'q Filter,
+    after: Option<PageKey>,
+    limit: i64,
+) -> QueryAs<'q, Postgres, R, PgArguments> {
+    query
+        .bind(&filter.event_type)
+        .bind(filter.before)
+        .bind(after.map(|k| k.at))
+        .bind(after.map(|k| k.id))
+        .bind(limit)
 }
 
 /// Like [`list_outbox`], for the inbox.
@@ -120,7 +129,7 @@ pub async fn list_inbox(
     after: Option<PageKey>,
     limit: i64,
 ) -> sqlx::Result<Vec<InboxRow>> {
-    sqlx::query_as(
+    let query = sqlx::query_as(
         "SELECT message_id, event_type, status, attempts, last_error,
                 payload IS NOT NULL AS requeueable, received_at, next_attempt_at, processed_at
          FROM inbox
@@ -131,14 +140,8 @@ pub async fn list_inbox(
          ORDER BY received_at DESC, message_id DESC
          LIMIT $6",
     )
-    .bind(status)
-    .bind(&filter.event_type)
-    .bind(filter.before)
-    .bind(after.map(|k| k.at))
-    .bind(after.map(|k| k.id))
-    .bind(limit)
-    .fetch_all(db)
-    .await
+    .bind(status);
+    bind_page(query, filter, after, limit).fetch_all(db).await
 }
 
 /// Which dead rows a requeue applies to.
@@ -221,16 +224,9 @@ pub async fn purge_dead_outbox(
     before: DateTime<Utc>,
     event_type: Option<&str>,
 ) -> sqlx::Result<u64> {
-    let res = sqlx::query(
-        "DELETE FROM outbox
-         WHERE status = $1 AND created_at < $2 AND ($3::text IS NULL OR event_type = $3)",
-    )
-    .bind(OutboxStatus::Dead)
-    .bind(before)
-    .bind(event_type)
-    .execute(db)
-    .await?;
-    Ok(res.rows_affected())
+    let sql = "DELETE FROM outbox
+               WHERE status = $1 AND created_at < $2 AND ($3::text IS NULL OR event_type = $3)";
+    purge(db, sql, OutboxStatus::Dead, before, event_type).await
 }
 
 /// Like [`purge_dead_outbox`], for the inbox. A purged id is forgotten; a dead message's
@@ -240,15 +236,27 @@ pub async fn purge_dead_inbox(
     before: DateTime<Utc>,
     event_type: Option<&str>,
 ) -> sqlx::Result<u64> {
-    let res = sqlx::query(
-        "DELETE FROM inbox
-         WHERE status = $1 AND received_at < $2 AND ($3::text IS NULL OR event_type = $3)",
-    )
-    .bind(InboxStatus::Dead)
-    .bind(before)
-    .bind(event_type)
-    .execute(db)
-    .await?;
+    let sql = "DELETE FROM inbox
+               WHERE status = $1 AND received_at < $2 AND ($3::text IS NULL OR event_type = $3)";
+    purge(db, sql, InboxStatus::Dead, before, event_type).await
+}
+
+async fn purge<S>(
+    db: impl PgExecutor<'_>,
+    sql: &'static str,
+    dead: S,
+    before: DateTime<Utc>,
+    event_type: Option<&str>,
+) -> sqlx::Result<u64>
+where
+    S: for<'q> sqlx::Encode<'q, Postgres> + sqlx::Type<Postgres> + Send,
+{
+    let res = sqlx::query(sql)
+        .bind(dead)
+        .bind(before)
+        .bind(event_type)
+        .execute(db)
+        .await?;
     Ok(res.rows_affected())
 }
 

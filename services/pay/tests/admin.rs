@@ -12,14 +12,7 @@ use support::order_created_props as props;
 use test_kit::TestQueue;
 use uuid::Uuid;
 
-async fn send(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
-    let res = request
-        .header("authorization", test_kit::admin_bearer())
-        .send()
-        .await
-        .unwrap();
-    (res.status(), res.json().await.unwrap())
-}
+use support::admin_call as send;
 
 async fn get(base: &str, path: &str) -> (StatusCode, Value) {
     send(reqwest::Client::new().get(format!("{base}{path}"))).await

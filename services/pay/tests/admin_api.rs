@@ -21,14 +21,7 @@ fn client() -> reqwest::Client {
     reqwest::Client::new()
 }
 
-async fn call(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
-    let res = request
-        .header("authorization", test_kit::admin_bearer())
-        .send()
-        .await
-        .unwrap();
-    (res.status(), res.json().await.unwrap())
-}
+use support::admin_call as call;
 
 /// An outbox row `hours_ago` old.
 async fn outbox_row(pool: &PgPool, status: OutboxStatus, event_type: &str, hours_ago: i64) -> Uuid {
