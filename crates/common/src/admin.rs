@@ -19,6 +19,9 @@ use subtle::ConstantTimeEq;
 
 use crate::http::ApiError;
 
+/// The variable of the token (its value is never shown by `--help`).
+pub const ADMIN_TOKEN_VARIABLE: &str = "ADMIN_TOKEN";
+
 /// Shorter tokens are refused at start-up: they can be guessed.
 pub const MIN_TOKEN_LEN: usize = 16;
 
@@ -30,9 +33,8 @@ pub struct AdminSettings {
     /// empty: the admin API is off (404).
     #[arg(
         long,
-        env = "ADMIN_TOKEN",
+        env = ADMIN_TOKEN_VARIABLE,
         default_value = "",
-        hide_default_value = true,
         // `--help` would otherwise print the token it found in the environment.
         hide_env_values = true,
         value_parser = AdminAuth::parse

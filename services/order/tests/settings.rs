@@ -35,7 +35,7 @@ fn help_lists_every_variable_with_its_default() {
     let variables = order::variables();
     assert!(variables.len() > 25, "{variables:?}");
     for (name, default) in variables {
-        let listed = format!("[env: {name}=] [default: {default}]");
+        let listed = common::config::help_entry(&name, &default);
         assert!(help.contains(&listed), "{listed} is not in:\n{help}");
     }
 }

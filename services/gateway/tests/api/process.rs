@@ -188,13 +188,7 @@ fn help_lists_every_variable_with_its_default() {
         "{variables:?}"
     );
     for (name, default) in variables {
-        // clap quotes an empty default.
-        let default = if default.is_empty() {
-            "\"\"".into()
-        } else {
-            default
-        };
-        let listed = format!("[env: {name}=] [default: {default}]");
+        let listed = common::config::help_entry(&name, &default);
         assert!(help.contains(&listed), "{listed} is not in:\n{help}");
     }
 }
