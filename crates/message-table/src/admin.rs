@@ -10,7 +10,11 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::{FromRow, PgExecutor, Postgres, postgres::PgArguments, query::QueryAs};
+use sqlx::{
+    FromRow, PgExecutor, Postgres,
+    postgres::PgArguments,
+    query::{QueryAs, QueryScalar},
+};
 use uuid::Uuid;
 
 use crate::status::{InboxStatus, OutboxStatus};
@@ -154,12 +158,16 @@ pub enum Selection {
 }
 
 impl Selection {
-    /// The bind values: ids (NULL for all), event type, before.
-    fn binds(&self) -> (Option<&[Uuid]>, Option<&str>, Option<DateTime<Utc>>) {
-        match self {
-            Selection::Ids(ids) => (Some(ids), None, None),
+    /// Binds `$1` (ids, NULL for all), `$2` (event type) and `$3` (before) of a requeue.
+    fn bind<'q>(
+        &'q self,
+        query: QueryScalar<'q, Postgres, Uuid, PgArguments>,
+    ) -> QueryScalar<'q, Postgres, Uuid, PgArguments> {
+        let (ids, event_type, before) = match self {
+            Selection::Ids(ids) => (Some(ids.as_slice()), None, None),
             Selection::Matching(f) => (None, f.event_type.as_deref(), f.before),
-        }
+        };
+        query.bind(ids).bind(event_type).bind(before)
     }
 }
 
@@ -170,8 +178,7 @@ pub async fn requeue_dead_outbox(
     selection: &Selection,
     ttl: Duration,
 ) -> sqlx::Result<Vec<Uuid>> {
-    let (ids, event_type, before) = selection.binds();
-    sqlx::query_scalar(
+    let query = sqlx::query_scalar(
         "UPDATE outbox SET status = $5, attempts = 0, next_attempt_at = now(),
                 expires_at = now() + make_interval(secs => $4),
                 last_error = 'requeued by operator; was: ' || coalesce(last_error, '')
@@ -180,15 +187,14 @@ pub async fn requeue_dead_outbox(
            AND ($2::text IS NULL OR event_type = $2)
            AND ($3::timestamptz IS NULL OR created_at < $3)
          RETURNING id",
-    )
-    .bind(ids)
-    .bind(event_type)
-    .bind(before)
-    .bind(ttl.as_secs_f64())
-    .bind(OutboxStatus::Pending)
-    .bind(OutboxStatus::Dead)
-    .fetch_all(db)
-    .await
+    );
+    selection
+        .bind(query)
+        .bind(ttl.as_secs_f64())
+        .bind(OutboxStatus::Pending)
+        .bind(OutboxStatus::Dead)
+        .fetch_all(db)
+        .await
 }
 
 /// Hands the selected dead inbox messages to the retry sweeper, as
@@ -198,8 +204,7 @@ pub async fn requeue_dead_inbox(
     db: impl PgExecutor<'_>,
     selection: &Selection,
 ) -> sqlx::Result<Vec<Uuid>> {
-    let (ids, event_type, before) = selection.binds();
-    sqlx::query_scalar(
+    let query = sqlx::query_scalar(
         "UPDATE inbox SET status = $4, attempts = 0, next_attempt_at = now(),
                 last_error = 'requeued by operator; was: ' || coalesce(last_error, '')
          WHERE status = $5 AND payload IS NOT NULL
@@ -207,14 +212,13 @@ pub async fn requeue_dead_inbox(
            AND ($2::text IS NULL OR event_type = $2)
            AND ($3::timestamptz IS NULL OR received_at < $3)
          RETURNING message_id",
-    )
-    .bind(ids)
-    .bind(event_type)
-    .bind(before)
-    .bind(InboxStatus::Failed)
-    .bind(InboxStatus::Dead)
-    .fetch_all(db)
-    .await
+    );
+    selection
+        .bind(query)
+        .bind(InboxStatus::Failed)
+        .bind(InboxStatus::Dead)
+        .fetch_all(db)
+        .await
 }
 
 /// Deletes dead outbox rows created before `before` (and of `event_type`, when given).
