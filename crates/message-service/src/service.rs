@@ -1,9 +1,10 @@
 //! What every service that sends and receives messages runs, wired once: its database
 //! (migrated at start-up), the outbox relay and its resend scheduler, the inbox consumer
 //! and its retry sweeper, the HTTP server with the standard endpoints, readiness, and an
-//! orderly shutdown. A service brings only its routes and its message handler.
+//! orderly shutdown. A service brings only its routes and its message handler, and, if it
+//! has any, its own workers and `/admin` routes ([`Extras`]).
 
-use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use std::{future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Duration};
 
 use axum::{
     Router,
@@ -135,8 +136,11 @@ impl Messaging {
         }
     }
 
-    fn spawn(self, token: &CancellationToken) -> JoinSet<()> {
+    fn spawn(self, token: &CancellationToken, extra: Vec<Worker>) -> JoinSet<()> {
         let mut set = JoinSet::new();
+        for worker in extra {
+            set.spawn(worker(token.clone()));
+        }
         set.spawn(self.relay.run(token.clone()));
         set.spawn(self.scheduler.run(token.clone()));
         set.spawn(self.consumer.run(token.clone()));
@@ -153,10 +157,11 @@ async fn serve(
     listener: TcpListener,
     router: Router,
     messaging: Messaging,
+    extra_workers: Vec<Worker>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let token = CancellationToken::new();
-    let mut workers = messaging.spawn(&token);
+    let mut workers = messaging.spawn(&token, extra_workers);
     let server = axum::serve(
         listener,
         router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
@@ -190,24 +195,6 @@ pub struct ServiceConfig {
     pub admin: AdminAuth,
 }
 
-/// What a service adds to the standard routes: its API, and admin routes of its own,
-/// nested under `/admin` next to [`crate::admin`]'s and behind the same token check.
-#[derive(Default)]
-pub struct ServiceRoutes {
-    pub api: Router,
-    pub admin: Router,
-}
-
-/// A service without admin routes of its own.
-impl From<Router> for ServiceRoutes {
-    fn from(api: Router) -> Self {
-        Self {
-            api,
-            admin: Router::new(),
-        }
-    }
-}
-
 /// What a service is made of, besides its configuration, routes and handler.
 pub struct ServiceSpec {
     /// Names the AMQP connections and the logs.
@@ -216,6 +203,24 @@ pub struct ServiceSpec {
     pub migrator: &'static Migrator,
     /// Request bodies above this are refused with 413.
     pub max_body_bytes: usize,
+    /// What the service adds to the standard workers and `/admin` routes, if anything.
+    pub extras: Option<ExtrasBuilder>,
+}
+
+/// A background task of a service: runs until the token is cancelled, then returns.
+pub type Worker =
+    Box<dyn FnOnce(CancellationToken) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+
+/// Builds a service's [`Extras`] from its (migrated) pool.
+pub type ExtrasBuilder = Box<dyn FnOnce(PgPool) -> Extras + Send>;
+
+/// A service's own workers and operator routes, run and served like the standard ones:
+/// the workers are spawned and stopped with the message-table workers, the routes are
+/// nested under `/admin` next to [`crate::admin`]'s (behind whatever guards `/admin`).
+#[derive(Default)]
+pub struct Extras {
+    pub workers: Vec<Worker>,
+    pub admin_routes: Router,
 }
 
 /// A built service: database migrated, port bound, workers ready. Nothing runs until
@@ -224,17 +229,19 @@ pub struct Service {
     listener: TcpListener,
     router: Router,
     messaging: Messaging,
+    extra_workers: Vec<Worker>,
 }
 
 impl Service {
     /// `routes` gets the pool and returns the service's own routes (with their state
-    /// applied), a [`Router`] or [`ServiceRoutes`] with admin routes; `/healthz`, `/readyz`,
-    /// `/admin` (see [`crate::admin`]), JSON 404/405 and the body limit are added here.
-    pub async fn build<R: Into<ServiceRoutes>>(
+    /// applied); `/healthz`, `/readyz`, `/admin` (see [`crate::admin`], plus the
+    /// `spec.extras` routes, all behind the admin token), JSON 404/405 and the body limit
+    /// are added here.
+    pub async fn build(
         spec: ServiceSpec,
         cfg: &ServiceConfig,
         handler: Arc<dyn MessageHandler>,
-        routes: impl FnOnce(PgPool) -> R,
+        routes: impl FnOnce(PgPool) -> Router,
     ) -> anyhow::Result<Self> {
         // Before touching anything: a configuration that could process a message twice
         // never starts.
@@ -246,23 +253,26 @@ impl Service {
                 .await?;
         let messaging = Messaging::new(pool.clone(), handler, &cfg.messaging, spec.name);
         let readiness = messaging.readiness(pool.clone());
-        let ServiceRoutes { api, admin } = routes(pool.clone()).into();
-        // One layer on the whole nest: every admin route, the message tables' and the
-        // service's own (today or added later), needs the token without code of its own.
-        // `layer`, not `route_layer`, over a fallback of the nest's own: an unknown admin
-        // path is a 401 too, so probing without the token reveals nothing.
+        let extras = spec
+            .extras
+            .map(|build| build(pool.clone()))
+            .unwrap_or_default();
         let admin = crate::admin::router(
             pool.clone(),
             messaging.inbox_counters(),
             cfg.messaging.outbox.message_ttl,
         )
-        .merge(admin)
+        .merge(extras.admin_routes)
+        // One layer on the whole nest: every admin route, the message tables' and the
+        // service's own (`extras`, today or added later), needs the token without code of
+        // its own. `layer`, not `route_layer`, over a fallback of the nest's own: an
+        // unknown admin path is a 401 too, so probing without the token reveals nothing.
         .fallback(common::http::not_found)
         .layer(middleware::from_fn_with_state(
             cfg.admin.clone(),
             common::admin::require_admin,
         ));
-        let router = api
+        let router = routes(pool.clone())
             .nest("/admin", admin)
             .route("/healthz", get(common::http::healthz))
             .route(
@@ -286,6 +296,7 @@ impl Service {
             listener,
             router,
             messaging,
+            extra_workers: extras.workers,
         })
     }
 
@@ -303,6 +314,13 @@ impl Service {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        serve(self.listener, self.router, self.messaging, shutdown).await
+        serve(
+            self.listener,
+            self.router,
+            self.messaging,
+            self.extra_workers,
+            shutdown,
+        )
+        .await
     }
 }

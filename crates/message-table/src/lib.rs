@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 pub mod admin;
+pub mod advisory_lock;
 pub mod amqp;
 pub mod backoff;
 pub mod db;

@@ -19,8 +19,7 @@
 //! Oldest first, in batches of `RETENTION_BATCH_SIZE` rows, each its own short statement:
 //! no long transaction, no long lock on hot tables. Every instance of a service runs the
 //! runner, but a pass only starts after taking a PostgreSQL advisory lock, so one instance
-//! at a time does the work and the others skip their turn. The lock is a session lock on
-//! one pooled connection; if that instance dies, PostgreSQL releases it with the session.
+//! at a time does the work and the others skip their turn (see [`crate::advisory_lock`]).
 
 use std::time::Duration;
 
@@ -28,6 +27,7 @@ use sqlx::{Encode, PgConnection, PgPool, Postgres, Type};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    advisory_lock::AdvisoryLock,
     inbox::InboxConfig,
     outbox::OutboxConfig,
     status::{InboxStatus, OutboxStatus},
@@ -118,25 +118,13 @@ impl RetentionRunner {
 
     /// One pass; `None` when another runner holds the lock (it is doing this work).
     pub async fn run_once(&self) -> sqlx::Result<Option<Purged>> {
-        let mut conn = self.pool.acquire().await?;
-        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(LOCK_KEY)
-            .fetch_one(&mut *conn)
-            .await?;
-        if !locked {
+        let Some(mut lock) = AdvisoryLock::try_acquire(&self.pool, LOCK_KEY).await? else {
             return Ok(None);
-        }
-        let result = self.purge(&mut conn).await;
-        let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
-            .bind(LOCK_KEY)
-            .execute(&mut *conn)
-            .await;
-        if result.is_err() || unlocked.is_err() {
-            // The lock may still be held by this session: end the session rather than
-            // return a connection holding it to the pool.
-            conn.close_on_drop();
-        }
-        result.map(Some)
+        };
+        // On error the lock is dropped held: its session is closed, not pooled.
+        let purged = self.purge(lock.conn()).await?;
+        lock.unlock().await;
+        Ok(Some(purged))
     }
 
     async fn purge(&self, conn: &mut PgConnection) -> sqlx::Result<Purged> {

@@ -556,3 +556,57 @@ fn a_lease_must_outlast_the_confirm_timeout_by_the_margin() {
     assert!(err.contains("OUTBOX_LEASE_MS"), "{err}");
     assert!(test_kit::fast_outbox().validate().is_ok());
 }
+
+#[tokio::test]
+async fn a_sent_message_is_requeued_for_republish_with_its_id_but_never_while_in_line_or_in_flight()
+{
+    let db = TestDb::with_message_tables().await;
+    let amqp = test_kit::test_amqp();
+    let queue = TestQueue::bind(&amqp, &[KEY]).await;
+    let ids = enqueue(&db.pool, 1, Duration::from_secs(60)).await;
+    let (ttl, recent) = (Duration::from_secs(60), Duration::from_secs(3600));
+    let republish = || outbox::requeue_for_republish(&db.pool, ids[0], ttl, recent);
+
+    // Waiting in line, then held by a relay: already on its way.
+    assert!(!republish().await.unwrap());
+    sqlx::query("UPDATE outbox SET claim_token = gen_random_uuid(), lease_expires_at = now()")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    assert!(!republish().await.unwrap());
+    sqlx::query("UPDATE outbox SET claim_token = NULL, lease_expires_at = NULL")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+
+    let mut relay = relay(&db, &amqp, test_kit::fast_outbox());
+    assert_eq!(relay.run_once().await.unwrap().sent, 1);
+    assert_eq!(message_ids(&queue.take_all().await), ids);
+    // Sent a moment ago: a copy may still be in a queue.
+    assert!(!republish().await.unwrap());
+
+    // Sent long ago (and lost since): published again, same id, attempts reset.
+    sqlx::query("UPDATE outbox SET sent_at = now() - interval '2 hours', attempts = 3")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    assert!(republish().await.unwrap());
+    let r = row(&db.pool, ids[0]).await;
+    assert_eq!((r.status, r.attempts), (OutboxStatus::Pending, 0));
+    assert!(r.last_error.unwrap().starts_with("requeued for re-publish"));
+    assert_eq!(relay.run_once().await.unwrap().sent, 1);
+    assert_eq!(message_ids(&queue.take_all().await), ids);
+
+    // A dead row too; an unknown id is not requeued.
+    sqlx::query("UPDATE outbox SET status = $1")
+        .bind(OutboxStatus::Dead)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    assert!(republish().await.unwrap());
+    assert!(
+        !outbox::requeue_for_republish(&db.pool, Uuid::now_v7(), ttl, recent)
+            .await
+            .unwrap()
+    );
+}

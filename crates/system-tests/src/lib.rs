@@ -103,8 +103,18 @@ impl Instance {
 
 /// A pay instance on `database_url` (several instances share a database and a queue).
 pub async fn spawn_pay(database_url: &str, messaging: &MessagingConfig, pool: u32) -> Instance {
+    spawn_pay_on("127.0.0.1:0", database_url, messaging, pool).await
+}
+
+/// [`spawn_pay`] listening on `addr` (a test that must know pay's URL before it starts).
+pub async fn spawn_pay_on(
+    addr: &str,
+    database_url: &str,
+    messaging: &MessagingConfig,
+    pool: u32,
+) -> Instance {
     let app = pay::Application::build(pay::PayConfig {
-        addr: "127.0.0.1:0".into(),
+        addr: addr.into(),
         database_url: database_url.into(),
         db_max_connections: pool,
         admin: test_kit::admin(),
@@ -117,16 +127,34 @@ pub async fn spawn_pay(database_url: &str, messaging: &MessagingConfig, pool: u3
 
 /// An order instance on `database_url`.
 pub async fn spawn_order(database_url: &str, messaging: &MessagingConfig, pool: u32) -> Instance {
-    let app = order::Application::build(order::OrderConfig {
+    let app = order::Application::build(order_config(database_url, messaging, pool))
+        .await
+        .expect("build order");
+    Instance::run(app).await
+}
+
+/// [`spawn_order`] with its reconciler.
+pub async fn spawn_order_with_reconciler(
+    database_url: &str,
+    messaging: &MessagingConfig,
+    pool: u32,
+    reconciler: order::reconciler::ReconcilerConfig,
+) -> Instance {
+    let cfg = order_config(database_url, messaging, pool);
+    let app = order::Application::build_with_reconciler(cfg, reconciler)
+        .await
+        .expect("build order");
+    Instance::run(app).await
+}
+
+fn order_config(database_url: &str, messaging: &MessagingConfig, pool: u32) -> order::OrderConfig {
+    order::OrderConfig {
         addr: "127.0.0.1:0".into(),
         database_url: database_url.into(),
         db_max_connections: pool,
         admin: test_kit::admin(),
         messaging: messaging.clone(),
-    })
-    .await
-    .expect("build order");
-    Instance::run(app).await
+    }
 }
 
 async fn wait_ready(base: &str) {

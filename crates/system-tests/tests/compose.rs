@@ -379,6 +379,24 @@ fn gateway_routes_point_at_the_services_on_their_ports() {
 }
 
 #[test]
+fn order_reaches_pay_by_its_service_name_on_pays_port() {
+    let compose = compose();
+    let url = parse_url(&environment(service(&compose, "order"))["ORDER_PAY_URL"]);
+    let default = parse_url(&code_default("order", "ORDER_PAY_URL"));
+    let pay_addr = with_defaults(&environment(service(&compose, "pay"))[&addr_variable("pay")]);
+    assert_eq!(url.host, "pay", "ORDER_PAY_URL must name the pay service");
+    assert_eq!(
+        url.port, default.port,
+        "ORDER_PAY_URL's port differs from the default"
+    );
+    assert_eq!(
+        url.port,
+        Some(port_of_addr(&pay_addr)),
+        "pay listens on {pay_addr}"
+    );
+}
+
+#[test]
 fn database_urls_name_the_users_and_databases_the_init_script_creates() {
     let compose = compose();
     let postgres = service(&compose, "postgres");

@@ -1,8 +1,12 @@
 //! The order service's settings ([`OrderSettings`], from the environment, `order --help`)
 //! and the configuration it runs with ([`OrderConfig`], which tests build in code).
 
+use std::time::Duration;
+
 use common::{admin::AdminSettings, config::Settings, telemetry::LogSettings};
 use message_service::{service::ServiceConfig, settings::MessagingSettings};
+
+use crate::reconciler::ReconcilerConfig;
 
 /// Routing keys of pay's answers, bound to the order service's queue.
 pub const PAYMENT_RESULT_KEYS: &[&str] = &["payment.completed", "payment.failed"];
@@ -28,6 +32,8 @@ pub struct OrderSettings {
     #[arg(long, env = "ORDER_QUEUE", default_value = "order.payment-results")]
     pub order_queue: String,
     #[command(flatten)]
+    pub reconciler: ReconcilerSettings,
+    #[command(flatten)]
     pub messaging: MessagingSettings,
     #[command(flatten)]
     pub admin: AdminSettings,
@@ -35,9 +41,43 @@ pub struct OrderSettings {
     pub log: LogSettings,
 }
 
+/// The reconciler's settings (see [`crate::reconciler`]).
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Reconciler")]
+pub struct ReconcilerSettings {
+    /// pay's base URL, for the reconciler's lookups.
+    #[arg(long, env = "ORDER_PAY_URL", default_value = "http://127.0.0.1:8762")]
+    pub order_pay_url: String,
+    /// How often a reconciliation pass runs.
+    #[arg(long, env = "RECONCILER_INTERVAL_SECS", default_value_t = 60)]
+    pub reconciler_interval_secs: u64,
+    /// An order still PENDING_PAYMENT this long after its creation is looked at.
+    #[arg(long, env = "RECONCILER_PENDING_AFTER_SECS", default_value_t = 300)]
+    pub reconciler_pending_after_secs: u64,
+    /// Orders asked about per lookup to pay (1 to 100).
+    #[arg(long, env = "RECONCILER_BATCH_SIZE", default_value_t = 100)]
+    pub reconciler_batch_size: i64,
+}
+
+impl From<ReconcilerSettings> for ReconcilerConfig {
+    fn from(s: ReconcilerSettings) -> Self {
+        Self {
+            pay_url: s.order_pay_url,
+            interval: Duration::from_secs(s.reconciler_interval_secs),
+            pending_after: Duration::from_secs(s.reconciler_pending_after_secs),
+            batch_size: s.reconciler_batch_size,
+        }
+    }
+}
+
 impl Settings for OrderSettings {}
 
 impl OrderSettings {
+    /// The reconciler's part (checked by [`crate::Application::build_with_reconciler`]).
+    pub fn reconciler_config(&self) -> ReconcilerConfig {
+        self.reconciler.clone().into()
+    }
+
     /// Checked when the service is built ([`message_service::service::Service::build`]).
     pub fn into_config(self) -> OrderConfig {
         OrderConfig {

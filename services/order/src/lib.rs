@@ -4,11 +4,13 @@
 //! `OrderCreated` message in the outbox ([`orders`]). The relay delivers it to pay. Pay's
 //! answer (`PaymentCompleted` / `PaymentFailed`) comes back through this service's inbox
 //! ([`payment_results`]) and moves the order to `PAID` or `PAYMENT_FAILED`. The order
-//! service never calls pay and never reads pay's database.
+//! service never reads pay's database; the only call to pay is the [`reconciler`]'s
+//! batch lookup, the last line of defence when a message was lost outside the mechanism.
 
 pub mod config;
 pub mod orders;
 pub mod payment_results;
+pub mod reconciler;
 mod startup;
 
 pub use config::{OrderConfig, OrderSettings, variables};

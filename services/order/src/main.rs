@@ -9,7 +9,8 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(settings: OrderSettings) -> anyhow::Result<()> {
-    let app = Application::build(settings.into_config()).await?;
+    let reconciler = settings.reconciler_config();
+    let app = Application::build_with_reconciler(settings.into_config(), reconciler).await?;
     tracing::info!(addr = %app.local_addr(), "order service listening");
     app.run_until_stopped(common::http::shutdown_signal()).await
 }

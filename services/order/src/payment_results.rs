@@ -1,8 +1,11 @@
-//! Pay's answers, received through the order service's inbox.
+//! Pay's answers, received through the order service's inbox, and [`settle`], the one
+//! place an order leaves `PENDING_PAYMENT`.
 //!
 //! The inbox has already deduplicated the message and runs this handler in the transaction
-//! that marks it processed. Moving the order is guarded by `status = 'PENDING_PAYMENT'`:
-//! an order changes state once, whatever arrives later.
+//! that marks it processed. The reconciler ([`crate::reconciler`]) settles an order whose
+//! answer never arrived through the same [`settle`], from what pay says over HTTP. Moving
+//! the order is guarded by `status = 'PENDING_PAYMENT'`: an order changes state once,
+//! whatever arrives later.
 
 use async_trait::async_trait;
 use message_table::inbox::{HandlerError, InboxMessage, MessageHandler};
@@ -12,6 +15,96 @@ use uuid::Uuid;
 
 pub const PAYMENT_COMPLETED: &str = "PaymentCompleted";
 pub const PAYMENT_FAILED: &str = "PaymentFailed";
+
+/// The order states (the `orders.status` column).
+pub const PENDING_PAYMENT: &str = "PENDING_PAYMENT";
+pub const PAID: &str = "PAID";
+pub const PAYMENT_FAILED_STATUS: &str = "PAYMENT_FAILED";
+
+/// What pay decided about an order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PaymentOutcome {
+    Completed,
+    Failed { reason: Option<String> },
+}
+
+impl PaymentOutcome {
+    /// The order status it leads to.
+    pub fn status(&self) -> &'static str {
+        match self {
+            Self::Completed => PAID,
+            Self::Failed { .. } => PAYMENT_FAILED_STATUS,
+        }
+    }
+}
+
+/// What [`settle`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// The order left `PENDING_PAYMENT` now.
+    Now,
+    /// It already had this outcome (a duplicate answer): nothing to do.
+    Already,
+}
+
+/// Why [`settle`] refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SettleError {
+    #[error("order {0} does not exist")]
+    NoOrder(Uuid),
+    /// The order is already settled the other way: a contradicting late answer.
+    #[error("order {order_id} is already {current}; refusing {wanted}")]
+    Contradiction {
+        order_id: Uuid,
+        current: String,
+        wanted: &'static str,
+    },
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// Moves order `order_id` from `PENDING_PAYMENT` to what `outcome` says, in the caller's
+/// transaction.
+pub async fn settle(
+    tx: &mut PgConnection,
+    order_id: Uuid,
+    outcome: &PaymentOutcome,
+) -> Result<Settled, SettleError> {
+    let new_status = outcome.status();
+    let reason = match outcome {
+        PaymentOutcome::Completed => None,
+        PaymentOutcome::Failed { reason } => reason.as_deref(),
+    };
+    let updated = sqlx::query(
+        "UPDATE orders SET status = $2, failure_reason = $3, updated_at = now()
+         WHERE id = $1 AND status = $4",
+    )
+    .bind(order_id)
+    .bind(new_status)
+    .bind(reason)
+    .bind(PENDING_PAYMENT)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if updated == 1 {
+        tracing::info!(%order_id, status = new_status, "order settled");
+        return Ok(Settled::Now);
+    }
+
+    let current: Option<String> = sqlx::query_scalar("SELECT status FROM orders WHERE id = $1")
+        .bind(order_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    match current {
+        None => Err(SettleError::NoOrder(order_id)),
+        Some(s) if s == new_status => Ok(Settled::Already),
+        Some(current) => Err(SettleError::Contradiction {
+            order_id,
+            current,
+            wanted: new_status,
+        }),
+    }
+}
 
 #[derive(Debug, Deserialize)]
 struct PaymentResult {
@@ -25,48 +118,27 @@ pub struct PaymentResultHandler;
 #[async_trait]
 impl MessageHandler for PaymentResultHandler {
     async fn handle(&self, tx: &mut PgConnection, msg: &InboxMessage) -> Result<(), HandlerError> {
-        let new_status = match msg.event_type.as_str() {
-            PAYMENT_COMPLETED => "PAID",
-            PAYMENT_FAILED => "PAYMENT_FAILED",
-            other => {
+        let result: Result<PaymentResult, _> = serde_json::from_value(msg.payload.clone());
+        let (order_id, outcome) = match (msg.event_type.as_str(), result) {
+            (PAYMENT_COMPLETED, Ok(r)) => (r.order_id, PaymentOutcome::Completed),
+            (PAYMENT_FAILED, Ok(r)) => (r.order_id, PaymentOutcome::Failed { reason: r.reason }),
+            (PAYMENT_COMPLETED | PAYMENT_FAILED, Err(e)) => {
+                return Err(HandlerError::Permanent(format!(
+                    "invalid {} payload: {e}",
+                    msg.event_type
+                )));
+            }
+            (other, _) => {
                 return Err(HandlerError::Permanent(format!(
                     "unexpected event type {other:?}"
                 )));
             }
         };
-        let result: PaymentResult = serde_json::from_value(msg.payload.clone()).map_err(|e| {
-            HandlerError::Permanent(format!("invalid {} payload: {e}", msg.event_type))
-        })?;
-
-        let updated = sqlx::query(
-            "UPDATE orders SET status = $2, failure_reason = $3, updated_at = now()
-             WHERE id = $1 AND status = 'PENDING_PAYMENT'",
-        )
-        .bind(result.order_id)
-        .bind(new_status)
-        .bind(&result.reason)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if updated == 1 {
-            tracing::info!(order_id = %result.order_id, status = new_status, "order settled");
-            return Ok(());
-        }
-
-        let current: Option<String> = sqlx::query_scalar("SELECT status FROM orders WHERE id = $1")
-            .bind(result.order_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        match current {
-            None => Err(HandlerError::Permanent(format!(
-                "order {} does not exist",
-                result.order_id
-            ))),
-            Some(s) if s == new_status => Ok(()), // already applied
-            Some(s) => Err(HandlerError::Permanent(format!(
-                "order {} is already {s}; refusing {}",
-                result.order_id, msg.event_type
-            ))),
+        match settle(tx, order_id, &outcome).await {
+            Ok(_) => Ok(()),
+            Err(SettleError::Database(e)) => Err(e.into()),
+            // A contradicting late answer or an unknown order: recorded dead.
+            Err(e) => Err(HandlerError::Permanent(e.to_string())),
         }
     }
 }

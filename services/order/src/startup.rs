@@ -4,10 +4,14 @@ use axum::{
     Router,
     routing::{get, post},
 };
-use message_service::service::{Service, ServiceSpec};
+use message_service::service::{Extras, ExtrasBuilder, Service, ServiceSpec, Worker};
 use sqlx::PgPool;
 
-use crate::{OrderConfig, orders, payment_results::PaymentResultHandler};
+use crate::{
+    OrderConfig, orders,
+    payment_results::PaymentResultHandler,
+    reconciler::{self, Reconciler, ReconcilerConfig},
+};
 
 /// Shared by the HTTP handlers.
 #[derive(Clone)]
@@ -24,11 +28,43 @@ const MAX_BODY_BYTES: usize = 64 * 1024;
 pub struct Application;
 
 impl Application {
+    /// Order without the reconciler (tests of the other parts).
     pub async fn build(cfg: OrderConfig) -> anyhow::Result<Service> {
+        Self::build_service(cfg, None).await
+    }
+
+    /// Order with its reconciler ([`crate::reconciler`]): a worker, and
+    /// `GET /admin/reconciliation`.
+    pub async fn build_with_reconciler(
+        cfg: OrderConfig,
+        reconciler: ReconcilerConfig,
+    ) -> anyhow::Result<Service> {
+        reconciler
+            .validate()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        let http = reconciler::pay_client()?;
+        let message_ttl = cfg.messaging.outbox.message_ttl;
+        let extras: ExtrasBuilder = Box::new(move |pool| {
+            let worker = Reconciler::new(pool, reconciler.clone(), message_ttl, http);
+            let admin_routes = reconciler::admin_routes(worker.reports(), reconciler);
+            let run: Worker = Box::new(move |shutdown| Box::pin(worker.run(shutdown)));
+            Extras {
+                workers: vec![run],
+                admin_routes,
+            }
+        });
+        Self::build_service(cfg, Some(extras)).await
+    }
+
+    async fn build_service(
+        cfg: OrderConfig,
+        extras: Option<ExtrasBuilder>,
+    ) -> anyhow::Result<Service> {
         let spec = ServiceSpec {
             name: "order",
             migrator: &crate::MIGRATOR,
             max_body_bytes: MAX_BODY_BYTES,
+            extras,
         };
         let message_ttl = cfg.messaging.outbox.message_ttl;
         Service::build(spec, &cfg, Arc::new(PaymentResultHandler), |pool| {

@@ -1,9 +1,12 @@
-//! Read-only HTTP views: `GET /payments/{order_id}` and `GET /accounts/{user_id}`.
+//! Read-only HTTP views: `GET /payments/{order_id}`, `GET /accounts/{user_id}`, and
+//! `POST /payments/lookup`, what pay knows about a batch of orders (order's reconciler asks).
+
+use std::collections::HashMap;
 
 use axum::extract::State;
 use chrono::{DateTime, Utc};
 use common::http::{ApiError, Json, Path};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sqlx::FromRow;
 use uuid::Uuid;
 
@@ -54,4 +57,68 @@ pub async fn get_account(
         .await?
         .map(Json)
         .ok_or_else(|| ApiError::NotFound(format!("account {user_id:?} not found")))
+}
+
+/// Most order ids one lookup may name (order's `RECONCILER_BATCH_SIZE` is bounded by it).
+pub const MAX_LOOKUP: usize = 100;
+
+/// What [`lookup_payments`] answers for an order pay never recorded a payment for.
+pub const UNKNOWN: &str = "UNKNOWN";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LookupRequest {
+    pub order_ids: Vec<Uuid>,
+}
+
+/// One order as pay knows it: `status` is `COMPLETED`, `FAILED` or [`UNKNOWN`] (then the
+/// other fields are absent).
+#[derive(Debug, Clone, Serialize, FromRow)]
+pub struct PaymentLookup {
+    pub order_id: Uuid,
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payment_id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub amount_cents: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure_reason: Option<String>,
+}
+
+/// `POST /payments/lookup` with `{"order_ids": [...]}` (1 to [`MAX_LOOKUP`]): each order's
+/// payment, in the order asked, [`UNKNOWN`] for those pay never saw.
+pub async fn lookup_payments(
+    State(state): State<AppState>,
+    Json(req): Json<LookupRequest>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if req.order_ids.is_empty() || req.order_ids.len() > MAX_LOOKUP {
+        return Err(ApiError::validation(format!(
+            "order_ids must name 1 to {MAX_LOOKUP} orders"
+        )));
+    }
+    let found: Vec<PaymentLookup> = sqlx::query_as(
+        "SELECT order_id, status, id AS payment_id, user_id, amount_cents, failure_reason
+         FROM payments WHERE order_id = ANY($1)",
+    )
+    .bind(&req.order_ids)
+    .fetch_all(&state.pool)
+    .await?;
+    let found: HashMap<Uuid, PaymentLookup> = found.into_iter().map(|p| (p.order_id, p)).collect();
+    let payments: Vec<PaymentLookup> = req
+        .order_ids
+        .iter()
+        .map(|id| {
+            found.get(id).cloned().unwrap_or(PaymentLookup {
+                order_id: *id,
+                status: UNKNOWN.into(),
+                payment_id: None,
+                user_id: None,
+                amount_cents: None,
+                failure_reason: None,
+            })
+        })
+        .collect();
+    Ok(Json(serde_json::json!({ "payments": payments })))
 }

@@ -1,6 +1,9 @@
 use std::sync::Arc;
 
-use axum::{Router, routing::get};
+use axum::{
+    Router,
+    routing::{get, post},
+};
 use message_service::service::{Service, ServiceSpec};
 use sqlx::PgPool;
 
@@ -12,7 +15,7 @@ pub struct AppState {
     pub pool: PgPool,
 }
 
-/// Pay's API takes no bodies; anything large is refused with 413.
+/// Pay's largest body is a lookup of at most 100 order ids; anything large is refused with 413.
 const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// The pay service: its read routes and its payment handler, on the shared [`Service`]
@@ -25,12 +28,14 @@ impl Application {
             name: "pay",
             migrator: &crate::MIGRATOR,
             max_body_bytes: MAX_BODY_BYTES,
+            extras: None,
         };
         let handler = Arc::new(PaymentHandler::new(cfg.messaging.outbox.message_ttl));
         Service::build(spec, &cfg, handler, |pool| {
             Router::new()
                 .route("/payments/{order_id}", get(accounts::get_payment))
                 .route("/accounts/{user_id}", get(accounts::get_account))
+                .route("/payments/lookup", post(accounts::lookup_payments))
                 .with_state(AppState { pool })
         })
         .await

@@ -215,16 +215,47 @@ pub async fn record_failures(
 /// Puts a `dead` message back in line: attempts reset, due now, a fresh time to live.
 /// Returns false when no dead message has that id.
 pub async fn requeue_dead(db: impl PgExecutor<'_>, id: Uuid, ttl: Duration) -> sqlx::Result<bool> {
+    requeue(db, id, ttl, None, "requeued by operator").await
+}
+
+/// Puts a `sent` or `dead` message back in line to be published again with the SAME id
+/// (the consumer's inbox drops the copy if it already has it): attempts reset, due now,
+/// a fresh time to live. A `sent` row only when it was sent more than `sent_before` ago
+/// (a recent copy may still be in the queue). Never a `pending` row: it is already in line
+/// or in flight. Returns false when nothing was requeued.
+pub async fn requeue_for_republish(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    ttl: Duration,
+    sent_before: Duration,
+) -> sqlx::Result<bool> {
+    requeue(db, id, ttl, Some(sent_before), "requeued for re-publish").await
+}
+
+/// `dead` rows, and with `sent_before` also `sent` rows sent longer ago than that.
+async fn requeue(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    ttl: Duration,
+    sent_before: Option<Duration>,
+    note: &str,
+) -> sqlx::Result<bool> {
     let res = sqlx::query(
-        "UPDATE outbox SET status = $3, attempts = 0, next_attempt_at = now(),
+        "UPDATE outbox SET status = $3, attempts = 0, next_attempt_at = now(), sent_at = NULL,
                 expires_at = now() + make_interval(secs => $2),
-                last_error = 'requeued by operator; was: ' || coalesce(last_error, '')
-         WHERE id = $1 AND status = $4",
+                last_error = $7 || '; was: ' || coalesce(last_error, '')
+         WHERE id = $1
+           AND (status = $4
+                OR (status = $5 AND $6::float8 IS NOT NULL
+                    AND sent_at < now() - make_interval(secs => $6::float8)))",
     )
     .bind(id)
     .bind(ttl.as_secs_f64())
     .bind(OutboxStatus::Pending)
     .bind(OutboxStatus::Dead)
+    .bind(OutboxStatus::Sent)
+    .bind(sent_before.map(|d| d.as_secs_f64()))
+    .bind(note)
     .execute(db)
     .await?;
     Ok(res.rows_affected() == 1)
