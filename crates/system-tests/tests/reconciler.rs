@@ -52,6 +52,9 @@ async fn settled(order: &Instance, order_id: Uuid) -> Value {
 
 async fn reports(order: &Instance) -> Reports {
     let url = format!("{}/admin/reconciliation", order.base);
+    // A service's own admin route is behind the token like the message tables' ones.
+    let anonymous = reqwest::get(&url).await.unwrap();
+    assert_eq!(anonymous.status(), reqwest::StatusCode::UNAUTHORIZED);
     let res = reqwest::Client::new()
         .get(url)
         .header("authorization", test_kit::admin_bearer())
