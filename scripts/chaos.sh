@@ -124,6 +124,8 @@ use_own_state "$ORDER_DB" "$PAY_DB" lmt.chaos.events "chaos.$RUN_ID"
 export ORDER_DB_MAX_CONNECTIONS="${CHAOS_DB_MAX_CONNECTIONS:-8}"
 export PAY_DB_MAX_CONNECTIONS="${CHAOS_DB_MAX_CONNECTIONS:-8}"
 export NO_COLOR=1
+# The services' admin API (the chaos binary reads /admin/stats with it).
+admin_token_in "$RUN/admin-token"
 AMQP="$(env_or_default AMQP_URL "$DEFAULT_AMQP_URL")"
 
 # The instances: name -> port. Start order: pay first (its queue must exist for orders to be

@@ -20,6 +20,7 @@ PAYMENT_DEADLINE_SECS="${E2E_PAYMENT_DEADLINE_SECS:-15}"
 # and queues (removed by the broker when unused). Nothing a developer left in order_db,
 # pay_db or the demo queues can change the outcome, and the test leaves them alone.
 use_own_state lmt_e2e_order lmt_e2e_pay lmt.e2e.events e2e
+admin_token_in "$RUN_DIR/admin-token"
 GW="$(base_url "$(env_or_default GATEWAY_ADDR "$DEFAULT_GATEWAY_ADDR")")"
 MAX_BODY_BYTES="$(env_or_default GATEWAY_MAX_BODY_BYTES "$DEFAULT_GATEWAY_MAX_BODY_BYTES")"
 
@@ -246,6 +247,16 @@ check "the gateway's own 404 carries x-request-id" "headers: $(tr -d '\r' <"$TMP
 # internal endpoints are not reachable from outside; the gateway's own /readyz is.
 req GET /order/readyz
 expect_error "a service's internal path (/order/readyz) answers 404 no_route" 404 no_route
+req GET /order/metrics
+expect_error "a service's /metrics (/order/metrics) answers 404 no_route" 404 no_route
+
+# The admin API through the gateway (README, "Admin API"): with the bearer token only.
+req GET /admin/pay/stats
+expect_error "/admin/pay/stats without the admin token answers 401" 401 unauthorized
+req GET /admin/pay/stats -H "Authorization: Bearer $ADMIN_TOKEN"
+check "/admin/pay/stats with the admin token answers pay's stats" "$(got)" \
+    test "$STATUS" == 200 -a "$(field '.outbox.dead')" != null
+
 req GET /readyz
 check "the gateway's /readyz shows each route's instances up" "$(got)" \
     test "$STATUS" == 200 -a "$(field '.instances.order[0].health')" == up -a "$(field '.instances.pay[0].health')" == up

@@ -300,6 +300,23 @@ ensure_database() {
     fi
 }
 
+# admin_token_in FILE: exports ADMIN_TOKEN (the admin API's bearer token, README "Admin
+# API"): the caller's if set, else the one saved in FILE, else a new random one saved there,
+# so services restarted by a later run of a script get the same token.
+admin_token_in() {
+    local file="$1"
+    if [[ -z "${ADMIN_TOKEN:-}" ]]; then
+        if [[ -s "$file" ]]; then
+            ADMIN_TOKEN="$(cat "$file")"
+        else
+            ADMIN_TOKEN="$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')"
+            mkdir -p "$(dirname "$file")"
+            (umask 077 && printf '%s\n' "$ADMIN_TOKEN" >"$file")
+        fi
+    fi
+    export ADMIN_TOKEN
+}
+
 # use_own_state ORDER_DB PAY_DB EXCHANGE QUEUE_PREFIX: exports the services' variables so
 # that they use these databases (on ORDER_DATABASE_URL's server), this exchange and queues
 # named QUEUE_PREFIX.* that the broker removes 10 minutes after their last use.

@@ -44,6 +44,8 @@ configure() {
         GATEWAY_ROUTES="/order=$ORDER_URL,/pay=$PAY_URL"
     fi
     export ORDER_ADDR PAY_ADDR GATEWAY_ADDR GATEWAY_ROUTES
+    # The admin API is on, with the caller's ADMIN_TOKEN or one kept in .run/.
+    admin_token_in "$RUN_DIR/admin-token"
     # The logs go to files: no colour escapes in them unless asked for.
     export NO_COLOR="${NO_COLOR:-1}"
 }
@@ -222,6 +224,9 @@ sleep 1
 curl -sS "$GW/order/orders/$ORDER_ID"; echo
 curl -sS "$GW/pay/payments/$ORDER_ID"; echo
 curl -sS "$GW/pay/accounts/alice"; echo
+
+# The admin API (README, "Admin API"); the token is in .run/admin-token.
+curl -sS -H "Authorization: Bearer $(cat .run/admin-token)" "$GW/admin/pay/stats"; echo
 
 EOF
 }

@@ -64,11 +64,17 @@ pub trait Settings: clap::Parser {
     }
 }
 
-/// How `--help` lists a variable with its default (clap quotes an empty default): what the
-/// services' `--help` tests look for.
+/// How `--help` lists a variable with its default, the environment being empty (what the
+/// services' `--help` tests look for): clap quotes an empty default, and a secret's
+/// variable is listed without its value (`hide_env_values`, see [`crate::admin`]).
 pub fn help_entry(name: &str, default: &str) -> String {
     let default = if default.is_empty() { "\"\"" } else { default };
-    format!("[env: {name}=] [default: {default}]")
+    let env = if name == crate::admin::ADMIN_TOKEN_VARIABLE {
+        name.to_string()
+    } else {
+        format!("{name}=")
+    };
+    format!("[env: {env}] [default: {default}]")
 }
 
 /// Reads `name`, or `default` when unset or blank (test-kit's variables, which are not a

@@ -8,9 +8,9 @@
 use axum::{
     extract::{
         FromRequest, FromRequestParts,
-        rejection::{JsonRejection, PathRejection},
+        rejection::{JsonRejection, PathRejection, QueryRejection},
     },
-    http::StatusCode,
+    http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
 use serde::Serialize;
@@ -34,6 +34,11 @@ impl<T: Serialize> IntoResponse for Json<T> {
 #[from_request(via(axum::extract::Path), rejection(ApiError))]
 pub struct Path<T>(pub T);
 
+/// `axum::extract::Query` whose rejection is an [`ApiError`] (400 `invalid_query`).
+#[derive(Debug, Clone, Copy, Default, FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct Query<T>(pub T);
+
 /// The one error type a handler returns.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -44,6 +49,9 @@ pub enum ApiError {
         code: &'static str,
         message: String,
     },
+    /// Credentials missing or wrong: 401 with `WWW-Authenticate: Bearer`.
+    #[error("{0}")]
+    Unauthorized(String),
     #[error("{0}")]
     NotFound(String),
     /// The request conflicts with the current state (for example an idempotency key reused
@@ -78,6 +86,7 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest { status, .. } => *status,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -90,6 +99,7 @@ impl ApiError {
             ApiError::BadRequest { code, .. }
             | ApiError::Conflict { code, .. }
             | ApiError::Unavailable { code, .. } => code,
+            ApiError::Unauthorized(_) => "unauthorized",
             ApiError::NotFound(_) => "not_found",
             ApiError::Internal(_) => "internal_error",
         }
@@ -119,7 +129,14 @@ impl IntoResponse for ApiError {
             }
             other => other.to_string(),
         };
-        error_response(self.status(), self.code(), &message)
+        let mut response = error_response(self.status(), self.code(), &message);
+        if let ApiError::Unauthorized(_) = self {
+            // RFC 6750 §3: a 401 names the scheme the client should use.
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
     }
 }
 
@@ -181,6 +198,12 @@ impl From<JsonRejection> for ApiError {
 impl From<PathRejection> for ApiError {
     fn from(rejection: PathRejection) -> Self {
         ApiError::bad_request("invalid_path", rejection.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        ApiError::bad_request("invalid_query", rejection.body_text())
     }
 }
 

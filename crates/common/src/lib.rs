@@ -2,6 +2,7 @@
 //! answers, environment-variable helpers ([`config`]), logging ([`telemetry`]), the W3C
 //! trace context ([`trace`]) and the shutdown signal. Nothing here knows about databases or brokers, so the gateway depends on
 //! this crate alone (`sqlx` is an opt-in feature for the services that have a database).
+pub mod admin;
 pub mod config;
 pub mod http;
 pub mod metrics;

@@ -19,6 +19,8 @@ use tokio::{net::TcpListener, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
+use common::admin::AdminAuth;
+
 use message_table::{
     amqp::{AmqpConfig, BrokerStatus},
     db,
@@ -195,6 +197,8 @@ pub struct ServiceConfig {
     pub database_url: String,
     pub db_max_connections: u32,
     pub messaging: MessagingConfig,
+    /// `ADMIN_TOKEN`: who may call `/admin` (off: every admin route is a 404).
+    pub admin: AdminAuth,
 }
 
 /// What a service is made of, besides its configuration, routes and handler.
@@ -238,8 +242,8 @@ pub struct Service {
 impl Service {
     /// `routes` gets the pool and returns the service's own routes (with their state
     /// applied); `/healthz`, `/readyz`, `/metrics` (see [`crate::metrics`]), `/admin` (see
-    /// [`crate::admin`], plus the `spec.extras` routes), the HTTP metrics, JSON 404/405 and the
-    /// body limit are added here.
+    /// [`crate::admin`], plus the `spec.extras` routes, all behind the admin token), the HTTP
+    /// metrics, JSON 404/405 and the body limit are added here.
     pub async fn build(
         spec: ServiceSpec,
         cfg: &ServiceConfig,
@@ -279,7 +283,16 @@ impl Service {
             messaging.inbox_counters(),
             cfg.messaging.outbox.message_ttl,
         )
-        .merge(extras.admin_routes);
+        .merge(extras.admin_routes)
+        // One layer on the whole nest: every admin route, the message tables' and the
+        // service's own (`extras`, today or added later), needs the token without code of
+        // its own. `layer`, not `route_layer`, over a fallback of the nest's own: an
+        // unknown admin path is a 401 too, so probing without the token reveals nothing.
+        .fallback(common::http::not_found)
+        .layer(middleware::from_fn_with_state(
+            cfg.admin.clone(),
+            common::admin::require_admin,
+        ));
         let router = routes(pool.clone())
             .nest("/admin", admin)
             .route("/healthz", get(common::http::healthz))

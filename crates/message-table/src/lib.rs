@@ -1,4 +1,5 @@
 #![doc = include_str!("../README.md")]
+pub mod admin;
 pub mod advisory_lock;
 pub mod amqp;
 pub mod backoff;

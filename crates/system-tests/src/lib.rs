@@ -120,6 +120,7 @@ pub async fn spawn_pay_on(
         addr: addr.into(),
         database_url: database_url.into(),
         db_max_connections: pool,
+        admin: test_kit::admin(),
         messaging: messaging.clone(),
     })
     .await
@@ -154,6 +155,7 @@ fn order_config(database_url: &str, messaging: &MessagingConfig, pool: u32) -> o
         addr: "127.0.0.1:0".into(),
         database_url: database_url.into(),
         db_max_connections: pool,
+        admin: test_kit::admin(),
         messaging: messaging.clone(),
     }
 }

@@ -52,7 +52,15 @@ async fn settled(order: &Instance, order_id: Uuid) -> Value {
 
 async fn reports(order: &Instance) -> Reports {
     let url = format!("{}/admin/reconciliation", order.base);
-    let res = reqwest::get(url).await.unwrap();
+    // A service's own admin route is behind the token like the message tables' ones.
+    let anonymous = reqwest::get(&url).await.unwrap();
+    assert_eq!(anonymous.status(), reqwest::StatusCode::UNAUTHORIZED);
+    let res = reqwest::Client::new()
+        .get(url)
+        .header("authorization", test_kit::admin_bearer())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), reqwest::StatusCode::OK);
     res.json().await.unwrap()
 }

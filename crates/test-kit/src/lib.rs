@@ -47,6 +47,19 @@ const TEST_DATABASE_URL: (&str, &str) = (
 /// The broker of the tests.
 const TEST_AMQP_URL: (&str, &str) = ("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f");
 
+/// The `ADMIN_TOKEN` of the services the tests build ([`admin`]).
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+/// The admin API on, with [`ADMIN_TOKEN`]: what a test's `ServiceConfig` gets.
+pub fn admin() -> common::admin::AdminAuth {
+    common::admin::AdminAuth::parse(ADMIN_TOKEN).expect("a valid admin token")
+}
+
+/// `Authorization: Bearer <ADMIN_TOKEN>`, for requests to the admin API.
+pub fn admin_bearer() -> String {
+    format!("Bearer {ADMIN_TOKEN}")
+}
+
 /// The variables the tests read, with their defaults (README lists them).
 pub const VARIABLES: [(&str, &str); 2] = [TEST_DATABASE_URL, TEST_AMQP_URL];
 

@@ -6,7 +6,11 @@
 use std::time::Duration;
 
 use anyhow::bail;
-use common::{config::Settings, telemetry::LogSettings};
+use common::{
+    admin::{AdminAuth, AdminSettings},
+    config::Settings,
+    telemetry::LogSettings,
+};
 
 use crate::{
     internal::{DEFAULT_INTERNAL_PATHS, InternalPaths},
@@ -58,6 +62,8 @@ pub struct GatewaySettings {
     #[arg(long, env = "GATEWAY_EJECT_MAX_MS", default_value_t = 30_000)]
     pub gateway_eject_max_ms: u64,
     #[command(flatten)]
+    pub admin: AdminSettings,
+    #[command(flatten)]
     pub log: LogSettings,
 }
 
@@ -87,6 +93,7 @@ impl GatewaySettings {
                 base: Duration::from_millis(self.gateway_eject_base_ms),
                 max: Duration::from_millis(self.gateway_eject_max_ms),
             },
+            admin: self.admin.admin_token,
         })
     }
 }
@@ -135,6 +142,10 @@ pub struct GatewayConfig {
     /// `30000`): an instance that refused a connection is skipped for the base time, then one
     /// request tries it first; each failed trial doubles the wait, up to the maximum.
     pub ejection: EjectionPolicy,
+    /// `ADMIN_TOKEN` (default empty, off): with it, `/admin/<route>/<path>` is forwarded
+    /// to that route's `/admin/<path>` when the request carries `Authorization: Bearer
+    /// <ADMIN_TOKEN>` (401 otherwise); off, those paths are a 404 like any missing route.
+    pub admin: AdminAuth,
 }
 
 impl GatewayConfig {

@@ -2,6 +2,8 @@
 //! (`{"error": {"code", "message"}}`, `common::http::error_response`). Everything else a
 //! client sees, including an upstream's own 4xx and 5xx, is the upstream's answer.
 
+use common::{admin::Denied, http::ApiError};
+
 use axum::{
     http::StatusCode,
     response::{IntoResponse, Response},
@@ -12,6 +14,9 @@ pub enum GatewayError {
     /// No route, or a path kept internal: the same answer, so it reveals nothing.
     #[error("no upstream serves this path")]
     NoRoute,
+    /// `/admin/...` without the admin token (see [`common::admin`]).
+    #[error("the admin API needs the header Authorization: Bearer <ADMIN_TOKEN>")]
+    Unauthorized,
     #[error("cannot forward this path: {0}")]
     InvalidUri(String),
     #[error("the request body exceeds {limit} bytes")]
@@ -27,6 +32,7 @@ impl GatewayError {
     pub fn status(&self) -> StatusCode {
         match self {
             GatewayError::NoRoute => StatusCode::NOT_FOUND,
+            GatewayError::Unauthorized => StatusCode::UNAUTHORIZED,
             GatewayError::InvalidUri(_) => StatusCode::BAD_REQUEST,
             GatewayError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::BadGateway => StatusCode::BAD_GATEWAY,
@@ -37,6 +43,7 @@ impl GatewayError {
     pub fn code(&self) -> &'static str {
         match self {
             GatewayError::NoRoute => "no_route",
+            GatewayError::Unauthorized => "unauthorized",
             GatewayError::InvalidUri(_) => "invalid_uri",
             GatewayError::BodyTooLarge { .. } => "body_too_large",
             GatewayError::BadGateway => "bad_gateway",
@@ -47,6 +54,10 @@ impl GatewayError {
 
 impl IntoResponse for GatewayError {
     fn into_response(self) -> Response {
+        if let GatewayError::Unauthorized = self {
+            // The services' answer, `WWW-Authenticate: Bearer` included.
+            return ApiError::from(Denied::Unauthorized).into_response();
+        }
         common::http::error_response(self.status(), self.code(), &self.to_string())
     }
 }

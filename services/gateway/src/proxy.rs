@@ -2,7 +2,8 @@
 //!
 //! 1. pick the route by longest path prefix (404 `no_route` if none);
 //! 2. work out the path the upstream will see (prefix stripped, dot segments resolved, query
-//!    unchanged); an internal path is answered 404 `no_route` like a missing route;
+//!    unchanged); an internal path is answered 404 `no_route` like a missing route. The
+//!    one exception is the operator's `/admin/<route>/<path>` ([`admin_target`]);
 //! 3. refuse a declared `Content-Length` above the limit (413) before touching the upstream;
 //! 4. copy the headers minus hop-by-hop ones, add `x-forwarded-*` and a `traceparent` that
 //!    continues the client's trace (or starts one);
@@ -37,6 +38,8 @@ use axum::{
 use futures::{Stream, StreamExt, TryStreamExt};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use reqwest::Url;
+
+use common::admin::{AdminAuth, Denied};
 
 use crate::{
     config::GatewayConfig, error::GatewayError, internal::InternalPaths, metrics::UpstreamMetrics,
@@ -74,6 +77,7 @@ pub struct Proxy {
     max_body_bytes: u64,
     internal_paths: InternalPaths,
     metrics: UpstreamMetrics,
+    admin: AdminAuth,
 }
 
 /// A route and the run-time state of its instances.
@@ -113,6 +117,7 @@ impl Proxy {
             max_body_bytes: config.max_body_bytes,
             internal_paths: config.internal_paths.clone(),
             metrics,
+            admin: config.admin.clone(),
         })
     }
 
@@ -145,15 +150,20 @@ pub async fn forward(
 ) -> Result<Response, GatewayError> {
     let (parts, body) = request.into_parts();
 
-    // 1. Route.
-    let (backend, rest) = proxy.find(parts.uri.path()).ok_or(GatewayError::NoRoute)?;
+    // 1 and 2. Route and the upstream's path, checked against the internal paths; or the
+    // operator's way to a service's admin API.
+    let (backend, path_and_query) = match admin_target(&proxy, &parts)? {
+        Some(target) => target,
+        None => {
+            let (backend, rest) = proxy.find(parts.uri.path()).ok_or(GatewayError::NoRoute)?;
+            let (path, path_and_query) = upstream_target(rest, parts.uri.query())?;
+            if proxy.internal_paths.blocks(&path) {
+                return Err(GatewayError::NoRoute);
+            }
+            (backend, path_and_query)
+        }
+    };
     let route = &backend.route;
-
-    // 2. The upstream's path, checked against the internal paths.
-    let (path, path_and_query) = upstream_target(rest, parts.uri.query())?;
-    if proxy.internal_paths.blocks(&path) {
-        return Err(GatewayError::NoRoute);
-    }
 
     // 3. A declared length over the limit is refused without reading or forwarding anything.
     let limit = proxy.max_body_bytes;
@@ -266,6 +276,38 @@ pub async fn forward(
     *response.status_mut() = status;
     *response.headers_mut() = response_headers;
     Ok(response)
+}
+
+/// `/admin/<route>/<rest>` goes to `<route>`'s `/admin/<rest>`, for a request with the
+/// admin token only: without `ADMIN_TOKEN` on the gateway 404 `no_route` (as if the path
+/// did not exist), without the right bearer token 401. The token is checked before the route
+/// is looked up, so a caller without it learns nothing about the routes. `<rest>` has its
+/// dot segments resolved *before* `/admin` is put in front, so the upstream path is always
+/// below `/admin`: never the services' `/metrics`, `/healthz` or `/readyz`. The
+/// `Authorization` header is forwarded: the service checks the token again.
+fn admin_target<'a>(
+    proxy: &'a Proxy,
+    parts: &axum::http::request::Parts,
+) -> Result<Option<(&'a Backend, String)>, GatewayError> {
+    let Some(rest) = parts.uri.path().strip_prefix("/admin/") else {
+        return Ok(None);
+    };
+    proxy
+        .admin
+        .check(&parts.headers)
+        .map_err(|denied| match denied {
+            Denied::Off => GatewayError::NoRoute,
+            Denied::Unauthorized => GatewayError::Unauthorized,
+        })?;
+    let (name, rest) = rest.split_once('/').unwrap_or((rest, ""));
+    let backend = proxy
+        .backends
+        .iter()
+        .find(|b| b.route.name() == name)
+        .ok_or(GatewayError::NoRoute)?;
+    let (rest, _) = upstream_target(&format!("/{rest}"), None)?;
+    let (_, path_and_query) = upstream_target(&format!("/admin{rest}"), parts.uri.query())?;
+    Ok(Some((backend, path_and_query)))
 }
 
 /// The client's request body, given to at most one upstream attempt: the attempt takes it

@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use reqwest::Url;
 
-/// Paths the gateway answers itself; a route with one of these prefixes would never be reached.
-const RESERVED_PATHS: [&str; 2] = ["/healthz", "/readyz"];
+/// Paths the gateway answers itself (`/admin` is its forwarding to the services' admin
+/// APIs); a route with one of these prefixes would never be reached.
+const RESERVED_PATHS: [&str; 3] = ["/healthz", "/readyz", "/admin"];
 
 #[derive(Debug, Clone)]
 pub struct Route {
@@ -277,6 +278,7 @@ mod tests {
             ("/order=http://o:1?x=1", "query"),
             ("/order=http://o:1,/order/=http://o:2", "listed twice"),
             ("/healthz=http://o:1", "gateway itself"),
+            ("/admin/x=http://o:1", "gateway itself"),
             ("/o rder=http://o:1", "plain path"),
             ("http://a:1,/order=http://o:1", "before any prefix"),
             ("/order=http://o:1,http://o:1", "listed twice"),

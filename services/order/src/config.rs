@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use common::{config::Settings, telemetry::LogSettings};
+use common::{admin::AdminSettings, config::Settings, telemetry::LogSettings};
 use message_service::{service::ServiceConfig, settings::MessagingSettings};
 
 use crate::reconciler::ReconcilerConfig;
@@ -35,6 +35,8 @@ pub struct OrderSettings {
     pub reconciler: ReconcilerSettings,
     #[command(flatten)]
     pub messaging: MessagingSettings,
+    #[command(flatten)]
+    pub admin: AdminSettings,
     #[command(flatten)]
     pub log: LogSettings,
 }
@@ -82,6 +84,7 @@ impl OrderSettings {
             addr: self.order_addr,
             database_url: self.order_database_url,
             db_max_connections: self.order_db_max_connections,
+            admin: self.admin.admin_token,
             messaging: self
                 .messaging
                 .into_config(self.order_queue, PAYMENT_RESULT_KEYS),
@@ -96,5 +99,5 @@ pub fn variables() -> Vec<(String, String)> {
 
 /// The configuration order runs with: `ORDER_ADDR`, `ORDER_DATABASE_URL`,
 /// `ORDER_DB_MAX_CONNECTIONS`, and the messaging (`AMQP_*`, `OUTBOX_*`, `INBOX_*`,
-/// `RETENTION_*`, `ORDER_QUEUE`).
+/// `RETENTION_*`, `ORDER_QUEUE`) and `ADMIN_TOKEN`.
 pub type OrderConfig = ServiceConfig;

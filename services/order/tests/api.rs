@@ -21,6 +21,7 @@ async fn spawn_order(amqp: &message_table::amqp::AmqpConfig) -> TestApp {
         addr: "127.0.0.1:0".into(),
         database_url: db.url.clone(),
         db_max_connections: 12,
+        admin: test_kit::admin(),
         messaging: test_kit::messaging(amqp, "test.order", order::config::PAYMENT_RESULT_KEYS),
     };
     let app = Application::build(cfg).await.expect("build order app");

@@ -36,6 +36,7 @@ async fn spawn_order(amqp: &message_table::amqp::AmqpConfig, proxy: Option<&TcpP
         addr: "127.0.0.1:0".into(),
         database_url,
         db_max_connections: 6,
+        admin: test_kit::admin(),
         messaging,
     })
     .await

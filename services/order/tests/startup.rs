@@ -20,6 +20,7 @@ async fn refused_at_start_up(change: impl FnOnce(&mut MessagingConfig)) -> Strin
         addr: "127.0.0.1:0".into(),
         database_url: db.url.clone(),
         db_max_connections: 5,
+        admin: test_kit::admin(),
         messaging,
     };
     match Application::build(cfg).await {

@@ -1,7 +1,7 @@
 //! The pay service's settings ([`PaySettings`], from the environment, `pay --help`)
 //! and the configuration it runs with ([`PayConfig`], which tests build in code).
 
-use common::{config::Settings, telemetry::LogSettings};
+use common::{admin::AdminSettings, config::Settings, telemetry::LogSettings};
 use message_service::{service::ServiceConfig, settings::MessagingSettings};
 
 /// Routing keys bound to pay's queue.
@@ -30,6 +30,8 @@ pub struct PaySettings {
     #[command(flatten)]
     pub messaging: MessagingSettings,
     #[command(flatten)]
+    pub admin: AdminSettings,
+    #[command(flatten)]
     pub log: LogSettings,
 }
 
@@ -42,6 +44,7 @@ impl PaySettings {
             addr: self.pay_addr,
             database_url: self.pay_database_url,
             db_max_connections: self.pay_db_max_connections,
+            admin: self.admin.admin_token,
             messaging: self
                 .messaging
                 .into_config(self.pay_queue, ORDER_CREATED_KEYS),
@@ -56,5 +59,5 @@ pub fn variables() -> Vec<(String, String)> {
 
 /// The configuration pay runs with: `PAY_ADDR`, `PAY_DATABASE_URL`,
 /// `PAY_DB_MAX_CONNECTIONS`, and the messaging (`AMQP_*`, `OUTBOX_*`, `INBOX_*`,
-/// `RETENTION_*`, `PAY_QUEUE`).
+/// `RETENTION_*`, `PAY_QUEUE`) and `ADMIN_TOKEN`.
 pub type PayConfig = ServiceConfig;

@@ -1,5 +1,6 @@
-//! The operator's `/admin` endpoints (crates/common/src/admin.rs) on a running pay service:
-//! dead messages are visible with their reasons, and can be put back in line.
+//! The operator's `/admin` endpoints (crates/message-service/src/admin.rs) on a running pay
+//! service: behind the admin token; dead messages are visible with their reasons, can be
+//! listed page by page, put back in line and purged.
 
 mod support;
 
@@ -11,18 +12,14 @@ use support::order_created_props as props;
 use test_kit::TestQueue;
 use uuid::Uuid;
 
+use support::admin_call as send;
+
 async fn get(base: &str, path: &str) -> (StatusCode, Value) {
-    let res = reqwest::get(format!("{base}{path}")).await.unwrap();
-    (res.status(), res.json().await.unwrap())
+    send(reqwest::Client::new().get(format!("{base}{path}"))).await
 }
 
 async fn post(base: &str, path: &str) -> (StatusCode, Value) {
-    let res = reqwest::Client::new()
-        .post(format!("{base}{path}"))
-        .send()
-        .await
-        .unwrap();
-    (res.status(), res.json().await.unwrap())
+    send(reqwest::Client::new().post(format!("{base}{path}"))).await
 }
 
 #[tokio::test]

@@ -14,6 +14,7 @@ use axum::{
     extract::{Request, State},
     routing::get,
 };
+use common::admin::AdminAuth;
 use gateway::{
     Application, GatewayConfig,
     internal::{DEFAULT_INTERNAL_PATHS, InternalPaths},
@@ -91,6 +92,7 @@ fn test_config(routes: &str, configure: impl FnOnce(&mut GatewayConfig)) -> Gate
             base: Duration::from_secs(1),
             max: Duration::from_secs(30),
         },
+        admin: AdminAuth::off(),
     };
     configure(&mut config);
     config

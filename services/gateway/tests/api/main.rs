@@ -1,6 +1,7 @@
 //! Black-box tests: real upstream servers on 127.0.0.1:0 and the gateway on port 0, talking
 //! HTTP. One binary (modules below) so it links once.
 
+mod admin;
 mod balancing;
 mod body_limit;
 mod errors;

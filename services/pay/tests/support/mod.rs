@@ -19,6 +19,18 @@ pub fn order_created_props(message_id: &str) -> BasicProperties {
         .with_delivery_mode(2)
 }
 
+/// Sends `request` with the admin token; the status and the JSON body.
+pub async fn admin_call(
+    request: reqwest::RequestBuilder,
+) -> (reqwest::StatusCode, serde_json::Value) {
+    let res = request
+        .header("authorization", test_kit::admin_bearer())
+        .send()
+        .await
+        .unwrap();
+    (res.status(), res.json().await.unwrap())
+}
+
 pub struct Pay {
     pub db: TestDb,
     /// `http://127.0.0.1:<port>`
@@ -59,6 +71,7 @@ async fn spawn(
         addr: "127.0.0.1:0".into(),
         database_url,
         db_max_connections: 5,
+        admin: test_kit::admin(),
         messaging: test_kit::messaging(amqp, "test.pay", pay::config::ORDER_CREATED_KEYS),
     })
     .await

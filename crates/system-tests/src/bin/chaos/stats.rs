@@ -54,8 +54,21 @@ pub struct DeadInbox {
     pub last_error: Option<String>,
 }
 
+/// A client for the services' admin API: with `Authorization: Bearer $ADMIN_TOKEN` when
+/// the variable is set (scripts/chaos.sh exports the one the services got).
 pub fn client(timeout: Duration) -> AnyResult<reqwest::Client> {
-    Ok(reqwest::Client::builder().timeout(timeout).build()?)
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Ok(token) = std::env::var("ADMIN_TOKEN")
+        && !token.is_empty()
+    {
+        let mut value = reqwest::header::HeaderValue::try_from(format!("Bearer {token}"))?;
+        value.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
+    Ok(reqwest::Client::builder()
+        .timeout(timeout)
+        .default_headers(headers)
+        .build()?)
 }
 
 async fn get<T: for<'de> Deserialize<'de>>(
