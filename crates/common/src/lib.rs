@@ -6,5 +6,6 @@ pub mod admin;
 pub mod config;
 pub mod http;
 pub mod metrics;
+pub mod openapi;
 pub mod telemetry;
 pub mod trace;

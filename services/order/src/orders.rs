@@ -30,7 +30,7 @@ const MAX_ITEM: usize = 200;
 const MAX_AMOUNT_CENTS: i64 = 1_000_000_000_000; // ten billion in currency units
 const MAX_IDEMPOTENCY_KEY: usize = 255;
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BuyRequest {
     pub user_id: String,
@@ -38,14 +38,14 @@ pub struct BuyRequest {
     pub amount_cents: i64,
 }
 
-#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct BuyResponse {
     pub order_id: Uuid,
     pub message_id: Uuid,
     pub status: String,
 }
 
-#[derive(Debug, Serialize, FromRow)]
+#[derive(Debug, Serialize, FromRow, utoipa::ToSchema)]
 pub struct Order {
     #[serde(rename = "order_id")]
     pub id: Uuid,
@@ -113,6 +113,17 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 /// `POST /buy`: 201 with the order id, its message id and status. With an
 /// `Idempotency-Key`, a retry of the same request returns the same order (and the header
 /// `idempotent-replayed: true`); the same key with another body is refused with 422.
+#[utoipa::path(post, path = "/buy", tag = "orders", request_body = BuyRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters; a retry with the same key and body returns the same order")),
+    responses(
+        (status = 201, description = "order taken (or replayed)", body = BuyResponse,
+            headers(("location" = String, description = "/orders/{order_id}"),
+                    ("idempotent-replayed" = String, description = "`true` when this answers an earlier request with the same Idempotency-Key"))),
+        (status = 400, description = "malformed JSON or bad Idempotency-Key", body = common::openapi::ErrorBody),
+        (status = 413, description = "body too large", body = common::openapi::ErrorBody),
+        (status = 415, description = "not application/json", body = common::openapi::ErrorBody),
+        (status = 422, description = "validation failed, or Idempotency-Key reused with another body", body = common::openapi::ErrorBody),
+        (status = 503, description = "database unavailable", body = common::openapi::ErrorBody)))]
 pub async fn buy(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -215,6 +226,13 @@ fn created(body: BuyResponse, replayed: bool) -> Response {
 }
 
 /// `GET /orders/{id}`.
+#[utoipa::path(get, path = "/orders/{id}", tag = "orders",
+    params(("id" = Uuid, Path, description = "the order id")),
+    responses(
+        (status = 200, description = "the order", body = Order),
+        (status = 400, description = "id is not a UUID", body = common::openapi::ErrorBody),
+        (status = 404, description = "no such order", body = common::openapi::ErrorBody),
+        (status = 503, description = "database unavailable", body = common::openapi::ErrorBody)))]
 pub async fn get_order(
     State(state): State<AppState>,
     Path(id): Path<Uuid>,
@@ -228,4 +246,26 @@ pub async fn get_order(
     .await?
     .map(Json)
     .ok_or_else(|| ApiError::NotFound(format!("order {id} not found")))
+}
+
+/// The order service's OpenAPI document (served at `GET /openapi.json`).
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "order",
+        description = "The order service: takes orders (`POST /buy`) and shows them. The operator routes under `/admin/*` (behind `ADMIN_TOKEN`) are not in this first version. Every error is `{\"error\": {\"code\", \"message\"}}`; an unknown route is 404, a wrong method 405."
+    ),
+    paths(buy, get_order),
+    components(schemas(BuyRequest, BuyResponse, Order))
+)]
+pub struct ApiDoc;
+
+/// [`ApiDoc`] with the standard endpoints, as JSON.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    common::openapi::with_standard(<ApiDoc as utoipa::OpenApi>::openapi())
+}
+
+/// `GET /openapi.json`.
+pub async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
+    Json(openapi())
 }

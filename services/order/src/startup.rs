@@ -72,6 +72,7 @@ impl Application {
             Router::new()
                 .route("/buy", post(orders::buy))
                 .route("/orders/{id}", get(orders::get_order))
+                .route("/openapi.json", get(orders::openapi_json))
                 .with_state(AppState { pool, message_ttl })
         })
         .await

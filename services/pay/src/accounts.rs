@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use crate::startup::AppState;
 
-#[derive(Debug, Serialize, FromRow)]
+#[derive(Debug, Serialize, FromRow, utoipa::ToSchema)]
 pub struct Payment {
     #[serde(rename = "payment_id")]
     pub id: Uuid,
@@ -25,13 +25,20 @@ pub struct Payment {
     pub created_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Serialize, FromRow)]
+#[derive(Debug, Serialize, FromRow, utoipa::ToSchema)]
 pub struct Account {
     pub user_id: String,
     pub balance_cents: i64,
     pub updated_at: DateTime<Utc>,
 }
 
+#[utoipa::path(get, path = "/payments/{order_id}", tag = "payments",
+    params(("order_id" = Uuid, Path, description = "the order the payment is for")),
+    responses(
+        (status = 200, description = "the payment", body = Payment),
+        (status = 400, description = "order_id is not a UUID", body = common::openapi::ErrorBody),
+        (status = 404, description = "no payment for this order", body = common::openapi::ErrorBody),
+        (status = 503, description = "database unavailable", body = common::openapi::ErrorBody)))]
 pub async fn get_payment(
     State(state): State<AppState>,
     Path(order_id): Path<Uuid>,
@@ -47,6 +54,13 @@ pub async fn get_payment(
     .ok_or_else(|| ApiError::NotFound(format!("no payment for order {order_id}")))
 }
 
+#[utoipa::path(get, path = "/accounts/{user_id}", tag = "accounts",
+    params(("user_id" = String, Path, description = "the account's user id")),
+    responses(
+        (status = 200, description = "the account", body = Account),
+        (status = 400, description = "bad path", body = common::openapi::ErrorBody),
+        (status = 404, description = "no such account", body = common::openapi::ErrorBody),
+        (status = 503, description = "database unavailable", body = common::openapi::ErrorBody)))]
 pub async fn get_account(
     State(state): State<AppState>,
     Path(user_id): Path<String>,
@@ -65,7 +79,7 @@ pub const MAX_LOOKUP: usize = 100;
 /// What [`lookup_payments`] answers for an order pay never recorded a payment for.
 pub const UNKNOWN: &str = "UNKNOWN";
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LookupRequest {
     pub order_ids: Vec<Uuid>,
@@ -73,7 +87,7 @@ pub struct LookupRequest {
 
 /// One order as pay knows it: `status` is `COMPLETED`, `FAILED` or [`UNKNOWN`] (then the
 /// other fields are absent).
-#[derive(Debug, Clone, Serialize, FromRow)]
+#[derive(Debug, Clone, Serialize, FromRow, utoipa::ToSchema)]
 pub struct PaymentLookup {
     pub order_id: Uuid,
     pub status: String,
@@ -87,12 +101,26 @@ pub struct PaymentLookup {
     pub failure_reason: Option<String>,
 }
 
+/// `POST /payments/lookup`'s answer.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct LookupResponse {
+    pub payments: Vec<PaymentLookup>,
+}
+
 /// `POST /payments/lookup` with `{"order_ids": [...]}` (1 to [`MAX_LOOKUP`]): each order's
 /// payment, in the order asked, [`UNKNOWN`] for those pay never saw.
+#[utoipa::path(post, path = "/payments/lookup", tag = "payments", request_body = LookupRequest,
+    responses(
+        (status = 200, description = "each order's payment, in the order asked", body = LookupResponse),
+        (status = 400, description = "malformed JSON", body = common::openapi::ErrorBody),
+        (status = 413, description = "body too large", body = common::openapi::ErrorBody),
+        (status = 415, description = "not application/json", body = common::openapi::ErrorBody),
+        (status = 422, description = "not 1 to 100 order ids, or a field of the wrong type", body = common::openapi::ErrorBody),
+        (status = 503, description = "database unavailable", body = common::openapi::ErrorBody)))]
 pub async fn lookup_payments(
     State(state): State<AppState>,
     Json(req): Json<LookupRequest>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<LookupResponse>, ApiError> {
     if req.order_ids.is_empty() || req.order_ids.len() > MAX_LOOKUP {
         return Err(ApiError::validation(format!(
             "order_ids must name 1 to {MAX_LOOKUP} orders"
@@ -120,5 +148,27 @@ pub async fn lookup_payments(
             })
         })
         .collect();
-    Ok(Json(serde_json::json!({ "payments": payments })))
+    Ok(Json(LookupResponse { payments }))
+}
+
+/// The pay service's OpenAPI document (served at `GET /openapi.json`).
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "pay",
+        description = "The pay service's read views. The operator routes under `/admin/*` (behind `ADMIN_TOKEN`) are not in this first version. Every error is `{\"error\": {\"code\", \"message\"}}`; an unknown route is 404, a wrong method 405."
+    ),
+    paths(get_payment, get_account, lookup_payments),
+    components(schemas(Payment, Account, LookupRequest, LookupResponse, PaymentLookup))
+)]
+pub struct ApiDoc;
+
+/// [`ApiDoc`] with the standard endpoints.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    common::openapi::with_standard(<ApiDoc as utoipa::OpenApi>::openapi())
+}
+
+/// `GET /openapi.json`.
+pub async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
+    Json(openapi())
 }

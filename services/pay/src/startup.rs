@@ -36,6 +36,7 @@ impl Application {
                 .route("/payments/{order_id}", get(accounts::get_payment))
                 .route("/accounts/{user_id}", get(accounts::get_account))
                 .route("/payments/lookup", post(accounts::lookup_payments))
+                .route("/openapi.json", get(accounts::openapi_json))
                 .with_state(AppState { pool })
         })
         .await

@@ -105,3 +105,37 @@ async fn a_lookup_answers_each_order_and_refuses_bad_input() {
         assert!(answer["error"]["code"].is_string(), "{body}: {answer}");
     }
 }
+
+/// `GET /openapi.json` is an OpenAPI 3.1 document naming every public route.
+#[tokio::test]
+async fn openapi_document_names_every_route() {
+    let amqp = test_kit::test_amqp();
+    let pay = support::spawn_pay(&amqp, std::future::pending()).await;
+    let res = reqwest::get(format!("{}/openapi.json", pay.base))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let doc: Value = res.json().await.unwrap();
+    assert!(
+        doc["openapi"].as_str().unwrap().starts_with("3.1"),
+        "{}",
+        doc["openapi"]
+    );
+    for (path, method) in [
+        ("/payments/{order_id}", "get"),
+        ("/accounts/{user_id}", "get"),
+        ("/payments/lookup", "post"),
+        ("/healthz", "get"),
+        ("/readyz", "get"),
+        ("/metrics", "get"),
+    ] {
+        assert!(
+            doc["paths"][path][method].is_object(),
+            "{method} {path} missing"
+        );
+    }
+    let schemas = &doc["components"]["schemas"];
+    assert!(schemas["Payment"]["properties"]["payment_id"].is_object());
+    assert!(schemas["LookupResponse"]["properties"]["payments"].is_object());
+    assert!(schemas["ErrorBody"]["properties"]["error"].is_object());
+}
