@@ -108,6 +108,28 @@ impl ApiError {
 
 /// The project's error body, for callers that build a response without an `ApiError`
 /// (the gateway answering for an upstream, a fallback route).
+/// What every free-text field accepts, as a JSON Schema pattern for the OpenAPI documents:
+/// at least one character that is not white space, and no control character (`\0` cannot be
+/// stored by PostgreSQL, and nobody means a control character in a name). [`text_field`]
+/// checks the same.
+pub const TEXT_PATTERN: &str =
+    r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$";
+
+/// `value` trimmed, when it is at most `max` characters, not only white space, and free of
+/// control characters; otherwise why not, naming `field` (the caller picks the status).
+pub fn text_field(field: &str, value: &str, max: usize) -> Result<String, String> {
+    if value.chars().any(char::is_control) {
+        return Err(format!("{field} must not contain control characters"));
+    }
+    let trimmed = value.trim();
+    if trimmed.is_empty() || value.chars().count() > max {
+        return Err(format!(
+            "{field} must be 1 to {max} characters, not only white space"
+        ));
+    }
+    Ok(trimmed.to_string())
+}
+
 pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
     (
         status,
@@ -260,4 +282,21 @@ pub async fn shutdown_signal() {
         _ = terminate => {},
     }
     tracing::info!("shutdown signal received");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_text_field_is_trimmed_and_refuses_control_characters_and_length() {
+        assert_eq!(text_field("f", " alice ", 7).unwrap(), "alice");
+        assert_eq!(text_field("f", "名字", 2).unwrap(), "名字");
+        for bad in [
+            "", "   ", "\u{a0}", "a\0b", "a\tb", "\u{85}", "toolong", "  alice ",
+        ] {
+            let err = text_field("f", bad, 7).unwrap_err();
+            assert!(err.starts_with("f must"), "{bad:?}: {err}");
+        }
+    }
 }

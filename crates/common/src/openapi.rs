@@ -1,11 +1,44 @@
-//! What every service's OpenAPI document shares: the error shape and the standard endpoints
-//! (`/healthz`, `/readyz`, `/metrics`). A service merges [`StandardDoc`] into its own
-//! `ApiDoc` and serves the result at `GET /openapi.json`.
+//! What every service's OpenAPI document shares: the error shape, the standard endpoints
+//! (`/healthz`, `/readyz`, `/metrics`, `/openapi.json`) and the admin token's security
+//! scheme. A service merges [`StandardDoc`] into its own `ApiDoc` and serves the result at
+//! `GET /openapi.json`; the gateway merges the services' documents under its prefixes.
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
-use utoipa::{OpenApi, ToSchema};
+use utoipa::{
+    IntoResponses, Modify, OpenApi, ToSchema,
+    openapi::{
+        ObjectBuilder, Type,
+        schema::SchemaType,
+        security::{Http, HttpAuthScheme, SecurityScheme},
+    },
+};
+
+/// The name of the admin token's security scheme (`Authorization: Bearer <ADMIN_TOKEN>`).
+pub const ADMIN_SECURITY: &str = "admin_token";
+
+/// The schema of a free-text field of at most `max` characters, as
+/// [`crate::http::text_field`] checks it (for `#[schema(schema_with = ...)]`, which needs a
+/// function without arguments: wrap it in one).
+pub fn text_schema(max: usize) -> utoipa::openapi::Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .min_length(Some(1))
+        .max_length(Some(max))
+        .pattern(Some(crate::http::TEXT_PATTERN))
+        .build()
+}
+
+/// [`text_schema`] that may also be `null` (an optional field of a JSON body).
+pub fn text_or_null_schema(max: usize) -> utoipa::openapi::Object {
+    ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::String, Type::Null]))
+        .min_length(Some(1))
+        .max_length(Some(max))
+        .pattern(Some(crate::http::TEXT_PATTERN))
+        .build()
+}
 
 /// The one error body: `{"error": {"code", "message"}}` (see [`crate::http::ApiError`]).
 #[derive(Debug, Serialize, ToSchema)]
@@ -53,15 +86,70 @@ fn readyz() {}
 /// Prometheus metrics in the text exposition format.
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Prometheus text format",
-        content_type = "text/plain; version=0.0.4; charset=utf-8", body = String)))]
+        content_type = crate::metrics::CONTENT_TYPE, body = String)))]
 #[allow(dead_code)]
 fn metrics() {}
 
-/// The standard endpoints and the error schema, merged into each service's document.
+/// This document (OpenAPI 3.1).
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "the OpenAPI document", content_type = "application/json",
+        body = Object)))]
+#[allow(dead_code)]
+fn openapi_json() {}
+
+/// The answers every `/admin` route may give besides its own (see [`crate::admin`]).
+#[derive(IntoResponses)]
+#[allow(dead_code)]
+pub enum AdminErrors {
+    /// No `Authorization: Bearer` header, or another token (with `WWW-Authenticate: Bearer`).
+    #[response(status = 401)]
+    Unauthorized(ErrorBody),
+    /// The admin API is off (`ADMIN_TOKEN` unset), or the row named does not exist.
+    #[response(status = 404)]
+    NotFound(ErrorBody),
+    /// The database cannot be reached.
+    #[response(status = 503)]
+    Unavailable(ErrorBody),
+}
+
+/// The answers of a route with a JSON body when the body is not acceptable.
+#[derive(IntoResponses)]
+#[allow(dead_code)]
+pub enum BodyErrors {
+    /// The body is not JSON.
+    #[response(status = 400)]
+    Malformed(ErrorBody),
+    /// The body is over the size limit.
+    #[response(status = 413)]
+    TooLarge(ErrorBody),
+    /// `Content-Type` is not `application/json`.
+    #[response(status = 415)]
+    NotJson(ErrorBody),
+    /// The JSON does not have the documented shape, or a value is out of range.
+    #[response(status = 422)]
+    Invalid(ErrorBody),
+}
+
+/// Adds the `admin_token` bearer scheme that the admin routes name in `security`.
+pub struct AdminSecurity;
+
+impl Modify for AdminSecurity {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            ADMIN_SECURITY,
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+/// The standard endpoints, the error schema and the admin security scheme, merged into
+/// each service's document.
 #[derive(OpenApi)]
 #[openapi(
-    paths(healthz, readyz, metrics),
-    components(schemas(ErrorBody, ErrorDetail, Health, Readiness))
+    paths(healthz, readyz, metrics, openapi_json),
+    components(schemas(ErrorBody, ErrorDetail, Health, Readiness)),
+    modifiers(&AdminSecurity)
 )]
 pub struct StandardDoc;
 
@@ -69,4 +157,41 @@ pub struct StandardDoc;
 pub fn with_standard(mut base: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
     base.merge(StandardDoc::openapi());
     base
+}
+
+/// `doc` as the JSON served at `GET /openapi.json`.
+///
+/// utoipa 5.5 writes a response link's fields in snake case (`operation_id`), where OpenAPI
+/// says `operationId`, `operationRef` and `requestBody`; they are renamed here.
+pub fn to_json(doc: &utoipa::openapi::OpenApi) -> serde_json::Value {
+    let mut json = serde_json::to_value(doc).expect("a utoipa document serializes");
+    let links = json["paths"]
+        .as_object_mut()
+        .into_iter()
+        .flat_map(|paths| paths.values_mut())
+        .filter_map(serde_json::Value::as_object_mut)
+        .flat_map(|item| item.values_mut())
+        .filter_map(|op| {
+            op.get_mut("responses")
+                .and_then(serde_json::Value::as_object_mut)
+        })
+        .flat_map(|responses| responses.values_mut())
+        .filter_map(|r| {
+            r.get_mut("links")
+                .and_then(serde_json::Value::as_object_mut)
+        })
+        .flat_map(|links| links.values_mut())
+        .filter_map(serde_json::Value::as_object_mut);
+    for link in links {
+        for (from, to) in [
+            ("operation_id", "operationId"),
+            ("operation_ref", "operationRef"),
+            ("request_body", "requestBody"),
+        ] {
+            if let Some(value) = link.remove(from) {
+                link.insert(to.into(), value);
+            }
+        }
+    }
+    json
 }

@@ -36,17 +36,20 @@ use axum::{
 };
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use common::http::{ApiError, Json, Path, Query};
+use common::{
+    http::{ApiError, Json, Path, Query, text_field},
+    openapi::{AdminErrors, AdminSecurity, BodyErrors, ErrorBody},
+};
 use message_table::{
     InboxStatus, OutboxStatus,
-    admin::{self, Filter, PageKey, Selection},
-    inbox::{self, InboxCounters},
-    outbox,
+    admin::{self, Filter, InboxRow, OutboxRow, PageKey, Selection},
+    inbox::{self, InboxCounters, InboxCounts, InboxStats},
+    outbox::{self, OutboxStats},
 };
+use utoipa::{IntoParams, OpenApi, ToSchema};
 
 #[derive(Clone)]
 struct AdminState {
@@ -74,14 +77,26 @@ pub fn router(pool: PgPool, counters: Arc<InboxCounters>, message_ttl: Duration)
         })
 }
 
-async fn stats(State(s): State<AdminState>) -> Result<Json<Value>, ApiError> {
-    let outbox = outbox::stats(&s.pool).await?;
-    let inbox = inbox::stats(&s.pool).await?;
-    Ok(Json(json!({
-        "outbox": outbox,
-        "inbox": inbox,
-        "inbox_since_start": s.counters.snapshot(),
-    })))
+/// `GET /admin/stats`'s body.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Stats {
+    /// Outbox rows per status (`in_flight`: pending rows a relay holds right now).
+    pub outbox: OutboxStats,
+    /// Inbox rows per status.
+    pub inbox: InboxStats,
+    /// What this process's inbox did since it started.
+    pub inbox_since_start: InboxCounts,
+}
+
+/// Rows per status in both tables, and this process's inbox counters.
+#[utoipa::path(get, path = "/admin/stats", tag = "admin", security(("admin_token" = [])),
+    responses((status = 200, description = "counts", body = Stats), AdminErrors))]
+async fn stats(State(s): State<AdminState>) -> Result<Json<Stats>, ApiError> {
+    Ok(Json(Stats {
+        outbox: outbox::stats(&s.pool).await?,
+        inbox: inbox::stats(&s.pool).await?,
+        inbox_since_start: s.counters.snapshot(),
+    }))
 }
 
 /// Rows per page when `limit` is not given, and the most a page may ask for.
@@ -100,6 +115,25 @@ struct ListParams {
     event_type: Option<String>,
     before: Option<String>,
     limit: Option<String>,
+    cursor: Option<String>,
+}
+
+/// The listing parameters both tables share, as the OpenAPI document shows them (`status`
+/// is per table, in each path).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct ListParamsDoc {
+    /// Only rows of this event type.
+    #[param(schema_with = event_type_schema)]
+    event_type: Option<String>,
+    /// Only rows created (outbox) or received (inbox) strictly before this RFC 3339 time.
+    before: Option<DateTime<Utc>>,
+    /// Rows per page.
+    #[param(minimum = 1, maximum = 500, default = 50)]
+    limit: Option<i64>,
+    /// The previous page's `next_cursor`, unchanged.
+    #[param(pattern = r"^-?[0-9]{1,16}\.[0-9a-f]{32}$")]
     cursor: Option<String>,
 }
 
@@ -127,13 +161,34 @@ impl ListParams {
         };
         Ok(Page {
             filter: Filter {
-                event_type: self.event_type.clone(),
+                event_type: self
+                    .event_type
+                    .as_deref()
+                    .map(event_type)
+                    .transpose()
+                    .map_err(|m| ApiError::bad_request("invalid_event_type", m))?,
                 before: self.before.as_deref().map(parse_before).transpose()?,
             },
             after: self.cursor.as_deref().map(decode_cursor).transpose()?,
             limit,
         })
     }
+}
+
+/// The longest event type a filter may name.
+const MAX_EVENT_TYPE: usize = 200;
+
+/// An `event_type` filter, checked like every free-text field.
+fn event_type(value: &str) -> Result<String, String> {
+    text_field("event_type", value, MAX_EVENT_TYPE)
+}
+
+fn event_type_schema() -> utoipa::openapi::Object {
+    common::openapi::text_schema(MAX_EVENT_TYPE)
+}
+
+fn event_type_or_null_schema() -> utoipa::openapi::Object {
+    common::openapi::text_or_null_schema(MAX_EVENT_TYPE)
 }
 
 /// `status`: one of `all`'s names, or none for every status.
@@ -186,50 +241,87 @@ fn decode_cursor(cursor: &str) -> Result<PageKey, ApiError> {
     }
 }
 
-/// `{"items": [...], "next_cursor": ...}` from up to `limit + 1` rows: the extra one only
-/// says there is a next page.
-fn page_body<R: Serialize>(mut rows: Vec<R>, limit: i64, key: fn(&R) -> PageKey) -> Json<Value> {
-    let more = rows.len() as i64 > limit;
-    rows.truncate(limit as usize);
-    let next = rows.last().filter(|_| more).map(|r| encode_cursor(key(r)));
-    Json(json!({ "items": rows, "next_cursor": next }))
+/// One page of a listing, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RowPage<R> {
+    pub items: Vec<R>,
+    /// Pass it as `cursor` for the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
 }
 
+impl<R> RowPage<R> {
+    /// The page from up to `limit + 1` rows: the extra one only says there is a next page.
+    fn new(mut rows: Vec<R>, limit: i64, key: fn(&R) -> PageKey) -> Self {
+        let more = rows.len() as i64 > limit;
+        rows.truncate(limit as usize);
+        let next_cursor = rows.last().filter(|_| more).map(|r| encode_cursor(key(r)));
+        RowPage {
+            items: rows,
+            next_cursor,
+        }
+    }
+}
+
+/// Outbox rows, newest first, a page at a time.
+#[utoipa::path(get, path = "/admin/outbox", tag = "admin", security(("admin_token" = [])),
+    params(("status" = Option<OutboxStatus>, Query, description = "only rows in this status"), ListParamsDoc),
+    responses((status = 200, description = "a page of rows", body = RowPage<OutboxRow>),
+        (status = 400, description = "a parameter is invalid (named in the message)", body = ErrorBody),
+        AdminErrors))]
 async fn list_outbox(
     State(s): State<AdminState>,
     Query(p): Query<ListParams>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RowPage<OutboxRow>>, ApiError> {
     let status = parse_status(p.status.as_deref(), &OutboxStatus::ALL)?;
     let page = p.page()?;
     let rows =
         admin::list_outbox(&s.pool, status, &page.filter, page.after, page.limit + 1).await?;
-    Ok(page_body(rows, page.limit, admin::OutboxRow::key))
+    Ok(Json(RowPage::new(rows, page.limit, OutboxRow::key)))
 }
 
+/// Inbox rows, newest first, a page at a time.
+#[utoipa::path(get, path = "/admin/inbox", tag = "admin", security(("admin_token" = [])),
+    params(("status" = Option<InboxStatus>, Query, description = "only rows in this status"), ListParamsDoc),
+    responses((status = 200, description = "a page of rows", body = RowPage<InboxRow>),
+        (status = 400, description = "a parameter is invalid (named in the message)", body = ErrorBody),
+        AdminErrors))]
 async fn list_inbox(
     State(s): State<AdminState>,
     Query(p): Query<ListParams>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RowPage<InboxRow>>, ApiError> {
     let status = parse_status(p.status.as_deref(), &InboxStatus::ALL)?;
     let page = p.page()?;
     let rows = admin::list_inbox(&s.pool, status, &page.filter, page.after, page.limit + 1).await?;
-    Ok(page_body(rows, page.limit, admin::InboxRow::key))
+    Ok(Json(RowPage::new(rows, page.limit, InboxRow::key)))
 }
 
-async fn dead_outbox(State(s): State<AdminState>) -> Result<Json<Value>, ApiError> {
+/// The newest dead rows of a table (at most 100).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeadRows<R> {
+    pub dead: Vec<R>,
+}
+
+/// The newest 100 dead outbox rows, with their reasons.
+#[utoipa::path(get, path = "/admin/outbox/dead", tag = "admin", security(("admin_token" = [])),
+    responses((status = 200, description = "dead rows", body = DeadRows<OutboxRow>), AdminErrors))]
+async fn dead_outbox(State(s): State<AdminState>) -> Result<Json<DeadRows<OutboxRow>>, ApiError> {
     let dead = Some(OutboxStatus::Dead);
     let rows = admin::list_outbox(&s.pool, dead, &Filter::default(), None, DEAD_LIST_LIMIT).await?;
-    Ok(Json(json!({ "dead": rows })))
+    Ok(Json(DeadRows { dead: rows }))
 }
 
-async fn dead_inbox(State(s): State<AdminState>) -> Result<Json<Value>, ApiError> {
+/// The newest 100 dead inbox rows, with their reasons.
+#[utoipa::path(get, path = "/admin/inbox/dead", tag = "admin", security(("admin_token" = [])),
+    responses((status = 200, description = "dead rows", body = DeadRows<InboxRow>), AdminErrors))]
+async fn dead_inbox(State(s): State<AdminState>) -> Result<Json<DeadRows<InboxRow>>, ApiError> {
     let dead = Some(InboxStatus::Dead);
     let rows = admin::list_inbox(&s.pool, dead, &Filter::default(), None, DEAD_LIST_LIMIT).await?;
-    Ok(Json(json!({ "dead": rows })))
+    Ok(Json(DeadRows { dead: rows }))
 }
 
 /// `{"ids": [...]}` or `{"all": true}`, the latter optionally narrowed by `event_type` and
-/// `before` (RFC 3339).
+/// `before` (RFC 3339). Read as one struct, so each wrong combination gets its own message;
+/// [`RequeueRequest`] is how the document shows it.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RequeueBody {
@@ -238,6 +330,60 @@ struct RequeueBody {
     all: bool,
     event_type: Option<String>,
     before: Option<DateTime<Utc>>,
+}
+
+/// Which dead rows to requeue: a list of ids, or every dead row (optionally narrowed).
+#[derive(ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+enum RequeueRequest {
+    Ids(RequeueIds),
+    All(RequeueAll),
+}
+
+/// These rows (those not dead are listed in `not_requeued`).
+#[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct RequeueIds {
+    #[schema(min_items = 1, max_items = 1000)]
+    ids: Vec<Uuid>,
+}
+
+/// Every dead row, optionally only of `event_type` and created before `before`.
+#[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct RequeueAll {
+    #[schema(schema_with = only_true)]
+    all: bool,
+    #[schema(schema_with = event_type_or_null_schema)]
+    event_type: Option<String>,
+    #[schema(schema_with = time_or_null_schema)]
+    before: Option<DateTime<Utc>>,
+}
+
+/// An RFC 3339 time or `null`, as two alternatives: a validator reads `format` only on a
+/// schema of one type.
+fn time_or_null_schema() -> utoipa::openapi::Schema {
+    use utoipa::openapi::{KnownFormat, ObjectBuilder, OneOfBuilder, Type, schema::SchemaFormat};
+    OneOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime))),
+        )
+        .item(ObjectBuilder::new().schema_type(Type::Null))
+        .build()
+        .into()
+}
+
+/// `true`, the one value `all` may take.
+fn only_true() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::Type::Boolean)
+        .enum_values(Some([true]))
+        .build()
 }
 
 impl RequeueBody {
@@ -252,7 +398,12 @@ impl RequeueBody {
                 Ok(Selection::Ids(ids))
             }
             (None, true) => Ok(Selection::Matching(Filter {
-                event_type: self.event_type,
+                event_type: self
+                    .event_type
+                    .as_deref()
+                    .map(event_type)
+                    .transpose()
+                    .map_err(ApiError::validation)?,
                 before: self.before,
             })),
             _ => Err(ApiError::validation(
@@ -262,38 +413,66 @@ impl RequeueBody {
     }
 }
 
-/// `{"requeued": n, "ids": [...]}`, and for a list of ids the ones that were not dead (or
-/// were poison) as `not_requeued`.
-fn requeued_body(selection: &Selection, requeued: Vec<Uuid>, table: &str) -> Json<Value> {
-    tracing::info!(
-        count = requeued.len(),
-        table,
-        "dead messages requeued by an operator"
-    );
-    let mut body = json!({ "requeued": requeued.len(), "ids": requeued });
-    if let Selection::Ids(asked) = selection {
-        let rest: Vec<&Uuid> = asked.iter().filter(|id| !requeued.contains(id)).collect();
-        body["not_requeued"] = json!(rest);
-    }
-    Json(body)
+/// What a requeue did.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Requeued {
+    pub requeued: usize,
+    pub ids: Vec<Uuid>,
+    /// For a list of ids: those that were not dead (or were poison). Absent for `all`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_requeued: Option<Vec<Uuid>>,
 }
 
+impl Requeued {
+    fn new(selection: &Selection, requeued: Vec<Uuid>, table: &str) -> Self {
+        tracing::info!(
+            count = requeued.len(),
+            table,
+            "dead messages requeued by an operator"
+        );
+        let not_requeued = match selection {
+            Selection::Ids(asked) => Some(
+                asked
+                    .iter()
+                    .filter(|id| !requeued.contains(id))
+                    .copied()
+                    .collect(),
+            ),
+            Selection::Matching(_) => None,
+        };
+        Requeued {
+            requeued: requeued.len(),
+            ids: requeued,
+            not_requeued,
+        }
+    }
+}
+
+/// Requeue dead outbox rows: each is published again with attempts reset and a fresh time
+/// to live.
+#[utoipa::path(post, path = "/admin/outbox/requeue", tag = "admin", security(("admin_token" = [])),
+    request_body = RequeueRequest,
+    responses((status = 200, description = "what was requeued", body = Requeued), BodyErrors, AdminErrors))]
 async fn requeue_many_outbox(
     State(s): State<AdminState>,
     Json(body): Json<RequeueBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Requeued>, ApiError> {
     let selection = body.selection()?;
     let requeued = admin::requeue_dead_outbox(&s.pool, &selection, s.message_ttl).await?;
-    Ok(requeued_body(&selection, requeued, "outbox"))
+    Ok(Json(Requeued::new(&selection, requeued, "outbox")))
 }
 
+/// Requeue dead inbox rows: the retry sweeper runs each again (poison rows cannot be).
+#[utoipa::path(post, path = "/admin/inbox/requeue", tag = "admin", security(("admin_token" = [])),
+    request_body = RequeueRequest,
+    responses((status = 200, description = "what was requeued", body = Requeued), BodyErrors, AdminErrors))]
 async fn requeue_many_inbox(
     State(s): State<AdminState>,
     Json(body): Json<RequeueBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Requeued>, ApiError> {
     let selection = body.selection()?;
     let requeued = admin::requeue_dead_inbox(&s.pool, &selection).await?;
-    Ok(requeued_body(&selection, requeued, "inbox"))
+    Ok(Json(Requeued::new(&selection, requeued, "inbox")))
 }
 
 /// `before` (required, RFC 3339) and `event_type` of a purge.
@@ -303,7 +482,27 @@ struct PurgeParams {
     event_type: Option<String>,
 }
 
+/// The parameters of a purge, as the document shows them.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct PurgeParamsDoc {
+    /// Delete dead rows created (outbox) or received (inbox) strictly before this time.
+    before: DateTime<Utc>,
+    /// Only dead rows of this event type.
+    #[param(schema_with = event_type_schema)]
+    event_type: Option<String>,
+}
+
 impl PurgeParams {
+    fn event_type(&self) -> Result<Option<String>, ApiError> {
+        self.event_type
+            .as_deref()
+            .map(event_type)
+            .transpose()
+            .map_err(|m| ApiError::bad_request("invalid_event_type", m))
+    }
+
     fn before(&self) -> Result<DateTime<Utc>, ApiError> {
         let before = self.before.as_deref().ok_or_else(|| {
             ApiError::bad_request("invalid_before", "before (RFC 3339) is required")
@@ -312,45 +511,81 @@ impl PurgeParams {
     }
 }
 
-fn deleted_body(deleted: u64, table: &str) -> Json<Value> {
-    tracing::info!(deleted, table, "dead messages purged by an operator");
-    Json(json!({ "deleted": deleted }))
+/// What a purge deleted.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Deleted {
+    pub deleted: u64,
 }
 
+impl Deleted {
+    fn new(deleted: u64, table: &str) -> Self {
+        tracing::info!(deleted, table, "dead messages purged by an operator");
+        Deleted { deleted }
+    }
+}
+
+/// Delete dead outbox rows older than `before`.
+#[utoipa::path(delete, path = "/admin/outbox/dead", tag = "admin", security(("admin_token" = [])),
+    params(PurgeParamsDoc),
+    responses((status = 200, description = "how many were deleted", body = Deleted),
+        (status = 400, description = "before missing or invalid, or event_type invalid", body = ErrorBody), AdminErrors))]
 async fn purge_outbox(
     State(s): State<AdminState>,
     Query(p): Query<PurgeParams>,
-) -> Result<Json<Value>, ApiError> {
-    let deleted = admin::purge_dead_outbox(&s.pool, p.before()?, p.event_type.as_deref()).await?;
-    Ok(deleted_body(deleted, "outbox"))
+) -> Result<Json<Deleted>, ApiError> {
+    let deleted =
+        admin::purge_dead_outbox(&s.pool, p.before()?, p.event_type()?.as_deref()).await?;
+    Ok(Json(Deleted::new(deleted, "outbox")))
 }
 
+/// Delete dead inbox rows older than `before`.
+#[utoipa::path(delete, path = "/admin/inbox/dead", tag = "admin", security(("admin_token" = [])),
+    params(PurgeParamsDoc),
+    responses((status = 200, description = "how many were deleted", body = Deleted),
+        (status = 400, description = "before missing or invalid, or event_type invalid", body = ErrorBody), AdminErrors))]
 async fn purge_inbox(
     State(s): State<AdminState>,
     Query(p): Query<PurgeParams>,
-) -> Result<Json<Value>, ApiError> {
-    let deleted = admin::purge_dead_inbox(&s.pool, p.before()?, p.event_type.as_deref()).await?;
-    Ok(deleted_body(deleted, "inbox"))
+) -> Result<Json<Deleted>, ApiError> {
+    let deleted = admin::purge_dead_inbox(&s.pool, p.before()?, p.event_type()?.as_deref()).await?;
+    Ok(Json(Deleted::new(deleted, "inbox")))
 }
 
+/// One requeued row.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RequeuedOne {
+    pub requeued: Uuid,
+}
+
+/// Requeue one dead outbox row.
+#[utoipa::path(post, path = "/admin/outbox/{id}/requeue", tag = "admin", security(("admin_token" = [])),
+    params(("id" = Uuid, Path, description = "the outbox message id")),
+    responses((status = 200, description = "requeued", body = RequeuedOne),
+        (status = 400, description = "id is not a UUID", body = ErrorBody), AdminErrors))]
 async fn requeue_outbox(
     State(s): State<AdminState>,
     Path(id): Path<Uuid>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RequeuedOne>, ApiError> {
     if outbox::requeue_dead(&s.pool, id, s.message_ttl).await? {
         tracing::info!(message_id = %id, "dead outbox message requeued by an operator");
-        return Ok(Json(json!({ "requeued": id })));
+        return Ok(Json(RequeuedOne { requeued: id }));
     }
     Err(ApiError::NotFound(format!("no dead outbox message {id}")))
 }
 
+/// Requeue one dead inbox row (409 for poison: nothing readable to run again).
+#[utoipa::path(post, path = "/admin/inbox/{id}/requeue", tag = "admin", security(("admin_token" = [])),
+    params(("id" = Uuid, Path, description = "the inbox message id")),
+    responses((status = 200, description = "requeued", body = RequeuedOne),
+        (status = 400, description = "id is not a UUID", body = ErrorBody),
+        (status = 409, description = "poison: cannot be run again", body = ErrorBody), AdminErrors))]
 async fn requeue_inbox(
     State(s): State<AdminState>,
     Path(id): Path<Uuid>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RequeuedOne>, ApiError> {
     if inbox::requeue_dead(&s.pool, id).await? {
         tracing::info!(message_id = %id, "dead inbox message requeued by an operator");
-        return Ok(Json(json!({ "requeued": id })));
+        return Ok(Json(RequeuedOne { requeued: id }));
     }
     if admin::is_dead_poison(&s.pool, id).await? {
         return Err(ApiError::Conflict {
@@ -362,6 +597,27 @@ async fn requeue_inbox(
     }
     Err(ApiError::NotFound(format!("no dead inbox message {id}")))
 }
+
+/// The message tables' admin routes, as mounted under `/admin`, for a service's OpenAPI
+/// document.
+#[derive(OpenApi)]
+#[openapi(
+    paths(
+        stats,
+        list_outbox,
+        list_inbox,
+        dead_outbox,
+        dead_inbox,
+        purge_outbox,
+        purge_inbox,
+        requeue_many_outbox,
+        requeue_many_inbox,
+        requeue_outbox,
+        requeue_inbox
+    ),
+    modifiers(&AdminSecurity)
+)]
+pub struct AdminDoc;
 
 #[cfg(test)]
 mod tests {

@@ -35,6 +35,7 @@ pub struct PageKey {
 }
 
 /// An outbox row as an operator sees it (without payload and headers).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, serde::Serialize, FromRow)]
 pub struct OutboxRow {
     pub id: Uuid,
@@ -62,6 +63,7 @@ impl OutboxRow {
 }
 
 /// An inbox row as an operator sees it (without payload and raw body).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, serde::Serialize, FromRow)]
 pub struct InboxRow {
     pub message_id: Uuid,

@@ -20,6 +20,7 @@ use std::fmt;
 ///
 /// Whether a `pending` row is held by a relay is not a state of its own but the presence
 /// of a claim token ([`IN_FLIGHT`]).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, sqlx::Type, serde::Serialize, serde::Deserialize,
 )]
@@ -48,6 +49,7 @@ impl OutboxStatus {
 }
 
 /// The state of an `inbox` row.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, sqlx::Type, serde::Serialize, serde::Deserialize,
 )]

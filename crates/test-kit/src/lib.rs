@@ -10,6 +10,7 @@
 //! - [`metrics`]: parse a `/metrics` answer and read one sample.
 
 pub mod metrics;
+pub mod openapi;
 
 use std::{future::Future, net::SocketAddr, str::FromStr, sync::Arc, time::Duration};
 

@@ -33,6 +33,7 @@ pub mod error;
 pub mod health;
 pub mod internal;
 pub mod metrics;
+pub mod openapi;
 pub mod proxy;
 pub mod routes;
 pub mod startup;

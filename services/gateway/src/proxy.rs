@@ -130,6 +130,16 @@ impl Proxy {
         &self.client
     }
 
+    /// `GATEWAY_INTERNAL_PATHS`.
+    pub fn internal_paths(&self) -> &InternalPaths {
+        &self.internal_paths
+    }
+
+    /// Whether `/admin/<route>/...` is forwarded (`ADMIN_TOKEN` set).
+    pub fn admin_enabled(&self) -> bool {
+        self.admin.is_on()
+    }
+
     /// Longest prefix first, as in the route table.
     pub fn backends(&self) -> &[Backend] {
         &self.backends

@@ -13,8 +13,8 @@ use std::time::Duration;
 use reqwest::Url;
 
 /// Paths the gateway answers itself (`/admin` is its forwarding to the services' admin
-/// APIs); a route with one of these prefixes would never be reached.
-const RESERVED_PATHS: [&str; 3] = ["/healthz", "/readyz", "/admin"];
+/// APIs, `/openapi.json` their merged documents); a route with one of these prefixes would never be reached.
+const RESERVED_PATHS: [&str; 5] = ["/healthz", "/readyz", "/metrics", "/openapi.json", "/admin"];
 
 #[derive(Debug, Clone)]
 pub struct Route {
@@ -33,6 +33,14 @@ impl Route {
         match self.prefix.strip_prefix('/') {
             Some(name) => name,
             None => "root",
+        }
+    }
+
+    /// The gateway path of an upstream `path`: the prefix in front (`/` is the prefix itself).
+    pub fn public_path(&self, path: &str) -> String {
+        match path {
+            "/" if !self.prefix.is_empty() => self.prefix.clone(),
+            _ => format!("{}{path}", self.prefix),
         }
     }
 

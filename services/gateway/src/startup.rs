@@ -21,7 +21,7 @@ use tower_http::{
 };
 use tracing::Level;
 
-use crate::{config::GatewayConfig, health, proxy};
+use crate::{config::GatewayConfig, health, openapi, proxy};
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -82,6 +82,8 @@ fn router(proxy: Arc<proxy::Proxy>, registry: Arc<Registry>, http_metrics: HttpM
         .route("/readyz", get(health::readyz))
         // The gateway's own; the services' `/metrics` stay internal (`GATEWAY_INTERNAL_PATHS`).
         .route("/metrics", get(metrics).with_state(registry))
+        // The services' documents, merged under the route prefixes.
+        .route("/openapi.json", get(openapi::openapi_json))
         .method_not_allowed_fallback(common::http::method_not_allowed)
         .fallback(proxy::forward)
         .with_state(proxy)

@@ -11,7 +11,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use chrono::{DateTime, Utc};
-use common::http::{ApiError, Json, Path};
+use common::http::{ApiError, Json, Path, text_field};
 use message_table::outbox::{self, NewMessage};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -33,8 +33,13 @@ const MAX_IDEMPOTENCY_KEY: usize = 255;
 #[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BuyRequest {
+    /// The paying account (trimmed).
+    #[schema(schema_with = user_id_schema)]
     pub user_id: String,
+    /// What is bought (trimmed).
+    #[schema(schema_with = item_schema)]
     pub item: String,
+    #[schema(minimum = 1, maximum = 1_000_000_000_000_i64)]
     pub amount_cents: i64,
 }
 
@@ -59,20 +64,19 @@ pub struct Order {
     pub updated_at: DateTime<Utc>,
 }
 
+fn user_id_schema() -> utoipa::openapi::Object {
+    common::openapi::text_schema(MAX_USER_ID)
+}
+
+fn item_schema() -> utoipa::openapi::Object {
+    common::openapi::text_schema(MAX_ITEM)
+}
+
 impl BuyRequest {
     fn validate(mut self) -> Result<Self, ApiError> {
-        self.user_id = self.user_id.trim().to_string();
-        self.item = self.item.trim().to_string();
-        if self.user_id.is_empty() || self.user_id.chars().count() > MAX_USER_ID {
-            return Err(ApiError::validation(format!(
-                "user_id must be 1 to {MAX_USER_ID} characters"
-            )));
-        }
-        if self.item.is_empty() || self.item.chars().count() > MAX_ITEM {
-            return Err(ApiError::validation(format!(
-                "item must be 1 to {MAX_ITEM} characters"
-            )));
-        }
+        self.user_id =
+            text_field("user_id", &self.user_id, MAX_USER_ID).map_err(ApiError::validation)?;
+        self.item = text_field("item", &self.item, MAX_ITEM).map_err(ApiError::validation)?;
         if !(1..=MAX_AMOUNT_CENTS).contains(&self.amount_cents) {
             return Err(ApiError::validation(format!(
                 "amount_cents must be between 1 and {MAX_AMOUNT_CENTS}"
@@ -90,15 +94,40 @@ impl BuyRequest {
     }
 }
 
+/// `POST /buy`'s header, as the document shows it.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+struct BuyHeaders {
+    /// 1 to 255 visible ASCII characters (inner spaces allowed); a retry with the same key
+    /// and body returns the same order.
+    #[param(rename = "Idempotency-Key", schema_with = idempotency_key_schema)]
+    idempotency_key: Option<String>,
+}
+
+fn idempotency_key_schema() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::Type::String)
+        .min_length(Some(1))
+        .max_length(Some(MAX_IDEMPOTENCY_KEY))
+        .pattern(Some(r"^[!-~]([ -~]*[!-~])?$"))
+        .build()
+}
+
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(value) = headers.get("idempotency-key") else {
         return Ok(None);
     };
+    // Visible ASCII and inner spaces only (the HTTP stack already dropped the outer ones).
     let key = value
         .to_str()
         .ok()
         .map(str::trim)
-        .filter(|k| !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY)
+        .filter(|k| {
+            !k.is_empty()
+                && k.len() <= MAX_IDEMPOTENCY_KEY
+                && k.bytes().all(|b| (b' '..=b'~').contains(&b))
+        })
         .ok_or_else(|| {
             ApiError::bad_request(
                 "invalid_idempotency_key",
@@ -114,11 +143,14 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 /// `Idempotency-Key`, a retry of the same request returns the same order (and the header
 /// `idempotent-replayed: true`); the same key with another body is refused with 422.
 #[utoipa::path(post, path = "/buy", tag = "orders", request_body = BuyRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters; a retry with the same key and body returns the same order")),
+    params(BuyHeaders),
     responses(
         (status = 201, description = "order taken (or replayed)", body = BuyResponse,
             headers(("location" = String, description = "/orders/{order_id}"),
-                    ("idempotent-replayed" = String, description = "`true` when this answers an earlier request with the same Idempotency-Key"))),
+                    ("idempotent-replayed" = String, description = "`true` when this answers an earlier request with the same Idempotency-Key")),
+            links(("the_order" = (operation_id = "get_order",
+                parameters(("id" = "$response.body#/order_id")),
+                description = "The order just taken")))),
         (status = 400, description = "malformed JSON or bad Idempotency-Key", body = common::openapi::ErrorBody),
         (status = 413, description = "body too large", body = common::openapi::ErrorBody),
         (status = 415, description = "not application/json", body = common::openapi::ErrorBody),
@@ -253,19 +285,23 @@ pub async fn get_order(
 #[openapi(
     info(
         title = "order",
-        description = "The order service: takes orders (`POST /buy`) and shows them. The operator routes under `/admin/*` (behind `ADMIN_TOKEN`) are not in this first version. Every error is `{\"error\": {\"code\", \"message\"}}`; an unknown route is 404, a wrong method 405."
+        description = "The order service: takes orders (`POST /buy`) and shows them. The operator routes under `/admin/*` need `Authorization: Bearer <ADMIN_TOKEN>` and answer 404 when `ADMIN_TOKEN` is unset. Every error is `{\"error\": {\"code\", \"message\"}}`; an unknown route is 404, a wrong method 405."
     ),
     paths(buy, get_order),
     components(schemas(BuyRequest, BuyResponse, Order))
 )]
 pub struct ApiDoc;
 
-/// [`ApiDoc`] with the standard endpoints, as JSON.
+/// [`ApiDoc`] with the standard endpoints and the admin routes (the message tables' and the
+/// reconciler's).
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    common::openapi::with_standard(<ApiDoc as utoipa::OpenApi>::openapi())
+    let mut doc = common::openapi::with_standard(<ApiDoc as utoipa::OpenApi>::openapi());
+    doc.merge(<message_service::admin::AdminDoc as utoipa::OpenApi>::openapi());
+    doc.merge(<crate::reconciler::ReconcilerDoc as utoipa::OpenApi>::openapi());
+    doc
 }
 
 /// `GET /openapi.json`.
-pub async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
-    Json(openapi())
+pub async fn openapi_json() -> Json<serde_json::Value> {
+    Json(common::openapi::to_json(&openapi()))
 }

@@ -42,7 +42,7 @@ use prometheus_client::{
     registry::Registry,
 };
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::json;
 use sqlx::{FromRow, PgPool};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -94,7 +94,7 @@ impl ReconcilerConfig {
 }
 
 /// What a pass found wrong.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Found {
     /// Pay never saw the order.
     pub unknown_to_pay: u64,
@@ -103,7 +103,7 @@ pub struct Found {
 }
 
 /// What a pass repaired.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Fixed {
     /// `OrderCreated` put back in the outbox, same message id.
     pub republished: u64,
@@ -111,14 +111,14 @@ pub struct Fixed {
     pub settled: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Unfixed {
     pub order_id: Uuid,
     pub reason: String,
 }
 
 /// One pass, as `GET /admin/reconciliation` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Report {
     pub started_at: DateTime<Utc>,
     pub finished_at: DateTime<Utc>,
@@ -162,7 +162,7 @@ impl Report {
 }
 
 /// What this instance's passes did since it started (what metrics would count).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Totals {
     pub passes: u64,
     /// Turns skipped because another instance held the lock.
@@ -562,13 +562,37 @@ pub fn admin_routes(reports: SharedReports, cfg: ReconcilerConfig) -> Router {
         .with_state(AdminState { reports, cfg })
 }
 
-async fn reconciliation(State(s): State<AdminState>) -> Json<Value> {
-    let reports = s.reports.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    Json(json!({
-        "interval_secs": s.cfg.interval.as_secs_f64(),
-        "pending_after_secs": s.cfg.pending_after.as_secs_f64(),
-        "batch_size": s.cfg.batch_size,
-        "last_report": reports.last_report,
-        "since_start": reports.since_start,
-    }))
+/// `GET /admin/reconciliation`'s body.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Reconciliation {
+    /// `RECONCILER_INTERVAL_SECS`.
+    pub interval_secs: f64,
+    /// `RECONCILER_PENDING_AFTER_SECS`: how old a pending order must be to be looked at.
+    pub pending_after_secs: f64,
+    /// `RECONCILER_BATCH_SIZE`.
+    pub batch_size: i64,
+    /// `null` before this instance's first pass.
+    pub last_report: Option<Report>,
+    pub since_start: Totals,
 }
+
+/// The reconciler's settings, this instance's last report and its totals since start.
+#[utoipa::path(get, path = "/admin/reconciliation", tag = "admin",
+    security(("admin_token" = [])),
+    responses((status = 200, description = "the last report", body = Reconciliation),
+        common::openapi::AdminErrors))]
+async fn reconciliation(State(s): State<AdminState>) -> Json<Reconciliation> {
+    let reports = s.reports.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    Json(Reconciliation {
+        interval_secs: s.cfg.interval.as_secs_f64(),
+        pending_after_secs: s.cfg.pending_after.as_secs_f64(),
+        batch_size: s.cfg.batch_size,
+        last_report: reports.last_report,
+        since_start: reports.since_start,
+    })
+}
+
+/// The reconciler's admin route, for order's OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(reconciliation))]
+pub struct ReconcilerDoc;

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use axum::extract::State;
 use chrono::{DateTime, Utc};
-use common::http::{ApiError, Json, Path};
+use common::http::{ApiError, Json, Path, text_field};
 use serde::{Deserialize, Serialize};
 use sqlx::FromRow;
 use uuid::Uuid;
@@ -54,17 +54,36 @@ pub async fn get_payment(
     .ok_or_else(|| ApiError::NotFound(format!("no payment for order {order_id}")))
 }
 
+/// The longest user id order accepts.
+const MAX_USER_ID: usize = 64;
+
+/// `GET /accounts/{user_id}`'s path, as the document shows it.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+struct AccountPath {
+    /// The account's user id (trimmed, as order stores it).
+    #[param(schema_with = user_id_schema)]
+    user_id: String,
+}
+
+fn user_id_schema() -> utoipa::openapi::Object {
+    common::openapi::text_schema(MAX_USER_ID)
+}
+
 #[utoipa::path(get, path = "/accounts/{user_id}", tag = "accounts",
-    params(("user_id" = String, Path, description = "the account's user id")),
+    params(AccountPath),
     responses(
         (status = 200, description = "the account", body = Account),
-        (status = 400, description = "bad path", body = common::openapi::ErrorBody),
+        (status = 400, description = "not a user id", body = common::openapi::ErrorBody),
         (status = 404, description = "no such account", body = common::openapi::ErrorBody),
         (status = 503, description = "database unavailable", body = common::openapi::ErrorBody)))]
 pub async fn get_account(
     State(state): State<AppState>,
     Path(user_id): Path<String>,
 ) -> Result<Json<Account>, ApiError> {
+    let user_id = text_field("user_id", &user_id, MAX_USER_ID)
+        .map_err(|m| ApiError::bad_request("invalid_user_id", m))?;
     sqlx::query_as("SELECT user_id, balance_cents, updated_at FROM accounts WHERE user_id = $1")
         .bind(&user_id)
         .fetch_optional(&state.pool)
@@ -82,6 +101,7 @@ pub const UNKNOWN: &str = "UNKNOWN";
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LookupRequest {
+    #[schema(min_items = 1, max_items = 100)]
     pub order_ids: Vec<Uuid>,
 }
 
@@ -156,19 +176,21 @@ pub async fn lookup_payments(
 #[openapi(
     info(
         title = "pay",
-        description = "The pay service's read views. The operator routes under `/admin/*` (behind `ADMIN_TOKEN`) are not in this first version. Every error is `{\"error\": {\"code\", \"message\"}}`; an unknown route is 404, a wrong method 405."
+        description = "The pay service's read views. The operator routes under `/admin/*` need `Authorization: Bearer <ADMIN_TOKEN>` and answer 404 when `ADMIN_TOKEN` is unset. Every error is `{\"error\": {\"code\", \"message\"}}`; an unknown route is 404, a wrong method 405."
     ),
     paths(get_payment, get_account, lookup_payments),
     components(schemas(Payment, Account, LookupRequest, LookupResponse, PaymentLookup))
 )]
 pub struct ApiDoc;
 
-/// [`ApiDoc`] with the standard endpoints.
+/// [`ApiDoc`] with the standard endpoints and the message tables' admin routes.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    common::openapi::with_standard(<ApiDoc as utoipa::OpenApi>::openapi())
+    let mut doc = common::openapi::with_standard(<ApiDoc as utoipa::OpenApi>::openapi());
+    doc.merge(<message_service::admin::AdminDoc as utoipa::OpenApi>::openapi());
+    doc
 }
 
 /// `GET /openapi.json`.
-pub async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
-    Json(openapi())
+pub async fn openapi_json() -> Json<serde_json::Value> {
+    Json(common::openapi::to_json(&openapi()))
 }

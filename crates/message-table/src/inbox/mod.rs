@@ -206,6 +206,7 @@ impl InboxCounters {
 }
 
 /// A reading of [`InboxCounters`].
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct InboxCounts {
     pub processed: u64,
@@ -584,6 +585,7 @@ pub async fn requeue_dead(db: impl PgExecutor<'_>, message_id: Uuid) -> sqlx::Re
 }
 
 /// Rows per status, for `/admin/stats`, metrics and tests.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct InboxStats {
     pub processed: i64,

@@ -262,6 +262,7 @@ async fn requeue(
 }
 
 /// Counts by status, for `/readyz`-style reports, metrics and tests.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct OutboxStats {
     pub pending: i64,
