@@ -6,15 +6,21 @@
 #     images it holds are the cache of the next run). dockerd's log: COMPOSE_TEST_DOCKERD_LOG.
 #  2. Builds local stand-ins for the official images, for a machine that cannot pull: a Debian
 #     base (debootstrap, from this machine's Debian mirror), a Rust builder (the base, a C
-#     compiler and this machine's own Rust toolchain), PostgreSQL and RabbitMQ (Debian's
-#     packages; docker/standins/). Each is tagged with a hash of what it is built from and
-#     rebuilt only when that tag is missing. COMPOSE_TEST_STANDINS=0 skips this and uses the
-#     official images (a machine that can pull them).
-#  3. `docker-compose up -d --build` with the image variables pointing at the stand-ins, so
-#     the project's Dockerfile builds the binaries, and waits until every container is healthy.
-#  4. README's curl session through the published gateway port: buy, the order reaches PAID,
+#     compiler and this machine's own Rust toolchain), PostgreSQL, RabbitMQ and Prometheus
+#     (Debian's packages; docker/standins/). Each is tagged with a hash of what it is built
+#     from and rebuilt only when that tag is missing. COMPOSE_TEST_STANDINS=0 skips this and
+#     uses the official images (a machine that can pull them).
+#  3. `docker-compose --profile observability up -d --build` with the image variables pointing
+#     at the stand-ins, so the project's Dockerfile builds the binaries and Prometheus runs
+#     too, and waits until every container is healthy.
+#  4. Prometheus's targets: exactly the jobs order, pay and gateway, each scraped and up
+#     (waiting for the first scrapes: the interval is 15 s).
+#  5. README's curl session through the published gateway port: buy, the order reaches PAID,
 #     the payment, the balance; then stops pay, buys, starts pay again, and that order is paid.
-#  5. `docker-compose down -v` whatever happened (with the containers' logs on failure).
+#     Then two queries to Prometheus show that the scrapes brought real data: up{job="order"}
+#     is 1, and the gateway's http_requests_total counts the session's three POSTs.
+#  6. `docker-compose --profile observability down -v` whatever happened (with the
+#     containers' logs on failure): every container and volume, Prometheus's included.
 #
 # `scripts/compose-test.sh config` only validates the file with `docker-compose config`
 # (installing docker-compose when missing): seconds, no Docker engine needed.
@@ -31,9 +37,12 @@
 #   COMPOSE_TEST_STANDIN_REPO        repository name of the stand-in tags (default lmt-standin)
 #   COMPOSE_TEST_GATEWAY_PORT        host port for the gateway (default: first free from 28769)
 #   COMPOSE_TEST_MANAGEMENT_PORT     host port for the management UI (default: first free from 28672)
+#   COMPOSE_TEST_PROMETHEUS_PORT     host port for Prometheus (default: first free from 29090)
 #   COMPOSE_TEST_UP_DEADLINE_SECS    `up -d --build`, the build included (default 3600)
 #   COMPOSE_TEST_HEALTH_DEADLINE_SECS  every container healthy (default 300)
 #   COMPOSE_TEST_PAYMENT_DEADLINE_SECS an order reaching PAID (default 60)
+#   COMPOSE_TEST_SCRAPE_DEADLINE_SECS  Prometheus scraping every target, and the session's
+#                                    requests reaching it (default 60: four scrape intervals)
 #   COMPOSE_TEST_DOCKERD_LOG         where a dockerd started here logs (default /var/log/lmt-dockerd.log)
 
 # The checks' details are single-quoted templates, expanded after the check ran (see check).
@@ -56,9 +65,12 @@ STANDIN_REPO="${COMPOSE_TEST_STANDIN_REPO:-lmt-standin}"
 UP_DEADLINE="${COMPOSE_TEST_UP_DEADLINE_SECS:-3600}"
 HEALTH_DEADLINE="${COMPOSE_TEST_HEALTH_DEADLINE_SECS:-300}"
 PAYMENT_DEADLINE="${COMPOSE_TEST_PAYMENT_DEADLINE_SECS:-60}"
+SCRAPE_DEADLINE="${COMPOSE_TEST_SCRAPE_DEADLINE_SECS:-60}"
 DOCKERD_LOG="${COMPOSE_TEST_DOCKERD_LOG:-/var/log/lmt-dockerd.log}"
 LOG_DIR="$LMT_ROOT/.run/compose-test"
-SERVICES_EXPECTED=(postgres rabbitmq pay order gateway)
+SERVICES_EXPECTED=(postgres rabbitmq pay order gateway prometheus)
+# The compose profile of the optional services (Prometheus), on in every compose command here.
+PROFILE=observability
 # Ports this test must never publish on: the host's PostgreSQL and RabbitMQ (AMQP, management,
 # distribution, epmd) and run-local.sh's services.
 RESERVED_PORTS=" 4369 5432 5672 15672 25672 8762 8763 8769 "
@@ -308,7 +320,7 @@ build_standins() {
     fi
 
     local name
-    for name in postgres rabbitmq; do
+    for name in postgres rabbitmq prometheus; do
         hash="$(hash_of docker/standins/$name/*)"
         tag="$STANDIN_REPO/$name:$hash"
         if image_exists "$tag"; then
@@ -317,7 +329,11 @@ build_standins() {
             build_standin "$name" "$tag" "docker/standins/$name"
             remove_other_tags "$STANDIN_REPO/$name" "$tag"
         fi
-        if [[ "$name" == postgres ]]; then POSTGRES_IMAGE="$tag"; else RABBITMQ_IMAGE="$tag"; fi
+        case "$name" in
+        postgres) POSTGRES_IMAGE="$tag" ;;
+        rabbitmq) RABBITMQ_IMAGE="$tag" ;;
+        prometheus) PROMETHEUS_IMAGE="$tag" ;;
+        esac
     done
 
     command -v rustc >/dev/null 2>&1 || die "rustc is missing: the Rust builder stand-in copies this machine's toolchain"
@@ -351,7 +367,7 @@ build_standins() {
     fi
     RUST_IMAGE="$tag"
     RUNTIME_IMAGE="$BASE_TAG"
-    export POSTGRES_IMAGE RABBITMQ_IMAGE RUST_IMAGE RUNTIME_IMAGE
+    export POSTGRES_IMAGE RABBITMQ_IMAGE PROMETHEUS_IMAGE RUST_IMAGE RUNTIME_IMAGE
 }
 
 # prune_outdated_build_images: the images of earlier builds of this project (label
@@ -384,7 +400,7 @@ free_port() {
     return 1
 }
 
-compose() { docker-compose -f "$LMT_ROOT/docker-compose.yml" -p "$PROJECT" "$@"; }
+compose() { docker-compose -f "$LMT_ROOT/docker-compose.yml" -p "$PROJECT" --profile "$PROFILE" "$@"; }
 
 # container_states: "SERVICE STATUS HEALTH" per container of the project.
 container_states() {
@@ -447,6 +463,43 @@ wait_order_status() {
     done
 }
 
+# ---------------------------------------------------------------------------------------------
+# 5. Prometheus's HTTP API on its published port
+
+# prom_api ENDPOINT [CURL_ARGS...]: GET $PROM/api/v1/ENDPOINT (arguments as a query string,
+# e.g. --data-urlencode 'query=up'); sets STATUS and BODY.
+prom_api() {
+    local endpoint="$1" gw="$GW"
+    shift
+    GW="$PROM"
+    req GET "/api/v1/$endpoint" -G "$@"
+    GW="$gw"
+}
+
+# prom_targets: sets TARGETS, "JOB=HEALTH" for each active target, sorted, on one line
+# (health: unknown until its first scrape, then up or down).
+TARGETS=""
+prom_targets() {
+    prom_api targets
+    TARGETS="$(json '[.data.activeTargets[] | "\(.labels.job)=\(.health)"] | sort | join(" ")')"
+}
+
+prom_jobs() { prom_targets && [[ "$(sed -E 's/=[a-z]+//g' <<<"$TARGETS")" == "gateway order pay" ]]; }
+prom_targets_up() { prom_targets && [[ "$TARGETS" == "gateway=up order=up pay=up" ]]; }
+
+# prom_query QUERY: an instant query; sets VALUE, the first sample's value (empty when none).
+VALUE=""
+prom_query() {
+    prom_api query --data-urlencode "query=$1"
+    VALUE="$(json '.data.result[0].value[1] // empty')"
+    [[ "$STATUS" == 200 && -n "$VALUE" ]]
+}
+
+# prom_query_at_least QUERY MIN: the query's value is MIN or more.
+prom_query_at_least() {
+    prom_query "$1" && awk -v v="$VALUE" -v min="$2" 'BEGIN { exit !(v + 0 >= min + 0) }'
+}
+
 # psql_in_postgres USER PASSWORD DATABASE: runs SELECT 1 over TCP inside the postgres container.
 psql_in_postgres() {
     compose exec -T -e PGPASSWORD="$2" postgres \
@@ -454,7 +507,7 @@ psql_in_postgres() {
 }
 
 # ---------------------------------------------------------------------------------------------
-# 5. Whatever happens: down -v, logs on failure, the count.
+# 6. Whatever happens: down -v, logs on failure, the count.
 
 finish() {
     local rc="$1"
@@ -482,7 +535,7 @@ on_exit() {
         finish "$rc"
     fi
     local phase
-    for phase in standins up healthy session; do
+    for phase in standins up healthy scrape session metrics; do
         [[ -n "${PHASE_SECS[$phase]:-}" ]] && printf '  %-10s %5ss\n' "$phase" "${PHASE_SECS[$phase]}"
     done
     printf '  %-10s %5ss\n' total "$((SECONDS - T_START))"
@@ -516,17 +569,22 @@ ensure_docker
 t=$SECONDS
 if [[ "$USE_STANDINS" == 1 ]]; then
     build_standins
-    ok "stand-in images ready: $RUST_IMAGE, $RUNTIME_IMAGE, $POSTGRES_IMAGE, $RABBITMQ_IMAGE"
+    ok "stand-in images ready: $RUST_IMAGE, $RUNTIME_IMAGE, $POSTGRES_IMAGE, $RABBITMQ_IMAGE, $PROMETHEUS_IMAGE"
 fi
 PHASE_SECS[standins]=$((SECONDS - t))
 
 GATEWAY_PORT="${COMPOSE_TEST_GATEWAY_PORT:-$(free_port 28769)}"
 RABBITMQ_MANAGEMENT_PORT="${COMPOSE_TEST_MANAGEMENT_PORT:-$(free_port 28672)}"
 [[ "$GATEWAY_PORT" != "$RABBITMQ_MANAGEMENT_PORT" ]] || RABBITMQ_MANAGEMENT_PORT="$(free_port $((GATEWAY_PORT + 1)))"
+PROMETHEUS_PORT="${COMPOSE_TEST_PROMETHEUS_PORT:-$(free_port 29090)}"
+while [[ "$PROMETHEUS_PORT" == "$GATEWAY_PORT" || "$PROMETHEUS_PORT" == "$RABBITMQ_MANAGEMENT_PORT" ]]; do
+    PROMETHEUS_PORT="$(free_port $((PROMETHEUS_PORT + 1)))"
+done
 PUBLISH_ADDRESS=127.0.0.1
-export GATEWAY_PORT RABBITMQ_MANAGEMENT_PORT PUBLISH_ADDRESS COMPOSE_PROJECT_NAME="$PROJECT"
+export GATEWAY_PORT RABBITMQ_MANAGEMENT_PORT PROMETHEUS_PORT PUBLISH_ADDRESS COMPOSE_PROJECT_NAME="$PROJECT"
 GW="http://127.0.0.1:$GATEWAY_PORT"
-log "project $PROJECT: gateway on $GW, management UI on 127.0.0.1:$RABBITMQ_MANAGEMENT_PORT"
+PROM="http://127.0.0.1:$PROMETHEUS_PORT"
+log "project $PROJECT: gateway on $GW, management UI on 127.0.0.1:$RABBITMQ_MANAGEMENT_PORT, Prometheus on $PROM"
 
 check_config
 
@@ -535,16 +593,16 @@ UP_STARTED=1
 compose down -v --remove-orphans >"$LOG_DIR/down.log" 2>&1 || true
 
 t=$SECONDS
-log "docker-compose up -d --build (deadline ${UP_DEADLINE}s; log: $LOG_DIR/up.log)"
-if timeout "$UP_DEADLINE" docker-compose -f "$LMT_ROOT/docker-compose.yml" -p "$PROJECT" up -d --build \
-    >"$LOG_DIR/up.log" 2>&1; then
+log "docker-compose --profile $PROFILE up -d --build (deadline ${UP_DEADLINE}s; log: $LOG_DIR/up.log)"
+if timeout "$UP_DEADLINE" docker-compose -f "$LMT_ROOT/docker-compose.yml" -p "$PROJECT" --profile "$PROFILE" \
+    up -d --build >"$LOG_DIR/up.log" 2>&1; then
     PHASE_SECS[up]=$((SECONDS - t))
-    ok "docker-compose up -d --build (${PHASE_SECS[up]}s)"
+    ok "docker-compose --profile $PROFILE up -d --build (${PHASE_SECS[up]}s)"
     prune_outdated_build_images
 else
     PHASE_SECS[up]=$((SECONDS - t))
     tail -n 40 "$LOG_DIR/up.log"
-    not_ok "docker-compose up -d --build" "see $LOG_DIR/up.log"
+    not_ok "docker-compose --profile $PROFILE up -d --build" "see $LOG_DIR/up.log"
     stop_run
 fi
 
@@ -556,6 +614,15 @@ else
     not_ok "every container is running and healthy" "after ${HEALTH_DEADLINE}s: $(container_states | paste -sd ' ' -)"
     stop_run
 fi
+
+t=$SECONDS
+# Prometheus scrapes the three services. It does not wait for them to start: its first scrape
+# of a service may have failed, the next one (15 s later) is the one that counts.
+check "Prometheus's targets are exactly the jobs order, pay and gateway" 'HTTP $STATUS: ${TARGETS:-$BODY}' \
+    prom_jobs
+check "Prometheus scrapes every target and each is up" 'after ${SCRAPE_DEADLINE}s: ${TARGETS:-HTTP $STATUS $BODY}' \
+    wait_until "$SCRAPE_DEADLINE" prom_targets_up
+PHASE_SECS[scrape]=$((SECONDS - t))
 
 t=$SECONDS
 # The services run as a non-root user.
@@ -632,7 +699,16 @@ check "its payment: COMPLETED, 500 cents" 'HTTP $STATUS: $BODY' \
 req GET /pay/accounts/alice
 check "alice debited once per order (99998201)" 'HTTP $STATUS: $BODY' \
     test "$STATUS" = 200 -a "$(json .balance_cents)" = 99998201
-check "every container is healthy at the end" '$(container_states | paste -sd " " -)' wait_healthy 60
 PHASE_SECS[session]=$((SECONDS - t))
+
+# What Prometheus scraped: real samples, the session's requests included (after one more scrape).
+t=$SECONDS
+check 'Prometheus: up{job="order"} is 1' 'HTTP $STATUS: ${VALUE:-$BODY}' \
+    wait_until "$SCRAPE_DEADLINE" prom_query_at_least 'up{job="order"}' 1
+check "Prometheus: the gateway's http_requests_total counts the session's 3 POST /order/buy" \
+    'after ${SCRAPE_DEADLINE}s: HTTP $STATUS: ${VALUE:-$BODY}' \
+    wait_until "$SCRAPE_DEADLINE" prom_query_at_least 'sum(http_requests_total{job="gateway",method="POST"})' 3
+PHASE_SECS[metrics]=$((SECONDS - t))
+check "every container is healthy at the end" '$(container_states | paste -sd " " -)' wait_healthy 60
 
 finish 0
