@@ -140,8 +140,14 @@ fn outline(headings: &[(usize, String)]) -> String {
 #[test]
 fn each_english_doc_has_a_chinese_twin_with_the_same_headings() {
     for (en, zh) in pairs() {
-        assert!(root().join(&en).is_file(), "{zh} has no English original {en}");
-        assert!(root().join(&zh).is_file(), "{en} has no Chinese version {zh}");
+        assert!(
+            root().join(&en).is_file(),
+            "{zh} has no English original {en}"
+        );
+        assert!(
+            root().join(&zh).is_file(),
+            "{en} has no Chinese version {zh}"
+        );
         let (en_doc, zh_doc) = (parse(&read(&en)), parse(&read(&zh)));
         let levels = |d: &Doc| d.headings.iter().map(|(l, _)| *l).collect::<Vec<_>>();
         assert!(
@@ -188,10 +194,7 @@ fn the_scenario_docs_name_exactly_the_scenario_scripts() {
         let named = scenario_scripts(&text);
         let missing: Vec<_> = expected.difference(&named).collect();
         let unknown: Vec<_> = named.difference(&expected).collect();
-        assert!(
-            missing.is_empty(),
-            "{doc} does not describe {missing:?}"
-        );
+        assert!(missing.is_empty(), "{doc} does not describe {missing:?}");
         assert!(
             unknown.is_empty(),
             "{doc} names scripts that scripts/scenarios/ does not have: {unknown:?}"
@@ -202,7 +205,10 @@ fn the_scenario_docs_name_exactly_the_scenario_scripts() {
         );
     }
     if let Some(dir) = scenarios_dir() {
-        assert!(dir.join("all.sh").is_file(), "the docs name scripts/scenarios/all.sh");
+        assert!(
+            dir.join("all.sh").is_file(),
+            "the docs name scripts/scenarios/all.sh"
+        );
     }
 }
 
