@@ -249,6 +249,63 @@ fn every_relative_link_in_the_docs_resolves() {
     assert!(broken.is_empty(), "links to nothing: {broken:#?}");
 }
 
+/// GitHub's anchor for each heading: lower case, only letters, digits, `-`, `_` and spaces
+/// kept, spaces turned into `-`, a repeated anchor numbered `-1`, `-2`…
+fn anchors(headings: &[(usize, String)]) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for (_, text) in headings {
+        let base: String = text
+            .to_lowercase()
+            .chars()
+            .filter(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | ' '))
+            .map(|c| if c == ' ' { '-' } else { c })
+            .collect();
+        let mut anchor = base.clone();
+        let mut n = 0;
+        while !out.insert(anchor.clone()) {
+            n += 1;
+            anchor = format!("{base}-{n}");
+        }
+    }
+    out
+}
+
+#[test]
+fn every_anchor_a_doc_links_to_is_a_heading() {
+    let mut files = vec![PathBuf::from("README.md"), PathBuf::from("README.zh-CN.md")];
+    for dir in ["docs", "docs/zh-CN"] {
+        for entry in fs::read_dir(root().join(dir)).unwrap() {
+            let name = entry.unwrap().file_name().into_string().unwrap();
+            if name.ends_with(".md") {
+                files.push(Path::new(dir).join(name));
+            }
+        }
+    }
+    let mut broken = Vec::new();
+    for file in &files {
+        for link in parse(&read(file.to_str().unwrap())).links {
+            let Some((path, anchor)) = link.split_once('#') else {
+                continue;
+            };
+            if path.contains("://") || !(path.is_empty() || path.ends_with(".md")) {
+                continue;
+            }
+            let target = if path.is_empty() {
+                root().join(file)
+            } else {
+                root().join(file).parent().unwrap().join(path)
+            };
+            let Ok(text) = fs::read_to_string(&target) else {
+                continue; // the other test reports it
+            };
+            if !anchors(&parse(&text).headings).contains(anchor) {
+                broken.push(format!("{}: {link}", file.display()));
+            }
+        }
+    }
+    assert!(broken.is_empty(), "links to nothing: {broken:#?}");
+}
+
 #[test]
 fn each_readme_links_to_the_other_at_the_top() {
     for (file, other) in [
