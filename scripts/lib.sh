@@ -383,7 +383,8 @@ wait_http() {
 # ---------------------------------------------------------------------------------------------
 # The local stack started by run-local.sh: pid files and logs in .run/ at the repository root.
 
-RUN_DIR="$LMT_ROOT/.run"
+# LMT_RUN_DIR lets a test script run its own stack beside a developer's (scripts/contract-test.sh).
+RUN_DIR="${LMT_RUN_DIR:-$LMT_ROOT/.run}"
 # Start order; stop goes the other way.
 SERVICES=(pay order gateway)
 

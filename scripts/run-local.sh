@@ -43,7 +43,9 @@ configure() {
     if [[ -z "${GATEWAY_ROUTES:-}" ]]; then
         GATEWAY_ROUTES="/order=$ORDER_URL,/pay=$PAY_URL"
     fi
-    export ORDER_ADDR PAY_ADDR GATEWAY_ADDR GATEWAY_ROUTES
+    # The reconciler asks pay over HTTP: the pay started here.
+    ORDER_PAY_URL="${ORDER_PAY_URL:-$PAY_URL}"
+    export ORDER_ADDR PAY_ADDR GATEWAY_ADDR GATEWAY_ROUTES ORDER_PAY_URL
     # The admin API is on, with the caller's ADMIN_TOKEN or one kept in .run/.
     admin_token_in "$RUN_DIR/admin-token"
     # The logs go to files: no colour escapes in them unless asked for.
