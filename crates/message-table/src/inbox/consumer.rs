@@ -196,7 +196,8 @@ impl InboxConsumer {
         match stream_error {
             Some(e) => Err(e.into()),
             None if shutdown.is_cancelled() => Ok(()),
-            None => anyhow::bail!("the broker closed the consumer"),
+            // Closed by the broker, or by the drop_broker_connection teaching switch.
+            None => anyhow::bail!("the consumer's connection was closed"),
         }
     }
 }

@@ -30,6 +30,9 @@
 //! If even recording fails (the database is down), nothing was committed: the delivery is
 //! not acked but handed back to the broker, which redelivers it later.
 //!
+//! With `DEMO_FAULTS=1` the [teaching switch](crate::faults) `fail_handler` turns a
+//! finished handler run into a failure in step 3, rolled back like any other.
+//!
 //! The inbox remembers ids for `INBOX_RETENTION_SECS` (see [`crate::retention`]). A message
 //! created before that window (its AMQP `timestamp`) may be a copy of one already processed
 //! and forgotten: it is recorded `dead`, not processed, and an operator decides

@@ -26,6 +26,10 @@
 //!    still on the row.
 //!
 //! A row is therefore `sent` only when the broker has taken responsibility for it.
+//!
+//! With `DEMO_FAULTS=1` the [teaching switches](crate::faults) act here, one line each:
+//! `pause_relay` and `drop_broker_connection` before step 1, `deliver_twice` in step 3,
+//! `lose_confirms` after step 5 (a lost confirm is a failure like a timeout).
 
 use std::{collections::HashMap, fmt, sync::Arc, time::Duration};
 
