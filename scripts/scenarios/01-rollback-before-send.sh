@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck disable=SC2317 # (functions called through wait_for and expect)
 # Scenario 01 (seed scenario A): the message is sent, then the local transaction rolls back.
 #
 # A naive service publishes, then commits; when the commit fails, pay charges for an order

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck disable=SC2317 # (functions called through wait_for and expect)
 # Scenario 02 (seed scenario B): the transaction commits, then the send fails.
 #
 # A naive service commits, then publishes; when the publish fails (or the process dies in

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck disable=SC2317 # (functions called through wait_for and expect)
 # Scenario 03: the broker is down when the order is taken.
 #
 # /buy never touches RabbitMQ: it commits the order and its message in one transaction and

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck disable=SC2317 # (functions called through wait_for and expect)
 # Scenario 04: the relay dies between the broker's confirm and marking the row sent.
 #
 # The broker has the message (pay may even have paid), but the row still says pending, held

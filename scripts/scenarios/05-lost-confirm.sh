@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck disable=SC2317 # (functions called through wait_for and expect)
 # Scenario 05: the broker took the message, but its confirm is lost.
 #
 # The relay cannot tell "the broker never got it" from "the broker got it, the answer was

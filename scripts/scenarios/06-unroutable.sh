@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck disable=SC2317 # (functions called through wait_for and expect)
 # Scenario 06: an unroutable message (no queue bound to its routing key).
 #
 # RabbitMQ confirms a message that no queue takes, and drops it, unless it is published

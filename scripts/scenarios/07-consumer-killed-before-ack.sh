@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck disable=SC2317 # (functions called through wait_for and expect)
 # Scenario 07: the consumer dies holding a delivery it has not acked.
 #
 # pay acks a delivery only after its outcome is committed. A consumer that dies before that

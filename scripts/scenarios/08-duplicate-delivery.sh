@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck disable=SC2317 # (functions called through wait_for and expect)
 # Scenario 08: the same message delivered twice, and several copies concurrently.
 #
 # Delivery is at least once; the inbox makes it once in effect. Each delivery inserts its

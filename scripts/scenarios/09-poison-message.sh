@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck disable=SC2317 # (functions called through wait_for and expect)
 # Scenario 09: a poison message (one that can never be processed).
 #
 # A consumer that nacks an unreadable message with requeue gets it back at once, forever,

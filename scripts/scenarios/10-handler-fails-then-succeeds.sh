@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck disable=SC2317 # (functions called through wait_for and expect)
 # Scenario 10: the handler fails, then succeeds.
 #
 # A handler that fails (a dependency down, a deadlock) must not leave half its work behind,

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck disable=SC2317 # (functions called through wait_for and expect)
 # Scenario 11: attempts exhausted, the message is dead, an operator requeues it.
 #
 # Retrying forever hides a real problem and keeps burning work. After INBOX_MAX_ATTEMPTS

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck disable=SC2317 # (functions called through wait_for and expect)
 # Scenario 12: pay's database goes away while messages arrive.
 #
 # A consumer that acks before its work is committed loses the message when the database

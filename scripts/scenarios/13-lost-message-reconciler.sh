@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck disable=SC2317 # (functions called through wait_for and expect)
 # Scenario 13: a message lost outside the mechanism, repaired by the reconciler.
 #
 # The outbox and the inbox cannot lose a message, but a person can: here pay's queue is
