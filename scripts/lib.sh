@@ -381,9 +381,9 @@ wait_http() {
 }
 
 # ---------------------------------------------------------------------------------------------
-# The local stack started by run-local.sh: pid files and logs in .run/ at the repository root.
-
-# LMT_RUN_DIR lets a test script run its own stack beside a developer's (scripts/contract-test.sh).
+# The local stack started by run-local.sh: pid files and logs in .run/ at the repository root,
+# or in LMT_RUN_DIR (the failure scenarios and the contract test run their own stack beside a
+# developer's).
 RUN_DIR="${LMT_RUN_DIR:-$LMT_ROOT/.run}"
 # Start order; stop goes the other way.
 SERVICES=(pay order gateway)
