@@ -198,6 +198,18 @@ async fn serve(
     Ok(result?)
 }
 
+/// What `GET /openapi.json` serves: the service's own document with what every service
+/// with message tables has, and the fault switches only when they exist.
+fn openapi_document(own: utoipa::openapi::OpenApi, demo_faults: bool) -> serde_json::Value {
+    use utoipa::OpenApi;
+    let mut doc = common::openapi::with_standard(own);
+    doc.merge(crate::admin::AdminDoc::openapi());
+    if demo_faults {
+        doc.merge(crate::faults::FaultsDoc::openapi());
+    }
+    common::openapi::to_json(&doc)
+}
+
 /// How long shutdown waits for workers (a relay may wait for one confirm window).
 const WORKER_DRAIN: Duration = Duration::from_secs(15);
 
@@ -222,6 +234,10 @@ pub struct ServiceSpec {
     pub migrator: &'static Migrator,
     /// Request bodies above this are refused with 413.
     pub max_body_bytes: usize,
+    /// The service's own OpenAPI document (its routes and its extra admin routes); served at
+    /// `GET /openapi.json` with the standard endpoints and the message tables' admin routes
+    /// (and `/admin/faults` with `DEMO_FAULTS`) merged in.
+    pub openapi: fn() -> utoipa::openapi::OpenApi,
     /// What the service adds to the standard workers and `/admin` routes, if anything.
     pub extras: Option<ExtrasBuilder>,
 }
@@ -308,8 +324,16 @@ impl Service {
             cfg.admin.clone(),
             common::admin::require_admin,
         ));
+        let document = Arc::new(openapi_document((spec.openapi)(), messaging.faults.is_on()));
         let router = routes(pool.clone())
             .nest("/admin", admin)
+            .route(
+                "/openapi.json",
+                get(|State(doc): State<Arc<serde_json::Value>>| async move {
+                    axum::Json(doc.as_ref().clone())
+                })
+                .with_state(document),
+            )
             .route("/healthz", get(common::http::healthz))
             .route("/metrics", get(crate::metrics::scrape).with_state(metrics))
             .route(

@@ -117,7 +117,27 @@ async fn without_demo_faults_the_fault_routes_are_unknown() {
             assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
             assert_eq!(body["error"]["code"], "not_found", "{body}");
         }
+        // Nor does the document name them.
+        let doc = openapi_paths(&sys, base).await;
+        assert!(
+            !doc.iter().any(|p| p.starts_with("/admin/faults")),
+            "{doc:?}"
+        );
     }
+}
+
+/// The paths `base/openapi.json` documents.
+async fn openapi_paths(sys: &System, base: &str) -> Vec<String> {
+    let doc: Value = sys
+        .http
+        .get(format!("{base}/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    doc["paths"].as_object().unwrap().keys().cloned().collect()
 }
 
 #[tokio::test]
@@ -127,6 +147,10 @@ async fn every_switch_is_listed_with_its_scenario_and_bad_input_is_refused() {
     let scenarios =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/scenarios");
     for base in [&sys.order, &sys.pay] {
+        let doc = openapi_paths(&sys, base).await;
+        for path in ["/admin/faults", "/admin/faults/{switch}"] {
+            assert!(doc.iter().any(|p| p == path), "{path} not in {doc:?}");
+        }
         let (status, list) = fault(&sys, base, Method::GET, None, None).await;
         assert_eq!(status, StatusCode::OK, "{list}");
         let names: Vec<_> = list["switches"]

@@ -292,16 +292,10 @@ pub async fn get_order(
 )]
 pub struct ApiDoc;
 
-/// [`ApiDoc`] with the standard endpoints and the admin routes (the message tables' and the
-/// reconciler's).
+/// Order's own document: [`ApiDoc`] and the reconciler's admin route (the service adds the
+/// rest, see `message_service::service::ServiceSpec::openapi`).
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    let mut doc = common::openapi::with_standard(<ApiDoc as utoipa::OpenApi>::openapi());
-    doc.merge(<message_service::admin::AdminDoc as utoipa::OpenApi>::openapi());
+    let mut doc = <ApiDoc as utoipa::OpenApi>::openapi();
     doc.merge(<crate::reconciler::ReconcilerDoc as utoipa::OpenApi>::openapi());
     doc
-}
-
-/// `GET /openapi.json`.
-pub async fn openapi_json() -> Json<serde_json::Value> {
-    Json(common::openapi::to_json(&openapi()))
 }

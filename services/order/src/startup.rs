@@ -65,6 +65,7 @@ impl Application {
             name: "order",
             migrator: &crate::MIGRATOR,
             max_body_bytes: MAX_BODY_BYTES,
+            openapi: crate::orders::openapi,
             extras,
         };
         let message_ttl = cfg.messaging.outbox.message_ttl;
@@ -72,7 +73,6 @@ impl Application {
             Router::new()
                 .route("/buy", post(orders::buy))
                 .route("/orders/{id}", get(orders::get_order))
-                .route("/openapi.json", get(orders::openapi_json))
                 .with_state(AppState { pool, message_ttl })
         })
         .await

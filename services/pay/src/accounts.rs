@@ -183,14 +183,8 @@ pub async fn lookup_payments(
 )]
 pub struct ApiDoc;
 
-/// [`ApiDoc`] with the standard endpoints and the message tables' admin routes.
+/// Pay's own document (the service adds the rest, see
+/// `message_service::service::ServiceSpec::openapi`).
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    let mut doc = common::openapi::with_standard(<ApiDoc as utoipa::OpenApi>::openapi());
-    doc.merge(<message_service::admin::AdminDoc as utoipa::OpenApi>::openapi());
-    doc
-}
-
-/// `GET /openapi.json`.
-pub async fn openapi_json() -> Json<serde_json::Value> {
-    Json(common::openapi::to_json(&openapi()))
+    <ApiDoc as utoipa::OpenApi>::openapi()
 }

@@ -28,6 +28,7 @@ impl Application {
             name: "pay",
             migrator: &crate::MIGRATOR,
             max_body_bytes: MAX_BODY_BYTES,
+            openapi: crate::accounts::openapi,
             extras: None,
         };
         let handler = Arc::new(PaymentHandler::new(cfg.messaging.outbox.message_ttl));
@@ -36,7 +37,6 @@ impl Application {
                 .route("/payments/{order_id}", get(accounts::get_payment))
                 .route("/accounts/{user_id}", get(accounts::get_account))
                 .route("/payments/lookup", post(accounts::lookup_payments))
-                .route("/openapi.json", get(accounts::openapi_json))
                 .with_state(AppState { pool })
         })
         .await
