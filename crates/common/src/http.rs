@@ -293,7 +293,14 @@ mod tests {
         assert_eq!(text_field("f", " alice ", 7).unwrap(), "alice");
         assert_eq!(text_field("f", "名字", 2).unwrap(), "名字");
         for bad in [
-            "", "   ", "\u{a0}", "a\0b", "a\tb", "\u{85}", "toolong", "  alice ",
+            "",
+            "   ",
+            "\u{a0}",
+            "a\0b",
+            "a\tb",
+            "\u{85}",
+            "too long!",
+            "  alice ",
         ] {
             let err = text_field("f", bad, 7).unwrap_err();
             assert!(err.starts_with("f must"), "{bad:?}: {err}");
