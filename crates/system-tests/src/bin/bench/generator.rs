@@ -81,6 +81,7 @@ impl Writer {
     pub async fn write(&self, i: usize) -> bool {
         let user = account(i);
         let amount = 1 + (i % 100) as i64;
+        WRITTEN.fetch_add(1, Ordering::Relaxed);
         match self {
             Writer::Direct(pool) => order_transaction(pool, &user, amount).await.is_ok(),
             Writer::Http { client, url } => client
@@ -174,9 +175,6 @@ pub async fn backlog(writer: &Writer, producers: usize, total: usize) -> Generat
                         if !writer.write(i).await {
                             failed.fetch_add(1, Ordering::Relaxed);
                         }
-                        if (i + 1) % 10_000 == 0 {
-                            eprintln!("    backlog: {} of {total} orders written", i + 1);
-                        }
                     }
                 })
             })
@@ -217,6 +215,27 @@ pub async fn at_rate(writer: &Writer, rate: f64, duration: Duration) -> Generate
     .await
 }
 
+/// Orders written since the start, by every writer: the progress lines read it.
+static WRITTEN: AtomicUsize = AtomicUsize::new(0);
+
+/// Prints every 5 s how many orders the run has written so far, until dropped.
+fn progress(writer: &'static str) -> tokio::task::JoinHandle<()> {
+    let start = WRITTEN.load(Ordering::Relaxed);
+    tokio::spawn(async move {
+        let began = Instant::now();
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let n = WRITTEN.load(Ordering::Relaxed) - start;
+            eprintln!(
+                "    generator ({writer}): {n} orders in {:.0} s",
+                began.elapsed().as_secs_f64()
+            );
+        }
+    })
+}
+
 /// Times `load` (which returns how many orders it attempted) and the CPU it costs.
 async fn run<F, Fut>(writer: &Writer, asked: Option<f64>, load: F) -> Generated
 where
@@ -225,7 +244,9 @@ where
 {
     let failed = Arc::new(AtomicUsize::new(0));
     let (cpu, started) = (stats::own_cpu(), Instant::now());
+    let ticker = progress(writer.label());
     let attempted = load(writer, failed.clone()).await;
+    ticker.abort();
     let secs = started.elapsed().as_secs_f64();
     let cpu = (stats::own_cpu() - cpu).as_secs_f64();
     let failed = failed.load(Ordering::Relaxed);
