@@ -136,7 +136,8 @@ pub fn write(
     std::fs::write(dir.join("report.md"), md)
 }
 
-/// Latency by percentile (x: 0–99.9, y: ms, linear), one polyline per series.
+/// Latency by percentile (x: p0–p99.9 in nines, y: ms on a log scale), one polyline per
+/// series.
 fn svg(series: &[Series]) -> String {
     const COLORS: [&str; 6] = [
         "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b",
@@ -154,21 +155,37 @@ fn svg(series: &[Series]) -> String {
                 .collect()
         })
         .collect();
-    let y_max = curves
-        .iter()
-        .flatten()
-        .map(|(_, y)| *y)
-        .filter(|y| y.is_finite())
-        .fold(1.0_f64, f64::max);
-    let x = |p: f64| left + p / 100.0 * (w - left - right);
-    let y = |ms: f64| h - bottom - ms / y_max * (h - bottom - top);
+    // A log scale: an overloaded run's seconds and a quiet one's milliseconds on one plot.
+    let finite = || {
+        curves
+            .iter()
+            .flatten()
+            .map(|(_, y)| *y)
+            .filter(|y| y.is_finite() && *y > 0.0)
+    };
+    let decade_min = finite()
+        .fold(f64::INFINITY, f64::min)
+        .max(0.01)
+        .log10()
+        .floor();
+    let decade_max = finite()
+        .fold(1.0_f64, f64::max)
+        .log10()
+        .ceil()
+        .max(decade_min + 1.0);
+    // The percentile axis in "nines" (p90 = 1, p99 = 2, p99.9 = 3), so the tail is visible.
+    let x = |p: f64| left + -(1.0 - p / 100.0).log10() / 3.0 * (w - left - right);
+    let y = |ms: f64| {
+        let at = (ms.max(10f64.powf(decade_min)).log10() - decade_min) / (decade_max - decade_min);
+        h - bottom - at * (h - bottom - top)
+    };
     let mut out = format!(
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">
 <rect width="100%" height="100%" fill="white"/>
 <line x1="{left}" y1="{b}" x2="{xr}" y2="{b}" stroke="black"/>
 <line x1="{left}" y1="{top}" x2="{left}" y2="{b}" stroke="black"/>
 <text x="{xm}" y="{h1}" text-anchor="middle">percentile</text>
-<text x="14" y="{ym}" transform="rotate(-90 14 {ym})" text-anchor="middle">latency (ms)</text>
+<text x="14" y="{ym}" transform="rotate(-90 14 {ym})" text-anchor="middle">latency (ms, log scale)</text>
 "#,
         b = h - bottom,
         xr = w - right,
@@ -176,7 +193,7 @@ fn svg(series: &[Series]) -> String {
         h1 = h - 8.0,
         ym = (top + h - bottom) / 2.0,
     );
-    for tick in [0.0, 50.0, 90.0, 99.0] {
+    for tick in [0.0, 50.0, 90.0, 99.0, 99.9] {
         let _ = writeln!(
             out,
             r#"<text x="{}" y="{}" text-anchor="middle">p{tick}</text>"#,
@@ -184,13 +201,12 @@ fn svg(series: &[Series]) -> String {
             h - bottom + 15.0
         );
     }
-    for i in 0..=4 {
-        let ms = y_max * i as f64 / 4.0;
+    for decade in decade_min as i32..=decade_max as i32 {
+        let ms = 10f64.powi(decade);
+        let (tx, ty, gy, xr) = (left - 4.0, y(ms) + 4.0, y(ms), w - right);
         let _ = writeln!(
             out,
-            r#"<text x="{}" y="{}" text-anchor="end">{ms:.1}</text>"#,
-            left - 4.0,
-            y(ms) + 4.0
+            r##"<text x="{tx}" y="{ty}" text-anchor="end">{ms}</text><line x1="{left}" y1="{gy}" x2="{xr}" y2="{gy}" stroke="#ddd"/>"##,
         );
     }
     for (i, (s, curve)) in series.iter().zip(&curves).enumerate() {

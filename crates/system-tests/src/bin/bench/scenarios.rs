@@ -12,7 +12,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use message_table::outbox::relay::{Claim, Relay};
+use message_table::outbox::{
+    OutboxConfig,
+    relay::{Claim, Relay},
+};
 use uuid::Uuid;
 
 use crate::{
@@ -22,6 +25,9 @@ use crate::{
 
 /// Producers of every backlog and of the flat-out scenario (the 16).
 pub const PRODUCERS: usize = 16;
+
+/// The services' default claim size (`OUTBOX_BATCH_SIZE`).
+const RELAY_BATCH: i64 = 200;
 
 /// How long a scenario may go without progress before it is reported as stalled.
 const STALL: Duration = Duration::from_secs(60);
@@ -235,10 +241,15 @@ pub async fn halves(messages: usize) -> Halves {
     let writer = Writer::direct(&stack.order_db.url, PRODUCERS).await;
     eprintln!("    [{label}] writing the outbox");
     generator::backlog(&writer, PRODUCERS, 2 * messages).await;
+    let cfg = OutboxConfig {
+        // Claims of the services' default size (`OUTBOX_BATCH_SIZE`), not the tests' 100.
+        batch_size: RELAY_BATCH,
+        ..test_kit::fast_outbox()
+    };
     let mut relay = Relay::new(
         stack.order_db.pool.clone(),
         stack.amqp.clone(),
-        test_kit::fast_outbox(),
+        cfg,
         "bench-relay",
     );
     let relay_one_at_a_time_per_sec = relay_rate(&mut relay, false, messages).await;
