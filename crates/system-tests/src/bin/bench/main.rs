@@ -6,7 +6,8 @@
 //! overhead (footprints come from the max scenario). Every figure is reported with its ratio
 //! to the matching ceiling and the target; nothing is asserted, because the machine
 //! is shared and a wall-clock threshold would only make the run flaky. Compare the ratios:
-//! they are measured minutes apart on the same machine.
+//! they are measured minutes apart on the same machine. The one failure is a scenario that
+//! stalls (no order handled for a minute): the run then exits non-zero.
 //!
 //! `--smoke`: a few seconds per section, on whatever build it is run from, so the benchmark
 //! keeps working (scripts/test.sh runs it); its figures mean nothing.
@@ -171,13 +172,10 @@ async fn drain(plan: &Plan, run: &mut Run) {
         section(&format!(
             "drain: {orders} orders written into order's database, then order (relay + inbox) started; {rounds} round(s)"
         ));
-        let results: Vec<_> = {
-            let mut r = Vec::new();
-            for _ in 0..rounds {
-                r.push(scenarios::drain(orders).await);
-            }
-            r
-        };
+        let mut results = Vec::new();
+        for _ in 0..rounds {
+            results.push(scenarios::drain(orders).await);
+        }
         let hop = stats::median(&results.iter().map(|d| d.hop_per_sec).collect::<Vec<_>>());
         let rt = stats::median(
             &results
@@ -266,8 +264,12 @@ async fn steady(plan: &Plan, run: &mut Run) {
 
 async fn max(plan: &Plan, run: &mut Run) {
     for entry in [Entry::Database, Entry::Gateway] {
+        let how = match entry {
+            Entry::Database => "into the database",
+            Entry::Gateway => "POST /buy via the gateway",
+        };
         section(&format!(
-            "max: {PRODUCERS} producers flat out for {} s ({entry:?}), then until drained; footprints",
+            "max: {PRODUCERS} producers flat out for {} s ({how}), then until drained",
             plan.max_secs
         ));
         // Through the gateway once: it is there for the footprint of every service.
@@ -291,10 +293,6 @@ async fn max(plan: &Plan, run: &mut Run) {
                 .map(|m| m.end_to_end_per_sec)
                 .collect::<Vec<_>>(),
         );
-        let how = match entry {
-            Entry::Database => "into the database",
-            Entry::Gateway => "POST /buy via the gateway",
-        };
         let label = |s: &str| format!("{how}: {s} (median of {rounds})");
         let ceiling = run.order_tx;
         run.rows.push(
@@ -546,5 +544,9 @@ async fn main() {
             dir.display()
         ),
         Err(e) => eprintln!("could not write the results to {}: {e}", dir.display()),
+    }
+    if scenarios::any_stalled() {
+        eprintln!("a scenario stalled (see STALLED above): the system stopped handling orders");
+        std::process::exit(1);
     }
 }

@@ -234,3 +234,43 @@ fn svg(series: &[Series]) -> String {
     }
     out + "</svg>\n"
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_aligns_its_columns_and_says_whether_a_target_is_met() {
+        let rows = [
+            Row::new("drain", "one hop", "754/s")
+                .ratio(share(754.0, 14_422.0, "broker ceiling"))
+                .target("≥ 2,500/s", false),
+            Row::new("ceiling", "publish", "16022/s"),
+        ];
+        let table = table(&rows);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 4);
+        assert!(lines[2].contains("5% of broker ceiling") && lines[2].ends_with("| no  |"));
+        let widths: Vec<usize> = lines.iter().map(|l| l.chars().count()).collect();
+        assert!(widths.windows(2).all(|w| w[0] == w[1]), "{table}");
+    }
+
+    #[test]
+    fn the_plot_is_one_svg_with_a_line_per_series() {
+        let ms: Vec<f64> = (1..=1000).map(|i| i as f64 / 10.0).collect();
+        let series = [
+            Series {
+                name: "a".into(),
+                ms: &ms,
+            },
+            Series {
+                name: "b".into(),
+                ms: &[],
+            },
+        ];
+        let svg = svg(&series);
+        assert!(svg.starts_with("<svg") && svg.ends_with("</svg>\n"));
+        assert_eq!(svg.matches("<polyline").count(), 2);
+        assert!(!svg.contains("NaN"));
+    }
+}

@@ -9,6 +9,7 @@
 
 use std::{
     collections::HashMap,
+    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
@@ -31,6 +32,19 @@ const RELAY_BATCH: i64 = 200;
 
 /// How long a scenario may go without progress before it is reported as stalled.
 const STALL: Duration = Duration::from_secs(60);
+
+/// Whether a scenario stalled: its figures are then meaningless, and the run fails.
+static STALLED: AtomicBool = AtomicBool::new(false);
+
+fn stalled(label: &str, at: &str) {
+    eprintln!("    [{label}] STALLED: no progress for {STALL:?} at {at}");
+    STALLED.store(true, Ordering::Relaxed);
+}
+
+/// Whether any scenario of this run stalled (the system stopped handling orders).
+pub fn any_stalled() -> bool {
+    STALLED.load(Ordering::Relaxed)
+}
 
 /// When the stack got through `total` orders, in seconds from the start of the watch.
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
@@ -72,7 +86,7 @@ async fn watch(stack: &Stack, label: &str, total: usize, since: Instant) -> Reac
         if paid + settled != last {
             (last, last_change) = (paid + settled, Instant::now());
         } else if last_change.elapsed() > STALL {
-            eprintln!("    [{label}] STALLED at {paid} payments, {settled} settled of {total}");
+            stalled(label, &format!("{paid} paid, {settled} settled of {total}"));
             return reached;
         }
         if last_print.elapsed() >= Duration::from_secs(1) {
@@ -260,13 +274,20 @@ pub async fn halves(messages: usize) -> Halves {
     let since = Instant::now();
     stack.restart_pay().await;
     let total = 2 * messages as i64;
-    let mut last_print = Instant::now();
-    while stack.payments().await < total && since.elapsed() < 10 * STALL {
+    let (mut last, mut last_change, mut last_print) = (0, Instant::now(), Instant::now());
+    loop {
+        let paid = stack.payments().await;
+        if paid >= total {
+            break;
+        }
+        if paid != last {
+            (last, last_change) = (paid, Instant::now());
+        } else if last_change.elapsed() > STALL {
+            stalled(&label, &format!("{paid} of {total} paid"));
+            break;
+        }
         if last_print.elapsed() >= Duration::from_secs(1) {
-            eprintln!(
-                "    [{label}] inbox: {} of {total} paid",
-                stack.payments().await
-            );
+            eprintln!("    [{label}] inbox: {paid} of {total} paid");
             last_print = Instant::now();
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

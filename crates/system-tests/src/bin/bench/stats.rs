@@ -57,3 +57,28 @@ pub fn peak_rss_mib(pid: u32) -> Option<f64> {
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_and_percentiles() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert!(median(&[]).is_nan());
+        let hundred: Vec<f64> = (1..=101).map(f64::from).collect();
+        assert_eq!(percentile(&hundred, 50.0), 51.0);
+        assert_eq!(percentile(&hundred, 99.0), 100.0);
+        assert_eq!(percentile(&hundred, 100.0), 101.0);
+    }
+
+    #[test]
+    fn this_process_has_a_peak_rss_and_a_cpu_time() {
+        assert!(peak_rss_mib(std::process::id()).is_some_and(|mib| mib > 0.0));
+        // Busy until the kernel has counted a tick: no wall-clock bound, nothing timed.
+        while own_cpu() == Duration::ZERO {
+            std::hint::black_box((0..10_000).sum::<u64>());
+        }
+    }
+}
