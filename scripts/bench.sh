@@ -1,20 +1,39 @@
 #!/usr/bin/env bash
-# Benchmarks, measured side by side in one run on the local PostgreSQL and RabbitMQ:
-#   1. relay throughput: one confirm awaited per message vs this project's pipelined window;
-#   2. end-to-end latency, order commit → PAID, with no backlog;
-#   3. end-to-end throughput under concurrent POST /buy;
-#   4. gateway overhead: GET /orders/{id} straight to order vs through the gateway.
-# It reports figures; it asserts nothing. Sizes (defaults in parentheses):
-#   BENCH_ROUNDS (3) BENCH_MESSAGES (3000) BENCH_SEQUENTIAL_ORDERS (200)
-#   BENCH_ORDERS (2000) BENCH_CONCURRENCY (16) BENCH_GATEWAY_REQUESTS (5000)
-# BENCH_SECTIONS (relay,latency,throughput,gateway) picks sections, e.g. BENCH_SECTIONS=gateway.
+# The benchmark: the machine's ceilings (PostgreSQL's order transaction, RabbitMQ's publish
+# with confirms and consume + ack) and the system on the same scenarios (drain, steady, max,
+# the relay and the inbox alone, the gateway's overhead, each service's footprint), measured
+# side by side in one run on the local PostgreSQL and RabbitMQ, with the services as their real
+# release binaries. It reports figures with their ratios and the targets of issue 11; it
+# asserts nothing.
+#
+#   scripts/bench.sh           the full run (about 15 minutes on 2 cores)
+#   scripts/bench.sh --smoke   a few seconds per section on the dev build (scripts/test.sh runs
+#                              it so the benchmark keeps working); its figures mean nothing
+#
+# BENCH_SECTIONS (ceilings,drain,steady,max,halves,gateway) picks sections. Results (JSON,
+# markdown report, latency plot) go to .run/bench/<UTC timestamp>/ (git-ignored), or BENCH_OUT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
 source scripts/lib.sh
 
+mode=()
+profile=(--release)
+bin_dir="${CARGO_TARGET_DIR:-target}/release"
+case "${1:-}" in
+    --smoke)
+        mode=(--smoke)
+        # The dev build `cargo test` has just made: no release build inside scripts/test.sh.
+        profile=()
+        bin_dir="${CARGO_TARGET_DIR:-target}/debug"
+        ;;
+    "") ;;
+    *) die "usage: scripts/bench.sh [--smoke]" ;;
+esac
+
 ensure_services
-log "building the benchmark (release)"
-cargo build --release --quiet -p system-tests --bin bench
+log "building the benchmark and the services' binaries (${profile[*]:-dev})"
+cargo build "${profile[@]}" --quiet -p system-tests --bin bench --bin system-order --bin system-pay --bin system-gateway
+export BENCH_OUT="${BENCH_OUT:-.run/bench/$(date -u +%Y%m%dT%H%M%SZ)}"
 log "running on $(nproc) cores; every figure below is from this run"
-RUST_LOG="${RUST_LOG:-warn}" "${CARGO_TARGET_DIR:-target}/release/bench"
+RUST_LOG="${RUST_LOG:-warn}" "$bin_dir/bench" "${mode[@]}"

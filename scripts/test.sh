@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The project's test command: formatting, lints, the cargo test suite (which talks to the real
-# PostgreSQL and RabbitMQ), the end-to-end test of the running stack (scripts/e2e.sh), the
-# short chaos run (scripts/chaos.sh), schemathesis against the running stack
-# (scripts/contract-test.sh), the failure scenarios (scripts/scenarios/all.sh) and the real
-# docker compose run (scripts/compose-test.sh).
+# PostgreSQL and RabbitMQ), the benchmark's smoke run (scripts/bench.sh --smoke), the end-to-end
+# test of the running stack (scripts/e2e.sh), the short chaos run (scripts/chaos.sh),
+# schemathesis against the running stack (scripts/contract-test.sh), the failure scenarios
+# (scripts/scenarios/all.sh) and the real docker compose run (scripts/compose-test.sh).
 #
 # Starts PostgreSQL and RabbitMQ when they are installed here and not running, and leaves them
 # running. Installs the tools it needs (curl, jq, psql, rustfmt, clippy) when missing. Stops at
@@ -100,6 +100,8 @@ gateway_has_no_database_or_broker() {
 step "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
 step "gateway: neither sqlx nor lapin" gateway_has_no_database_or_broker
 step "cargo test" cargo test --workspace
+# A few seconds per section on the dev build just made: the benchmark keeps working.
+step "benchmark, smoke (scripts/bench.sh --smoke)" scripts/bench.sh --smoke
 step "end-to-end (scripts/e2e.sh)" scripts/e2e.sh
 step "chaos, short (scripts/chaos.sh)" scripts/chaos.sh
 step "API contract (scripts/contract-test.sh)" scripts/contract-test.sh

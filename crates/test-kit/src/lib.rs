@@ -574,6 +574,11 @@ impl ServiceProcess {
             .expect("wait for the process")
     }
 
+    /// The running process's id (for `/proc/<pid>/status`), `None` once it was stopped.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(|c| c.id())
+    }
+
     /// What the process logged so far (stdout and stderr).
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).expect("read the log file")

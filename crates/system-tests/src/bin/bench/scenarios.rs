@@ -1,0 +1,328 @@
+//! The system's scenarios, each on a fresh stack (fresh databases, fresh queues, the real
+//! binaries): drain a backlog, a steady rate, producers flat out, and the two halves of the
+//! message path alone (the relay, the inbox).
+//!
+//! One hop is an order committed → its payment committed in pay's database; the round trip
+//! is the order committed → the order PAID in order's database (pay's reply handled). Both
+//! are read from the databases: counts for rates, the rows' own timestamps for latencies, so
+//! the generator's polling adds nothing to a latency.
+
+use std::{
+    collections::HashMap,
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use message_table::outbox::{
+    OutboxConfig,
+    relay::{Claim, Relay},
+};
+use uuid::Uuid;
+
+use crate::{
+    generator::{self, Generated, Writer},
+    stack::{Footprint, Stack},
+};
+
+/// Producers of every backlog and of the flat-out scenario (the issue's 16).
+pub const PRODUCERS: usize = 16;
+
+/// The services' default claim size (`OUTBOX_BATCH_SIZE`).
+const RELAY_BATCH: i64 = 200;
+
+/// How long a scenario may go without progress before it is reported as stalled.
+const STALL: Duration = Duration::from_secs(60);
+
+/// Whether a scenario stalled: its figures are then meaningless, and the run fails.
+static STALLED: AtomicBool = AtomicBool::new(false);
+
+fn stalled(label: &str, at: &str) {
+    eprintln!("    [{label}] STALLED: no progress for {STALL:?} at {at}");
+    STALLED.store(true, Ordering::Relaxed);
+}
+
+/// Whether any scenario of this run stalled (the system stopped handling orders).
+pub fn any_stalled() -> bool {
+    STALLED.load(Ordering::Relaxed)
+}
+
+/// When the stack got through `total` orders, in seconds from the start of the watch.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct Reached {
+    /// Every payment committed (one hop).
+    pub hop_secs: Option<f64>,
+    /// Every order settled (round trip).
+    pub round_trip_secs: Option<f64>,
+}
+
+impl Reached {
+    pub fn hop_rate(&self, total: usize) -> f64 {
+        self.hop_secs.map_or(0.0, |s| total as f64 / s)
+    }
+
+    pub fn round_trip_rate(&self, total: usize) -> f64 {
+        self.round_trip_secs.map_or(0.0, |s| total as f64 / s)
+    }
+}
+
+/// Polls pay's payments and order's settled orders (every 100 ms: little load on the
+/// database under test) until both reach `total`, printing the progress every second; gives
+/// up after [`STALL`] without progress.
+async fn watch(stack: &Stack, label: &str, total: usize, since: Instant) -> Reached {
+    let total = total as i64;
+    let mut reached = Reached::default();
+    let (mut last, mut last_change, mut last_print) = (-1, Instant::now(), Instant::now());
+    loop {
+        let paid = stack.payments().await;
+        let settled = total - stack.pending().await;
+        let secs = since.elapsed().as_secs_f64();
+        if paid >= total && reached.hop_secs.is_none() {
+            reached.hop_secs = Some(secs);
+        }
+        if settled >= total {
+            reached.round_trip_secs = Some(secs);
+            return reached;
+        }
+        if paid + settled != last {
+            (last, last_change) = (paid + settled, Instant::now());
+        } else if last_change.elapsed() > STALL {
+            stalled(label, &format!("{paid} paid, {settled} settled of {total}"));
+            return reached;
+        }
+        if last_print.elapsed() >= Duration::from_secs(1) {
+            eprintln!("    [{label}] {secs:5.1} s: {paid} of {total} paid, {settled} settled");
+            last_print = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Drain {
+    pub orders: usize,
+    pub backlog: Generated,
+    pub reached: Reached,
+    pub hop_per_sec: f64,
+    pub round_trip_per_sec: f64,
+}
+
+/// `orders` written straight into order's database with order stopped, then order (its
+/// relay, its inbox) started: how fast the stack works through the backlog. The time runs
+/// from order's start, so its time to ready is included.
+pub async fn drain(orders: usize) -> Drain {
+    let label = format!("drain {orders}");
+    let mut stack = Stack::with_pay().await;
+    let writer = Writer::direct(&stack.order_db.url, PRODUCERS).await;
+    eprintln!("    [{label}] writing the backlog");
+    let backlog = generator::backlog(&writer, PRODUCERS, orders).await;
+    let since = Instant::now();
+    stack.start_order().await;
+    let reached = watch(&stack, &label, backlog.written, since).await;
+    stack.finish().await;
+    Drain {
+        orders,
+        hop_per_sec: reached.hop_rate(backlog.written),
+        round_trip_per_sec: reached.round_trip_rate(backlog.written),
+        backlog,
+        reached,
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Steady {
+    pub rate: f64,
+    pub load: Generated,
+    #[serde(skip)]
+    pub hop_ms: Vec<f64>,
+    #[serde(skip)]
+    pub round_trip_ms: Vec<f64>,
+}
+
+/// Orders at a fixed `rate` for `duration` into order's database; every order's latency.
+pub async fn steady(rate: f64, duration: Duration) -> Steady {
+    let label = format!("steady {rate}/s");
+    let stack = Stack::running().await;
+    let writer = Writer::direct(&stack.order_db.url, PRODUCERS).await;
+    eprintln!("    [{label}] {:.0} s of load", duration.as_secs_f64());
+    let load = generator::at_rate(&writer, rate, duration).await;
+    watch(&stack, &label, load.written, Instant::now()).await;
+    let (hop_ms, round_trip_ms) = latencies(&stack).await;
+    stack.finish().await;
+    Steady {
+        rate,
+        load,
+        hop_ms,
+        round_trip_ms,
+    }
+}
+
+/// Each order's one hop and round trip in ms, from the rows' timestamps (both databases are
+/// on the same server, so on one clock). Each timestamp is its transaction's start, a little
+/// before its commit, on both ends alike.
+async fn latencies(stack: &Stack) -> (Vec<f64>, Vec<f64>) {
+    let orders: Vec<(Uuid, f64, f64)> = sqlx::query_as(
+        "SELECT id, extract(epoch FROM created_at)::float8, extract(epoch FROM updated_at)::float8
+         FROM orders WHERE status <> 'PENDING_PAYMENT'",
+    )
+    .fetch_all(&stack.order_db.pool)
+    .await
+    .expect("read the orders");
+    let payments: HashMap<Uuid, f64> =
+        sqlx::query_as("SELECT order_id, extract(epoch FROM created_at)::float8 FROM payments")
+            .fetch_all(&stack.pay_db.pool)
+            .await
+            .expect("read the payments")
+            .into_iter()
+            .collect();
+    let hop = orders
+        .iter()
+        .filter_map(|(id, created, _)| Some((payments.get(id)? - created) * 1e3))
+        .collect();
+    let round_trip = orders
+        .iter()
+        .map(|(_, created, settled)| (settled - created) * 1e3)
+        .collect();
+    (hop, round_trip)
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Max {
+    pub load: Generated,
+    /// Payments committed while the producers ran, per second of load.
+    pub handled_per_sec: f64,
+    pub reached: Reached,
+    /// Orders written / time from the first order to the last one settled.
+    pub end_to_end_per_sec: f64,
+    pub footprints: Vec<Footprint>,
+}
+
+/// How the flat-out producers write.
+#[derive(Debug, Clone, Copy)]
+pub enum Entry {
+    Database,
+    /// `POST /order/buy` through the gateway: every service under load, for the footprint.
+    Gateway,
+}
+
+/// [`PRODUCERS`] flat out for `duration`, then the wait until every order is settled.
+pub async fn max(entry: Entry, duration: Duration) -> Max {
+    let mut stack = Stack::running().await;
+    let writer = match entry {
+        Entry::Database => Writer::direct(&stack.order_db.url, PRODUCERS).await,
+        Entry::Gateway => {
+            stack.start_gateway().await;
+            Writer::http(&format!("{}/order", stack.gateway_url()))
+        }
+    };
+    let label = format!("max, {}", writer.label());
+    eprintln!(
+        "    [{label}] {PRODUCERS} producers for {:.0} s",
+        duration.as_secs_f64()
+    );
+    let since = Instant::now();
+    let load = generator::flat_out(&writer, PRODUCERS, duration).await;
+    let handled = stack.payments().await;
+    let reached = watch(&stack, &label, load.written, since).await;
+    let footprints = stack.footprints();
+    stack.finish().await;
+    Max {
+        handled_per_sec: handled as f64 / load.secs,
+        end_to_end_per_sec: reached.round_trip_rate(load.written),
+        load,
+        reached,
+        footprints,
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Halves {
+    pub messages: usize,
+    /// The relay awaiting each confirm before the next publish.
+    pub relay_one_at_a_time_per_sec: f64,
+    /// The relay as it runs: a claimed batch published, then its confirms awaited together.
+    pub relay_per_sec: f64,
+    /// Pay's inbox alone, on its queue filled beforehand (both relay runs' messages).
+    pub inbox_per_sec: f64,
+}
+
+/// The message path's halves alone, on one stack with order stopped: `messages` orders'
+/// messages relayed one confirm at a time, as many pipelined (the relay of the services),
+/// both into pay's queue while pay is stopped; then pay started on the full queue.
+pub async fn halves(messages: usize) -> Halves {
+    let label = format!("relay and inbox, {messages} messages");
+    let mut stack = Stack::with_pay().await;
+    stack.stop_pay().await;
+    let writer = Writer::direct(&stack.order_db.url, PRODUCERS).await;
+    eprintln!("    [{label}] writing the outbox");
+    generator::backlog(&writer, PRODUCERS, 2 * messages).await;
+    let cfg = OutboxConfig {
+        // Claims of the services' default size (`OUTBOX_BATCH_SIZE`), not the tests' 100.
+        batch_size: RELAY_BATCH,
+        ..test_kit::fast_outbox()
+    };
+    let mut relay = Relay::new(
+        stack.order_db.pool.clone(),
+        stack.amqp.clone(),
+        cfg,
+        "bench-relay",
+    );
+    let relay_one_at_a_time_per_sec = relay_rate(&mut relay, false, messages).await;
+    let relay_per_sec = relay_rate(&mut relay, true, messages).await;
+    eprintln!(
+        "    [{label}] relay: {relay_one_at_a_time_per_sec:.0} msg/s one confirm at a time, {relay_per_sec:.0} msg/s pipelined; starting pay"
+    );
+    let since = Instant::now();
+    stack.restart_pay().await;
+    let total = 2 * messages as i64;
+    let (mut last, mut last_change, mut last_print) = (0, Instant::now(), Instant::now());
+    loop {
+        let paid = stack.payments().await;
+        if paid >= total {
+            break;
+        }
+        if paid != last {
+            (last, last_change) = (paid, Instant::now());
+        } else if last_change.elapsed() > STALL {
+            stalled(&label, &format!("{paid} of {total} paid"));
+            break;
+        }
+        if last_print.elapsed() >= Duration::from_secs(1) {
+            eprintln!("    [{label}] inbox: {paid} of {total} paid");
+            last_print = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let inbox_per_sec = stack.payments().await as f64 / since.elapsed().as_secs_f64();
+    stack.finish().await;
+    Halves {
+        messages,
+        relay_one_at_a_time_per_sec,
+        relay_per_sec,
+        inbox_per_sec,
+    }
+}
+
+/// Relays `messages` outbox rows with the relay's own claim, publish and settle; with
+/// `pipelined` false each row of a claim is published and confirmed before the next.
+async fn relay_rate(relay: &mut Relay, pipelined: bool, messages: usize) -> f64 {
+    let started = Instant::now();
+    let mut sent = 0;
+    while sent < messages {
+        let claim = relay.claim().await.expect("claim");
+        let outcomes = if pipelined {
+            relay.publish(&claim).await
+        } else {
+            let mut outcomes = Vec::new();
+            for row in &claim.rows {
+                let one = Claim {
+                    token: claim.token,
+                    rows: vec![row.clone()],
+                };
+                outcomes.extend(relay.publish(&one).await);
+            }
+            outcomes
+        };
+        sent += relay.settle(&claim, &outcomes).await.expect("settle").sent;
+    }
+    sent as f64 / started.elapsed().as_secs_f64()
+}

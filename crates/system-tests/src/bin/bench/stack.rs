@@ -1,0 +1,206 @@
+//! The system under test as the real binaries (`system-pay`, `system-order`,
+//! `system-gateway`), each a child process with its own fresh database: the only way to read
+//! a service's own peak RSS and its time to ready, and it keeps the load generator (this
+//! process) apart from the services, so this process's CPU time is the generator's.
+
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use message_table::amqp::AmqpConfig;
+use test_kit::{ServiceProcess, TestDb, TestQueue};
+
+use crate::{generator, stats};
+
+/// Where the service binaries are: next to this one (`cargo build --release --bins`).
+fn bin(name: &str) -> String {
+    let exe = std::env::current_exe().expect("the bench's own path");
+    let dir: PathBuf = exe.parent().expect("a directory").into();
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build with `cargo build --release -p system-tests --bins`",
+        path.display()
+    );
+    path.display().to_string()
+}
+
+/// One service's footprint: its peak RSS so far and how long it took to be ready.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Footprint {
+    pub service: String,
+    pub ready_ms: f64,
+    pub peak_rss_mib: f64,
+}
+
+/// Pay (with the benchmark's accounts), order and optionally the gateway, on a unique
+/// exchange of the local broker, with the services' default settings.
+pub struct Stack {
+    pub order_db: TestDb,
+    pub pay_db: TestDb,
+    pub amqp: AmqpConfig,
+    pub pay: ServiceProcess,
+    pub order: Option<ServiceProcess>,
+    pub gateway: Option<ServiceProcess>,
+    ready: Vec<(String, Duration)>,
+    /// Holds a channel to delete the (durable) exchange at the end; also takes pay's
+    /// replies when order is not running (the relay publishes with `mandatory`).
+    broker: TestQueue,
+}
+
+impl Stack {
+    /// Both databases (pay's seeded with the accounts) and pay running; order is started
+    /// by [`Stack::start_order`], so a scenario can write a backlog first.
+    pub async fn with_pay() -> Self {
+        let amqp = AmqpConfig {
+            // The binaries declare a durable exchange; `finish` deletes it.
+            exchange_auto_delete: false,
+            ..test_kit::test_amqp()
+        };
+        let broker = TestQueue::bind(&amqp, &["payment.completed", "payment.failed"]).await;
+        let order_db = TestDb::new(&order::MIGRATOR).await;
+        let pay_db = TestDb::new(&pay::MIGRATOR).await;
+        generator::seed_accounts(&pay_db.pool).await;
+        let mut ready = Vec::new();
+        let pay = start(&mut ready, "pay", &service_env("PAY", &pay_db, &amqp)).await;
+        Stack {
+            order_db,
+            pay_db,
+            amqp,
+            pay,
+            order: None,
+            gateway: None,
+            ready,
+            broker,
+        }
+    }
+
+    /// Pay and order running.
+    pub async fn running() -> Self {
+        let mut stack = Self::with_pay().await;
+        stack.start_order().await;
+        stack
+    }
+
+    pub async fn start_order(&mut self) {
+        let mut env = service_env("ORDER", &self.order_db, &self.amqp);
+        env.push(("ORDER_PAY_URL", self.pay.base.clone()));
+        self.order = Some(start(&mut self.ready, "order", &env).await);
+    }
+
+    pub async fn start_gateway(&mut self) {
+        let routes = format!("/order={},/pay={}", self.order_url(), self.pay.base);
+        let env = vec![("GATEWAY_ROUTES", routes), ("RUST_LOG", "warn".into())];
+        self.gateway = Some(start(&mut self.ready, "gateway", &env).await);
+    }
+
+    pub fn order_url(&self) -> &str {
+        &self.order.as_ref().expect("order is running").base
+    }
+
+    pub fn gateway_url(&self) -> &str {
+        &self.gateway.as_ref().expect("the gateway is running").base
+    }
+
+    /// Stops pay (SIGTERM), for a scenario that fills its queue while it is down.
+    pub async fn stop_pay(&mut self) {
+        self.pay.terminate().await;
+    }
+
+    pub async fn restart_pay(&mut self) {
+        let started = Instant::now();
+        self.pay.restart().await;
+        self.ready.push(("pay".into(), started.elapsed()));
+    }
+
+    /// Each running service's peak RSS so far and its (first) time to ready.
+    pub fn footprints(&self) -> Vec<Footprint> {
+        let running = [
+            ("pay", Some(&self.pay)),
+            ("order", self.order.as_ref()),
+            ("gateway", self.gateway.as_ref()),
+        ];
+        running
+            .into_iter()
+            .filter_map(|(name, process)| {
+                let pid = process?.pid()?;
+                let ready = self.ready.iter().find(|(n, _)| n == name)?.1;
+                Some(Footprint {
+                    service: name.into(),
+                    ready_ms: ready.as_secs_f64() * 1e3,
+                    peak_rss_mib: stats::peak_rss_mib(pid)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Payments committed in pay's database so far.
+    pub async fn payments(&self) -> i64 {
+        count(&self.pay_db, "SELECT count(*) FROM payments").await
+    }
+
+    /// Orders still waiting for their payment (read on the partial index of pending
+    /// orders, which shrinks as the stack works: cheap to poll).
+    pub async fn pending(&self) -> i64 {
+        count(
+            &self.order_db,
+            "SELECT count(*) FROM orders WHERE status = 'PENDING_PAYMENT'",
+        )
+        .await
+    }
+
+    /// Stops the services and deletes the exchange (the databases go with their `TestDb`).
+    pub async fn finish(mut self) {
+        for process in [
+            self.gateway.as_mut(),
+            self.order.as_mut(),
+            Some(&mut self.pay),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if process.pid().is_some() {
+                process.terminate().await;
+            }
+        }
+        self.broker.delete_exchange(&self.amqp).await;
+    }
+}
+
+async fn count(db: &TestDb, sql: &'static str) -> i64 {
+    sqlx::query_scalar(sql)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap_or(0)
+}
+
+/// order's or pay's variables (`prefix`): its database, the broker, its own queue, quiet logs.
+fn service_env(prefix: &str, db: &TestDb, amqp: &AmqpConfig) -> Vec<(&'static str, String)> {
+    let queue = test_kit::unique_name(&format!("bench.{}", prefix.to_lowercase()));
+    let (database, queue_var) = match prefix {
+        "PAY" => ("PAY_DATABASE_URL", "PAY_QUEUE"),
+        _ => ("ORDER_DATABASE_URL", "ORDER_QUEUE"),
+    };
+    vec![
+        (database, db.url.clone()),
+        (queue_var, queue),
+        ("AMQP_URL", amqp.url.clone()),
+        ("AMQP_EXCHANGE", amqp.exchange.clone()),
+        ("AMQP_QUEUE_EXPIRES_MS", "120000".into()),
+        ("RUST_LOG", "warn".into()),
+    ]
+}
+
+/// Starts `bin` and records how long it took from spawn to `/readyz` answering 200.
+async fn start(
+    ready: &mut Vec<(String, Duration)>,
+    name: &str,
+    env: &[(&str, String)],
+) -> ServiceProcess {
+    let addr_var = format!("{}_ADDR", name.to_uppercase());
+    let started = Instant::now();
+    let process = ServiceProcess::start(&bin(&format!("system-{name}")), &addr_var, env).await;
+    ready.push((name.into(), started.elapsed()));
+    process
+}
