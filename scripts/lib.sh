@@ -381,9 +381,10 @@ wait_http() {
 }
 
 # ---------------------------------------------------------------------------------------------
-# The local stack started by run-local.sh: pid files and logs in .run/ at the repository root.
+# The local stack started by run-local.sh: pid files and logs in .run/ at the repository root,
+# or in LMT_RUN_DIR (the failure scenarios run their own stack beside a developer's).
 
-RUN_DIR="$LMT_ROOT/.run"
+RUN_DIR="${LMT_RUN_DIR:-$LMT_ROOT/.run}"
 # Start order; stop goes the other way.
 SERVICES=(pay order gateway)
 

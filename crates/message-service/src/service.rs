@@ -24,6 +24,7 @@ use common::admin::AdminAuth;
 use message_table::{
     amqp::{AmqpConfig, BrokerStatus},
     db,
+    faults::Faults,
     inbox::{
         Inbox, InboxConfig, InboxCounters, MessageHandler, consumer::InboxConsumer,
         retry_sweeper::RetrySweeper,
@@ -43,6 +44,8 @@ pub struct MessagingConfig {
     pub queue: String,
     pub routing_keys: Vec<String>,
     pub retention: RetentionConfig,
+    /// `DEMO_FAULTS`: the teaching fault switches at `/admin/faults` ([`crate::faults`]).
+    pub demo_faults: bool,
 }
 
 impl MessagingConfig {
@@ -62,6 +65,7 @@ impl MessagingConfig {
 /// The background workers, built but not yet started.
 struct Messaging {
     counters: Arc<InboxCounters>,
+    faults: Faults,
     relay: Relay,
     scheduler: ResendScheduler,
     consumer: InboxConsumer,
@@ -99,18 +103,26 @@ impl Messaging {
         name: &str,
         metrics: Arc<MessageTableMetrics>,
     ) -> Self {
+        let faults = if cfg.demo_faults {
+            Faults::on()
+        } else {
+            Faults::off()
+        };
         let relay = Relay::new(
             pool.clone(),
             cfg.amqp.clone(),
             cfg.outbox.clone(),
             format!("{name}-relay"),
         )
-        .with_metrics(metrics.clone());
+        .with_metrics(metrics.clone())
+        .with_faults(faults.clone());
         let scheduler = ResendScheduler::new(pool.clone(), cfg.outbox.clone(), relay.wake_handle());
         let retention =
             RetentionRunner::new(pool.clone(), &cfg.outbox, &cfg.inbox, cfg.retention.clone())
                 .with_metrics(metrics.clone());
-        let inbox = Inbox::new(pool, handler, cfg.inbox.clone()).with_metrics(metrics);
+        let inbox = Inbox::new(pool, handler, cfg.inbox.clone())
+            .with_metrics(metrics)
+            .with_faults(faults.clone());
         let keys: Vec<&str> = cfg.routing_keys.iter().map(String::as_str).collect();
         let consumer = InboxConsumer::new(
             inbox.clone(),
@@ -122,6 +134,7 @@ impl Messaging {
         let sweeper = RetrySweeper::new(&inbox);
         Self {
             counters: inbox.counters(),
+            faults,
             relay,
             scheduler,
             consumer,
@@ -284,6 +297,8 @@ impl Service {
             cfg.messaging.outbox.message_ttl,
         )
         .merge(extras.admin_routes)
+        // Empty unless DEMO_FAULTS: then /admin/faults is an unknown route (404).
+        .merge(crate::faults::router(messaging.faults.clone()))
         // One layer on the whole nest: every admin route, the message tables' and the
         // service's own (`extras`, today or added later), needs the token without code of
         // its own. `layer`, not `route_layer`, over a fallback of the nest's own: an

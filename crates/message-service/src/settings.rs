@@ -167,6 +167,21 @@ impl From<RetentionSettings> for RetentionConfig {
     }
 }
 
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Teaching")]
+pub struct DemoSettings {
+    /// `1`: the teaching fault switches at /admin/faults (behind ADMIN_TOKEN); never in
+    /// production.
+    #[arg(
+        long,
+        env = "DEMO_FAULTS",
+        default_value = "false",
+        action = clap::ArgAction::Set,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub demo_faults: bool,
+}
+
 /// Every group, flattened once into a service's settings.
 #[derive(Debug, Clone, clap::Args)]
 pub struct MessagingSettings {
@@ -178,6 +193,8 @@ pub struct MessagingSettings {
     pub inbox: InboxSettings,
     #[command(flatten)]
     pub retention: RetentionSettings,
+    #[command(flatten)]
+    pub demo: DemoSettings,
 }
 
 impl MessagingSettings {
@@ -190,6 +207,7 @@ impl MessagingSettings {
             queue,
             routing_keys: routing_keys.iter().map(|k| k.to_string()).collect(),
             retention: self.retention.into(),
+            demo_faults: self.demo.demo_faults,
         }
     }
 }
@@ -233,6 +251,7 @@ mod tests {
         assert_eq!(cfg.inbox.max_body_bytes, 1 << 20);
         assert_eq!(cfg.amqp.queue_expires, None);
         assert_eq!(cfg.routing_keys, ["k"]);
+        assert!(!cfg.demo_faults);
     }
 
     #[test]

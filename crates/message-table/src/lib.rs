@@ -4,6 +4,7 @@ pub mod advisory_lock;
 pub mod amqp;
 pub mod backoff;
 pub mod db;
+pub mod faults;
 pub mod inbox;
 pub mod metrics;
 pub mod outbox;

@@ -34,14 +34,30 @@ pub async fn start(amqp: &AmqpConfig, order_amqp: &AmqpConfig) -> System {
 
 /// [`start`] with each service's pool size (the services' default is 10).
 pub async fn start_with_pools(amqp: &AmqpConfig, order_amqp: &AmqpConfig, pool: u32) -> System {
+    start_system(amqp, order_amqp, pool, false).await
+}
+
+/// [`start`] with the teaching fault switches on (`DEMO_FAULTS=1`) in order and pay.
+pub async fn start_with_faults(amqp: &AmqpConfig) -> System {
+    start_system(amqp, amqp, 5, true).await
+}
+
+async fn start_system(
+    amqp: &AmqpConfig,
+    order_amqp: &AmqpConfig,
+    pool: u32,
+    demo_faults: bool,
+) -> System {
     let pay_db = TestDb::new(&pay::MIGRATOR).await;
-    let pay_msg = test_kit::messaging(amqp, "test.pay", pay::config::ORDER_CREATED_KEYS);
+    let mut pay_msg = test_kit::messaging(amqp, "test.pay", pay::config::ORDER_CREATED_KEYS);
+    pay_msg.demo_faults = demo_faults;
     let pay = spawn_pay(&pay_db.url, &pay_msg, pool).await;
     let pay_counters = pay.counters.clone();
 
     let order_db = TestDb::new(&order::MIGRATOR).await;
-    let order_msg =
+    let mut order_msg =
         test_kit::messaging(order_amqp, "test.order", order::config::PAYMENT_RESULT_KEYS);
+    order_msg.demo_faults = demo_faults;
     let order = spawn_order(&order_db.url, &order_msg, pool).await;
 
     let mut gw = gateway::GatewaySettings::try_load_from(["gateway"])

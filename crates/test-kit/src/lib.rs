@@ -364,6 +364,7 @@ pub fn messaging(amqp: &AmqpConfig, queue_prefix: &str, routing_keys: &[&str]) -
             interval: Duration::from_secs(600),
             batch_size: 1_000,
         },
+        demo_faults: false,
     }
 }
 

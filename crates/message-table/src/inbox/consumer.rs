@@ -25,7 +25,10 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::{Inbox, Outcome};
-use crate::amqp::{self, AmqpConfig, BrokerStatus};
+use crate::{
+    amqp::{self, AmqpConfig, BrokerStatus},
+    faults::Switch,
+};
 
 /// A delivery as it came off the wire, independent of the AMQP client.
 #[derive(Debug, Clone, Default)]
@@ -167,11 +170,16 @@ impl InboxConsumer {
             .max(1);
         // A stream error means the channel or connection is gone.
         let stream_error = std::sync::Mutex::new(None);
+        let faults = self.inbox.faults();
         deliveries
             .take_until(shutdown.cancelled())
+            // Teaching fault: drop_broker_connection ends this connection like a lost one.
+            .take_until(faults.consumer_drop())
             .for_each_concurrent(concurrency, |delivery| {
                 let stream_error = &stream_error;
                 async move {
+                    // Teaching fault: a stopped consumer holds its deliveries, unacked.
+                    faults.wait_while(Switch::StopConsumer).await;
                     match delivery {
                         Ok(delivery) => handle_delivery(&self.inbox, delivery).await,
                         Err(e) => *stream_error.lock().unwrap() = Some(e),
@@ -188,7 +196,8 @@ impl InboxConsumer {
         match stream_error {
             Some(e) => Err(e.into()),
             None if shutdown.is_cancelled() => Ok(()),
-            None => anyhow::bail!("the broker closed the consumer"),
+            // Closed by the broker, or by the drop_broker_connection teaching switch.
+            None => anyhow::bail!("the consumer's connection was closed"),
         }
     }
 }

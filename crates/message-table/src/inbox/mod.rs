@@ -30,6 +30,9 @@
 //! If even recording fails (the database is down), nothing was committed: the delivery is
 //! not acked but handed back to the broker, which redelivers it later.
 //!
+//! With `DEMO_FAULTS=1` the [teaching switch](crate::faults) `fail_handler` turns a
+//! finished handler run into a failure in step 3, rolled back like any other.
+//!
 //! The inbox remembers ids for `INBOX_RETENTION_SECS` (see [`crate::retention`]). A message
 //! created before that window (its AMQP `timestamp`) may be a copy of one already processed
 //! and forgotten: it is recorded `dead`, not processed, and an operator decides
@@ -57,7 +60,11 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 pub use crate::status::InboxStatus;
-use crate::{backoff::RetryPolicy, metrics::MessageTableMetrics};
+use crate::{
+    backoff::RetryPolicy,
+    faults::{Faults, Switch},
+    metrics::MessageTableMetrics,
+};
 pub use consumer::Incoming;
 
 /// A message as the handler sees it.
@@ -226,6 +233,7 @@ pub struct Inbox {
     cfg: InboxConfig,
     counters: Arc<InboxCounters>,
     metrics: Arc<MessageTableMetrics>,
+    faults: Faults,
 }
 
 impl Inbox {
@@ -236,7 +244,19 @@ impl Inbox {
             cfg,
             counters: Arc::default(),
             metrics: Arc::default(),
+            faults: Faults::off(),
         }
+    }
+
+    /// Obeys these teaching switches (`DEMO_FAULTS`; by default none); so do the consumer
+    /// and the retry sweeper built from this inbox.
+    pub fn with_faults(mut self, faults: Faults) -> Self {
+        self.faults = faults;
+        self
+    }
+
+    pub fn faults(&self) -> &Faults {
+        &self.faults
     }
 
     /// Counts into `metrics` (by default into an unregistered set nobody reads); the
@@ -445,7 +465,7 @@ impl Inbox {
         row: InboxStatus,
     ) -> sqlx::Result<Outcome> {
         let started = std::time::Instant::now();
-        let result = run_handler(self.handler.as_ref(), tx, msg).await?;
+        let result = run_handler(self.handler.as_ref(), tx, msg, &self.faults).await?;
         self.metrics
             .handler_duration
             .observe(started.elapsed().as_secs_f64());
@@ -468,6 +488,7 @@ async fn run_handler(
     handler: &dyn MessageHandler,
     tx: &mut PgConnection,
     msg: &InboxMessage,
+    faults: &Faults,
 ) -> sqlx::Result<Result<(), HandlerError>> {
     let mut savepoint = tx.begin().await?;
     // A panicking handler is a failed attempt like any other: caught here, it is rolled
@@ -485,6 +506,8 @@ async fn run_handler(
                 "handler panicked: {what}"
             )))
         });
+    // Teaching fault: a run that did its work fails anyway, and is rolled back below.
+    let result = result.and_then(|()| injected_failure(faults));
     match result {
         Ok(()) => {
             savepoint.commit().await?;
@@ -495,6 +518,16 @@ async fn run_handler(
             Ok(Err(e))
         }
     }
+}
+
+/// The `fail_handler` teaching switch: `Err` when it takes this run.
+fn injected_failure(faults: &Faults) -> Result<(), HandlerError> {
+    if faults.take(Switch::FailHandler) {
+        return Err(HandlerError::Transient(anyhow::anyhow!(
+            "handler failure injected by the teaching fault fail_handler"
+        )));
+    }
+    Ok(())
 }
 
 /// Marks a retried message `processed` (in the caller's transaction).

@@ -26,6 +26,10 @@
 //!    still on the row.
 //!
 //! A row is therefore `sent` only when the broker has taken responsibility for it.
+//!
+//! With `DEMO_FAULTS=1` the [teaching switches](crate::faults) act here, one line each:
+//! `pause_relay` and `drop_broker_connection` before step 1, `deliver_twice` in step 3,
+//! `lose_confirms` after step 5 (a lost confirm is a failure like a timeout).
 
 use std::{collections::HashMap, fmt, sync::Arc, time::Duration};
 
@@ -45,6 +49,7 @@ use uuid::Uuid;
 use super::{Failure, NOTIFY_CHANNEL, OutboxConfig, OutboxStatus, record_failures};
 use crate::{
     amqp::{self, AmqpConfig, BrokerStatus},
+    faults::{Faults, Switch},
     metrics::MessageTableMetrics,
     status::CLAIMABLE,
 };
@@ -85,9 +90,12 @@ impl PublishOutcome {
             Self::Confirmed => "confirmed",
             Self::Failed(PublishFailure::Nacked) => "nacked",
             Self::Failed(PublishFailure::Returned { .. }) => "returned",
-            Self::Failed(PublishFailure::ConfirmTimedOut | PublishFailure::PublishBlocked) => {
-                "timed_out"
-            }
+            // A lost confirm (teaching fault) is, to a relay, one that never came.
+            Self::Failed(
+                PublishFailure::ConfirmTimedOut
+                | PublishFailure::PublishBlocked
+                | PublishFailure::ConfirmLost,
+            ) => "timed_out",
             Self::Failed(PublishFailure::PublishFailed(_) | PublishFailure::ConfirmFailed(_)) => {
                 "channel_error"
             }
@@ -116,6 +124,8 @@ pub enum PublishFailure {
     Nacked,
     /// The channel was not in confirm mode: no confirm will ever come.
     NotInConfirmMode,
+    /// Confirmed, but the `lose_confirms` teaching switch made the relay ignore it.
+    ConfirmLost,
 }
 
 impl PublishFailure {
@@ -128,9 +138,11 @@ impl PublishFailure {
             | Self::PublishBlocked
             | Self::ConfirmFailed(_)
             | Self::ConfirmTimedOut => true,
-            Self::NoChannel(_) | Self::Returned { .. } | Self::Nacked | Self::NotInConfirmMode => {
-                false
-            }
+            Self::NoChannel(_)
+            | Self::Returned { .. }
+            | Self::Nacked
+            | Self::NotInConfirmMode
+            | Self::ConfirmLost => false,
         }
     }
 }
@@ -154,6 +166,9 @@ impl fmt::Display for PublishFailure {
             ),
             Self::Nacked => f.write_str("nacked by broker"),
             Self::NotInConfirmMode => f.write_str("channel not in confirm mode"),
+            Self::ConfirmLost => {
+                f.write_str("confirm treated as lost (teaching fault lose_confirms)")
+            }
         }
     }
 }
@@ -184,6 +199,7 @@ pub struct Relay {
     status: BrokerStatus,
     wake: Arc<Notify>,
     metrics: Arc<MessageTableMetrics>,
+    faults: Faults,
 }
 
 impl Relay {
@@ -197,7 +213,14 @@ impl Relay {
             status: BrokerStatus::default(),
             wake: Arc::new(Notify::new()),
             metrics: Arc::default(),
+            faults: Faults::off(),
         }
+    }
+
+    /// Obeys these teaching switches (`DEMO_FAULTS`; by default none).
+    pub fn with_faults(mut self, faults: Faults) -> Self {
+        self.faults = faults;
+        self
     }
 
     /// Counts into `metrics` (by default into an unregistered set nobody reads).
@@ -219,6 +242,14 @@ impl Relay {
     /// One full round: connect, claim, publish, await confirms, settle.
     #[tracing::instrument(name = "relay_round", skip(self), fields(relay = %self.name, claim_token, claimed))]
     pub async fn run_once(&mut self) -> Result<RelayReport, RelayError> {
+        // Teaching faults: a paused relay claims nothing, so committed rows wait as pending;
+        // a dropped connection is found broken by `channel` and replaced, as after an outage.
+        if !self.faults.remaining(Switch::PauseRelay).is_zero() {
+            return Ok(RelayReport::default());
+        }
+        if self.faults.take_relay_drop() {
+            self.disconnect().await;
+        }
         self.channel().await?;
         let started = Instant::now();
         let claim = self.claim().await?;
@@ -291,7 +322,9 @@ impl Relay {
         self.metrics
             .confirm_duration
             .observe(started.elapsed().as_secs_f64());
-        let outcomes = classify(&claim.rows, answers);
+        let mut outcomes = classify(&claim.rows, answers);
+        // Teaching fault: a confirm treated as lost leaves its row to be published again.
+        lose_confirms(&self.faults, &mut outcomes);
         if outcomes
             .iter()
             .any(|o| matches!(o, PublishOutcome::Failed(f) if f.must_drop_channel()))
@@ -320,6 +353,10 @@ impl Relay {
                 Some(failure) => Err(failure.clone()),
                 None => self.publish_one(channel, row, deadline).await,
             };
+            // Teaching fault: a second copy of the message; the receiver's inbox drops it.
+            if published.is_ok() && self.faults.take(Switch::DeliverTwice) {
+                self.publish_copy(channel, row, deadline).await;
+            }
             if let Err(failure) = &published
                 && broken.is_none()
             {
@@ -353,6 +390,16 @@ impl Relay {
             Ok(Err(e)) => Err(PublishFailure::PublishFailed(e.to_string())),
             Err(_) => Err(PublishFailure::PublishBlocked),
         }
+    }
+
+    /// The `deliver_twice` copy: published and confirmed before the original's confirm is
+    /// awaited, so the copy is on the broker whatever happens to the original.
+    async fn publish_copy(&self, channel: &Channel, row: &OutboxRow, deadline: Instant) {
+        let confirmed = match self.publish_one(channel, row, deadline).await {
+            Ok(confirm) => tokio::time::timeout_at(deadline, confirm).await.is_ok(),
+            Err(_) => false,
+        };
+        tracing::warn!(message_id = %row.id, confirmed, "teaching fault: message published twice");
     }
 
     /// Step 6: confirmed rows become `sent`; the others are retried or `dead`.
@@ -575,6 +622,16 @@ pub fn classify(
             Err(failure) => PublishOutcome::Failed(failure),
         })
         .collect()
+}
+
+/// The `lose_confirms` teaching switch: each confirmed outcome it takes becomes a failure,
+/// retried like a timeout, so the row is published again (it was delivered already).
+fn lose_confirms(faults: &Faults, outcomes: &mut [PublishOutcome]) {
+    for outcome in outcomes {
+        if *outcome == PublishOutcome::Confirmed && faults.take(Switch::LoseConfirms) {
+            *outcome = PublishOutcome::Failed(PublishFailure::ConfirmLost);
+        }
+    }
 }
 
 /// LISTENs for the NOTIFY that [`super::enqueue`] sends at commit and wakes the relay.

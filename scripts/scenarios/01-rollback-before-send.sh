@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# shellcheck disable=SC2317 # (functions called through wait_for and expect)
+# Scenario 01 (seed scenario A): the message is sent, then the local transaction rolls back.
+#
+# A naive service publishes, then commits; when the commit fails, pay charges for an order
+# that does not exist. Here nothing is published before commit: the OrderCreated row is
+# written in the order's own transaction, and the relay only ever sees committed rows. The
+# script makes /buy's transaction fail after the outbox insert (a CHECK constraint that only
+# this scenario's user trips), and shows that neither the order nor its message exists and
+# that pay never heard of it.
+# shellcheck source=scripts/scenarios/scenario.sh
+. "$(dirname "$0")/scenario.sh"
+stack_up
+
+USER_ID="rollback-demo"
+step "sabotage: order's outbox refuses rows about user $USER_ID (the transaction fails after the outbox insert)"
+order_sql "ALTER TABLE outbox DROP CONSTRAINT IF EXISTS scenario_01_sabotage"
+order_sql "ALTER TABLE outbox ADD CONSTRAINT scenario_01_sabotage CHECK (payload->>'user_id' IS DISTINCT FROM '$USER_ID') NOT VALID"
+on_exit_do order_sql "'ALTER TABLE outbox DROP CONSTRAINT IF EXISTS scenario_01_sabotage'"
+
+step "before: rows about $USER_ID"
+order_sql "SELECT count(*) AS orders FROM orders WHERE user_id = '$USER_ID'"
+order_sql "SELECT count(*) AS outbox_rows FROM outbox WHERE payload->>'user_id' = '$USER_ID'"
+pay_sql "SELECT count(*) AS payments FROM payments WHERE user_id = '$USER_ID'"
+
+step "POST /buy for $USER_ID: the order insert succeeds, the outbox insert fails, the transaction rolls back"
+buy "$USER_ID" 4200
+note "answer: $BODY"
+expect "the client is told it failed (HTTP 500), no order id" equals "$STATUS:$ORDER_ID" "500:"
+
+step "give the relay and pay time to do anything at all (2 s)"
+sleep 2
+
+step "after: rows about $USER_ID"
+order_sql "SELECT count(*) AS orders FROM orders WHERE user_id = '$USER_ID'"
+order_sql "SELECT count(*) AS outbox_rows FROM outbox WHERE payload->>'user_id' = '$USER_ID'"
+pay_sql "SELECT count(*) AS payments FROM payments WHERE user_id = '$USER_ID'"
+pay_sql "SELECT count(*) AS inbox_rows FROM inbox WHERE payload->>'user_id' = '$USER_ID'"
+expect "no order row" equals "$(order_value "SELECT count(*) FROM orders WHERE user_id = '$USER_ID'")" 0
+expect "no outbox row" equals "$(order_value "SELECT count(*) FROM outbox WHERE payload->>'user_id' = '$USER_ID'")" 0
+expect "pay saw nothing (no inbox row, no payment)" equals \
+    "$(pay_value "SELECT (SELECT count(*) FROM inbox WHERE payload->>'user_id' = '$USER_ID') + (SELECT count(*) FROM payments WHERE user_id = '$USER_ID')")" 0
+
+conclude "a rolled-back transaction leaves no order and no message; nothing was published, pay saw nothing"

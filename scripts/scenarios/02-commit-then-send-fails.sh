@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# shellcheck disable=SC2317 # (functions called through wait_for and expect)
+# Scenario 02 (seed scenario B): the transaction commits, then the send fails.
+#
+# A naive service commits, then publishes; when the publish fails (or the process dies in
+# between) the order waits forever. Here the message is a committed row: a publish the broker
+# does not confirm leaves it `pending` with its error and a backed-off next attempt, and the
+# resend scheduler wakes the relay when that attempt is due. The script makes RabbitMQ refuse
+# every message for pay's queue (a policy on that queue only: max-length 0, reject-publish,
+# so each publish is nacked), buys, shows the row pending and retried, lifts the policy, and
+# shows it sent and paid once.
+# shellcheck source=scripts/scenarios/scenario.sh
+. "$(dirname "$0")/scenario.sh"
+stack_up
+command -v rabbitmqctl >/dev/null 2>&1 || die "this scenario needs rabbitmqctl (a local RabbitMQ)"
+
+POLICY="scenario-02-refuse"
+PATTERN="^${PAY_QUEUE//./\\.}\$"
+step "RabbitMQ refuses messages for $PAY_QUEUE (policy $POLICY: max-length 0, overflow reject-publish)"
+rmq -q set_policy --apply-to queues "$POLICY" "$PATTERN" '{"max-length":0,"overflow":"reject-publish"}' >/dev/null
+on_exit_do "rmq -q clear_policy $POLICY >/dev/null 2>&1"
+sleep 1
+
+step "POST /buy: the order and its message commit; the publish is nacked"
+buy alice 2200
+[[ -n "$ORDER_ID" ]] || die "no order: HTTP $STATUS $BODY"
+refused_twice() {
+    (($(order_value "SELECT count(*) FROM outbox WHERE aggregate_id = '$ORDER_ID' AND attempts >= 2 AND last_error LIKE '%nack%'") == 1))
+}
+wait_for 15 refused_twice || true
+
+step "while the broker refuses: the row is pending, with attempts, its error and the next attempt"
+show_order "$ORDER_ID"
+order_sql "SELECT status, attempts, next_attempt_at - now() AS next_attempt_in FROM outbox WHERE aggregate_id = '$ORDER_ID'"
+expect "the committed message is still pending (never sent while refused)" is_outbox "$ORDER_ID" pending
+expect "it was tried and refused (nacked) at least twice" refused_twice
+expect "the order waits (PENDING_PAYMENT)" is_status "$ORDER_ID" PENDING_PAYMENT
+
+step "the broker accepts again (policy cleared); the resend scheduler brings the next attempt"
+rmq -q clear_policy "$POLICY" >/dev/null
+wait_for 20 is_status "$ORDER_ID" PAID || true
+
+step "after"
+show_order "$ORDER_ID"
+expect "the message is sent" is_outbox "$ORDER_ID" sent
+expect "the order is PAID" is_status "$ORDER_ID" PAID
+expect "exactly one payment" equals "$(payments_of "$ORDER_ID")" 1
+
+conclude "a committed message whose publish fails stays pending and is published later by the retry; the order is paid once"

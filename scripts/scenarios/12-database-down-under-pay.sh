@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# shellcheck disable=SC2317 # (functions called through wait_for and expect)
+# Scenario 12: pay's database goes away while messages arrive.
+#
+# A consumer that acks before its work is committed loses the message when the database
+# fails under it. pay acks a delivery only after the inbox transaction committed; while its
+# database is unreachable nothing can be recorded, so the delivery is handed back to the
+# broker (nack with requeue, after a pause) and comes again, until the database is back.
+# The script does not stop the shared PostgreSQL: it refuses new connections to pay's
+# database only (ALTER DATABASE ... ALLOW_CONNECTIONS false) and ends its sessions
+# (pg_terminate_backend); the exit trap always allows connections again.
+# shellcheck source=scripts/scenarios/scenario.sh
+. "$(dirname "$0")/scenario.sh"
+stack_up
+
+read -r PG_ADMIN PAY_DB < <(pg_url_parts "$PAY_DATABASE_URL")
+pg_admin() { psql "$PG_ADMIN" -XtAq -c "$1" >/dev/null; }
+allow() { pg_admin "ALTER DATABASE \"$PAY_DB\" ALLOW_CONNECTIONS true"; }
+
+step "pay's database refuses connections; its sessions are terminated"
+on_exit_do allow
+pg_admin "ALTER DATABASE \"$PAY_DB\" ALLOW_CONNECTIONS false"
+pg_admin "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '$PAY_DB' AND pid <> pg_backend_pid()"
+sleep 1
+note "pay /readyz: $(curl -s --max-time 3 "$PAY_URL/readyz" | jq -c .checks 2>/dev/null || echo 'no answer')"
+
+step "POST /buy: order publishes; pay cannot record the delivery"
+buy alice 1210
+[[ -n "$ORDER_ID" ]] || die "no order: HTTP $STATUS $BODY"
+wait_for 15 is_outbox "$ORDER_ID" sent || true
+sleep 3
+note "order_db (order's own database is fine):"
+order_sql "SELECT o.status, x.status AS message, x.attempts FROM orders o JOIN outbox x ON x.id = o.message_id WHERE o.id = '$ORDER_ID'"
+note "pay's queue: $(queue_counts)   (the delivery is handed back and redelivered, never acked)"
+expect "the message was delivered to the broker (sent)" is_outbox "$ORDER_ID" sent
+expect "the order waits (PENDING_PAYMENT)" is_status "$ORDER_ID" PENDING_PAYMENT
+if [[ -n "$(queue_counts)" ]]; then
+    expect "the message is still the broker's (not acked)" test "$(queue_counts)" != "ready=0 unacked=0"
+fi
+
+step "pay's database accepts connections again"
+allow
+wait_for 30 is_status "$ORDER_ID" PAID || true
+
+step "after"
+show_order "$ORDER_ID"
+expect "the order is PAID" is_status "$ORDER_ID" PAID
+expect "exactly one payment" equals "$(payments_of "$ORDER_ID")" 1
+expect "pay is ready again" equals "$(http_status "$PAY_URL/readyz")" 200
+
+conclude "deliveries that arrive while pay's database is down are not acked, and are paid once when it is back"

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# shellcheck disable=SC2317 # (functions called through wait_for and expect)
+# Scenario 13: a message lost outside the mechanism, repaired by the reconciler.
+#
+# The outbox and the inbox cannot lose a message, but a person can: here pay's queue is
+# purged by hand while pay is stopped, after the relay had (rightly) marked the message sent.
+# Nothing in the mechanism notices; the order would stay PENDING_PAYMENT forever. order's
+# reconciler (services/order/src/reconciler.rs) asks pay about orders still pending after
+# RECONCILER_PENDING_AFTER_SECS (8 s here, every 2 s): pay never saw this one, so its
+# OrderCreated row goes back to pending and the relay publishes it again, with the same
+# message id.
+# shellcheck source=scripts/scenarios/scenario.sh
+. "$(dirname "$0")/scenario.sh"
+stack_up
+command -v rabbitmqctl >/dev/null 2>&1 || die "this scenario needs rabbitmqctl (a local RabbitMQ)"
+
+step "stop pay (its queue stays, and keeps what is published to it)"
+on_exit_do "service_pid pay >/dev/null || restart_service pay"
+SKIP_BUILD=1 scripts/run-local.sh stop-one pay >/dev/null 2>&1
+
+step "POST /buy: the message is published and confirmed: sent"
+buy alice 1310
+[[ -n "$ORDER_ID" ]] || die "no order: HTTP $STATUS $BODY"
+wait_for 15 is_outbox "$ORDER_ID" sent || true
+SENT_AT="$(order_value "SELECT sent_at FROM outbox WHERE aggregate_id = '$ORDER_ID'")"
+note "pay's queue: $(queue_counts)"
+
+step "someone purges pay's queue by hand (rabbitmqctl purge_queue): the message is gone"
+rmq -q purge_queue "$PAY_QUEUE" >/dev/null
+note "pay's queue: $(queue_counts)"
+restart_service pay
+sleep 1
+show_order "$ORDER_ID"
+expect "the lost message was marked sent (the mechanism did its part)" is_outbox "$ORDER_ID" sent
+expect "pay never saw it" equals "$(pay_value "SELECT count(*) FROM inbox WHERE message_id = '$(message_of "$ORDER_ID")'")" 0
+
+step "the reconciler's next passes: pay answers UNKNOWN, the message is published again"
+wait_for 40 is_status "$ORDER_ID" PAID || true
+admin "$ORDER_URL" GET /reconciliation
+note "GET /admin/reconciliation on order: $(jq -c '.since_start' <<<"$BODY" 2>/dev/null)"
+
+step "after"
+show_order "$ORDER_ID"
+order_sql "SELECT status, attempts, sent_at FROM outbox WHERE aggregate_id = '$ORDER_ID'"
+note "first sent at $SENT_AT"
+expect "the message was published again (sent later than the first time)" \
+    equals "$(order_value "SELECT status = 'sent' AND sent_at > '$SENT_AT' FROM outbox WHERE aggregate_id = '$ORDER_ID'")" t
+expect "the order is PAID" is_status "$ORDER_ID" PAID
+expect "exactly one payment" equals "$(payments_of "$ORDER_ID")" 1
+
+conclude "a message lost outside the mechanism is found by the reconciler, published again, and paid once"
