@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The project's test command: formatting, lints, the cargo test suite (which talks to the real
 # PostgreSQL and RabbitMQ), the end-to-end test of the running stack (scripts/e2e.sh), the
-# short chaos run (scripts/chaos.sh), the failure scenarios (scripts/scenarios/all.sh) and the
-# real docker compose run (scripts/compose-test.sh).
+# short chaos run (scripts/chaos.sh), the failure scenarios (scripts/scenarios/all.sh), the
+# dashboard in headless Chromium (scripts/browser-test.sh) and the real docker compose run
+# (scripts/compose-test.sh).
 #
 # Starts PostgreSQL and RabbitMQ when they are installed here and not running, and leaves them
 # running. Installs the tools it needs (curl, jq, psql, rustfmt, clippy) when missing. Stops at
@@ -102,4 +103,5 @@ step "cargo test" cargo test --workspace
 step "end-to-end (scripts/e2e.sh)" scripts/e2e.sh
 step "chaos, short (scripts/chaos.sh)" scripts/chaos.sh
 step "failure scenarios (scripts/scenarios/all.sh)" scripts/scenarios/all.sh
+step "browser (scripts/browser-test.sh)" scripts/browser-test.sh
 step "docker compose, for real (scripts/compose-test.sh)" scripts/compose-test.sh
