@@ -418,7 +418,8 @@ function chart(service, title, a, b, unit) {
   const line = (fieldName) =>
     history
       .map((p, i) => {
-        const x = (i / Math.max(HISTORY_POINTS - 1, 1)) * w;
+        // The newest point at the right edge; the chart fills leftwards over five minutes.
+        const x = w - ((history.length - 1 - i) / (HISTORY_POINTS - 1)) * w;
         const y = h - (p[fieldName] / max) * (h - 4) - 2;
         return `${i ? 'L' : 'M'}${x.toFixed(1)},${y.toFixed(1)}`;
       })
