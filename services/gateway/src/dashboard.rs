@@ -40,9 +40,10 @@ const ASSETS: [(&str, &str, &str); 3] = [
         include_str!("../dashboard/style.css"),
     ),
     // Each teaching switch links to its scenario's explanation; the page shows the section.
+    // Plain text, so a browser shows the file rather than download it.
     (
         "scenarios.md",
-        "text/markdown; charset=utf-8",
+        "text/plain; charset=utf-8",
         include_str!("../../../docs/scenarios.md"),
     ),
 ];

@@ -19,7 +19,7 @@ async fn the_page_and_its_files_are_served_from_the_binary() {
             "/order/orders?limit=",
         ),
         ("/dashboard/style.css", "text/css", ":focus-visible"),
-        ("/dashboard/scenarios.md", "text/markdown", "## 10 "),
+        ("/dashboard/scenarios.md", "text/plain", "## 10 "),
     ] {
         let res = app.client.get(app.url(path)).send().await.unwrap();
         assert_eq!(res.status(), StatusCode::OK, "{path}");
