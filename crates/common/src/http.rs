@@ -130,6 +130,21 @@ pub fn text_field(field: &str, value: &str, max: usize) -> Result<String, String
     Ok(trimmed.to_string())
 }
 
+/// A listing's `limit` query parameter, taken as text so a bad one is a 400
+/// `invalid_limit` naming it: `default` when absent, else an integer from 1 to `max`.
+pub fn limit_param(value: Option<&str>, default: i64, max: i64) -> Result<i64, ApiError> {
+    let Some(v) = value else { return Ok(default) };
+    v.parse()
+        .ok()
+        .filter(|n| (1..=max).contains(n))
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_limit",
+                format!("limit must be an integer from 1 to {max}, not {v:?}"),
+            )
+        })
+}
+
 pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
     (
         status,

@@ -5,8 +5,9 @@
 //! not process, ends `dead` with its reason. Someone has to see it and, once the cause is
 //! fixed, put it back in line. These endpoints are that someone's tools:
 //!
-//! - `GET  /admin/stats`: rows per status in the outbox and the inbox, and what the inbox
-//!   did since the process started (duplicates dropped, failures, poison);
+//! - `GET  /admin/stats`: rows per status in the outbox and the inbox, the oldest waiting
+//!   outbox row's age, and what the inbox did since the process started (duplicates
+//!   dropped, failures, poison);
 //! - `GET  /admin/outbox/dead`, `GET /admin/inbox/dead`: the dead rows and their reasons,
 //!   newest first (at most 100);
 //! - `POST /admin/outbox/{id}/requeue`: a dead outbox message is published again, with
@@ -40,7 +41,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use common::{
-    http::{ApiError, Json, Path, Query, text_field},
+    http::{ApiError, Json, Path, Query, limit_param, text_field},
     openapi::{AdminErrors, AdminSecurity, BodyErrors, ErrorBody},
 };
 use message_table::{
@@ -86,6 +87,9 @@ pub struct Stats {
     pub inbox: InboxStats,
     /// What this process's inbox did since it started.
     pub inbox_since_start: InboxCounts,
+    /// Seconds since the oldest outbox row waiting to be published was written (0 when
+    /// none): how far the relay is behind, as `outbox_oldest_pending_age_seconds` says.
+    pub outbox_oldest_pending_age_seconds: f64,
 }
 
 /// Rows per status in both tables, and this process's inbox counters.
@@ -96,6 +100,7 @@ async fn stats(State(s): State<AdminState>) -> Result<Json<Stats>, ApiError> {
         outbox: outbox::stats(&s.pool).await?,
         inbox: inbox::stats(&s.pool).await?,
         inbox_since_start: s.counters.snapshot(),
+        outbox_oldest_pending_age_seconds: outbox::oldest_waiting_age(&s.pool).await?,
     }))
 }
 
@@ -146,19 +151,7 @@ struct Page {
 
 impl ListParams {
     fn page(&self) -> Result<Page, ApiError> {
-        let limit = match &self.limit {
-            None => DEFAULT_LIMIT,
-            Some(v) => v
-                .parse()
-                .ok()
-                .filter(|n| (1..=MAX_LIMIT).contains(n))
-                .ok_or_else(|| {
-                    ApiError::bad_request(
-                        "invalid_limit",
-                        format!("limit must be an integer from 1 to {MAX_LIMIT}, not {v:?}"),
-                    )
-                })?,
-        };
+        let limit = limit_param(self.limit.as_deref(), DEFAULT_LIMIT, MAX_LIMIT)?;
         Ok(Page {
             filter: Filter {
                 event_type: self

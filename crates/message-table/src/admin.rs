@@ -1,6 +1,7 @@
 //! What an operator does with the rows of the message tables (the HTTP side is
 //! `message-service`'s `admin.rs`): list them by status, page by page; requeue dead ones,
-//! one, a list, or all matching a filter; purge old dead ones.
+//! one, a list, or all matching a filter; purge old dead ones; find the rows about one
+//! business object ([`outbox_about`], [`inbox_about`]), for a service's story of it.
 //!
 //! Paging is keyset on `(created_at, id)` (outbox) or `(received_at, message_id)` (inbox),
 //! newest first: a page starts strictly after the last row of the previous one, so rows
@@ -148,6 +149,52 @@ pub async fn list_inbox(
     )
     .bind(status);
     bind_page(query, filter, after, limit).fetch_all(db).await
+}
+
+/// The outbox rows about `aggregate_id` of one of `event_types`, oldest first: the
+/// messages a service sent about one order, say. No index serves it (none is paid for on
+/// every write): it is an operator's look at one object, at a click's rate.
+pub async fn outbox_about(
+    db: impl PgExecutor<'_>,
+    aggregate_id: &str,
+    event_types: &[&str],
+) -> sqlx::Result<Vec<OutboxRow>> {
+    sqlx::query_as(
+        "SELECT id, event_type, routing_key, aggregate_id, status,
+                claim_token IS NOT NULL AS in_flight, attempts, last_error, created_at,
+                next_attempt_at, expires_at, sent_at
+         FROM outbox
+         WHERE aggregate_id = $1 AND event_type = ANY($2)
+         ORDER BY created_at, id",
+    )
+    .bind(aggregate_id)
+    .bind(event_types)
+    .fetch_all(db)
+    .await
+}
+
+/// The inbox rows of one of `event_types` whose payload's `field` is the string `value`,
+/// oldest first: the messages a service received about one order, say (the inbox has no
+/// aggregate column). Poison rows have no payload and are not found. Unindexed, like
+/// [`outbox_about`].
+pub async fn inbox_about(
+    db: impl PgExecutor<'_>,
+    field: &str,
+    value: &str,
+    event_types: &[&str],
+) -> sqlx::Result<Vec<InboxRow>> {
+    sqlx::query_as(
+        "SELECT message_id, event_type, status, attempts, last_error,
+                payload IS NOT NULL AS requeueable, received_at, next_attempt_at, processed_at
+         FROM inbox
+         WHERE event_type = ANY($3) AND payload ->> $1 = $2
+         ORDER BY received_at, message_id",
+    )
+    .bind(field)
+    .bind(value)
+    .bind(event_types)
+    .fetch_all(db)
+    .await
 }
 
 /// Which dead rows a requeue applies to.

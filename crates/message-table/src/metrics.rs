@@ -20,7 +20,6 @@ use sqlx::PgPool;
 use crate::{
     inbox::Outcome,
     outbox::{self, relay::PublishOutcome},
-    status::WAITING,
 };
 
 type Labels = [(&'static str, &'static str); 1];
@@ -188,13 +187,7 @@ impl MessageTableMetrics {
 /// when none): how far the relay is behind.
 pub async fn outbox_gauges(pool: &PgPool, registry: &mut Registry) -> sqlx::Result<()> {
     let stats = outbox::stats(pool).await?;
-    // The literal predicate lets PostgreSQL use the partial index (see `crate::status`).
-    let oldest: f64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT coalesce(extract(epoch FROM now() - min(created_at))::float8, 0)
-         FROM outbox WHERE {WAITING}"
-    )))
-    .fetch_one(pool)
-    .await?;
+    let oldest = outbox::oldest_waiting_age(pool).await?;
     let rows = Family::<Labels, Gauge>::default();
     for (status, count) in [
         ("pending", stats.pending),
@@ -210,7 +203,7 @@ pub async fn outbox_gauges(pool: &PgPool, registry: &mut Registry) -> sqlx::Resu
         rows,
     );
     let age = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
-    age.set(oldest.max(0.0));
+    age.set(oldest);
     registry.register(
         "outbox_oldest_pending_age_seconds",
         "Age of the oldest pending outbox row not in flight, read at scrape time; 0 when none",

@@ -94,9 +94,13 @@ fn links_in(line: &str) -> Vec<String> {
 fn scenario_scripts(text: &str) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     for (at, _) in text.match_indices(".sh") {
+        // After the last character that cannot be part of a name (which may be a multi-byte
+        // one, as in Chinese punctuation).
         let start = text[..at]
-            .rfind(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'))
-            .map_or(0, |i| i + 1);
+            .char_indices()
+            .rev()
+            .find(|(_, c)| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
+            .map_or(0, |(i, c)| i + c.len_utf8());
         let name = &text[start..at + 3];
         let b = name.as_bytes();
         if b.len() > 6 && b[0].is_ascii_digit() && b[1].is_ascii_digit() && b[2] == b'-' {

@@ -44,16 +44,24 @@ async fn the_gateway_serves_both_documents_under_their_prefixes() {
                 .iter()
                 .map(move |(path, _)| path.replacen("/admin", &format!("/admin/{route}"), 1))
         })
-        .chain(["/admin/order/reconciliation".to_string()])
+        .chain(
+            [
+                "/admin/order/reconciliation",
+                "/admin/order/orders/{id}/story",
+                "/admin/pay/payments/{order_id}/story",
+            ]
+            .map(String::from),
+        )
         .collect();
     let methods = MESSAGE_TABLE_ADMIN
         .iter()
         .chain(MESSAGE_TABLE_ADMIN.iter())
         .map(|(_, m)| *m)
-        .chain(["get"]);
+        .chain(["get", "get", "get"]);
     let mut operations: Vec<(&str, &str)> = vec![
         ("/order/buy", "post"),
         ("/order/orders/{id}", "get"),
+        ("/order/orders", "get"),
         ("/order/openapi.json", "get"),
         ("/pay/payments/{order_id}", "get"),
         ("/pay/accounts/{user_id}", "get"),

@@ -26,9 +26,11 @@
 //! - [`error`]: the failures the gateway answers itself.
 //! - [`health`]: readiness from every instance's health.
 //! - [`metrics`]: the upstream results per instance, for `/metrics`.
+//! - [`dashboard`]: the page at `/` that shows the local message table at work.
 //! - [`startup`]: binding, middleware (request id, access log), serving.
 
 pub mod config;
+pub mod dashboard;
 pub mod error;
 pub mod health;
 pub mod internal;

@@ -13,8 +13,17 @@ use std::time::Duration;
 use reqwest::Url;
 
 /// Paths the gateway answers itself (`/admin` is its forwarding to the services' admin
-/// APIs, `/openapi.json` their merged documents); a route with one of these prefixes would never be reached.
-const RESERVED_PATHS: [&str; 5] = ["/healthz", "/readyz", "/metrics", "/openapi.json", "/admin"];
+/// APIs, `/openapi.json` their merged documents, `/dashboard` the page's files); a route
+/// with one of these prefixes would never be reached. `GET /` is the page too, but a
+/// catch-all route `/` still gets every other path (see [`crate::dashboard`]).
+const RESERVED_PATHS: [&str; 6] = [
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/openapi.json",
+    "/admin",
+    "/dashboard",
+];
 
 #[derive(Debug, Clone)]
 pub struct Route {
@@ -287,6 +296,7 @@ mod tests {
             ("/order=http://o:1,/order/=http://o:2", "listed twice"),
             ("/healthz=http://o:1", "gateway itself"),
             ("/admin/x=http://o:1", "gateway itself"),
+            ("/dashboard=http://o:1", "gateway itself"),
             ("/o rder=http://o:1", "plain path"),
             ("http://a:1,/order=http://o:1", "before any prefix"),
             ("/order=http://o:1,http://o:1", "listed twice"),

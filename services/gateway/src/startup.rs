@@ -21,7 +21,7 @@ use tower_http::{
 };
 use tracing::Level;
 
-use crate::{config::GatewayConfig, health, openapi, proxy};
+use crate::{config::GatewayConfig, dashboard, health, openapi, proxy};
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -84,6 +84,8 @@ fn router(proxy: Arc<proxy::Proxy>, registry: Arc<Registry>, http_metrics: HttpM
         .route("/metrics", get(metrics).with_state(registry))
         // The services' documents, merged under the route prefixes.
         .route("/openapi.json", get(openapi::openapi_json))
+        // The page at `/` and its files; see `dashboard` for who wins over a route `/`.
+        .merge(dashboard::routes())
         .method_not_allowed_fallback(common::http::method_not_allowed)
         .fallback(proxy::forward)
         .with_state(proxy)

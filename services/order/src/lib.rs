@@ -6,12 +6,14 @@
 //! ([`payment_results`]) and moves the order to `PAID` or `PAYMENT_FAILED`. The order
 //! service never reads pay's database; the only call to pay is the [`reconciler`]'s
 //! batch lookup, the last line of defence when a message was lost outside the mechanism.
+//! [`story`] shows an operator order's rows about one order (the dashboard's story).
 
 pub mod config;
 pub mod orders;
 pub mod payment_results;
 pub mod reconciler;
 mod startup;
+pub mod story;
 
 pub use config::{OrderConfig, OrderSettings, variables};
 pub use startup::Application;

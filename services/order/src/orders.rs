@@ -1,4 +1,4 @@
-//! `POST /buy` and `GET /orders/{id}`.
+//! `POST /buy`, `GET /orders/{id}` and `GET /orders` (the newest, for the dashboard).
 //!
 //! The order row and its `OrderCreated` message are written in ONE transaction. That is the
 //! whole point of the local message table: there is no moment at which the order exists and
@@ -11,7 +11,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use chrono::{DateTime, Utc};
-use common::http::{ApiError, Json, Path, text_field};
+use common::http::{ApiError, Json, Path, Query, limit_param, text_field};
 use message_table::outbox::{self, NewMessage};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -269,15 +269,68 @@ pub async fn get_order(
     State(state): State<AppState>,
     Path(id): Path<Uuid>,
 ) -> Result<Json<Order>, ApiError> {
+    find(&state.pool, id).await.map(Json)
+}
+
+/// Order `id`, or 404.
+pub(crate) async fn find(pool: &sqlx::PgPool, id: Uuid) -> Result<Order, ApiError> {
     sqlx::query_as(
         "SELECT id, user_id, item, amount_cents, status, failure_reason, message_id, created_at, updated_at
          FROM orders WHERE id = $1",
     )
     .bind(id)
-    .fetch_optional(&state.pool)
+    .fetch_optional(pool)
     .await?
-    .map(Json)
     .ok_or_else(|| ApiError::NotFound(format!("order {id} not found")))
+}
+
+/// Orders `GET /orders` answers when `limit` is not given, and the most it may ask for.
+const DEFAULT_LIST_LIMIT: i64 = 20;
+const MAX_LIST_LIMIT: i64 = 100;
+
+/// `GET /orders`' query, as text: a bad `limit` is a 400 naming it.
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    limit: Option<String>,
+}
+
+/// `GET /orders`' query, as the document shows it.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct ListQueryDoc {
+    /// How many orders.
+    #[param(minimum = 1, maximum = 100, default = 20)]
+    limit: Option<i64>,
+}
+
+/// `GET /orders`' body.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct OrderList {
+    /// Newest first.
+    pub orders: Vec<Order>,
+}
+
+/// `GET /orders?limit=N`: the newest orders, newest first (what the dashboard shows).
+#[utoipa::path(get, path = "/orders", tag = "orders",
+    params(ListQueryDoc),
+    responses(
+        (status = 200, description = "the newest orders", body = OrderList),
+        (status = 400, description = "limit is not 1 to 100", body = common::openapi::ErrorBody),
+        (status = 503, description = "database unavailable", body = common::openapi::ErrorBody)))]
+pub async fn list_orders(
+    State(state): State<AppState>,
+    Query(query): Query<ListQuery>,
+) -> Result<Json<OrderList>, ApiError> {
+    let limit = limit_param(query.limit.as_deref(), DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT)?;
+    let orders = sqlx::query_as(
+        "SELECT id, user_id, item, amount_cents, status, failure_reason, message_id, created_at, updated_at
+         FROM orders ORDER BY created_at DESC, id DESC LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(&state.pool)
+    .await?;
+    Ok(Json(OrderList { orders }))
 }
 
 /// The order service's OpenAPI document (served at `GET /openapi.json`).
@@ -287,15 +340,16 @@ pub async fn get_order(
         title = "order",
         description = "The order service: takes orders (`POST /buy`) and shows them. The operator routes under `/admin/*` need `Authorization: Bearer <ADMIN_TOKEN>` and answer 404 when `ADMIN_TOKEN` is unset. Every error is `{\"error\": {\"code\", \"message\"}}`; an unknown route is 404, a wrong method 405."
     ),
-    paths(buy, get_order),
-    components(schemas(BuyRequest, BuyResponse, Order))
+    paths(buy, get_order, list_orders),
+    components(schemas(BuyRequest, BuyResponse, Order, OrderList))
 )]
 pub struct ApiDoc;
 
-/// Order's own document: [`ApiDoc`] and the reconciler's admin route (the service adds the
-/// rest, see `message_service::service::ServiceSpec::openapi`).
+/// Order's own document: [`ApiDoc`] and the reconciler's and the story's admin routes (the
+/// service adds the rest, see `message_service::service::ServiceSpec::openapi`).
 pub fn openapi() -> utoipa::openapi::OpenApi {
     let mut doc = <ApiDoc as utoipa::OpenApi>::openapi();
     doc.merge(<crate::reconciler::ReconcilerDoc as utoipa::OpenApi>::openapi());
+    doc.merge(<crate::story::StoryDoc as utoipa::OpenApi>::openapi());
     doc
 }

@@ -11,6 +11,7 @@ use crate::{
     OrderConfig, orders,
     payment_results::PaymentResultHandler,
     reconciler::{self, Reconciler, ReconcilerConfig, ReconcilerMetrics},
+    story,
 };
 
 /// Shared by the HTTP handlers.
@@ -61,17 +62,26 @@ impl Application {
         cfg: OrderConfig,
         extras: Option<ExtrasBuilder>,
     ) -> anyhow::Result<Service> {
+        // The story's admin route in every build, beside the reconciler's when there is one.
+        let extras: ExtrasBuilder = Box::new(move |pool, registry| {
+            let mut extras = extras
+                .map(|build| build(pool.clone(), registry))
+                .unwrap_or_default();
+            extras.admin_routes = extras.admin_routes.merge(story::admin_routes(pool));
+            extras
+        });
         let spec = ServiceSpec {
             name: "order",
             migrator: &crate::MIGRATOR,
             max_body_bytes: MAX_BODY_BYTES,
             openapi: crate::orders::openapi,
-            extras,
+            extras: Some(extras),
         };
         let message_ttl = cfg.messaging.outbox.message_ttl;
         Service::build(spec, &cfg, Arc::new(PaymentResultHandler), |pool| {
             Router::new()
                 .route("/buy", post(orders::buy))
+                .route("/orders", get(orders::list_orders))
                 .route("/orders/{id}", get(orders::get_order))
                 .with_state(AppState { pool, message_ttl })
         })

@@ -422,7 +422,9 @@ async fn openapi_document_names_every_route() {
     let operations: Vec<(&str, &str)> = [
         ("/buy", "post"),
         ("/orders/{id}", "get"),
+        ("/orders", "get"),
         ("/admin/reconciliation", "get"),
+        ("/admin/orders/{id}/story", "get"),
     ]
     .into_iter()
     .chain(test_kit::openapi::STANDARD)
@@ -436,4 +438,81 @@ async fn openapi_document_names_every_route() {
         assert!(props[field].is_object(), "BuyResponse.{field}");
     }
     assert!(doc["components"]["schemas"]["Order"]["properties"]["order_id"].is_object());
+}
+
+/// `GET /orders?limit=N`: the newest orders first, `limit` 1 to 100 (20 when absent).
+#[tokio::test]
+async fn the_newest_orders_are_listed_newest_first() {
+    let amqp = test_kit::test_amqp();
+    let app = spawn_order(&amqp).await;
+    let mut ids = Vec::new();
+    for amount in [1, 2, 3] {
+        let body: Value = app.buy(alice(amount), None).await.json().await.unwrap();
+        ids.push(body["order_id"].as_str().unwrap().to_string());
+    }
+    let list = |query: &str| {
+        let url = format!("{}/orders{query}", app.base);
+        async move {
+            let res = reqwest::get(url).await.unwrap();
+            (res.status(), res.json::<Value>().await.unwrap())
+        }
+    };
+
+    let (status, body) = list("?limit=2").await;
+    assert_eq!(status, StatusCode::OK);
+    let listed: Vec<&str> = body["orders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["order_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, [ids[2].as_str(), ids[1].as_str()]);
+    assert_eq!(body["orders"][0]["status"], "PENDING_PAYMENT");
+    let (_, all) = list("").await;
+    assert_eq!(all["orders"].as_array().unwrap().len(), 3);
+
+    for query in ["?limit=0", "?limit=101", "?limit=x", "?limit=-1"] {
+        let (status, body) = list(query).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}");
+        assert_eq!(body["error"]["code"], "invalid_limit", "{query}: {body}");
+    }
+}
+
+/// `GET /admin/orders/{id}/story`: the order, its `OrderCreated` outbox row and the inbox
+/// rows of pay's answers (none here: no pay runs); behind the token; 404 for no order.
+#[tokio::test]
+async fn the_story_of_an_order_is_orders_rows_about_it() {
+    let amqp = test_kit::test_amqp();
+    let _queue = TestQueue::bind(&amqp, &["order.created"]).await;
+    let app = spawn_order(&amqp).await;
+    let body: Value = app.buy(alice(700), None).await.json().await.unwrap();
+    let order_id = body["order_id"].as_str().unwrap().to_string();
+    let message_id = &body["message_id"];
+    let story = |id: String| {
+        app.http
+            .get(format!("{}/admin/orders/{id}/story", app.base))
+            .header("authorization", test_kit::admin_bearer())
+            .send()
+    };
+
+    let told: Value = test_kit::eventually("published", Duration::from_secs(10), || async {
+        let told: Value = story(order_id.clone()).await.ok()?.json().await.ok()?;
+        (told["order_created"]["status"] == "sent").then_some(told)
+    })
+    .await;
+    assert_eq!(told["order"]["order_id"], order_id);
+    assert_eq!(told["order"]["status"], "PENDING_PAYMENT");
+    assert_eq!(&told["order_created"]["id"], message_id);
+    assert_eq!(told["order_created"]["attempts"], 1, "{told}");
+    assert!(told["order_created"]["sent_at"].is_string(), "{told}");
+    assert_eq!(told["replies"], json!([]));
+
+    let missing = story(Uuid::now_v7().to_string()).await.unwrap();
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+    let bad = story("x".into()).await.unwrap();
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+    let anonymous = reqwest::get(format!("{}/admin/orders/{order_id}/story", app.base))
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
 }

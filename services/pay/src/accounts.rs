@@ -43,15 +43,24 @@ pub async fn get_payment(
     State(state): State<AppState>,
     Path(order_id): Path<Uuid>,
 ) -> Result<Json<Payment>, ApiError> {
+    payment_of(&state.pool, order_id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("no payment for order {order_id}")))
+}
+
+/// The payment for `order_id`, if pay made one.
+pub(crate) async fn payment_of(
+    pool: &sqlx::PgPool,
+    order_id: Uuid,
+) -> sqlx::Result<Option<Payment>> {
     sqlx::query_as(
         "SELECT id, order_id, user_id, amount_cents, status, failure_reason, message_id, created_at
          FROM payments WHERE order_id = $1",
     )
     .bind(order_id)
-    .fetch_optional(&state.pool)
-    .await?
-    .map(Json)
-    .ok_or_else(|| ApiError::NotFound(format!("no payment for order {order_id}")))
+    .fetch_optional(pool)
+    .await
 }
 
 /// The longest user id order accepts.
@@ -183,8 +192,10 @@ pub async fn lookup_payments(
 )]
 pub struct ApiDoc;
 
-/// Pay's own document (the service adds the rest, see
-/// `message_service::service::ServiceSpec::openapi`).
+/// Pay's own document: [`ApiDoc`] and the story's admin route (the service adds the rest,
+/// see `message_service::service::ServiceSpec::openapi`).
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    <ApiDoc as utoipa::OpenApi>::openapi()
+    let mut doc = <ApiDoc as utoipa::OpenApi>::openapi();
+    doc.merge(<crate::story::StoryDoc as utoipa::OpenApi>::openapi());
+    doc
 }

@@ -4,10 +4,10 @@ use axum::{
     Router,
     routing::{get, post},
 };
-use message_service::service::{Service, ServiceSpec};
+use message_service::service::{Extras, Service, ServiceSpec};
 use sqlx::PgPool;
 
-use crate::{PayConfig, accounts, payments::PaymentHandler};
+use crate::{PayConfig, accounts, payments::PaymentHandler, story};
 
 /// Shared by the HTTP handlers.
 #[derive(Clone)]
@@ -29,7 +29,10 @@ impl Application {
             migrator: &crate::MIGRATOR,
             max_body_bytes: MAX_BODY_BYTES,
             openapi: crate::accounts::openapi,
-            extras: None,
+            extras: Some(Box::new(|pool, _| Extras {
+                workers: Vec::new(),
+                admin_routes: story::admin_routes(pool),
+            })),
         };
         let handler = Arc::new(PaymentHandler::new(cfg.messaging.outbox.message_ttl));
         Service::build(spec, &cfg, handler, |pool| {

@@ -106,6 +106,21 @@ async fn the_token_guards_every_admin_route() {
     }
     let (status, stats) = call(client().get(format!("{}/admin/stats", pay.base))).await;
     assert_eq!(status, StatusCode::OK, "{stats}");
+    assert_eq!(stats["outbox_oldest_pending_age_seconds"], 0.0, "{stats}");
+    // A row waiting two hours (not due before tomorrow, so no relay claims it meanwhile).
+    sqlx::query(
+        "INSERT INTO outbox (id, aggregate_id, event_type, routing_key, payload, expires_at,
+                             next_attempt_at, created_at)
+         VALUES ($1, 'a', 'PaymentCompleted', 'nowhere.test', '{}', now() + interval '2 days',
+                 now() + interval '1 day', now() - interval '2 hours')",
+    )
+    .bind(Uuid::now_v7())
+    .execute(&pay.db.pool)
+    .await
+    .unwrap();
+    let (_, stats) = call(client().get(format!("{}/admin/stats", pay.base))).await;
+    let age = stats["outbox_oldest_pending_age_seconds"].as_f64().unwrap();
+    assert!((7200.0..7300.0).contains(&age), "{stats}");
     // The service's other routes need no token.
     let res = reqwest::get(format!("{}/healthz", pay.base)).await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);

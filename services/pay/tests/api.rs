@@ -2,8 +2,11 @@
 
 mod support;
 
+use std::time::Duration;
+
 use reqwest::StatusCode;
-use serde_json::Value;
+use serde_json::{Value, json};
+use test_kit::TestQueue;
 use uuid::Uuid;
 
 #[tokio::test]
@@ -120,6 +123,7 @@ async fn openapi_document_names_every_route() {
         ("/payments/{order_id}", "get"),
         ("/accounts/{user_id}", "get"),
         ("/payments/lookup", "post"),
+        ("/admin/payments/{order_id}/story", "get"),
     ]
     .into_iter()
     .chain(test_kit::openapi::STANDARD)
@@ -129,4 +133,63 @@ async fn openapi_document_names_every_route() {
     let schemas = &doc["components"]["schemas"];
     assert!(schemas["Payment"]["properties"]["payment_id"].is_object());
     assert!(schemas["LookupResponse"]["properties"]["payments"].is_object());
+}
+
+/// `GET /admin/payments/{order_id}/story`: empty for an order pay never saw; once paid,
+/// the inbox row of its `OrderCreated`, the payment and the reply's outbox row.
+#[tokio::test]
+async fn the_story_of_an_order_is_pays_rows_about_it() {
+    let amqp = test_kit::test_amqp();
+    let pay = support::spawn_pay(&amqp, std::future::pending()).await;
+    let story = |order_id: Uuid| {
+        let url = format!("{}/admin/payments/{order_id}/story", pay.base);
+        support::admin_call(reqwest::Client::new().get(url))
+    };
+
+    let (status, empty) = story(Uuid::now_v7()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        empty,
+        json!({"order_created": [], "payment": null, "replies": []})
+    );
+
+    // Pay's answer is routed to a queue, so its relay can mark it sent.
+    let _answers = TestQueue::bind(&amqp, &["payment.completed"]).await;
+    let (order_id, message_id) = (Uuid::now_v7(), Uuid::now_v7());
+    let body =
+        json!({"order_id": order_id, "user_id": "alice", "item": "book", "amount_cents": 250});
+    TestQueue::bind(&amqp, &[])
+        .await
+        .publish(
+            &amqp,
+            "order.created",
+            support::order_created_props(&message_id.to_string()),
+            &serde_json::to_vec(&body).unwrap(),
+        )
+        .await;
+    let told = test_kit::eventually("paid and answered", Duration::from_secs(20), || async {
+        let (_, told) = story(order_id).await;
+        (told["replies"][0]["status"] == "sent").then_some(told)
+    })
+    .await;
+    let inbox = &told["order_created"][0];
+    assert_eq!(inbox["message_id"], message_id.to_string(), "{told}");
+    assert_eq!(
+        (&inbox["status"], &inbox["attempts"]),
+        (&json!("processed"), &json!(1))
+    );
+    assert_eq!(told["payment"]["status"], "COMPLETED", "{told}");
+    assert_eq!(told["payment"]["message_id"], message_id.to_string());
+    assert_eq!(told["replies"][0]["event_type"], "PaymentCompleted");
+    assert!(told["replies"][0]["sent_at"].is_string(), "{told}");
+
+    let (status, _) = support::admin_call(
+        reqwest::Client::new().get(format!("{}/admin/payments/x/story", pay.base)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let res = reqwest::get(format!("{}/admin/payments/{order_id}/story", pay.base))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
 }

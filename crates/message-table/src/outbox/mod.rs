@@ -299,6 +299,19 @@ pub async fn stats(db: impl PgExecutor<'_>) -> sqlx::Result<OutboxStats> {
     })
 }
 
+/// Seconds since the oldest row waiting to be published (pending, not in flight) was
+/// written, 0 when none: how far the relay is behind.
+pub async fn oldest_waiting_age(db: impl PgExecutor<'_>) -> sqlx::Result<f64> {
+    // The literal predicate lets PostgreSQL use the partial index (see `crate::status`).
+    let age: f64 = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT coalesce(extract(epoch FROM now() - min(created_at))::float8, 0)
+         FROM outbox WHERE {WAITING}"
+    )))
+    .fetch_one(db)
+    .await?;
+    Ok(age.max(0.0))
+}
+
 /// The status of one message, `None` when there is no such row (or retention deleted it).
 pub async fn status_of(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Option<OutboxStatus>> {
     sqlx::query_scalar("SELECT status FROM outbox WHERE id = $1")

@@ -4,6 +4,7 @@
 mod admin;
 mod balancing;
 mod body_limit;
+mod dashboard;
 mod errors;
 mod forwarding;
 mod headers;

@@ -1,0 +1,685 @@
+// The dashboard's logic: polls the gateway every second and draws what it answers.
+//
+// The gateway has no database, so everything here comes from the services' own routes
+// through it: /order/... and /pay/... for the business side, /admin/<service>/... (with the
+// operator's token) for the message tables. Each service tells only about its own rows; the
+// story of an order is joined here, from order's half and pay's half.
+//
+// Drawing: each panel is rebuilt from the latest answers with plain DOM calls (no
+// innerHTML from data). Focus and what was typed in a field survive a rebuild: every
+// control has a data-key, and the new control with the focused key gets the focus back.
+
+const SERVICES = ['order', 'pay'];
+const POLL_MS = 1000;
+const HISTORY_POINTS = 300; // five minutes at one poll a second
+const TOKEN_KEY = 'lmt-admin-token';
+
+/// What each teaching switch does, in a sentence (the service lists the switch, its unit,
+/// what remains and its scenario; see docs/scenarios.md, "The teaching switches").
+const SWITCHES = {
+  pause_relay: 'The relay stops claiming outbox rows: messages wait pending, nothing is lost.',
+  fail_handler: 'The inbox handler fails the next N messages (a technical error: retried).',
+  lose_confirms: "The relay publishes but treats the next N broker confirms as lost: it publishes again; the receiver's inbox drops the copy.",
+  drop_broker_connection: "The service's broker connections are closed once: relay and consumer reconnect.",
+  stop_consumer: 'The consumer stops taking deliveries: messages wait in the queue.',
+  deliver_twice: 'The next message is delivered twice: the inbox processes it once.',
+};
+
+const state = {
+  token: sessionStorage.getItem(TOKEN_KEY) || '',
+  /// 'none' (no token), 'ok', 'off' (404: ADMIN_TOKEN unset), 'refused' (401), 'down'.
+  admin: 'none',
+  orders: [],
+  ordersError: '',
+  open: new Set(),
+  stories: new Map(),
+  stats: {},
+  dead: {},
+  faults: {},
+  history: { order: [], pay: [] },
+  fields: new Map(),
+  docs: null,
+};
+
+// ---------------------------------------------------------------------------------------
+// HTTP
+
+async function call(path, { method = 'GET', body, admin = false, headers = {} } = {}) {
+  const h = { ...headers };
+  if (body !== undefined) h['content-type'] = 'application/json';
+  if (admin) h.authorization = `Bearer ${state.token}`;
+  try {
+    const res = await fetch(path, {
+      method,
+      headers: h,
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    let data = null;
+    try {
+      data = await res.json();
+    } catch {
+      data = null;
+    }
+    return { status: res.status, ok: res.ok, data, headers: res.headers };
+  } catch (e) {
+    return { status: 0, ok: false, data: null, error: String(e) };
+  }
+}
+
+const adminCall = (service, path, options = {}) =>
+  call(`/admin/${service}${path}`, { ...options, admin: true });
+
+/// The message of an error body (`{"error": {"code", "message"}}`), or the status.
+function problem(res) {
+  if (res.status === 0) return `the gateway did not answer (${res.error})`;
+  const err = res.data && res.data.error;
+  return err ? `${err.message} (HTTP ${res.status} ${err.code})` : `HTTP ${res.status}`;
+}
+
+// ---------------------------------------------------------------------------------------
+// DOM
+
+/// el('td', {class: 'num'}, 'text', childNode, ...): an element; attributes starting with
+/// `on` are listeners; null children are skipped.
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs)) {
+    if (value === null || value === undefined || value === false) continue;
+    if (name.startsWith('on')) node.addEventListener(name.slice(2), value);
+    else if (name === 'dataset') Object.assign(node.dataset, value);
+    else node.setAttribute(name, value === true ? '' : value);
+  }
+  for (const child of children.flat(Infinity)) {
+    if (child === null || child === undefined || child === false) continue;
+    node.append(child instanceof Node ? child : String(child));
+  }
+  return node;
+}
+
+const svgEl = (tag, attrs = {}) => {
+  const node = document.createElementNS('http://www.w3.org/2000/svg', tag);
+  for (const [name, value] of Object.entries(attrs)) node.setAttribute(name, value);
+  return node;
+};
+
+/// Replaces `container`'s children, keeping the focus (by data-key) and typed values.
+function replace(container, ...children) {
+  const focused = document.activeElement;
+  const key = focused && container.contains(focused) ? focused.dataset.key : null;
+  container.replaceChildren(...children.flat(Infinity).filter(Boolean));
+  if (key) {
+    const again = container.querySelector(`[data-key="${CSS.escape(key)}"]`);
+    if (again) again.focus();
+  }
+}
+
+/// A remembered input: its value survives rebuilds.
+function field(key, attrs) {
+  const input = el('input', { ...attrs, dataset: { key } });
+  if (state.fields.has(key)) input.value = state.fields.get(key);
+  input.addEventListener('input', () => state.fields.set(key, input.value));
+  return input;
+}
+
+/// A status as text in a badge; the class (colour, border style) only repeats it.
+function badge(text, kind) {
+  return el('span', { class: `status ${kind}` }, text);
+}
+
+const ORDER_KIND = { PAID: 'ok', PENDING_PAYMENT: 'wait', PAYMENT_FAILED: 'bad' };
+const ROW_KIND = { sent: 'ok', processed: 'ok', pending: 'wait', failed: 'wait', dead: 'bad' };
+
+function time(iso) {
+  if (!iso) return '';
+  const d = new Date(iso);
+  const pad = (n, w = 2) => String(n).padStart(w, '0');
+  return `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}.${pad(d.getMilliseconds(), 3)}`;
+}
+
+/// `+1.23 s` after `from`.
+function after(iso, from) {
+  if (!iso || !from) return '';
+  const s = (new Date(iso) - new Date(from)) / 1000;
+  return ` (+${s.toFixed(2)} s)`;
+}
+
+const money = (cents) => (cents / 100).toFixed(2);
+const short = (id) => String(id).slice(-12);
+
+// ---------------------------------------------------------------------------------------
+// Admin token
+
+function showAdminState() {
+  const node = document.getElementById('admin-state');
+  const text = {
+    none: 'Admin: no token yet. Enter ADMIN_TOKEN to see the message tables, the stories and the switches.',
+    ok: 'Admin: connected. The message tables, stories and switches are live.',
+    off: 'Admin is off: the gateway answers 404 for /admin (it runs without ADMIN_TOKEN). Orders still work.',
+    refused: 'Admin token refused (HTTP 401): it is not the gateway\'s ADMIN_TOKEN. Enter it again.',
+    down: 'Admin: the gateway did not answer.',
+  }[state.admin];
+  node.textContent = text;
+  node.classList.toggle('problem', state.admin === 'off' || state.admin === 'refused');
+}
+
+function adminFrom(res) {
+  if (res.ok) return 'ok';
+  if (res.status === 401) return 'refused';
+  if (res.status === 404) return 'off';
+  if (res.status === 0) return 'down';
+  return 'ok'; // a service's own error (503): the token is fine
+}
+
+// ---------------------------------------------------------------------------------------
+// Orders and their stories
+
+async function pollOrders() {
+  const res = await call('/order/orders?limit=15');
+  if (res.ok) {
+    state.orders = res.data.orders;
+    state.ordersError = '';
+  } else {
+    state.ordersError = `Orders could not be read: ${problem(res)}`;
+  }
+}
+
+async function pollStories() {
+  if (state.admin !== 'ok') return;
+  await Promise.all(
+    [...state.open].map(async (id) => {
+      const [order, pay] = await Promise.all([
+        adminCall('order', `/orders/${id}/story`),
+        adminCall('pay', `/payments/${id}/story`),
+      ]);
+      state.stories.set(id, { order, pay });
+    }),
+  );
+}
+
+function drawOrders() {
+  const body = document.querySelector('#orders tbody');
+  const rows = [];
+  for (const o of state.orders) {
+    const open = state.open.has(o.order_id);
+    rows.push(
+      el(
+        'tr',
+        { dataset: { orderId: o.order_id } },
+        el('td', {}, time(o.created_at)),
+        el('td', { class: 'id', title: o.order_id }, short(o.order_id)),
+        el('td', {}, o.user_id),
+        el('td', {}, o.item),
+        el('td', { class: 'num' }, money(o.amount_cents)),
+        el('td', { class: 'order-status' }, badge(o.status, ORDER_KIND[o.status] || 'wait'),
+          o.failure_reason ? ` ${o.failure_reason}` : null),
+        el(
+          'td',
+          {},
+          el(
+            'button',
+            {
+              type: 'button',
+              'aria-expanded': open ? 'true' : 'false',
+              'aria-controls': `story-${o.order_id}`,
+              dataset: { key: `story-${o.order_id}` },
+              onclick: () => toggleStory(o.order_id),
+            },
+            open ? 'Hide story' : 'Show story',
+          ),
+        ),
+      ),
+    );
+    if (open) {
+      rows.push(
+        el('tr', { class: 'story', id: `story-${o.order_id}` },
+          el('td', { colspan: 7 }, story(o))),
+      );
+    }
+  }
+  replace(body, rows);
+  const info = document.getElementById('orders-state');
+  info.textContent = state.ordersError || (state.orders.length ? '' : 'No orders yet: place one.');
+  info.classList.toggle('problem', Boolean(state.ordersError));
+}
+
+function toggleStory(id) {
+  if (state.open.has(id)) state.open.delete(id);
+  else state.open.add(id);
+  drawOrders();
+  pollStories().then(drawOrders);
+}
+
+/// One step of a story: what happened, when, and how it went.
+function step(done, title, when, from, ...details) {
+  return el(
+    'li',
+    { class: done ? 'done' : 'waiting' },
+    badge(done ? 'done' : 'waiting', done ? 'ok' : 'wait'),
+    ` ${title}`,
+    when ? el('span', { class: 'when' }, ` at ${time(when)}${after(when, from)}`) : null,
+    details.filter(Boolean).length ? ` — ${details.filter(Boolean).join('; ')}` : null,
+  );
+}
+
+function rowDetails(row, kind) {
+  return [
+    `status: ${row.status}`,
+    `${kind} attempts: ${row.attempts}`,
+    row.status === 'failed' && row.next_attempt_at ? `next attempt at ${time(row.next_attempt_at)}` : null,
+    row.last_error ? `last error: ${row.last_error}` : null,
+  ];
+}
+
+/// The order's story: order's rows and pay's, in the order they happen.
+function story(o) {
+  if (state.admin !== 'ok') {
+    return el('p', {}, 'The story needs the admin token (each service shows its message rows only to the operator).');
+  }
+  const told = state.stories.get(o.order_id);
+  if (!told) return el('p', {}, 'Reading the story…');
+  const from = o.created_at;
+  const parts = [];
+  if (!told.order.ok) parts.push(el('p', { class: 'state problem' }, `order: ${problem(told.order)}`));
+  if (!told.pay.ok) parts.push(el('p', { class: 'state problem' }, `pay: ${problem(told.pay)}`));
+  const mine = told.order.ok ? told.order.data : { order: o, order_created: null, replies: [] };
+  const theirs = told.pay.ok ? told.pay.data : { order_created: [], payment: null, replies: [] };
+  const order = mine.order;
+  const out = mine.order_created;
+  const steps = [
+    step(true, `Order committed (${o.status === 'PENDING_PAYMENT' ? 'PENDING_PAYMENT' : 'was PENDING_PAYMENT'}) with its OrderCreated outbox row, in one transaction`, order.created_at, null),
+    out
+      ? step(true, "OrderCreated in order's outbox", out.created_at, from, ...rowDetails(out, 'publish'))
+      : step(false, "OrderCreated in order's outbox", null, null, 'row not found (retention deleted it?)'),
+    step(Boolean(out && out.sent_at), 'Published, confirmed by the broker', out && out.sent_at, from,
+      out && !out.sent_at && out.in_flight ? 'a relay holds it now' : null),
+  ];
+  const inbox = theirs.order_created;
+  if (inbox.length === 0) steps.push(step(false, "In pay's inbox", null, null, 'pay has not received it'));
+  for (const row of inbox) {
+    steps.push(step(row.status === 'processed', "In pay's inbox (deduplicated by message id)", row.received_at, from,
+      ...rowDetails(row, 'handler')));
+  }
+  const p = theirs.payment;
+  steps.push(p
+    ? step(true, `Payment ${p.status}${p.failure_reason ? ` (${p.failure_reason})` : ''}`, p.created_at, from,
+      `payments for this order: 1 (payments.order_id is unique)`)
+    : step(false, 'Payment', null, null, 'payments for this order: 0'));
+  if (theirs.replies.length === 0) steps.push(step(false, "Reply in pay's outbox", null, null));
+  for (const r of theirs.replies) {
+    steps.push(step(true, `${r.event_type} in pay's outbox`, r.created_at, from, ...rowDetails(r, 'publish')));
+    steps.push(step(Boolean(r.sent_at), `${r.event_type} published, confirmed by the broker`, r.sent_at, from));
+  }
+  if (mine.replies.length === 0) steps.push(step(false, "Reply in order's inbox", null, null));
+  for (const row of mine.replies) {
+    steps.push(step(row.status === 'processed', `${row.event_type} in order's inbox`, row.received_at, from,
+      ...rowDetails(row, 'handler')));
+  }
+  const settled = order.status !== 'PENDING_PAYMENT';
+  steps.push(step(settled, settled ? `Order settled: ${order.status}` : 'Order settled', settled ? order.updated_at : null, from));
+  parts.push(el('ol', { 'aria-label': `Story of order ${o.order_id}` }, steps));
+  return parts;
+}
+
+// ---------------------------------------------------------------------------------------
+// Placing an order
+
+async function buy(event) {
+  event.preventDefault();
+  const form = event.target;
+  const data = new FormData(form);
+  const out = document.getElementById('buy-result');
+  const headers = {};
+  const key = data.get('idempotency_key').trim();
+  if (key) headers['idempotency-key'] = key;
+  const button = form.querySelector('button[type="submit"]');
+  button.disabled = true;
+  out.textContent = 'Sending…';
+  const res = await call('/order/buy', {
+    method: 'POST',
+    headers,
+    body: {
+      user_id: data.get('user_id'),
+      item: data.get('item'),
+      amount_cents: Number(data.get('amount_cents')),
+    },
+  });
+  button.disabled = false;
+  if (res.ok) {
+    const replayed = res.headers.get('idempotent-replayed') === 'true';
+    out.textContent = `Order ${res.data.order_id} ${replayed ? 'replayed (same Idempotency-Key): ' : 'taken: '}${res.data.status}`;
+    out.dataset.orderId = res.data.order_id;
+    state.open.add(res.data.order_id);
+    await tick();
+  } else {
+    out.textContent = `Refused: ${problem(res)}`;
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// The message tables: counts, charts, dead rows
+
+async function pollTables() {
+  await Promise.all(
+    SERVICES.map(async (service) => {
+      const [stats, outbox, inbox] = await Promise.all([
+        adminCall(service, '/stats'),
+        adminCall(service, '/outbox/dead'),
+        adminCall(service, '/inbox/dead'),
+      ]);
+      state.stats[service] = stats;
+      state.dead[service] = { outbox, inbox };
+      if (stats.ok) remember(service, stats.data);
+    }),
+  );
+  const first = state.stats.order;
+  state.admin = adminFrom(first);
+}
+
+/// One point of the charts: published and processed per second since the last poll, and
+/// the backlog (outbox waiting or in flight, inbox waiting for a retry).
+function remember(service, s) {
+  const history = state.history[service];
+  const now = Date.now();
+  const point = {
+    t: now,
+    sent: s.outbox.sent,
+    processed: s.inbox.processed,
+    outboxBacklog: s.outbox.pending + s.outbox.in_flight,
+    inboxBacklog: s.inbox.failed,
+    published: 0,
+    handled: 0,
+  };
+  const last = history[history.length - 1];
+  if (last) {
+    const secs = Math.max((now - last.t) / 1000, 0.001);
+    // Retention deletes old rows: a count that went down is no throughput.
+    point.published = Math.max(point.sent - last.sent, 0) / secs;
+    point.handled = Math.max(point.processed - last.processed, 0) / secs;
+  }
+  history.push(point);
+  if (history.length > HISTORY_POINTS) history.shift();
+}
+
+function counts(title, pairs) {
+  return [
+    el('h4', {}, title),
+    el('dl', { class: 'counts' }, pairs.map(([name, value]) => el('div', {}, el('dt', {}, name), el('dd', {}, value)))),
+  ];
+}
+
+/// A small line chart of two series over the history, drawn as inline SVG, with its
+/// numbers in text beside it.
+function chart(service, title, a, b, unit) {
+  const history = state.history[service];
+  const w = 300;
+  const h = 60;
+  const values = history.flatMap((p) => [p[a.field], p[b.field]]);
+  const max = Math.max(1, ...values);
+  const line = (fieldName) =>
+    history
+      .map((p, i) => {
+        // The newest point at the right edge; the chart fills leftwards over five minutes.
+        const x = w - ((history.length - 1 - i) / (HISTORY_POINTS - 1)) * w;
+        const y = h - (p[fieldName] / max) * (h - 4) - 2;
+        return `${i ? 'L' : 'M'}${x.toFixed(1)},${y.toFixed(1)}`;
+      })
+      .join(' ');
+  const last = history[history.length - 1] || {};
+  const fmt = (v) => (v === undefined ? '–' : Number.isInteger(v) ? v : v.toFixed(1));
+  const svg = svgEl('svg', { class: 'chart', viewBox: `0 0 ${w} ${h}`, preserveAspectRatio: 'none', role: 'img', 'aria-label': `${title}, last five minutes` });
+  const t = svgEl('title');
+  t.textContent = `${title}: ${a.name} ${fmt(last[a.field])}, ${b.name} ${fmt(last[b.field])} ${unit}`;
+  svg.append(t);
+  if (history.length > 1) {
+    svg.append(svgEl('path', { class: 'a', d: line(a.field) }), svgEl('path', { class: 'b', d: line(b.field) }));
+  }
+  return [
+    el('h4', {}, title),
+    svg,
+    el('p', { class: 'legend' }, `solid: ${a.name} ${fmt(last[a.field])}; dashed: ${b.name} ${fmt(last[b.field])} (${unit}, now); top of the chart: ${fmt(max)}`),
+  ];
+}
+
+function drawTables() {
+  const blocks = SERVICES.map((service) => {
+    const res = state.stats[service];
+    const parts = [el('h3', {}, service)];
+    if (state.admin !== 'ok') {
+      parts.push(el('p', { class: 'hint' }, 'Needs the admin token.'));
+    } else if (!res || !res.ok) {
+      parts.push(el('p', { class: 'state problem' }, res ? problem(res) : 'Reading…'));
+    } else {
+      const s = res.data;
+      parts.push(
+        ...counts('Outbox (messages it sends)', [
+          ['pending', s.outbox.pending],
+          ['in flight', s.outbox.in_flight],
+          ['sent', s.outbox.sent],
+          ['dead', s.outbox.dead],
+          ['oldest pending', `${s.outbox_oldest_pending_age_seconds.toFixed(1)} s`],
+        ]),
+        ...counts('Inbox (messages it received)', [
+          ['processed', s.inbox.processed],
+          ['failed (to retry)', s.inbox.failed],
+          ['dead', s.inbox.dead],
+          ['duplicates dropped*', s.inbox_since_start.duplicates],
+          ['handler failures*', s.inbox_since_start.failed],
+          ['poison*', s.inbox_since_start.poison],
+        ]),
+        el('p', { class: 'hint' }, '* since this process started'),
+        ...chart(service, 'Throughput', { field: 'published', name: 'published' }, { field: 'handled', name: 'processed' }, 'messages/s'),
+        ...chart(service, 'Backlog', { field: 'outboxBacklog', name: 'outbox pending' }, { field: 'inboxBacklog', name: 'inbox awaiting retry' }, 'rows'),
+      );
+    }
+    return el('div', { class: 'service', dataset: { service } }, parts);
+  });
+  replace(document.getElementById('tables'), blocks);
+}
+
+async function requeue(service, table, id) {
+  const res = await adminCall(service, `/${table}/${id}/requeue`, { method: 'POST' });
+  const out = document.getElementById('dead-result');
+  if (out) out.textContent = res.ok ? `Requeued ${table} message ${id} on ${service}.` : `Requeue refused: ${problem(res)}`;
+  await tick();
+}
+
+function deadList(service, table, res) {
+  const title = `${service} ${table}`;
+  if (!res || !res.ok) return [el('h4', {}, title), el('p', { class: 'state problem' }, res ? problem(res) : 'Reading…')];
+  const rows = res.data.dead;
+  if (rows.length === 0) return [el('h4', {}, `${title}: none dead`)];
+  return [
+    el('h4', {}, `${title}: ${rows.length} dead`),
+    el(
+      'ul',
+      { class: 'dead-list', dataset: { service, table } },
+      rows.map((row) => {
+        const id = row.id || row.message_id;
+        const can = table === 'outbox' || row.requeueable;
+        return el(
+          'li',
+          { dataset: { messageId: id } },
+          badge('dead', 'bad'),
+          el('span', { class: 'id', title: id }, short(id)),
+          el('span', {}, `${row.event_type}, attempts: ${row.attempts}`),
+          el('span', { class: 'reason' }, `reason: ${row.last_error || 'none recorded'}`),
+          el(
+            'button',
+            {
+              type: 'button',
+              disabled: !can,
+              'aria-label': `Requeue ${table} message ${id} on ${service}`,
+              dataset: { key: `requeue-${service}-${table}-${id}` },
+              onclick: () => requeue(service, table, id),
+            },
+            can ? 'Requeue' : 'Poison: cannot requeue',
+          ),
+        );
+      }),
+    ),
+  ];
+}
+
+function drawDead() {
+  const container = document.getElementById('dead');
+  if (state.admin !== 'ok') {
+    replace(container, el('p', { class: 'hint' }, 'Needs the admin token.'));
+    return;
+  }
+  const result = document.getElementById('dead-result');
+  replace(
+    container,
+    SERVICES.flatMap((service) => [
+      deadList(service, 'outbox', state.dead[service] && state.dead[service].outbox),
+      deadList(service, 'inbox', state.dead[service] && state.dead[service].inbox),
+    ]),
+    el('p', { id: 'dead-result', role: 'status' }, result ? result.textContent : ''),
+  );
+}
+
+// ---------------------------------------------------------------------------------------
+// Teaching switches
+
+async function pollFaults() {
+  await Promise.all(
+    SERVICES.map(async (service) => {
+      state.faults[service] = await adminCall(service, '/faults');
+    }),
+  );
+}
+
+async function turn(service, sw, on) {
+  let body;
+  if (on) {
+    const amount = Number(state.fields.get(`amount-${service}-${sw.switch}`) || defaultAmount(sw));
+    body = sw.unit === 'count' ? { count: amount } : sw.unit === 'seconds' ? { seconds: amount } : {};
+  }
+  const res = await adminCall(service, `/faults/${sw.switch}`, { method: on ? 'POST' : 'DELETE', body });
+  const out = document.getElementById('faults-result');
+  if (out) {
+    out.textContent = res.ok
+      ? `${service}: ${sw.switch} ${res.data.active ? 'on' : 'off'}.`
+      : `${service}: ${sw.switch} refused: ${problem(res)}`;
+  }
+  await pollFaults();
+  drawFaults();
+}
+
+const defaultAmount = (sw) => (sw.unit === 'count' ? 2 : 30);
+
+function remaining(sw) {
+  if (!sw.active) return 'inactive';
+  if (sw.remaining_count !== undefined) return `active: ${sw.remaining_count} left`;
+  if (sw.remaining_seconds !== undefined) return `active: ${sw.remaining_seconds} s left`;
+  return 'active';
+}
+
+function scenarioTitle(name) {
+  return `Scenario ${name.slice(0, 2)}: ${name.slice(3).replaceAll('-', ' ')}`;
+}
+
+function switchItem(service, sw) {
+  const key = `${service}-${sw.switch}`;
+  const unitLabel = sw.unit === 'count' ? 'messages' : 'seconds';
+  return el(
+    'li',
+    { dataset: { service, switch: sw.switch } },
+    el('div', {}, el('strong', {}, sw.switch), ' ', badge(remaining(sw), sw.active ? 'bad' : 'ok')),
+    el('div', { class: 'hint' }, SWITCHES[sw.switch] || ''),
+    el('div', {}, 'Shows ',
+      el('a', { href: `/dashboard/scenarios.md`, dataset: { key: `doc-${key}` } }, scenarioTitle(sw.scenario)),
+      ' (scripts/scenarios/', el('code', {}, `${sw.scenario}.sh`), ') ',
+      el('button', { type: 'button', dataset: { key: `explain-${key}` }, onclick: () => explain(sw.scenario) }, 'Explain')),
+    el(
+      'div',
+      { class: 'controls' },
+      sw.unit === 'once'
+        ? null
+        : el('label', {}, `${unitLabel}`,
+          field(`amount-${key}`, { type: 'number', min: 1, step: 1, value: defaultAmount(sw), 'aria-label': `${sw.switch} on ${service}: ${unitLabel}` })),
+      el('button', { type: 'button', class: 'primary', dataset: { key: `on-${key}` }, 'aria-label': `Turn on ${sw.switch} on ${service}`, onclick: () => turn(service, sw, true) }, 'Turn on'),
+      el('button', { type: 'button', dataset: { key: `off-${key}` }, 'aria-label': `Turn off ${sw.switch} on ${service}`, disabled: !sw.active, onclick: () => turn(service, sw, false) }, 'Turn off'),
+    ),
+  );
+}
+
+function drawFaults() {
+  const container = document.getElementById('faults');
+  const result = document.getElementById('faults-result');
+  const blocks = SERVICES.map((service) => {
+    const res = state.faults[service];
+    const parts = [el('h3', {}, service)];
+    if (state.admin !== 'ok') parts.push(el('p', { class: 'hint' }, 'Needs the admin token.'));
+    else if (res && res.status === 404) {
+      parts.push(el('p', { class: 'state problem' }, `The teaching switches are off on ${service}: it runs without DEMO_FAULTS=1.`));
+    } else if (!res || !res.ok) parts.push(el('p', { class: 'state problem' }, res ? problem(res) : 'Reading…'));
+    else parts.push(el('ul', { class: 'switches' }, res.data.switches.map((sw) => switchItem(service, sw))));
+    return el('div', { class: 'service', dataset: { service } }, parts);
+  });
+  replace(container, blocks, el('p', { id: 'faults-result', role: 'status' }, result ? result.textContent : ''));
+}
+
+/// Shows the scenario's section of docs/scenarios.md (the gateway serves the file).
+async function explain(scenario) {
+  if (state.docs === null) {
+    const res = await fetch('/dashboard/scenarios.md');
+    state.docs = res.ok ? await res.text() : '';
+  }
+  const number = scenario.slice(0, 2);
+  const sections = state.docs.split(/\n(?=## )/);
+  const section = sections.find((s) => s.startsWith(`## ${number} `)) || `No section ${number} in docs/scenarios.md.`;
+  const box = document.getElementById('explain');
+  document.getElementById('explain-title').textContent = section.split('\n')[0].replace(/^## /, 'Scenario ');
+  document.getElementById('explain-text').textContent = section.split('\n').slice(1).join('\n').trim();
+  box.hidden = false;
+  document.getElementById('explain-text').focus();
+}
+
+// ---------------------------------------------------------------------------------------
+// The loop
+
+let ticking = false;
+
+async function tick() {
+  if (ticking) return;
+  ticking = true;
+  try {
+    const jobs = [pollOrders()];
+    if (state.token) jobs.push(pollTables().then(() => Promise.all([pollStories(), pollFaults()])));
+    else state.admin = 'none';
+    await Promise.all(jobs);
+    showAdminState();
+    drawOrders();
+    drawTables();
+    drawDead();
+    drawFaults();
+  } finally {
+    ticking = false;
+  }
+}
+
+function start() {
+  const tokenInput = document.getElementById('token');
+  tokenInput.value = state.token;
+  document.getElementById('token-form').addEventListener('submit', (event) => {
+    event.preventDefault();
+    state.token = tokenInput.value.trim();
+    if (state.token) sessionStorage.setItem(TOKEN_KEY, state.token);
+    else sessionStorage.removeItem(TOKEN_KEY);
+    tick();
+  });
+  document.getElementById('forget-token').addEventListener('click', () => {
+    state.token = '';
+    tokenInput.value = '';
+    sessionStorage.removeItem(TOKEN_KEY);
+    tick();
+  });
+  document.getElementById('buy-form').addEventListener('submit', buy);
+  document.getElementById('explain-close').addEventListener('click', () => {
+    document.getElementById('explain').hidden = true;
+  });
+  tick();
+  setInterval(tick, POLL_MS);
+}
+
+start();

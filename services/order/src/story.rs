@@ -1,0 +1,80 @@
+//! `GET /admin/orders/{id}/story`: order's half of one order's story, for the dashboard.
+//!
+//! # Why
+//! The local message table is a chain of rows in two databases: the order and its
+//! `OrderCreated` outbox row here, pay's inbox row, payment and reply outbox row there, and
+//! the reply's inbox row here again. A learner should see that chain, with the time of every
+//! step and the attempts each took, without reading SQL. Each service shows only its own
+//! rows (pay's half is pay's `/admin/payments/{order_id}/story`); the page joins them, as
+//! nothing else may read both databases.
+
+use axum::{Router, extract::State, routing::get};
+use common::{
+    http::{ApiError, Json, Path},
+    openapi::AdminErrors,
+};
+use message_table::admin::{self, InboxRow, OutboxRow};
+use serde::Serialize;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::{
+    orders::{self, ORDER_CREATED, Order},
+    payment_results::{PAYMENT_COMPLETED, PAYMENT_FAILED},
+};
+
+/// The route, to be nested under `/admin` (behind the token).
+pub fn admin_routes(pool: PgPool) -> Router {
+    Router::new()
+        .route("/orders/{id}/story", get(order_story))
+        .with_state(pool)
+}
+
+/// Order's rows about one order.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct OrderStory {
+    /// Committed at `created_at`; settled at `updated_at` once not `PENDING_PAYMENT`.
+    pub order: Order,
+    /// Its `OrderCreated` message: `attempts` publishes, `sent_at` when the broker
+    /// confirmed it. `null` once retention deleted it.
+    pub order_created: Option<OutboxRow>,
+    /// Pay's answers as this inbox received them (normally one), oldest first.
+    pub replies: Vec<InboxRow>,
+}
+
+/// The order, its `OrderCreated` outbox row and the inbox rows of pay's answers.
+#[utoipa::path(get, path = "/admin/orders/{id}/story", tag = "admin",
+    security(("admin_token" = [])),
+    params(("id" = Uuid, Path, description = "the order id")),
+    responses(
+        (status = 200, description = "order's rows about the order", body = OrderStory),
+        (status = 400, description = "id is not a UUID", body = common::openapi::ErrorBody),
+        AdminErrors))]
+async fn order_story(
+    State(pool): State<PgPool>,
+    Path(id): Path<Uuid>,
+) -> Result<Json<OrderStory>, ApiError> {
+    let order = orders::find(&pool, id).await?;
+    let aggregate = id.to_string();
+    let order_created = admin::outbox_about(&pool, &aggregate, &[ORDER_CREATED])
+        .await?
+        .into_iter()
+        .find(|row| row.id == order.message_id);
+    let replies = admin::inbox_about(
+        &pool,
+        "order_id",
+        &aggregate,
+        &[PAYMENT_COMPLETED, PAYMENT_FAILED],
+    )
+    .await?;
+    Ok(Json(OrderStory {
+        order,
+        order_created,
+        replies,
+    }))
+}
+
+/// The story route, for order's OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(order_story), components(schemas(OrderStory)))]
+pub struct StoryDoc;
