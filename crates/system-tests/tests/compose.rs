@@ -628,3 +628,63 @@ fn prometheus_is_optional_and_scrapes_every_service_on_its_port() {
             .collect::<BTreeSet<_>>()
     );
 }
+
+/// Every file a service embeds (`include_str!`, `include_bytes!`) is in the Docker build
+/// context, or the image's build fails where `cargo build` here does not. `.dockerignore`
+/// excludes everything and lists what is in: a directory (`crates/`) or a file.
+#[test]
+fn every_file_the_binaries_embed_is_in_the_docker_build_context() {
+    let allowed: Vec<String> = read(".dockerignore")
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix('!'))
+        .map(str::to_string)
+        .collect();
+    let mut sources = Vec::new();
+    for top in ["services", "crates"] {
+        collect_sources(&root().join(top), &mut sources);
+    }
+    let mut embedded = 0;
+    for source in sources {
+        let text = std::fs::read_to_string(&source).unwrap();
+        for macro_name in ["include_str!(\"", "include_bytes!(\""] {
+            for (at, _) in text.match_indices(macro_name) {
+                let rest = &text[at + macro_name.len()..];
+                let relative = &rest[..rest.find('"').unwrap()];
+                let file = source.parent().unwrap().join(relative);
+                let file = file
+                    .canonicalize()
+                    .unwrap_or_else(|e| panic!("{file:?}: {e}"));
+                let in_repo = file.strip_prefix(root().canonicalize().unwrap()).unwrap();
+                let in_repo = in_repo.to_string_lossy();
+                assert!(
+                    allowed
+                        .iter()
+                        .any(|a| in_repo == *a
+                            || a.ends_with('/') && in_repo.starts_with(a.as_str())),
+                    "{} embeds {in_repo}, which .dockerignore keeps out of the build context",
+                    source.display()
+                );
+                embedded += 1;
+            }
+        }
+    }
+    assert!(embedded > 0, "found no embedded file: the scan is broken");
+}
+
+/// The `.rs` files under `dir`, tests and build output left out (they are not in the image).
+fn collect_sources(dir: &std::path::Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if path.is_dir() {
+            if !matches!(
+                name.as_str(),
+                "tests" | "benches" | "target" | "node_modules"
+            ) {
+                collect_sources(&path, out);
+            }
+        } else if name.ends_with(".rs") {
+            out.push(path);
+        }
+    }
+}
