@@ -341,6 +341,7 @@ pub fn fast_outbox() -> OutboxConfig {
 pub fn fast_inbox() -> InboxConfig {
     InboxConfig {
         prefetch: 16,
+        batch_size: 16,
         retry: RetryPolicy {
             base: Duration::from_millis(10),
             max: Duration::from_millis(200),
@@ -391,6 +392,13 @@ impl TestQueue {
             channel,
             name,
         }
+    }
+
+    /// Declares another queue bound to `routing_keys`, as a service would declare it.
+    pub async fn declare(&self, amqp: &AmqpConfig, queue: &str, routing_keys: &[&str]) {
+        message_table::amqp::declare_queue(&self.channel, amqp, queue, routing_keys)
+            .await
+            .expect("declare queue");
     }
 
     /// Every message now in the queue, acked.

@@ -87,6 +87,7 @@ async fn watch(stack: &Stack, label: &str, total: usize, since: Instant) -> Reac
             (last, last_change) = (paid + settled, Instant::now());
         } else if last_change.elapsed() > STALL {
             stalled(label, &format!("{paid} paid, {settled} settled of {total}"));
+            eprintln!("{}", stack.diagnose().await);
             return reached;
         }
         if last_print.elapsed() >= Duration::from_secs(1) {

@@ -44,8 +44,9 @@ pub struct Stack {
     pub order: Option<ServiceProcess>,
     pub gateway: Option<ServiceProcess>,
     ready: Vec<(String, Duration)>,
-    /// Holds a channel to delete the (durable) exchange at the end; also takes pay's
-    /// replies when order is not running (the relay publishes with `mandatory`).
+    /// The queue order consumes pay's replies from, declared before anything runs.
+    order_queue: String,
+    /// Holds a channel to delete the (durable) exchange at the end.
     broker: TestQueue,
 }
 
@@ -58,12 +59,26 @@ impl Stack {
             exchange_auto_delete: false,
             ..test_kit::test_amqp()
         };
-        let broker = TestQueue::bind(&amqp, &["payment.completed", "payment.failed"]).await;
+        // Order's reply queue exists before pay replies: order's relay and consumer start
+        // together, and a reply published before the consumer declared its queue would be
+        // unroutable (retried with backoff: a stall that is the benchmark's, not the
+        // system's). It also takes the replies when order is not running.
+        let broker = TestQueue::bind(&amqp, &[]).await;
+        let order_queue = test_kit::unique_name("bench.order");
+        broker
+            .declare(
+                &amqp,
+                &order_queue,
+                &["payment.completed", "payment.failed"],
+            )
+            .await;
         let order_db = TestDb::new(&order::MIGRATOR).await;
         let pay_db = TestDb::new(&pay::MIGRATOR).await;
         generator::seed_accounts(&pay_db.pool).await;
         let mut ready = Vec::new();
-        let pay = start(&mut ready, "pay", &service_env("PAY", &pay_db, &amqp)).await;
+        let pay_queue = test_kit::unique_name("bench.pay");
+        let pay_env = service_env("PAY", &pay_db, &amqp, &pay_queue);
+        let pay = start(&mut ready, "pay", &pay_env).await;
         Stack {
             order_db,
             pay_db,
@@ -72,6 +87,7 @@ impl Stack {
             order: None,
             gateway: None,
             ready,
+            order_queue,
             broker,
         }
     }
@@ -84,7 +100,7 @@ impl Stack {
     }
 
     pub async fn start_order(&mut self) {
-        let mut env = service_env("ORDER", &self.order_db, &self.amqp);
+        let mut env = service_env("ORDER", &self.order_db, &self.amqp, &self.order_queue);
         env.push(("ORDER_PAY_URL", self.pay.base.clone()));
         self.order = Some(start(&mut self.ready, "order", &env).await);
     }
@@ -150,6 +166,26 @@ impl Stack {
         .await
     }
 
+    /// Every message table's rows by status, and the orders still pending: what a stalled
+    /// scenario prints, so a stall says where the messages are.
+    pub async fn diagnose(&self) -> String {
+        use message_table::{inbox, outbox};
+        let mut out = String::new();
+        for (name, db) in [("order", &self.order_db), ("pay", &self.pay_db)] {
+            let o = outbox::stats(&db.pool).await;
+            let i = inbox::stats(&db.pool).await;
+            out += &format!("{name}: outbox {o:?}, inbox {i:?}\n");
+        }
+        let stuck: Vec<(uuid::Uuid,)> = sqlx::query_as(
+            "SELECT id FROM orders WHERE status = 'PENDING_PAYMENT' ORDER BY created_at LIMIT 5",
+        )
+        .fetch_all(&self.order_db.pool)
+        .await
+        .unwrap_or_default();
+        out += &format!("first pending orders: {stuck:?}");
+        out
+    }
+
     /// Stops the services and deletes the exchange (the databases go with their `TestDb`).
     pub async fn finish(mut self) {
         for process in [
@@ -176,15 +212,19 @@ async fn count(db: &TestDb, sql: &'static str) -> i64 {
 }
 
 /// order's or pay's variables (`prefix`): its database, the broker, its own queue, quiet logs.
-fn service_env(prefix: &str, db: &TestDb, amqp: &AmqpConfig) -> Vec<(&'static str, String)> {
-    let queue = test_kit::unique_name(&format!("bench.{}", prefix.to_lowercase()));
+fn service_env(
+    prefix: &str,
+    db: &TestDb,
+    amqp: &AmqpConfig,
+    queue: &str,
+) -> Vec<(&'static str, String)> {
     let (database, queue_var) = match prefix {
         "PAY" => ("PAY_DATABASE_URL", "PAY_QUEUE"),
         _ => ("ORDER_DATABASE_URL", "ORDER_QUEUE"),
     };
     vec![
         (database, db.url.clone()),
-        (queue_var, queue),
+        (queue_var, queue.into()),
         ("AMQP_URL", amqp.url.clone()),
         ("AMQP_EXCHANGE", amqp.exchange.clone()),
         ("AMQP_QUEUE_EXPIRES_MS", "120000".into()),
