@@ -110,6 +110,9 @@ pub struct InboxSettings {
     /// Unacked deliveries the broker may push to a consumer.
     #[arg(long, env = "INBOX_PREFETCH", default_value_t = 32)]
     pub inbox_prefetch: u16,
+    /// Most deliveries handled in one transaction (whatever has arrived, never a wait).
+    #[arg(long, env = "INBOX_BATCH_SIZE", default_value_t = 32)]
+    pub inbox_batch_size: usize,
     /// First handler retry delay.
     #[arg(long, env = "INBOX_RETRY_BASE_MS", default_value_t = 1_000)]
     pub inbox_retry_base_ms: u64,
@@ -135,6 +138,7 @@ impl From<InboxSettings> for InboxConfig {
     fn from(s: InboxSettings) -> Self {
         Self {
             prefetch: s.inbox_prefetch,
+            batch_size: s.inbox_batch_size,
             retry: RetryPolicy {
                 base: Duration::from_millis(s.inbox_retry_base_ms),
                 max: Duration::from_millis(s.inbox_retry_max_ms),
@@ -256,7 +260,7 @@ mod tests {
 
     #[test]
     fn validation_covers_every_part() {
-        let cases: [(&str, Change); 10] = [
+        let cases: [(&str, Change); 11] = [
             ("AMQP_RECONNECT_BASE_MS", |c| {
                 c.amqp.reconnect.base = Duration::ZERO
             }),
@@ -269,6 +273,7 @@ mod tests {
                 c.outbox.lease = c.outbox.confirm_timeout
             }),
             ("INBOX_PREFETCH", |c| c.inbox.prefetch = 0),
+            ("INBOX_BATCH_SIZE", |c| c.inbox.batch_size = 0),
             ("INBOX_MAX_ATTEMPTS", |c| c.inbox.retry.max_attempts = 0),
             ("RETENTION_INTERVAL_SECS", |c| {
                 c.retention.interval = Duration::ZERO

@@ -234,6 +234,19 @@ impl Faults {
         taken
     }
 
+    /// Whether `switch` would act now (a count left, or time), without taking it.
+    pub fn armed(&self, switch: Switch) -> bool {
+        let Some(s) = &self.0 else { return false };
+        let value = s.values[switch.index()].load(Ordering::Relaxed);
+        match switch.unit() {
+            Unit::Count => value > 0,
+            Unit::Seconds => value > s.now_ms(),
+            Unit::Once => {
+                s.relay_drop.load(Ordering::Relaxed) || s.consumer_drop.load(Ordering::Relaxed)
+            }
+        }
+    }
+
     /// How much longer a timed switch is on (zero when it is not).
     pub fn remaining(&self, switch: Switch) -> Duration {
         let Some(s) = &self.0 else {

@@ -64,6 +64,11 @@ impl MessageHandler for PaymentHandler {
         let span = tracing::info_span!("payment", order_id = %order.order_id);
         self.pay(tx, msg, &order).instrument(span).await
     }
+
+    /// The account the payment debits: a batch debits its accounts in one order.
+    fn lock_key(&self, msg: &InboxMessage) -> Option<String> {
+        msg.payload["user_id"].as_str().map(str::to_string)
+    }
 }
 
 impl PaymentHandler {

@@ -1,11 +1,18 @@
 //! The AMQP side of the inbox: consume with manual ack, hand each delivery to
 //! [`Inbox::receive`], ack only after its outcome is committed.
 //!
-//! Deliveries are processed concurrently up to the prefetch count (the broker never has
-//! more than that many unacked on this channel), and at most as many as the pool can
-//! serve while leaving a few connections to the rest of the service. A delivery whose outcome could not be
-//! recorded (the database is down) is nacked with requeue after a pause, so the broker
-//! keeps it; the pause keeps a database outage from turning into a hot redelivery loop.
+//! Deliveries are taken in batches of whatever has arrived (up to `batch_size`, never
+//! waiting for more) and each batch is one inbox transaction ([`Inbox::receive_batch`]).
+//! Batches run concurrently, at most as many as the pool can serve while leaving a few
+//! connections to the rest of the service; the broker never has more than the prefetch
+//! count unacked on this channel. A delivery whose outcome could not be recorded (the
+//! database is down) is nacked with requeue after a pause, so the broker keeps it; the
+//! pause keeps a database outage from turning into a hot redelivery loop.
+//!
+//! Acks go through an [`AckWindow`]: one `basic.ack` with `multiple` settles every delivery
+//! up to a tag, so it is sent only when every earlier delivery on the channel is settled.
+//! A batch that finishes before an earlier one waits for it; acking it at once would also
+//! ack the earlier batch's deliveries, still being handled, and a crash would lose them.
 //! If the connection drops, unacked deliveries go back to the queue by themselves and come
 //! back (marked redelivered) to this or another consumer, where the inbox deduplicates.
 //!
@@ -13,10 +20,11 @@
 //! data before [`Inbox::receive`] sees it, so the inbox can be driven (and tested) without
 //! a broker.
 
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
 
 use futures::StreamExt;
 use lapin::{
+    Acker,
     message::Delivery,
     options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions},
     types::{AMQPValue, FieldTable, ShortString},
@@ -171,19 +179,25 @@ impl InboxConsumer {
         // A stream error means the channel or connection is gone.
         let stream_error = std::sync::Mutex::new(None);
         let faults = self.inbox.faults();
+        let acks = tokio::sync::Mutex::new(AckWindow::default());
         deliveries
             .take_until(shutdown.cancelled())
             // Teaching fault: drop_broker_connection ends this connection like a lost one.
             .take_until(faults.consumer_drop())
-            .for_each_concurrent(concurrency, |delivery| {
-                let stream_error = &stream_error;
+            .ready_chunks(self.inbox.config().batch_size)
+            .for_each_concurrent(concurrency, |chunk| {
+                let (stream_error, acks) = (&stream_error, &acks);
                 async move {
                     // Teaching fault: a stopped consumer holds its deliveries, unacked.
                     faults.wait_while(Switch::StopConsumer).await;
-                    match delivery {
-                        Ok(delivery) => handle_delivery(&self.inbox, delivery).await,
-                        Err(e) => *stream_error.lock().unwrap() = Some(e),
+                    let mut batch = Vec::with_capacity(chunk.len());
+                    for delivery in chunk {
+                        match delivery {
+                            Ok(delivery) => batch.push(delivery),
+                            Err(e) => *stream_error.lock().unwrap() = Some(e),
+                        }
                     }
+                    handle_batch(&self.inbox, batch, acks).await;
                 }
             })
             .await;
@@ -202,31 +216,115 @@ impl InboxConsumer {
     }
 }
 
-/// Receives one delivery through the inbox and acks it once its outcome is committed.
-async fn handle_delivery(inbox: &Inbox, mut delivery: Delivery) {
-    let incoming = Incoming::take_from(&mut delivery);
-    let message_id = incoming.message_id.clone();
-    match inbox.receive(incoming).await {
-        Ok(outcome) => {
-            if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
-                // The outcome is committed; a redelivery will be dropped as a duplicate.
-                tracing::warn!(?message_id, error = %e, ?outcome, "ack failed after commit");
+/// Receives a batch through the inbox, hands back what could not be recorded, and acks
+/// the rest through the window once its outcomes are committed.
+async fn handle_batch(
+    inbox: &Inbox,
+    mut batch: Vec<Delivery>,
+    acks: &tokio::sync::Mutex<AckWindow>,
+) {
+    if batch.is_empty() {
+        return;
+    }
+    let incoming = batch.iter_mut().map(Incoming::take_from).collect();
+    let outcomes = inbox.receive_batch(incoming).await;
+    let mut settled = Vec::with_capacity(batch.len());
+    let mut handed_back = Vec::new();
+    for (delivery, outcome) in batch.into_iter().zip(outcomes) {
+        match outcome {
+            Some(outcome) => {
+                if matches!(outcome, Outcome::Duplicate) && delivery.redelivered {
+                    tracing::debug!(
+                        delivery_tag = delivery.delivery_tag,
+                        "redelivered copy dropped"
+                    );
+                }
+                settled.push((delivery.delivery_tag, Some(delivery.acker)));
             }
-            if matches!(outcome, Outcome::Duplicate) && delivery.redelivered {
-                tracing::debug!(?message_id, "redelivered copy dropped");
-            }
+            None => handed_back.push(delivery),
         }
-        Err(e) => {
-            tracing::warn!(?message_id, error = %e, "could not record the delivery; handing it back to the broker");
-            tokio::time::sleep(NACK_PAUSE).await;
-            let requeue = BasicNackOptions {
-                requeue: true,
-                ..Default::default()
-            };
+    }
+    if !handed_back.is_empty() {
+        tokio::time::sleep(NACK_PAUSE).await;
+        let requeue = BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        };
+        for delivery in handed_back {
             if let Err(e) = delivery.acker.nack(requeue).await {
-                tracing::warn!(?message_id, error = %e, "nack failed; the broker requeues the delivery when the channel closes");
+                tracing::warn!(delivery_tag = delivery.delivery_tag, error = %e, "nack failed; the broker requeues the delivery when the channel closes");
             }
+            // Settled by the nack; no acker: a later `multiple` ack passes over it.
+            settled.push((delivery.delivery_tag, None));
         }
+    }
+    // Held while acking: acks go out in tag order, never one that an earlier ack covered.
+    let mut window = acks.lock().await;
+    let Acks { multiple, single } = window.settle(settled);
+    let sends = multiple
+        .map(|a| (a, true))
+        .into_iter()
+        .chain(single.into_iter().map(|a| (a, false)));
+    for (acker, multiple) in sends {
+        if let Err(e) = acker.ack(BasicAckOptions { multiple }).await {
+            // The outcomes are committed; redeliveries will be dropped as duplicates.
+            tracing::warn!(error = %e, "ack failed after commit");
+        }
+    }
+}
+
+/// The acks one settling calls for.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Acks<A> {
+    /// Ack with `multiple`: it settles this delivery and every one before it.
+    pub multiple: Option<A>,
+    /// Ack each alone: settled while an earlier delivery is still in progress.
+    pub single: Vec<A>,
+}
+
+/// Which deliveries of one channel are settled (their outcomes committed, or handed back),
+/// so that a `multiple` ack is sent only when it covers settled deliveries alone. Tags start
+/// at 1 on a channel and grow by one per delivery, and every delivery of the channel passes
+/// here. A batch that settles behind a delivery still in progress is acked delivery by
+/// delivery instead: a slow message must not hold back the acks of the ones after it
+/// (the broker would stop delivering once the prefetch count is unacked).
+#[derive(Debug)]
+pub struct AckWindow<A = Acker> {
+    /// The lowest delivery tag not yet settled.
+    next: u64,
+    /// Settled tags above `next`: their acker until acked, then `None` (as when nacked).
+    settled: BTreeMap<u64, Option<A>>,
+}
+
+impl<A> Default for AckWindow<A> {
+    fn default() -> Self {
+        Self {
+            next: 1,
+            settled: BTreeMap::new(),
+        }
+    }
+}
+
+impl<A> AckWindow<A> {
+    /// Records settled deliveries and says how to ack them: with one `multiple` ack of the
+    /// last acked delivery of the settled run that starts at the first unsettled tag (every
+    /// tag it covers is settled), and each one beyond a gap alone.
+    pub fn settle(&mut self, tags: impl IntoIterator<Item = (u64, Option<A>)>) -> Acks<A> {
+        self.settled.extend(tags);
+        let mut multiple = None;
+        while let Some(acker) = self.settled.remove(&self.next) {
+            if acker.is_some() {
+                multiple = acker;
+            }
+            self.next += 1;
+        }
+        let single = self.settled.values_mut().filter_map(Option::take).collect();
+        Acks { multiple, single }
+    }
+
+    /// The lowest tag not yet settled.
+    pub fn first_unsettled(&self) -> u64 {
+        self.next
     }
 }
 
@@ -235,3 +333,57 @@ const RESERVED_CONNECTIONS: usize = 4;
 
 /// Pause before handing back a delivery that could not be recorded.
 const NACK_PAUSE: Duration = Duration::from_secs(1);
+
+#[cfg(test)]
+mod tests {
+    use super::{AckWindow, Acks};
+
+    fn acked(tags: &[u64]) -> Vec<(u64, Option<u64>)> {
+        tags.iter().map(|&t| (t, Some(t))).collect()
+    }
+
+    fn acks(multiple: Option<u64>, single: &[u64]) -> Acks<u64> {
+        Acks {
+            multiple,
+            single: single.to_vec(),
+        }
+    }
+
+    #[test]
+    fn batches_settled_in_order_take_one_multiple_ack_each() {
+        let mut window = AckWindow::default();
+        assert_eq!(window.settle(acked(&[1, 2, 3])), acks(Some(3), &[]));
+        assert_eq!(window.settle(acked(&[4, 5])), acks(Some(5), &[]));
+        assert_eq!(window.first_unsettled(), 6);
+    }
+
+    #[test]
+    fn a_batch_settled_behind_one_in_progress_is_acked_one_by_one_never_with_multiple() {
+        let mut window = AckWindow::default();
+        // 1..=4 are still being handled; 5..=8 finished first. A `multiple` ack of 8 would
+        // ack 1..=4 too: lost on a crash.
+        assert_eq!(
+            window.settle(acked(&[5, 6, 7, 8])),
+            acks(None, &[5, 6, 7, 8])
+        );
+        assert_eq!(window.first_unsettled(), 1);
+        // The earlier batch settles: one `multiple` ack of 4; 5..=8 are not acked again.
+        assert_eq!(window.settle(acked(&[1, 2, 3, 4])), acks(Some(4), &[]));
+        assert_eq!(window.first_unsettled(), 9);
+        assert_eq!(window.settle(acked(&[9])), acks(Some(9), &[]));
+    }
+
+    #[test]
+    fn handed_back_deliveries_are_passed_over_and_never_acked() {
+        let mut window = AckWindow::default();
+        // 1 and 2 were nacked (requeued): nothing to ack.
+        assert_eq!(window.settle([(1, None), (2, None)]), acks(None, &[]));
+        // 3 acked, 4 nacked: the ack is 3's, and 4 is settled.
+        assert_eq!(window.settle([(3, Some(3)), (4, None)]), acks(Some(3), &[]));
+        assert_eq!(window.first_unsettled(), 5);
+        // 6 nacked ahead of 5: passed over once 5 settles.
+        assert_eq!(window.settle([(6, None)]), acks(None, &[]));
+        assert_eq!(window.settle(acked(&[5])), acks(Some(5), &[]));
+        assert_eq!(window.first_unsettled(), 7);
+    }
+}

@@ -30,6 +30,19 @@
 //! If even recording fails (the database is down), nothing was committed: the delivery is
 //! not acked but handed back to the broker, which redelivers it later.
 //!
+//! # Batches
+//! Under load the consumer hands over several deliveries at once ([`Inbox::receive_batch`]):
+//! the same steps, for all of them in ONE transaction, so a batch of N costs one `BEGIN`, one
+//! dedup `INSERT` of all the ids, the handlers' own statements and one `COMMIT` (one flush to
+//! disk) instead of N of each. It is optimistic: the handlers run without savepoints, and if
+//! any of them fails, the whole batch is rolled back and redone message by message through
+//! the steps above, so a failing message is recorded and retried alone and the others are
+//! processed. Locks are taken in one order in every batch (ids sorted in the insert, then the
+//! handlers sorted by [`MessageHandler::lock_key`]), so two batches do not deadlock; if they
+//! still do (or any transaction hits a serialization failure), that is a lost race, not a
+//! failure of the message: the transaction is rolled back and run again. A batch whose commit
+//! fails records nothing, and every one of its deliveries is handed back.
+//!
 //! With `DEMO_FAULTS=1` the [teaching switch](crate::faults) `fail_handler` turns a
 //! finished handler run into a failure in step 3, rolled back like any other.
 //!
@@ -102,6 +115,13 @@ impl From<sqlx::Error> for HandlerError {
 #[async_trait]
 pub trait MessageHandler: Send + Sync + 'static {
     async fn handle(&self, tx: &mut PgConnection, msg: &InboxMessage) -> Result<(), HandlerError>;
+
+    /// The key of the row this message's handler locks (pay: the account's user id). A
+    /// batch runs its handlers in the order of these keys, so concurrent batches take their
+    /// locks in one order and do not deadlock. `None` (the default): message id order.
+    fn lock_key(&self, _msg: &InboxMessage) -> Option<String> {
+        None
+    }
 }
 
 /// What happened to one delivery. Every variant means "safe to ack".
@@ -129,6 +149,9 @@ pub enum Outcome {
 pub struct InboxConfig {
     /// Deliveries the broker may push ahead, and how many are processed at once.
     pub prefetch: u16,
+    /// Most deliveries handled in one transaction. A batch is whatever has arrived when a
+    /// transaction can start, never a wait for more: at low rates it is one message.
+    pub batch_size: usize,
     pub retry: RetryPolicy,
     /// Longest sleep of the retry sweeper between looks at the table.
     pub poll_interval: Duration,
@@ -144,6 +167,7 @@ impl InboxConfig {
     /// The rules a usable inbox configuration follows (checked by the service builder).
     pub fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(self.prefetch > 0, "INBOX_PREFETCH must be > 0");
+        anyhow::ensure!(self.batch_size > 0, "INBOX_BATCH_SIZE must be > 0");
         anyhow::ensure!(
             self.retry.max_attempts > 0,
             "INBOX_MAX_ATTEMPTS must be > 0"
@@ -157,6 +181,34 @@ const CLOCK_SKEW_MARGIN: Duration = Duration::from_secs(300);
 
 /// Raw bodies of poison messages are kept up to this size, for a human to look at.
 const MAX_KEPT_RAW_BODY: usize = 64 * 1024;
+
+/// Runs of one transaction that lost a race (deadlock, serialization failure) before its
+/// deliveries are handed back to the broker instead.
+const MAX_CONFLICT_RUNS: usize = 5;
+
+/// A deadlock or a serialization failure: the transaction lost a race with another one.
+/// Running it again is the remedy; it says nothing about the message.
+pub fn is_conflict(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .is_some_and(|code| code == "40P01" || code == "40001")
+}
+
+impl HandlerError {
+    /// The database error under a transient failure, when it is a lost race
+    /// ([`is_conflict`]): the caller runs the transaction again instead of recording it.
+    fn into_conflict(self) -> Result<sqlx::Error, HandlerError> {
+        match self {
+            HandlerError::Transient(e)
+                if e.chain()
+                    .any(|c| c.downcast_ref::<sqlx::Error>().is_some_and(is_conflict)) =>
+            {
+                e.downcast::<sqlx::Error>().map_err(HandlerError::Transient)
+            }
+            other => Err(other),
+        }
+    }
+}
 
 impl Outcome {
     /// The `outcome` label of the inbox metrics.
@@ -288,25 +340,25 @@ impl Inbox {
     /// Its span (`inbox_receive`) continues the sender's trace (the `traceparent` header),
     /// or starts one.
     pub async fn receive(&self, incoming: Incoming) -> sqlx::Result<Outcome> {
-        let span = tracing::info_span!(
-            "inbox_receive",
-            message_id = incoming.message_id.as_deref(),
-            event_type = incoming.event_type.as_deref(),
-            trace_id = tracing::field::Empty,
-        );
-        common::trace::continue_trace(
-            &span,
-            common::trace::from_message(&incoming.headers).as_ref(),
+        let span = receive_span(
+            incoming.message_id.as_deref(),
+            incoming.event_type.as_deref(),
+            &incoming.headers,
         );
         let outcome = self.receive_uncounted(incoming).instrument(span).await;
-        match &outcome {
-            Ok(o) => self.counters.count(o),
-            Err(_) => {
+        self.count(outcome.as_ref().ok());
+        outcome
+    }
+
+    /// Counts one delivery's outcome; `None`: nothing could be recorded.
+    fn count(&self, outcome: Option<&Outcome>) {
+        match outcome {
+            Some(o) => self.counters.count(o),
+            None => {
                 self.counters.unrecorded.fetch_add(1, Ordering::Relaxed);
             }
         }
-        self.metrics.delivery(outcome.as_ref().ok());
-        outcome
+        self.metrics.delivery(outcome);
     }
 
     async fn receive_uncounted(&self, incoming: Incoming) -> sqlx::Result<Outcome> {
@@ -317,17 +369,180 @@ impl Inbox {
         if let Some(reason) = self.older_than_memory(&incoming) {
             return self.record_too_old(&msg, reason).await;
         }
+        let mut runs = 0;
+        loop {
+            runs += 1;
+            match self.receive_once(&msg).await {
+                Err(e) if is_conflict(&e) && runs < MAX_CONFLICT_RUNS => {
+                    tracing::debug!(error = %e, "inbox transaction lost a race; running it again");
+                }
+                result => return result,
+            }
+        }
+    }
 
+    /// Steps 1 to 4 for one readable message, in one transaction.
+    async fn receive_once(&self, msg: &InboxMessage) -> sqlx::Result<Outcome> {
         let mut tx = self.pool.begin().await?;
-        if !self.remember(&mut tx, &msg).await? {
+        if !self.remember(&mut tx, msg).await? {
             tx.rollback().await?;
             tracing::info!("duplicate message dropped by the inbox");
             return Ok(Outcome::Duplicate);
         }
-        let outcome = self.process(&mut tx, &msg, InboxStatus::Processed).await?;
+        let outcome = self.process(&mut tx, msg, InboxStatus::Processed).await?;
         tx.commit().await?;
-        log_outcome(&msg, &outcome);
+        log_outcome(msg, &outcome);
         Ok(outcome)
+    }
+
+    /// Handles several deliveries in one transaction (see the module docs, "Batches"). One
+    /// entry per delivery, in their order: `Some` when its outcome is committed (ack it),
+    /// `None` when nothing was recorded (hand it back to the broker).
+    pub async fn receive_batch(&self, batch: Vec<Incoming>) -> Vec<Option<Outcome>> {
+        let mut results: Vec<Option<Outcome>> = vec![None; batch.len()];
+        // Unreadable and too old deliveries, and everything while the fail_handler
+        // teaching switch is armed, take the one-by-one path: they are rare, and it
+        // records each of them on its own.
+        let alone = batch.len() == 1 || self.faults.armed(Switch::FailHandler);
+        let mut together = Vec::with_capacity(batch.len());
+        for (i, incoming) in batch.into_iter().enumerate() {
+            match self.parse(&incoming) {
+                Ok(msg) if !alone && self.older_than_memory(&incoming).is_none() => {
+                    together.push((i, incoming, msg))
+                }
+                _ => results[i] = self.receive_logged(incoming).await,
+            }
+        }
+        if together.len() == 1 {
+            let (i, incoming, _) = together.pop().expect("one");
+            results[i] = self.receive_logged(incoming).await;
+        }
+        if together.is_empty() {
+            return results;
+        }
+
+        let msgs: Vec<&InboxMessage> = together.iter().map(|(_, _, m)| m).collect();
+        let span = tracing::info_span!("inbox_batch", size = msgs.len());
+        let mut runs = 0;
+        let outcome = loop {
+            runs += 1;
+            match self.run_batch(&msgs).instrument(span.clone()).await {
+                Err(e) if is_conflict(&e) && runs < MAX_CONFLICT_RUNS => {
+                    tracing::debug!(error = %e, "inbox batch lost a race; running it again");
+                }
+                other => break other,
+            }
+        };
+        match outcome {
+            Ok(Some(outcomes)) => {
+                for ((i, incoming, msg), outcome) in together.into_iter().zip(outcomes) {
+                    let span = receive_span(
+                        incoming.message_id.as_deref(),
+                        incoming.event_type.as_deref(),
+                        &msg.headers,
+                    );
+                    span.in_scope(|| log_outcome(&msg, &outcome));
+                    self.count(Some(&outcome));
+                    results[i] = Some(outcome);
+                }
+            }
+            // A handler failed: nothing was committed; each message on its own records
+            // the failure against that message alone.
+            Ok(None) => {
+                for (i, incoming, _) in together {
+                    results[i] = self.receive_logged(incoming).await;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, deliveries = together.len(), "could not record a batch; handing its deliveries back to the broker");
+                for _ in &together {
+                    self.count(None);
+                }
+            }
+        }
+        results
+    }
+
+    /// [`Self::receive`], its error logged: `None` when nothing was recorded.
+    async fn receive_logged(&self, incoming: Incoming) -> Option<Outcome> {
+        let message_id = incoming.message_id.clone();
+        self.receive(incoming)
+            .await
+            .inspect_err(|e| tracing::warn!(?message_id, error = %e, "could not record the delivery; handing it back to the broker"))
+            .ok()
+    }
+
+    /// One run of a batch: the dedup insert of every id, the handlers of the new ones in
+    /// lock-key order, no savepoints, one commit. The outcomes are in `msgs`' order.
+    /// `Ok(None)`: a handler failed and the transaction was rolled back.
+    async fn run_batch(&self, msgs: &[&InboxMessage]) -> sqlx::Result<Option<Vec<Outcome>>> {
+        let mut order: Vec<usize> = (0..msgs.len()).collect();
+        let keys: Vec<Option<String>> = msgs.iter().map(|m| self.handler.lock_key(m)).collect();
+        order.sort_by(|&a, &b| (&keys[a], msgs[a].message_id).cmp(&(&keys[b], msgs[b].message_id)));
+
+        let mut tx = self.pool.begin().await?;
+        let mut fresh = self.remember_all(&mut tx, msgs).await?;
+        let mut outcomes = vec![Outcome::Duplicate; msgs.len()];
+        for i in order {
+            let msg = msgs[i];
+            // Removed when taken: a second copy in the same batch is a duplicate.
+            if !fresh.remove(&msg.message_id) {
+                continue;
+            }
+            let span = receive_span(
+                Some(&msg.message_id.to_string()),
+                Some(&msg.event_type),
+                &msg.headers,
+            );
+            let started = std::time::Instant::now();
+            let result = catch_panic(self.handler.handle(&mut tx, msg))
+                .instrument(span)
+                .await;
+            self.metrics
+                .handler_duration
+                .observe(started.elapsed().as_secs_f64());
+            match result.map_err(HandlerError::into_conflict) {
+                Ok(()) => outcomes[i] = Outcome::Processed,
+                Err(Ok(conflict)) => return Err(conflict),
+                Err(Err(e)) => {
+                    tracing::debug!(message_id = %msg.message_id, error = %e, "a handler failed in a batch; redoing the batch one by one");
+                    tx.rollback().await?;
+                    return Ok(None);
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(Some(outcomes))
+    }
+
+    /// Step 1 for a batch: one insert of every id (sorted, so concurrent batches lock
+    /// them in one order), rows written as they read when the handlers succeed. Returns
+    /// the ids that were new.
+    async fn remember_all(
+        &self,
+        tx: &mut PgConnection,
+        msgs: &[&InboxMessage],
+    ) -> sqlx::Result<std::collections::HashSet<Uuid>> {
+        let ids: Vec<Uuid> = msgs.iter().map(|m| m.message_id).collect();
+        let types: Vec<&str> = msgs.iter().map(|m| m.event_type.as_str()).collect();
+        let payloads: Vec<&Value> = msgs.iter().map(|m| &m.payload).collect();
+        let headers: Vec<&Value> = msgs.iter().map(|m| &m.headers).collect();
+        let inserted: Vec<Uuid> = sqlx::query_scalar(
+            "INSERT INTO inbox (message_id, event_type, payload, headers, status, attempts, processed_at)
+             SELECT DISTINCT ON (m.id) m.id, m.event_type, m.payload, m.headers, $5, 1, clock_timestamp()
+             FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::jsonb[]) AS m(id, event_type, payload, headers)
+             ORDER BY m.id
+             ON CONFLICT (message_id) DO NOTHING
+             RETURNING message_id",
+        )
+        .bind(&ids)
+        .bind(&types)
+        .bind(&payloads)
+        .bind(&headers)
+        .bind(InboxStatus::Processed)
+        .fetch_all(&mut *tx)
+        .await?;
+        Ok(inserted.into_iter().collect())
     }
 
     /// Reads the delivery; `Err` is why it is poison.
@@ -476,9 +691,50 @@ impl Inbox {
                 }
                 Ok(Outcome::Processed)
             }
-            Err(e) => record_failure(tx, msg, &e, &self.cfg.retry).await,
+            Err(e) => match e.into_conflict() {
+                // A lost race is not the message's failure: the caller runs it again.
+                Ok(conflict) => Err(conflict),
+                Err(e) => record_failure(tx, msg, &e, &self.cfg.retry).await,
+            },
         }
     }
+}
+
+/// The span of one message's handling (`inbox_receive`): it continues the sender's trace
+/// (the `traceparent` header), or starts one.
+fn receive_span(
+    message_id: Option<&str>,
+    event_type: Option<&str>,
+    headers: &Value,
+) -> tracing::Span {
+    let span = tracing::info_span!(
+        "inbox_receive",
+        message_id,
+        event_type,
+        trace_id = tracing::field::Empty,
+    );
+    common::trace::continue_trace(&span, common::trace::from_message(headers).as_ref());
+    span
+}
+
+/// Runs a handler, a panic turned into a failed attempt like any other: caught here, it is
+/// rolled back, counted and retried, instead of killing the consumer or sweeper task with it.
+async fn catch_panic(
+    run: impl std::future::Future<Output = Result<(), HandlerError>>,
+) -> Result<(), HandlerError> {
+    AssertUnwindSafe(run)
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no message".into());
+            Err(HandlerError::Transient(anyhow::anyhow!(
+                "handler panicked: {what}"
+            )))
+        })
 }
 
 /// Runs the handler inside a savepoint of `tx`, so a failing handler leaves the
@@ -491,21 +747,7 @@ async fn run_handler(
     faults: &Faults,
 ) -> sqlx::Result<Result<(), HandlerError>> {
     let mut savepoint = tx.begin().await?;
-    // A panicking handler is a failed attempt like any other: caught here, it is rolled
-    // back, counted and retried, instead of killing the consumer or sweeper task with it.
-    let result = AssertUnwindSafe(handler.handle(&mut savepoint, msg))
-        .catch_unwind()
-        .await
-        .unwrap_or_else(|panic| {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "no message".into());
-            Err(HandlerError::Transient(anyhow::anyhow!(
-                "handler panicked: {what}"
-            )))
-        });
+    let result = catch_panic(handler.handle(&mut savepoint, msg)).await;
     // Teaching fault: a run that did its work fails anyway, and is rolled back below.
     let result = result.and_then(|()| injected_failure(faults));
     match result {
