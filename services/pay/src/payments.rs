@@ -8,7 +8,7 @@
 //! Business failures are outcomes, not errors: an unknown user or insufficient funds is
 //! recorded as a FAILED payment and answered with `PaymentFailed`. It is not retried.
 
-use std::time::Duration;
+use std::{collections::HashSet, time::Duration};
 
 use async_trait::async_trait;
 use message_table::{
@@ -43,26 +43,53 @@ impl PaymentHandler {
     }
 }
 
+/// The order a message asks to pay; `Permanent` when it cannot be one.
+fn read_order(msg: &InboxMessage) -> Result<OrderCreated, HandlerError> {
+    if msg.event_type != ORDER_CREATED {
+        return Err(HandlerError::Permanent(format!(
+            "unexpected event type {:?}",
+            msg.event_type
+        )));
+    }
+    let order: OrderCreated = serde_json::from_value(msg.payload.clone())
+        .map_err(|e| HandlerError::Permanent(format!("invalid OrderCreated payload: {e}")))?;
+    if order.amount_cents <= 0 {
+        return Err(HandlerError::Permanent(format!(
+            "invalid amount {}",
+            order.amount_cents
+        )));
+    }
+    Ok(order)
+}
+
 #[async_trait]
 impl MessageHandler for PaymentHandler {
     async fn handle(&self, tx: &mut PgConnection, msg: &InboxMessage) -> Result<(), HandlerError> {
-        if msg.event_type != ORDER_CREATED {
-            return Err(HandlerError::Permanent(format!(
-                "unexpected event type {:?}",
-                msg.event_type
-            )));
-        }
-        let order: OrderCreated = serde_json::from_value(msg.payload.clone())
-            .map_err(|e| HandlerError::Permanent(format!("invalid OrderCreated payload: {e}")))?;
-        if order.amount_cents <= 0 {
-            return Err(HandlerError::Permanent(format!(
-                "invalid amount {}",
-                order.amount_cents
-            )));
-        }
-
+        let order = read_order(msg)?;
         let span = tracing::info_span!("payment", order_id = %order.order_id);
         self.pay(tx, msg, &order).instrument(span).await
+    }
+
+    /// The same work as [`Self::handle`] message by message, in five statements for the
+    /// whole batch. When one account has several orders in the batch, each must see the
+    /// balance the one before left: those batches go message by message.
+    async fn handle_batch(
+        &self,
+        tx: &mut PgConnection,
+        msgs: &[&InboxMessage],
+    ) -> Result<(), HandlerError> {
+        let orders = msgs
+            .iter()
+            .map(|m| read_order(m))
+            .collect::<Result<Vec<_>, _>>()?;
+        let users: HashSet<&str> = orders.iter().map(|o| o.user_id.as_str()).collect();
+        if users.len() < orders.len() {
+            for msg in msgs {
+                self.handle(tx, msg).instrument(msg.span.clone()).await?;
+            }
+            return Ok(());
+        }
+        self.pay_all(tx, msgs, &orders).await
     }
 
     /// The account the payment debits: a batch debits its accounts in one order.
@@ -131,11 +158,117 @@ impl PaymentHandler {
             tracing::info!(order_id = %order.order_id, %payment_id, reason, "payment failed");
             reply(PAYMENT_FAILED, order, payment_id, Some(reason))
         };
-        let trace = common::trace::outgoing(common::trace::from_message(&msg.headers).as_ref());
-        let reply = reply.with_header(common::trace::TRACEPARENT, trace.to_string());
-        outbox::enqueue(tx, &reply, self.message_ttl).await?;
+        outbox::enqueue(tx, &traced(reply, msg), self.message_ttl).await?;
         Ok(())
     }
+}
+
+impl PaymentHandler {
+    /// [`Self::pay`] for orders of distinct accounts, in one statement per step.
+    async fn pay_all(
+        &self,
+        tx: &mut PgConnection,
+        msgs: &[&InboxMessage],
+        orders: &[OrderCreated],
+    ) -> Result<(), HandlerError> {
+        let users: Vec<&str> = orders.iter().map(|o| o.user_id.as_str()).collect();
+        // The accounts locked first, in one order (the lock key's): concurrent batches do
+        // not deadlock on them. Also tells an unknown user from insufficient funds.
+        let known: HashSet<String> = sqlx::query_scalar(
+            "SELECT user_id FROM accounts WHERE user_id = ANY($1) ORDER BY user_id FOR UPDATE",
+        )
+        .bind(&users)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .collect();
+
+        // The payment rows first: the unique order_id is the guard against paying twice.
+        let payment_ids: Vec<Uuid> = orders.iter().map(|_| Uuid::now_v7()).collect();
+        let order_ids: Vec<Uuid> = orders.iter().map(|o| o.order_id).collect();
+        let amounts: Vec<i64> = orders.iter().map(|o| o.amount_cents).collect();
+        let message_ids: Vec<Uuid> = msgs.iter().map(|m| m.message_id).collect();
+        let inserted: HashSet<Uuid> = sqlx::query_scalar(
+            "INSERT INTO payments (id, order_id, user_id, amount_cents, status, message_id)
+             SELECT p.id, p.order_id, p.user_id, p.amount, 'COMPLETED', p.message_id
+             FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::bigint[], $5::uuid[])
+                  AS p(id, order_id, user_id, amount, message_id)
+             ON CONFLICT (order_id) DO NOTHING
+             RETURNING order_id",
+        )
+        .bind(&payment_ids)
+        .bind(&order_ids)
+        .bind(&users)
+        .bind(&amounts)
+        .bind(&message_ids)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .collect();
+
+        let new: Vec<usize> = (0..orders.len())
+            .filter(|&i| inserted.contains(&orders[i].order_id))
+            .collect();
+        let debited: HashSet<String> = sqlx::query_scalar(
+            "UPDATE accounts a SET balance_cents = a.balance_cents - d.amount, updated_at = now()
+             FROM unnest($1::text[], $2::bigint[]) AS d(user_id, amount)
+             WHERE a.user_id = d.user_id AND a.balance_cents >= d.amount
+             RETURNING a.user_id",
+        )
+        .bind(new.iter().map(|&i| users[i]).collect::<Vec<_>>())
+        .bind(new.iter().map(|&i| amounts[i]).collect::<Vec<_>>())
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .collect();
+
+        let mut failed: Vec<(Uuid, &str)> = Vec::new();
+        let mut replies = Vec::with_capacity(new.len());
+        for (i, (msg, order)) in msgs.iter().zip(orders).enumerate() {
+            let _in_span = msg.span.enter();
+            let span = tracing::info_span!("payment", order_id = %order.order_id).entered();
+            if !inserted.contains(&order.order_id) {
+                tracing::warn!(order_id = %order.order_id, message_id = %msg.message_id, "order already has a payment; message ignored");
+                continue;
+            }
+            let payment_id = payment_ids[i];
+            let reply = if debited.contains(&order.user_id) {
+                tracing::info!(order_id = %order.order_id, %payment_id, amount_cents = order.amount_cents, "payment completed");
+                reply(PAYMENT_COMPLETED, order, payment_id, None)
+            } else {
+                let reason = if known.contains(&order.user_id) {
+                    "insufficient_funds"
+                } else {
+                    "unknown_user"
+                };
+                tracing::info!(order_id = %order.order_id, %payment_id, reason, "payment failed");
+                failed.push((order.order_id, reason));
+                reply(PAYMENT_FAILED, order, payment_id, Some(reason))
+            };
+            drop(span);
+            replies.push(traced(reply, msg));
+        }
+        if !failed.is_empty() {
+            let (ids, reasons): (Vec<Uuid>, Vec<&str>) = failed.into_iter().unzip();
+            sqlx::query(
+                "UPDATE payments p SET status = 'FAILED', failure_reason = f.reason
+                 FROM unnest($1::uuid[], $2::text[]) AS f(order_id, reason)
+                 WHERE p.order_id = f.order_id",
+            )
+            .bind(&ids)
+            .bind(&reasons)
+            .execute(&mut *tx)
+            .await?;
+        }
+        outbox::enqueue_all(tx, &replies, self.message_ttl).await?;
+        Ok(())
+    }
+}
+
+/// The reply, in the trace of the message that asked.
+fn traced(reply: NewMessage, msg: &InboxMessage) -> NewMessage {
+    let trace = common::trace::outgoing(common::trace::from_message(&msg.headers).as_ref());
+    reply.with_header(common::trace::TRACEPARENT, trace.to_string())
 }
 
 fn reply(

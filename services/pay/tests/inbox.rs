@@ -288,3 +288,91 @@ async fn a_failed_attempt_rolls_the_debit_back_and_the_retry_pays_once() {
     assert_eq!(balance(&db.pool, "alice").await, START - 2500);
     assert_eq!(replies(&db.pool).await.len(), 1);
 }
+
+/// Everything a run of the inbox left behind, comparable between two databases: each
+/// order's payment, the balances, and the replies (without their fresh payment ids).
+async fn state(pool: &PgPool, orders: &[Uuid]) -> Vec<String> {
+    let mut out = Vec::new();
+    for order in orders {
+        out.push(format!("{order}: {:?}", payments(pool, *order).await));
+    }
+    for user in ["alice", "bob", "carol", "dave"] {
+        out.push(format!("{user}: {}", balance(pool, user).await));
+    }
+    let mut replies: Vec<String> = replies(pool)
+        .await
+        .into_iter()
+        .map(|(t, p)| {
+            format!(
+                "{t} {} {} {}",
+                p["order_id"], p["amount_cents"], p["reason"]
+            )
+        })
+        .collect();
+    replies.sort();
+    out.extend(replies);
+    out
+}
+
+/// Pay's batch handler does in a few statements what the handler does message by
+/// message, with the same outcomes: completed, insufficient funds, unknown user, a second
+/// message about a paid order, and (message by message inside the batch) one account with
+/// two orders of which only the first fits its balance.
+#[tokio::test]
+async fn a_batch_pays_exactly_as_its_messages_one_by_one() {
+    let batched = TestDb::new(&pay::MIGRATOR).await;
+    let one_by_one = TestDb::new(&pay::MIGRATOR).await;
+    for db in [&batched, &one_by_one] {
+        sqlx::query("INSERT INTO accounts (user_id, balance_cents) VALUES ('dave', 1000)")
+            .execute(&db.pool)
+            .await
+            .unwrap();
+    }
+    let (alice, alice_msg) = order_created("alice", 500);
+    let (bob, bob_msg) = order_created("bob", 700);
+    let (carol, carol_msg) = order_created("carol", 100);
+    let (ghost, ghost_msg) = order_created("nobody", 100);
+    // Another message about alice's order (a different message id).
+    let mut again = order_created("alice", 500).1;
+    let mut body: Value = serde_json::from_slice(&again.body).unwrap();
+    body["order_id"] = json!(alice);
+    again.body = serde_json::to_vec(&body).unwrap();
+    let distinct = vec![alice_msg, bob_msg, carol_msg, ghost_msg];
+    let (dave1, dave1_msg) = order_created("dave", 600);
+    let (dave2, dave2_msg) = order_created("dave", 600);
+    let same_account = vec![dave1_msg, dave2_msg];
+
+    let inbox = Inbox::new(batched.pool.clone(), handler(), test_kit::fast_inbox());
+    for batch in [distinct.clone(), vec![again.clone()], same_account.clone()] {
+        let outcomes = inbox.receive_batch(batch).await;
+        assert!(
+            outcomes.iter().all(|o| *o == Some(Outcome::Processed)),
+            "{outcomes:?}"
+        );
+    }
+    let inbox = Inbox::new(one_by_one.pool.clone(), handler(), test_kit::fast_inbox());
+    for msg in distinct.into_iter().chain([again]).chain(same_account) {
+        assert_eq!(inbox.receive(msg).await.unwrap(), Outcome::Processed);
+    }
+
+    let orders = [alice, bob, carol, ghost, dave1, dave2];
+    let expected = state(&one_by_one.pool, &orders).await;
+    assert_eq!(state(&batched.pool, &orders).await, expected);
+    // And what that is, spelled out for the batch of distinct accounts.
+    assert_eq!(
+        payments(&batched.pool, carol).await,
+        [("FAILED".into(), Some("insufficient_funds".into()))]
+    );
+    assert_eq!(
+        payments(&batched.pool, ghost).await,
+        [("FAILED".into(), Some("unknown_user".into()))]
+    );
+    assert_eq!(balance(&batched.pool, "alice").await, START - 500);
+    assert_eq!(balance(&batched.pool, "dave").await, 400);
+    assert_eq!(
+        payments(&batched.pool, dave2).await,
+        [("FAILED".into(), Some("insufficient_funds".into()))]
+    );
+    // One reply per payment, none for the second message about alice's order.
+    assert_eq!(replies(&batched.pool).await.len(), 6);
+}

@@ -89,6 +89,10 @@ pub struct InboxMessage {
     pub headers: Value,
     /// 1 on the first delivery, then 2, 3… on the sweeper's retries.
     pub attempt: i32,
+    /// The span of this message's handling (`inbox_receive`, or the sweeper's
+    /// `inbox_retry`), which continues the sender's trace: a [`MessageHandler::handle_batch`]
+    /// writes each message's log lines inside its own span.
+    pub span: tracing::Span,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -121,6 +125,22 @@ pub trait MessageHandler: Send + Sync + 'static {
     /// locks in one order and do not deadlock. `None` (the default): message id order.
     fn lock_key(&self, _msg: &InboxMessage) -> Option<String> {
         None
+    }
+
+    /// Handles the new messages of a batch, in this order (sorted by [`Self::lock_key`]),
+    /// on the batch's transaction. The default runs [`Self::handle`] for each; a handler
+    /// may do the same work in fewer statements. Any `Err` rolls the whole batch back, and
+    /// the inbox redoes it message by message through [`Self::handle`], so a failure is
+    /// recorded against its own message.
+    async fn handle_batch(
+        &self,
+        tx: &mut PgConnection,
+        msgs: &[&InboxMessage],
+    ) -> Result<(), HandlerError> {
+        for msg in msgs {
+            self.handle(tx, msg).instrument(msg.span.clone()).await?;
+        }
+        Ok(())
     }
 }
 
@@ -362,10 +382,11 @@ impl Inbox {
     }
 
     async fn receive_uncounted(&self, incoming: Incoming) -> sqlx::Result<Outcome> {
-        let msg = match self.parse(&incoming) {
+        let mut msg = match self.parse(&incoming) {
             Ok(msg) => msg,
             Err(poison) => return self.record_poison(&incoming, poison).await,
         };
+        msg.span = tracing::Span::current();
         if let Some(reason) = self.older_than_memory(&incoming) {
             return self.record_too_old(&msg, reason).await;
         }
@@ -407,7 +428,12 @@ impl Inbox {
         let mut together = Vec::with_capacity(batch.len());
         for (i, incoming) in batch.into_iter().enumerate() {
             match self.parse(&incoming) {
-                Ok(msg) if !alone && self.older_than_memory(&incoming).is_none() => {
+                Ok(mut msg) if !alone && self.older_than_memory(&incoming).is_none() => {
+                    msg.span = receive_span(
+                        incoming.message_id.as_deref(),
+                        incoming.event_type.as_deref(),
+                        &incoming.headers,
+                    );
                     together.push((i, incoming, msg))
                 }
                 _ => results[i] = self.receive_logged(incoming).await,
@@ -435,13 +461,8 @@ impl Inbox {
         };
         match outcome {
             Ok(Some(outcomes)) => {
-                for ((i, incoming, msg), outcome) in together.into_iter().zip(outcomes) {
-                    let span = receive_span(
-                        incoming.message_id.as_deref(),
-                        incoming.event_type.as_deref(),
-                        &msg.headers,
-                    );
-                    span.in_scope(|| log_outcome(&msg, &outcome));
+                for ((i, _, msg), outcome) in together.into_iter().zip(outcomes) {
+                    msg.span.in_scope(|| log_outcome(&msg, &outcome));
                     self.count(Some(&outcome));
                     results[i] = Some(outcome);
                 }
@@ -472,7 +493,7 @@ impl Inbox {
             .ok()
     }
 
-    /// One run of a batch: the dedup insert of every id, the handlers of the new ones in
+    /// One run of a batch: the dedup insert of every id, the handler on the new ones in
     /// lock-key order, no savepoints, one commit. The outcomes are in `msgs`' order.
     /// `Ok(None)`: a handler failed and the transaction was rolled back.
     async fn run_batch(&self, msgs: &[&InboxMessage]) -> sqlx::Result<Option<Vec<Outcome>>> {
@@ -483,29 +504,27 @@ impl Inbox {
         let mut tx = self.pool.begin().await?;
         let mut fresh = self.remember_all(&mut tx, msgs).await?;
         let mut outcomes = vec![Outcome::Duplicate; msgs.len()];
+        let mut new = Vec::with_capacity(msgs.len());
         for i in order {
-            let msg = msgs[i];
             // Removed when taken: a second copy in the same batch is a duplicate.
-            if !fresh.remove(&msg.message_id) {
-                continue;
+            if fresh.remove(&msgs[i].message_id) {
+                outcomes[i] = Outcome::Processed;
+                new.push(msgs[i]);
             }
-            let span = receive_span(
-                Some(&msg.message_id.to_string()),
-                Some(&msg.event_type),
-                &msg.headers,
-            );
+        }
+        if !new.is_empty() {
             let started = std::time::Instant::now();
-            let result = catch_panic(self.handler.handle(&mut tx, msg))
-                .instrument(span)
-                .await;
-            self.metrics
-                .handler_duration
-                .observe(started.elapsed().as_secs_f64());
+            let result = catch_panic(self.handler.handle_batch(&mut tx, &new)).await;
+            // Each message's share of the batch's handler time.
+            let share = started.elapsed().as_secs_f64() / new.len() as f64;
+            for _ in &new {
+                self.metrics.handler_duration.observe(share);
+            }
             match result.map_err(HandlerError::into_conflict) {
-                Ok(()) => outcomes[i] = Outcome::Processed,
+                Ok(()) => {}
                 Err(Ok(conflict)) => return Err(conflict),
                 Err(Err(e)) => {
-                    tracing::debug!(message_id = %msg.message_id, error = %e, "a handler failed in a batch; redoing the batch one by one");
+                    tracing::debug!(error = %e, "a handler failed in a batch; redoing the batch one by one");
                     tx.rollback().await?;
                     return Ok(None);
                 }
@@ -577,6 +596,7 @@ impl Inbox {
             payload,
             headers: incoming.headers.clone(),
             attempt: 1,
+            span: tracing::Span::none(),
         })
     }
 

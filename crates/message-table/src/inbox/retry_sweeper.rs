@@ -81,20 +81,21 @@ impl RetrySweeper {
             return Ok(None);
         };
         tried.push(message_id);
+        let span = tracing::info_span!(
+            "inbox_retry",
+            %message_id,
+            %event_type,
+            trace_id = tracing::field::Empty,
+        );
+        common::trace::continue_trace(&span, common::trace::from_message(&headers).as_ref());
         let msg = InboxMessage {
             message_id,
             event_type,
             payload: payload.unwrap_or(Value::Null),
             headers,
             attempt: attempts + 1,
+            span: span.clone(),
         };
-        let span = tracing::info_span!(
-            "inbox_retry",
-            message_id = %msg.message_id,
-            event_type = %msg.event_type,
-            trace_id = tracing::field::Empty,
-        );
-        common::trace::continue_trace(&span, common::trace::from_message(&msg.headers).as_ref());
         async {
             let outcome = self
                 .inbox

@@ -110,6 +110,48 @@ pub async fn enqueue(tx: &mut PgConnection, msg: &NewMessage, ttl: Duration) -> 
     Ok(())
 }
 
+/// [`enqueue`] for several messages: one statement for all of them, and one wake-up for
+/// the relay, within the caller's transaction.
+pub async fn enqueue_all(
+    tx: &mut PgConnection,
+    msgs: &[NewMessage],
+    ttl: Duration,
+) -> sqlx::Result<()> {
+    if msgs.is_empty() {
+        return Ok(());
+    }
+    let column = |f: fn(&NewMessage) -> &str| msgs.iter().map(f).collect::<Vec<&str>>();
+    let ids: Vec<Uuid> = msgs.iter().map(|m| m.id).collect();
+    let payloads: Vec<&Value> = msgs.iter().map(|m| &m.payload).collect();
+    let headers: Vec<Value> = msgs
+        .iter()
+        .map(|m| Value::Object(m.headers.clone()))
+        .collect();
+    // A data-modifying WITH runs whether or not the query reads it; the NOTIFY is sent at
+    // commit, as with `enqueue`.
+    sqlx::query(
+        "WITH new AS (
+             INSERT INTO outbox (id, aggregate_id, event_type, routing_key, payload, headers, expires_at)
+             SELECT m.id, m.aggregate_id, m.event_type, m.routing_key, m.payload, m.headers,
+                    now() + make_interval(secs => $7)
+             FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::jsonb[])
+                  AS m(id, aggregate_id, event_type, routing_key, payload, headers)
+             RETURNING 1)
+         SELECT pg_notify($8, '') WHERE EXISTS (SELECT 1 FROM new)",
+    )
+    .bind(&ids)
+    .bind(column(|m| &m.aggregate_id))
+    .bind(column(|m| &m.event_type))
+    .bind(column(|m| &m.routing_key))
+    .bind(&payloads)
+    .bind(&headers)
+    .bind(ttl.as_secs_f64())
+    .bind(NOTIFY_CHANNEL)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
 /// Outbox settings shared by the relay and the resend scheduler.
 #[derive(Debug, Clone)]
 pub struct OutboxConfig {
