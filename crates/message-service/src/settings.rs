@@ -108,10 +108,10 @@ impl From<OutboxSettings> for OutboxConfig {
 #[command(next_help_heading = "Inbox")]
 pub struct InboxSettings {
     /// Unacked deliveries the broker may push to a consumer.
-    #[arg(long, env = "INBOX_PREFETCH", default_value_t = 32)]
+    #[arg(long, env = "INBOX_PREFETCH", default_value_t = 256)]
     pub inbox_prefetch: u16,
     /// Most deliveries handled in one transaction (whatever has arrived, never a wait).
-    #[arg(long, env = "INBOX_BATCH_SIZE", default_value_t = 32)]
+    #[arg(long, env = "INBOX_BATCH_SIZE", default_value_t = 128)]
     pub inbox_batch_size: usize,
     /// First handler retry delay.
     #[arg(long, env = "INBOX_RETRY_BASE_MS", default_value_t = 1_000)]
