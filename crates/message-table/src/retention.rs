@@ -138,14 +138,16 @@ impl RetentionRunner {
         Ok(Some(purged))
     }
 
+    /// Each batch's rows are deleted by id from an array, so a generic plan (which cannot
+    /// see `LIMIT $2`) does not hash the whole table per batch.
     async fn purge(&self, conn: &mut PgConnection) -> sqlx::Result<Purged> {
         let (outbox_rows, outbox_batches) = self
             .delete_in_batches(
                 conn,
-                "DELETE FROM outbox WHERE id IN (
+                "DELETE FROM outbox WHERE id = ANY(ARRAY(
                      SELECT id FROM outbox
                      WHERE status = $3 AND sent_at < now() - make_interval(secs => $1)
-                     ORDER BY sent_at LIMIT $2)",
+                     ORDER BY sent_at LIMIT $2))",
                 self.outbox_retention,
                 OutboxStatus::Sent,
             )
@@ -153,10 +155,10 @@ impl RetentionRunner {
         let (inbox_rows, inbox_batches) = self
             .delete_in_batches(
                 conn,
-                "DELETE FROM inbox WHERE message_id IN (
+                "DELETE FROM inbox WHERE message_id = ANY(ARRAY(
                      SELECT message_id FROM inbox
                      WHERE status = $3 AND processed_at < now() - make_interval(secs => $1)
-                     ORDER BY processed_at LIMIT $2)",
+                     ORDER BY processed_at LIMIT $2))",
                 self.inbox_retention,
                 InboxStatus::Processed,
             )

@@ -271,6 +271,10 @@ impl Relay {
     }
 
     /// Step 2: claim due rows under a fresh token and a lease, committed before publishing.
+    ///
+    /// The rows are looked up by id from an array, not joined: a prepared statement's generic
+    /// plan cannot see `LIMIT $1`, assumes a tenth of the table and hashes the whole outbox
+    /// (a week of sent rows) for every claim; the array keeps it to the rows claimed.
     pub async fn claim(&self) -> sqlx::Result<Claim> {
         let token = Uuid::new_v4();
         let mut rows: Vec<OutboxRow> = sqlx::query_as(AssertSqlSafe(format!(
@@ -282,7 +286,7 @@ impl Relay {
                  FOR UPDATE SKIP LOCKED)
              UPDATE outbox o
              SET claim_token = $2, lease_expires_at = now() + make_interval(secs => $3)
-             FROM due WHERE o.id = due.id
+             WHERE o.id = ANY(ARRAY(SELECT id FROM due))
              RETURNING o.id, o.aggregate_id, o.event_type, o.routing_key, o.payload, o.headers, o.attempts,
                        o.created_at"
         )))
