@@ -589,6 +589,22 @@ async fn the_wake_up_is_delivered_at_commit_and_dropped_on_rollback() {
     assert_eq!(listener.recv().await.unwrap().payload(), "after commit");
 }
 
+/// The relay's pool (`db::relay_pool`) commits asynchronously; the pool it is made from,
+/// where the business transactions run, does not.
+#[tokio::test]
+async fn only_the_relay_pool_commits_asynchronously() {
+    let db = TestDb::with_message_tables().await;
+    let relay_pool = message_table::db::relay_pool(&db.pool);
+    let mode = |pool: PgPool| async move {
+        sqlx::query_scalar::<_, String>("SHOW synchronous_commit")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    assert_eq!(mode(relay_pool).await, "off");
+    assert_eq!(mode(db.pool.clone()).await, "on");
+}
+
 #[test]
 fn a_lease_must_outlast_the_confirm_timeout_by_the_margin() {
     let mut cfg = test_kit::fast_outbox();
