@@ -95,9 +95,11 @@ impl Readiness {
 
 impl Messaging {
     /// `name` labels the AMQP connections (`<name>-relay`, `<name>-consumer`). Every
-    /// worker counts into `metrics`.
+    /// worker counts into `metrics`. The relay and the resend scheduler work on
+    /// `relay_pool` ([`db::relay_pool`]: asynchronous commit), everything else on `pool`.
     fn new(
         pool: PgPool,
+        relay_pool: PgPool,
         handler: Arc<dyn MessageHandler>,
         cfg: &MessagingConfig,
         name: &str,
@@ -109,14 +111,14 @@ impl Messaging {
             Faults::off()
         };
         let relay = Relay::new(
-            pool.clone(),
+            relay_pool.clone(),
             cfg.amqp.clone(),
             cfg.outbox.clone(),
             format!("{name}-relay"),
         )
         .with_metrics(metrics.clone())
         .with_faults(faults.clone());
-        let scheduler = ResendScheduler::new(pool.clone(), cfg.outbox.clone(), relay.wake_handle());
+        let scheduler = ResendScheduler::new(relay_pool, cfg.outbox.clone(), relay.wake_handle());
         let retention =
             RetentionRunner::new(pool.clone(), &cfg.outbox, &cfg.inbox, cfg.retention.clone())
                 .with_metrics(metrics.clone());
@@ -292,6 +294,7 @@ impl Service {
         let http_metrics = common::metrics::HttpMetrics::register(&mut registry);
         let messaging = Messaging::new(
             pool.clone(),
+            db::relay_pool(&pool),
             handler,
             &cfg.messaging,
             spec.name,

@@ -27,6 +27,28 @@ pub async fn connect_and_migrate(
     Ok(pool)
 }
 
+/// Connections of [`relay_pool`]: the relay, its LISTEN session and the resend scheduler hold
+/// at most one each (each works one statement at a time).
+pub const RELAY_POOL_CONNECTIONS: u32 = 3;
+
+/// The outbox's own pool, for the relay and the resend scheduler: the service's database
+/// with `synchronous_commit = off`, set as a connection option (no extra round trip). Their
+/// commits return without waiting for the WAL flush.
+///
+/// Safe because they only write bookkeeping the mechanism already survives losing. A
+/// database crash can lose the last fraction of a second of them (WAL is flushed in order,
+/// so never one that a later synchronous commit followed): a lost claim or lease hand-back
+/// leaves the row to be claimed again; a lost `sent` mark or retry record republishes the
+/// message, and the receiver's inbox drops the copy by its id; a lost `dead` mark is made
+/// again by the next pass. The business transactions (orders, the inbox) stay on the
+/// service's pool: synchronous.
+pub fn relay_pool(pool: &PgPool) -> PgPool {
+    let options = (*pool.connect_options())
+        .clone()
+        .options([("synchronous_commit", "off")]);
+    pool_options(RELAY_POOL_CONNECTIONS).connect_lazy_with(options)
+}
+
 fn pool_options(max_connections: u32) -> PgPoolOptions {
     PgPoolOptions::new()
         .max_connections(max_connections)

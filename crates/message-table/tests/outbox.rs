@@ -548,6 +548,63 @@ async fn a_commit_wakes_the_relay_through_notify() {
     assert_eq!(message_ids(&queue.take_all().await), vec![first, second]);
 }
 
+/// `enqueue`'s wake-up, folded into its insert, still behaves as a NOTIFY of the caller's
+/// transaction: delivered at commit, never for a rollback. A marker notification committed
+/// after each transaction tells what arrived before it, without waiting for silence.
+#[tokio::test]
+async fn the_wake_up_is_delivered_at_commit_and_dropped_on_rollback() {
+    let db = TestDb::with_message_tables().await;
+    let mut listener = sqlx::postgres::PgListener::connect_with(&db.pool)
+        .await
+        .unwrap();
+    listener.listen(outbox::NOTIFY_CHANNEL).await.unwrap();
+    let marker = |payload: &'static str| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(outbox::NOTIFY_CHANNEL)
+                .bind(payload)
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+    };
+    let msg = || NewMessage::new(Uuid::now_v7(), "TestEvent", KEY, json!({}));
+
+    let mut tx = db.pool.begin().await.unwrap();
+    outbox::enqueue(&mut tx, &msg(), Duration::from_secs(60))
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    marker("after rollback").await;
+    assert_eq!(listener.recv().await.unwrap().payload(), "after rollback");
+
+    let mut tx = db.pool.begin().await.unwrap();
+    outbox::enqueue(&mut tx, &msg(), Duration::from_secs(60))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    marker("after commit").await;
+    assert_eq!(listener.recv().await.unwrap().payload(), "");
+    assert_eq!(listener.recv().await.unwrap().payload(), "after commit");
+}
+
+/// The relay's pool (`db::relay_pool`) commits asynchronously; the pool it is made from,
+/// where the business transactions run, does not.
+#[tokio::test]
+async fn only_the_relay_pool_commits_asynchronously() {
+    let db = TestDb::with_message_tables().await;
+    let relay_pool = message_table::db::relay_pool(&db.pool);
+    let mode = |pool: PgPool| async move {
+        sqlx::query_scalar::<_, String>("SHOW synchronous_commit")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    assert_eq!(mode(relay_pool).await, "off");
+    assert_eq!(mode(db.pool.clone()).await, "on");
+}
+
 #[test]
 fn a_lease_must_outlast_the_confirm_timeout_by_the_margin() {
     let mut cfg = test_kit::fast_outbox();

@@ -59,6 +59,90 @@ async fn an_order_is_paid_once_and_the_balance_debited() {
     }
 }
 
+/// Records, from inside every statement that writes `tables`, the session's
+/// `synchronous_commit`: what the commit of that transaction will do.
+async fn record_commit_modes(pool: &sqlx::PgPool, tables: &[&str]) {
+    sqlx::raw_sql(
+        "CREATE TABLE commit_modes (tbl text NOT NULL, op text NOT NULL, mode text NOT NULL);
+         CREATE FUNCTION record_commit_mode() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             INSERT INTO commit_modes VALUES (TG_TABLE_NAME, TG_OP, current_setting('synchronous_commit'));
+             RETURN NULL;
+         END $$;",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+    for table in tables {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "CREATE TRIGGER record_commit_mode AFTER INSERT OR UPDATE ON {table}
+             FOR EACH ROW EXECUTE FUNCTION record_commit_mode()"
+        )))
+        .execute(pool)
+        .await
+        .unwrap();
+    }
+}
+
+/// (table, operation, the distinct `synchronous_commit` values seen), sorted.
+async fn commit_modes(pool: &sqlx::PgPool) -> Vec<(String, String, Vec<String>)> {
+    sqlx::query_as(
+        "SELECT tbl, op, array_agg(DISTINCT mode ORDER BY mode) FROM commit_modes
+         GROUP BY tbl, op ORDER BY tbl, op",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+/// Only the relays' bookkeeping (claim, mark sent) commits without waiting for the WAL
+/// flush: the order transaction and both inbox transactions (pay's reply enqueued in it)
+/// commit synchronously. Seen from inside the statements themselves.
+#[tokio::test]
+async fn only_the_relays_bookkeeping_commits_asynchronously() {
+    let amqp = test_kit::test_amqp();
+    let sys = system_tests::start(&amqp, &amqp).await;
+    record_commit_modes(&sys.order_db.pool, &["orders", "outbox", "inbox"]).await;
+    record_commit_modes(
+        &sys.pay_db.pool,
+        &["payments", "accounts", "outbox", "inbox"],
+    )
+    .await;
+
+    let order_id = sys.buy("alice", 1299).await;
+    assert_eq!(sys.settled(order_id, SETTLE).await["status"], "PAID");
+    for pool in [&sys.order_db.pool, &sys.pay_db.pool] {
+        test_kit::eventually("outbox drained", SETTLE, || async {
+            (outbox::stats(pool).await.unwrap().sent == 1).then_some(())
+        })
+        .await;
+    }
+
+    let row = |tbl: &str, op: &str, mode: &str| (tbl.into(), op.into(), vec![mode.into()]);
+    // order: POST /buy writes the order and its message; the relay claims and marks it sent;
+    // the payment result goes through the inbox and updates the order.
+    let order = commit_modes(&sys.order_db.pool).await;
+    assert!(order.contains(&row("orders", "INSERT", "on")), "{order:?}");
+    assert!(order.contains(&row("outbox", "INSERT", "on")), "{order:?}");
+    assert!(order.contains(&row("inbox", "INSERT", "on")), "{order:?}");
+    assert!(order.contains(&row("outbox", "UPDATE", "off")), "{order:?}");
+    // pay: the inbox transaction debits, records the payment and enqueues the reply.
+    let pay = commit_modes(&sys.pay_db.pool).await;
+    assert!(pay.contains(&row("payments", "INSERT", "on")), "{pay:?}");
+    assert!(pay.contains(&row("accounts", "UPDATE", "on")), "{pay:?}");
+    assert!(pay.contains(&row("outbox", "INSERT", "on")), "{pay:?}");
+    assert!(pay.contains(&row("outbox", "UPDATE", "off")), "{pay:?}");
+    // Nothing else is asynchronous, and nothing on the relay's side is synchronous.
+    for (tbl, op, modes) in order.iter().chain(&pay) {
+        let expected = if (tbl.as_str(), op.as_str()) == ("outbox", "UPDATE") {
+            "off"
+        } else {
+            "on"
+        };
+        assert_eq!(modes, &[expected], "{tbl} {op}");
+    }
+}
+
 #[tokio::test]
 async fn insufficient_funds_end_in_payment_failed_without_retries() {
     let amqp = test_kit::test_amqp();

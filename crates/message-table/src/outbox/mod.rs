@@ -9,7 +9,7 @@
 //! # The mechanism
 //! [`enqueue`] writes the message as a row of the `outbox` table **in the caller's
 //! transaction**, next to the business rows. Either both commit or neither does. A
-//! `pg_notify` in the same transaction wakes the [`relay`] at commit time.
+//! `pg_notify` in the same statement wakes the [`relay`] at commit time.
 //!
 //! The [`relay`] then publishes each row with publisher confirms and `mandatory`, and marks
 //! it `sent` only after the broker acknowledged it *and* did not return it as unroutable.
@@ -87,26 +87,28 @@ impl NewMessage {
 }
 
 /// Writes `msg` into the outbox within the caller's transaction. Nothing is published here.
+///
+/// One statement, one round trip: the row and the relay's wake-up. A NOTIFY is delivered
+/// at commit and dropped on rollback, exactly the semantics a wake-up needs; selecting it
+/// from the insert's `RETURNING` makes it fire only once the row is written.
 pub async fn enqueue(tx: &mut PgConnection, msg: &NewMessage, ttl: Duration) -> sqlx::Result<()> {
-    let id = msg.id;
     sqlx::query(
-        "INSERT INTO outbox (id, aggregate_id, event_type, routing_key, payload, headers, expires_at)
-         VALUES ($1, $2, $3, $4, $5, $6, now() + make_interval(secs => $7))",
+        "WITH ins AS (
+             INSERT INTO outbox (id, aggregate_id, event_type, routing_key, payload, headers, expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6, now() + make_interval(secs => $7))
+             RETURNING id)
+         SELECT pg_notify($8, '') FROM ins",
     )
-    .bind(id)
+    .bind(msg.id)
     .bind(&msg.aggregate_id)
     .bind(&msg.event_type)
     .bind(&msg.routing_key)
     .bind(&msg.payload)
     .bind(Value::Object(msg.headers.clone()))
     .bind(ttl.as_secs_f64())
-    .execute(&mut *tx)
+    .bind(NOTIFY_CHANNEL)
+    .execute(tx)
     .await?;
-    // Delivered at commit, dropped on rollback: exactly the semantics a wake-up needs.
-    sqlx::query("SELECT pg_notify($1, '')")
-        .bind(NOTIFY_CHANNEL)
-        .execute(&mut *tx)
-        .await?;
     Ok(())
 }
 

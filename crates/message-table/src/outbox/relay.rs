@@ -203,6 +203,8 @@ pub struct Relay {
 }
 
 impl Relay {
+    /// Claims and settles on `pool`: the services give it [`crate::db::relay_pool`], whose
+    /// commits do not wait for the WAL flush (losing one only republishes a message).
     pub fn new(pool: PgPool, amqp: AmqpConfig, cfg: OutboxConfig, name: impl Into<String>) -> Self {
         Self {
             pool,

@@ -45,6 +45,8 @@ pub struct ResendScheduler {
 }
 
 impl ResendScheduler {
+    /// The services give it the relay's pool ([`crate::db::relay_pool`]): what it writes,
+    /// lost in a crash, is written again by a later tick.
     pub fn new(pool: PgPool, cfg: OutboxConfig, relay_wake: Arc<Notify>) -> Self {
         Self {
             pool,

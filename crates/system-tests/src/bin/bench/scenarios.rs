@@ -261,8 +261,9 @@ pub async fn halves(messages: usize) -> Halves {
         batch_size: RELAY_BATCH,
         ..test_kit::fast_outbox()
     };
+    // The relay's own pool, as the services build it (asynchronous commit).
     let mut relay = Relay::new(
-        stack.order_db.pool.clone(),
+        message_table::db::relay_pool(&stack.order_db.pool),
         stack.amqp.clone(),
         cfg,
         "bench-relay",
