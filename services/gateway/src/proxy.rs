@@ -462,6 +462,35 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// resolved as any URL parser would (also `%2e%2e`), so what the internal-path check sees is
 /// what the upstream gets, and a path cannot climb above an instance's base path.
 fn upstream_target(rest: &str, query: Option<&str>) -> Result<(String, String), GatewayError> {
+    // Most paths are ones the parser returns unchanged: no need to run it (5% of the
+    // instructions per proxied request).
+    if is_plain_path(rest) && query.is_none_or(is_plain_query) {
+        let path_and_query = match query {
+            Some(query) => format!("{rest}?{query}"),
+            None => rest.to_string(),
+        };
+        return Ok((rest.to_string(), path_and_query));
+    }
+    parsed_target(rest, query)
+}
+
+/// A path the URL parser leaves as it is: no dot segment possible (no `.`, no `%`, so no
+/// `%2e`), no `\` (the parser reads it as `/`), nothing it percent-encodes.
+fn is_plain_path(path: &str) -> bool {
+    path.starts_with('/')
+        && path
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/-_~!$&'()*+,;=:@".contains(&b))
+}
+
+/// A query the URL parser leaves as it is (it encodes `'` in an http URL's query).
+fn is_plain_query(query: &str) -> bool {
+    query
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"/?-_~!$&()*+,;=:@.%".contains(&b))
+}
+
+fn parsed_target(rest: &str, query: Option<&str>) -> Result<(String, String), GatewayError> {
     let target = match query {
         Some(query) => format!("http://upstream{rest}?{query}"),
         None => format!("http://upstream{rest}"),
@@ -611,5 +640,34 @@ mod tests {
         assert_eq!(target("/x/%2e%2E/admin", None).0, "/admin");
         assert_eq!(target("/../../admin/./y", None).0, "/admin/y");
         assert_eq!(target("//evil.example/x", None).0, "//evil.example/x");
+    }
+
+    #[test]
+    fn the_plain_path_shortcut_agrees_with_the_url_parser() {
+        let mut cases: Vec<(String, Option<String>)> = Vec::new();
+        for b in 0x20u8..0x7f {
+            let c = char::from(b);
+            for path in [format!("/a{c}b"), format!("/{c}"), format!("/x/{c}{c}/y")] {
+                cases.push((path.clone(), None));
+                cases.push((path, Some(format!("q={c}&r"))));
+            }
+        }
+        cases.push(("".into(), None));
+        cases.push(("//x".into(), Some("".into())));
+        cases.push((
+            "/orders/01a23205-985c-7766".into(),
+            Some("a=1&b=%zz".into()),
+        ));
+        for (path, query) in &cases {
+            let query = query.as_deref();
+            let Ok(parsed) = parsed_target(path, query) else {
+                continue;
+            };
+            assert_eq!(
+                upstream_target(path, query).unwrap(),
+                parsed,
+                "{path:?} {query:?}"
+            );
+        }
     }
 }
