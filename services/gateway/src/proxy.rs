@@ -512,10 +512,21 @@ fn upstream_request_headers(
     uri: &axum::http::Uri,
     client_addr: SocketAddr,
 ) -> HeaderMap {
-    let mut headers = incoming.clone();
-    strip_hop_by_hop(&mut headers);
-    headers.remove(header::HOST);
-    headers.remove(header::EXPECT);
+    // One pass copying what is kept, rather than a copy and a dozen removals.
+    let named = connection_named(incoming);
+    let replaced = [
+        header::HOST,
+        header::EXPECT,
+        X_FORWARDED_FOR,
+        X_FORWARDED_PROTO,
+        X_FORWARDED_HOST,
+    ];
+    let mut headers = HeaderMap::with_capacity(incoming.len() + 3);
+    for (name, value) in incoming {
+        if !is_hop_by_hop(name, &named) && !replaced.contains(name) {
+            headers.append(name, value.clone());
+        }
+    }
 
     // Append to the chain an earlier proxy may have started; several header lines count as
     // one comma-separated list.
@@ -530,8 +541,17 @@ fn upstream_request_headers(
     } else {
         format!("{}, {client_ip}", previous.join(", "))
     };
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
-        headers.insert(X_FORWARDED_FOR, value);
+    match HeaderValue::from_str(&forwarded_for) {
+        Ok(value) => {
+            headers.insert(X_FORWARDED_FOR, value);
+        }
+        // Cannot happen (visible ASCII only): then the client's chain as it came.
+        Err(_) if !named.contains(&X_FORWARDED_FOR) => {
+            for value in incoming.get_all(&X_FORWARDED_FOR) {
+                headers.append(X_FORWARDED_FOR, value.clone());
+            }
+        }
+        Err(_) => {}
     }
 
     // The gateway only speaks plain HTTP.
@@ -555,16 +575,31 @@ fn upstream_request_headers(
 
 /// Removes the fixed hop-by-hop headers and every header the `Connection` header names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
+    let named = connection_named(headers);
+    // Usually none: no allocation, and no removal (a hash lookup each) of absent names.
+    let found: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| is_hop_by_hop(name, &named))
+        .cloned()
+        .collect();
+    for name in found {
+        headers.remove(name);
+    }
+}
+
+/// The headers the `Connection` header names.
+fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
-        headers.remove(name);
-    }
+        .collect()
+}
+
+fn is_hop_by_hop(name: &HeaderName, connection_named: &[HeaderName]) -> bool {
+    HOP_BY_HOP.contains(name) || connection_named.contains(name)
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {
@@ -627,6 +662,26 @@ mod tests {
         );
         assert_eq!(headers.get(X_FORWARDED_HOST).unwrap(), "gw.example");
         assert!(headers.get(header::HOST).is_none());
+    }
+
+    #[test]
+    fn upstream_headers_drop_hop_by_hop_and_replaced_ones_and_keep_the_rest_in_order() {
+        let mut incoming = HeaderMap::new();
+        incoming.insert(header::CONNECTION, "x-secret".parse().unwrap());
+        incoming.insert("x-secret", "1".parse().unwrap());
+        incoming.insert(header::TE, "trailers".parse().unwrap());
+        incoming.insert(header::EXPECT, "100-continue".parse().unwrap());
+        incoming.insert(X_FORWARDED_PROTO, "https".parse().unwrap());
+        incoming.insert(X_FORWARDED_HOST, "spoofed".parse().unwrap());
+        incoming.append("x-multi", "a".parse().unwrap());
+        incoming.append("x-multi", "b".parse().unwrap());
+        let uri = "/order".parse().unwrap();
+        let headers = upstream_request_headers(&incoming, &uri, "10.0.0.9:1".parse().unwrap());
+        let names: Vec<_> = headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-multi", "x-forwarded-for", "x-forwarded-proto"]);
+        let multi: Vec<_> = headers.get_all("x-multi").iter().collect();
+        assert_eq!(multi, ["a", "b"]);
+        assert_eq!(headers.get(X_FORWARDED_PROTO).unwrap(), "http");
     }
 
     #[test]
