@@ -8,7 +8,7 @@ use axum::{
     Router, ServiceExt,
     body::Body,
     extract::{Request, State},
-    http::HeaderName,
+    http::{HeaderName, HeaderValue},
     middleware,
     response::Response,
     routing::get,
@@ -18,7 +18,7 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tower::{Service, ServiceBuilder};
 use tower_http::{
-    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
+    request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer},
     trace::{DefaultOnResponse, TraceLayer},
 };
 use tracing::Level;
@@ -112,7 +112,7 @@ fn with_request_layers(
     // answers itself.
     ServiceBuilder::new()
         .layer(middleware::map_request(drop_empty_request_id))
-        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuidV4))
         .map_response(|response: axum::http::Response<_>| response.map(Body::new))
         .layer(
             TraceLayer::new_for_http()
@@ -132,6 +132,20 @@ async fn metrics(State(registry): State<Arc<Registry>>) -> Response {
     common::metrics::encode(&[&registry])
 }
 
+/// A random (v4) UUID, as tower-http's `MakeRequestUuid` makes, from the thread's CSPRNG:
+/// that one asks the OS for each id, a system call per request.
+#[derive(Clone, Copy)]
+struct MakeRequestUuidV4;
+
+impl MakeRequestId for MakeRequestUuidV4 {
+    fn make_request_id<B>(&mut self, _: &Request<B>) -> Option<RequestId> {
+        let id = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
+        let mut text = uuid::Uuid::encode_buffer();
+        let value = HeaderValue::from_str(id.hyphenated().encode_lower(&mut text)).ok()?;
+        Some(RequestId::new(value))
+    }
+}
+
 /// An empty `x-request-id` names no request: removed, so that one is made for it.
 async fn drop_empty_request_id(mut request: Request) -> Request {
     if request
@@ -142,4 +156,24 @@ async fn drop_empty_request_id(mut request: Request) -> Request {
         request.headers_mut().remove(X_REQUEST_ID);
     }
     request
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn made_request_ids_are_distinct_lowercase_v4_uuids() {
+        let request = Request::new(());
+        let mut make = MakeRequestUuidV4;
+        let id = |make: &mut MakeRequestUuidV4| {
+            let id = make.make_request_id(&request).unwrap();
+            id.header_value().to_str().unwrap().to_string()
+        };
+        let (a, b) = (id(&mut make), id(&mut make));
+        assert_ne!(a, b);
+        let parsed = uuid::Uuid::parse_str(&a).unwrap();
+        assert_eq!(parsed.get_version_num(), 4);
+        assert_eq!(parsed.hyphenated().to_string(), a);
+    }
 }
