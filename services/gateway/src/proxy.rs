@@ -239,7 +239,9 @@ pub async fn forward(
     let trying: Mutex<Option<&str>> = Mutex::new(None);
     let attempts = async {
         let mut last_error = None;
-        for instance in backend.upstream.attempt_order() {
+        let order = backend.upstream.attempt_order();
+        let mut headers = Some(headers);
+        for (i, instance) in order.iter().enumerate() {
             if body.is_spent() {
                 break;
             }
@@ -249,7 +251,13 @@ pub async fn forward(
             let mut upstream_request = axum::http::Request::new(body.for_attempt());
             *upstream_request.method_mut() = parts.method.clone();
             *upstream_request.uri_mut() = uri;
-            *upstream_request.headers_mut() = headers.clone();
+            // The last instance takes the headers; a copy only for one that may be followed.
+            let attempt_headers = if i + 1 == order.len() {
+                headers.take()
+            } else {
+                headers.clone()
+            };
+            *upstream_request.headers_mut() = attempt_headers.unwrap_or_default();
             let started = Instant::now();
             *lock(&trying) = Some(instance.name());
             let result = proxy.upstream_client.request(upstream_request).await;
