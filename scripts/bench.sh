@@ -32,6 +32,14 @@ case "${1:-}" in
 esac
 
 ensure_services
+# nginx is the gateway section's reference (one worker, keepalive upstreams); the section runs
+# without it, so a failed install is only a warning. Not in --smoke, which scripts/test.sh runs.
+if ((${#mode[@]} == 0)) && [[ ",${BENCH_SECTIONS:-gateway}," == *,gateway,* ]] &&
+    ! command -v nginx >/dev/null 2>&1 && [[ ! -x /usr/sbin/nginx ]]; then
+    log "installing nginx for the gateway section's reference"
+    (ensure_tool nginx 2>/dev/null) || [[ -x /usr/sbin/nginx ]] ||
+        warn "nginx could not be installed: the gateway section runs without its reference"
+fi
 log "building the benchmark and the services' binaries (${profile[*]:-dev})"
 cargo build "${profile[@]}" --quiet -p system-tests --bin bench --bin system-order --bin system-pay --bin system-gateway
 export BENCH_OUT="${BENCH_OUT:-.run/bench/$(date -u +%Y%m%dT%H%M%SZ)}"

@@ -24,7 +24,7 @@ use std::{
         Arc, Mutex, PoisonError,
         atomic::{AtomicBool, Ordering},
     },
-    task::Poll,
+    task::{self, Poll, ready},
     time::{Duration, Instant},
 };
 
@@ -36,7 +36,13 @@ use axum::{
     response::Response,
 };
 use futures::{Stream, StreamExt, TryStreamExt};
+use http_body::{Frame, SizeHint};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::{TokioExecutor, TokioTimer},
+};
 use reqwest::Url;
 
 use common::admin::{AdminAuth, Denied};
@@ -71,6 +77,11 @@ type BodyStream = Pin<Box<dyn Stream<Item = Result<Bytes, BoxError>> + Send>>;
 /// What every forwarded request shares: one connection-pooling client, the routes with their
 /// instances, and the limits.
 pub struct Proxy {
+    /// Forwarding: hyper's pooling client itself. reqwest (built on it) parsed the URL twice
+    /// more and ran its redirect and retry layers on every request, about a third of the
+    /// gateway's instructions per request.
+    upstream_client: Client<HttpConnector, AttemptBody>,
+    /// The gateway's own requests to the services (readiness, the OpenAPI documents).
     client: reqwest::Client,
     backends: Vec<Backend>,
     upstream_timeout: Duration,
@@ -84,6 +95,8 @@ pub struct Proxy {
 pub struct Backend {
     pub route: Route,
     pub upstream: Upstream,
+    /// `route.name()`, for the response body's failure log, which outlives the request.
+    route_name: Arc<str>,
 }
 
 impl Proxy {
@@ -94,15 +107,30 @@ impl Proxy {
             // HTTP_PROXY in the gateway's environment must not reroute service traffic.
             .no_proxy()
             .connect_timeout(config.connect_timeout)
-            // reqwest adds `accept: */*` when the client sent no Accept, which means the same.
             .build()
-            .context("building the upstream HTTP client")?;
+            .context("building the gateway's HTTP client")?;
+        // reqwest's settings, as forwarding had them: TCP_NODELAY, TCP keepalive, the user
+        // timeout, idle connections kept 90 s. No proxy, no redirects, no headers added
+        // (reqwest added `accept: */*`): hyper has none of them.
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(config.connect_timeout));
+        connector.set_nodelay(true);
+        connector.set_keepalive(Some(Duration::from_secs(15)));
+        connector.set_keepalive_interval(Some(Duration::from_secs(15)));
+        connector.set_keepalive_retries(Some(3));
+        connector.set_tcp_user_timeout(Some(Duration::from_secs(30)));
+        let upstream_client = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build(connector);
         let backends = config
             .routes
             .iter()
             .map(|route| Backend {
                 route: route.clone(),
                 upstream: Upstream::new(route.instances(), config.ejection),
+                route_name: route.name().into(),
             })
             .collect::<Vec<Backend>>();
         let metrics = UpstreamMetrics::new(
@@ -111,6 +139,7 @@ impl Proxy {
                 .flat_map(|b| b.upstream.instances().iter().map(|i| i.name())),
         );
         Ok(Proxy {
+            upstream_client,
             client,
             backends,
             upstream_timeout: config.upstream_timeout,
@@ -210,19 +239,28 @@ pub async fn forward(
     let trying: Mutex<Option<&str>> = Mutex::new(None);
     let attempts = async {
         let mut last_error = None;
-        for instance in backend.upstream.attempt_order() {
+        let order = backend.upstream.attempt_order();
+        let mut headers = Some(headers);
+        for (i, instance) in order.iter().enumerate() {
             if body.is_spent() {
                 break;
             }
-            let url = instance
-                .url_for(&path_and_query)
+            let uri = instance
+                .uri_for(&path_and_query)
                 .map_err(GatewayError::InvalidUri)?;
-            let mut upstream_request = reqwest::Request::new(parts.method.clone(), url);
-            *upstream_request.headers_mut() = headers.clone();
-            *upstream_request.body_mut() = body.for_attempt();
+            let mut upstream_request = axum::http::Request::new(body.for_attempt());
+            *upstream_request.method_mut() = parts.method.clone();
+            *upstream_request.uri_mut() = uri;
+            // The last instance takes the headers; a copy only for one that may be followed.
+            let attempt_headers = if i + 1 == order.len() {
+                headers.take()
+            } else {
+                headers.clone()
+            };
+            *upstream_request.headers_mut() = attempt_headers.unwrap_or_default();
             let started = Instant::now();
             *lock(&trying) = Some(instance.name());
-            let result = proxy.client.execute(upstream_request).await;
+            let result = proxy.upstream_client.request(upstream_request).await;
             *lock(&trying) = None;
             match result {
                 Ok(response) => {
@@ -275,15 +313,15 @@ pub async fn forward(
 
     // 7. Response, streamed. A failure mid-body aborts the client's response, which is the
     // only honest signal once the status line has been sent.
-    let status = upstream_response.status();
-    let mut response_headers = upstream_response.headers().clone();
+    let (upstream_parts, upstream_body) = upstream_response.into_parts();
+    let mut response_headers = upstream_parts.headers;
     strip_hop_by_hop(&mut response_headers);
-    let route_name = route.name().to_string();
-    let body = upstream_response.bytes_stream().inspect_err(move |e| {
-        tracing::warn!(route = route_name, error = %error_chain(e), "upstream response body failed");
-    });
-    let mut response = Response::new(Body::from_stream(body));
-    *response.status_mut() = status;
+    let body = ResponseBody {
+        inner: upstream_body,
+        route: Arc::clone(&backend.route_name),
+    };
+    let mut response = Response::new(Body::new(body));
+    *response.status_mut() = upstream_parts.status;
     *response.headers_mut() = response_headers;
     Ok(response)
 }
@@ -337,27 +375,89 @@ impl ClientBody {
         }
     }
 
-    fn for_attempt(&self) -> Option<reqwest::Body> {
-        let ClientBody::Stream(slot) = self else {
-            return None;
-        };
-        let slot = Arc::clone(slot);
-        let mut taken: Option<BodyStream> = None;
-        Some(reqwest::Body::wrap_stream(futures::stream::poll_fn(
-            move |cx| {
-                if taken.is_none() {
-                    taken = lock(&slot).take();
-                }
-                match taken.as_mut() {
-                    Some(stream) => stream.poll_next_unpin(cx),
-                    // Unreachable while attempts check `is_spent` first; never send a
-                    // truncated body if that ever changes.
-                    None => Poll::Ready(Some(Err(BoxError::from(
-                        "the request body was already sent to another instance",
-                    )))),
-                }
+    fn for_attempt(&self) -> AttemptBody {
+        AttemptBody {
+            slot: match self {
+                ClientBody::Empty => None,
+                ClientBody::Stream(slot) => Some(Arc::clone(slot)),
             },
-        )))
+            taken: None,
+        }
+    }
+}
+
+/// One attempt's request body: none, or the client's, taken from the slot on first poll.
+pub struct AttemptBody {
+    slot: Option<Arc<Mutex<Option<BodyStream>>>>,
+    taken: Option<BodyStream>,
+}
+
+impl HttpBody for AttemptBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut task::Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let Some(slot) = &this.slot else {
+            return Poll::Ready(None);
+        };
+        if this.taken.is_none() {
+            this.taken = lock(slot).take();
+        }
+        match this.taken.as_mut() {
+            Some(stream) => stream
+                .poll_next_unpin(cx)
+                .map(|chunk| chunk.map(|data| data.map(Frame::data))),
+            // Unreachable while attempts check `is_spent` first; never send a truncated
+            // body if that ever changes.
+            None => Poll::Ready(Some(Err(BoxError::from(
+                "the request body was already sent to another instance",
+            )))),
+        }
+    }
+
+    /// No body is sent as none (no `content-length: 0`, no empty chunked body).
+    fn is_end_stream(&self) -> bool {
+        self.slot.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.slot {
+            None => SizeHint::with_exact(0),
+            Some(_) => SizeHint::default(),
+        }
+    }
+}
+
+/// The upstream's response body on its way to the client: its data frames (trailers are
+/// not forwarded) and a warning when it fails mid-way. No size hint: the upstream's
+/// `content-length` header, forwarded, is what the client is told.
+struct ResponseBody {
+    inner: Incoming,
+    route: Arc<str>,
+}
+
+impl HttpBody for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut task::Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        loop {
+            match ready!(Pin::new(&mut self.inner).poll_frame(cx)) {
+                Some(Ok(frame)) if !frame.is_data() => continue,
+                Some(Err(e)) => {
+                    tracing::warn!(route = &*self.route, error = %error_chain(&e), "upstream response body failed");
+                    return Poll::Ready(Some(Err(e)));
+                }
+                other => return Poll::Ready(other),
+            }
+        }
     }
 }
 
@@ -370,6 +470,35 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// resolved as any URL parser would (also `%2e%2e`), so what the internal-path check sees is
 /// what the upstream gets, and a path cannot climb above an instance's base path.
 fn upstream_target(rest: &str, query: Option<&str>) -> Result<(String, String), GatewayError> {
+    // Most paths are ones the parser returns unchanged: no need to run it (5% of the
+    // instructions per proxied request).
+    if is_plain_path(rest) && query.is_none_or(is_plain_query) {
+        let path_and_query = match query {
+            Some(query) => format!("{rest}?{query}"),
+            None => rest.to_string(),
+        };
+        return Ok((rest.to_string(), path_and_query));
+    }
+    parsed_target(rest, query)
+}
+
+/// A path the URL parser leaves as it is: no dot segment possible (no `.`, no `%`, so no
+/// `%2e`), no `\` (the parser reads it as `/`), nothing it percent-encodes.
+fn is_plain_path(path: &str) -> bool {
+    path.starts_with('/')
+        && path
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/-_~!$&'()*+,;=:@".contains(&b))
+}
+
+/// A query the URL parser leaves as it is (it encodes `'` in an http URL's query).
+fn is_plain_query(query: &str) -> bool {
+    query
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"/?-_~!$&()*+,;=:@.%".contains(&b))
+}
+
+fn parsed_target(rest: &str, query: Option<&str>) -> Result<(String, String), GatewayError> {
     let target = match query {
         Some(query) => format!("http://upstream{rest}?{query}"),
         None => format!("http://upstream{rest}"),
@@ -391,10 +520,21 @@ fn upstream_request_headers(
     uri: &axum::http::Uri,
     client_addr: SocketAddr,
 ) -> HeaderMap {
-    let mut headers = incoming.clone();
-    strip_hop_by_hop(&mut headers);
-    headers.remove(header::HOST);
-    headers.remove(header::EXPECT);
+    // One pass copying what is kept, rather than a copy and a dozen removals.
+    let named = connection_named(incoming);
+    let replaced = [
+        header::HOST,
+        header::EXPECT,
+        X_FORWARDED_FOR,
+        X_FORWARDED_PROTO,
+        X_FORWARDED_HOST,
+    ];
+    let mut headers = HeaderMap::with_capacity(incoming.len() + 3);
+    for (name, value) in incoming {
+        if !is_hop_by_hop(name, &named) && !replaced.contains(name) {
+            headers.append(name, value.clone());
+        }
+    }
 
     // Append to the chain an earlier proxy may have started; several header lines count as
     // one comma-separated list.
@@ -409,8 +549,17 @@ fn upstream_request_headers(
     } else {
         format!("{}, {client_ip}", previous.join(", "))
     };
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
-        headers.insert(X_FORWARDED_FOR, value);
+    match HeaderValue::from_str(&forwarded_for) {
+        Ok(value) => {
+            headers.insert(X_FORWARDED_FOR, value);
+        }
+        // Cannot happen (visible ASCII only): then the client's chain as it came.
+        Err(_) if !named.contains(&X_FORWARDED_FOR) => {
+            for value in incoming.get_all(&X_FORWARDED_FOR) {
+                headers.append(X_FORWARDED_FOR, value.clone());
+            }
+        }
+        Err(_) => {}
     }
 
     // The gateway only speaks plain HTTP.
@@ -434,16 +583,31 @@ fn upstream_request_headers(
 
 /// Removes the fixed hop-by-hop headers and every header the `Connection` header names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
+    let named = connection_named(headers);
+    // Usually none: no allocation, and no removal (a hash lookup each) of absent names.
+    let found: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| is_hop_by_hop(name, &named))
+        .cloned()
+        .collect();
+    for name in found {
+        headers.remove(name);
+    }
+}
+
+/// The headers the `Connection` header names.
+fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
-        headers.remove(name);
-    }
+        .collect()
+}
+
+fn is_hop_by_hop(name: &HeaderName, connection_named: &[HeaderName]) -> bool {
+    HOP_BY_HOP.contains(name) || connection_named.contains(name)
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {
@@ -509,6 +673,26 @@ mod tests {
     }
 
     #[test]
+    fn upstream_headers_drop_hop_by_hop_and_replaced_ones_and_keep_the_rest_in_order() {
+        let mut incoming = HeaderMap::new();
+        incoming.insert(header::CONNECTION, "x-secret".parse().unwrap());
+        incoming.insert("x-secret", "1".parse().unwrap());
+        incoming.insert(header::TE, "trailers".parse().unwrap());
+        incoming.insert(header::EXPECT, "100-continue".parse().unwrap());
+        incoming.insert(X_FORWARDED_PROTO, "https".parse().unwrap());
+        incoming.insert(X_FORWARDED_HOST, "spoofed".parse().unwrap());
+        incoming.append("x-multi", "a".parse().unwrap());
+        incoming.append("x-multi", "b".parse().unwrap());
+        let uri = "/order".parse().unwrap();
+        let headers = upstream_request_headers(&incoming, &uri, "10.0.0.9:1".parse().unwrap());
+        let names: Vec<_> = headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-multi", "x-forwarded-for", "x-forwarded-proto"]);
+        let multi: Vec<_> = headers.get_all("x-multi").iter().collect();
+        assert_eq!(multi, ["a", "b"]);
+        assert_eq!(headers.get(X_FORWARDED_PROTO).unwrap(), "http");
+    }
+
+    #[test]
     fn the_upstream_target_has_dot_segments_resolved_and_the_query_kept() {
         let target = |rest, query| upstream_target(rest, query).unwrap();
         assert_eq!(
@@ -519,5 +703,34 @@ mod tests {
         assert_eq!(target("/x/%2e%2E/admin", None).0, "/admin");
         assert_eq!(target("/../../admin/./y", None).0, "/admin/y");
         assert_eq!(target("//evil.example/x", None).0, "//evil.example/x");
+    }
+
+    #[test]
+    fn the_plain_path_shortcut_agrees_with_the_url_parser() {
+        let mut cases: Vec<(String, Option<String>)> = Vec::new();
+        for b in 0x20u8..0x7f {
+            let c = char::from(b);
+            for path in [format!("/a{c}b"), format!("/{c}"), format!("/x/{c}{c}/y")] {
+                cases.push((path.clone(), None));
+                cases.push((path, Some(format!("q={c}&r"))));
+            }
+        }
+        cases.push(("".into(), None));
+        cases.push(("//x".into(), Some("".into())));
+        cases.push((
+            "/orders/01a23205-985c-7766".into(),
+            Some("a=1&b=%zz".into()),
+        ));
+        for (path, query) in &cases {
+            let query = query.as_deref();
+            let Ok(parsed) = parsed_target(path, query) else {
+                continue;
+            };
+            assert_eq!(
+                upstream_target(path, query).unwrap(),
+                parsed,
+                "{path:?} {query:?}"
+            );
+        }
     }
 }

@@ -25,6 +25,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+use axum::http::{
+    Uri,
+    uri::{Authority, Scheme},
+};
 use reqwest::Url;
 
 /// How long an ejected instance waits for its trial: `base` after the first refusal,
@@ -95,6 +99,11 @@ impl Upstream {
 /// One upstream instance and its ejection state.
 pub struct Instance {
     base_url: Url,
+    /// `base_url` split once for [`Instance::uri_for`]: forwarding builds no URL by parsing.
+    scheme: Scheme,
+    authority: Authority,
+    /// The base URL's path without its trailing slash (empty for `/`).
+    base_path: String,
     policy: EjectionPolicy,
     /// Mirrors `ejection.is_some()`, so the common case (in rotation) takes no lock.
     ejected: AtomicBool,
@@ -111,7 +120,16 @@ struct Ejection {
 
 impl Instance {
     fn new(base_url: Url, policy: EjectionPolicy) -> Self {
+        // A route's instances are http URLs with a host (`RouteTable::parse`), so this
+        // cannot fail; an empty authority would make every request a 502, not a panic.
+        let uri: Uri = base_url.as_str().parse().unwrap_or_default();
+        let parts = uri.into_parts();
         Instance {
+            scheme: parts.scheme.unwrap_or(Scheme::HTTP),
+            authority: parts
+                .authority
+                .unwrap_or_else(|| Authority::from_static("invalid")),
+            base_path: base_url.path().trim_end_matches('/').to_string(),
             base_url,
             policy,
             ejected: AtomicBool::new(false),
@@ -137,6 +155,17 @@ impl Instance {
     /// `/buy` as `http://h/api/buy`.
     pub fn url_for(&self, path_and_query: &str) -> Result<Url, String> {
         Url::parse(&format!("{}{path_and_query}", self.name())).map_err(|e| e.to_string())
+    }
+
+    /// The same as [`Instance::url_for`], as the `Uri` the HTTP client takes: no parsing
+    /// of the whole URL, as `path_and_query` comes from [`Url`] already.
+    pub fn uri_for(&self, path_and_query: &str) -> Result<Uri, String> {
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(format!("{}{path_and_query}", self.base_path))
+            .build()
+            .map_err(|e| e.to_string())
     }
 
     /// An attempt started at `started` could not connect: eject the instance, or push its
@@ -289,10 +318,21 @@ mod tests {
         let up = upstream(&["http://p:2/api"], 1000);
         let url = up.instances[0].url_for("/charge?a=1").unwrap();
         assert_eq!(url.as_str(), "http://p:2/api/charge?a=1");
+        let uri = up.instances[0].uri_for("/charge?a=1").unwrap();
+        assert_eq!(uri.to_string(), url.as_str());
         let up = upstream(&["http://p:2"], 1000);
         assert_eq!(
             up.instances[0].url_for("/").unwrap().as_str(),
             "http://p:2/"
+        );
+        assert_eq!(
+            up.instances[0].uri_for("/").unwrap().to_string(),
+            "http://p:2/"
+        );
+        let up = upstream(&["http://p:2/api/"], 1000);
+        assert_eq!(
+            up.instances[0].uri_for("/x").unwrap().to_string(),
+            up.instances[0].url_for("/x").unwrap().as_str()
         );
     }
 }
