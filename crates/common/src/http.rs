@@ -244,6 +244,43 @@ impl From<QueryRejection> for ApiError {
     }
 }
 
+/// Bodies up to this size are read and discarded before a 413 (see [`refuse_oversized_body`]).
+const DRAIN_LIMIT: u64 = 16 * 1024 * 1024;
+
+/// How long reading a refused body may take.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Middleware: a request whose declared `Content-Length` is over `limit` gets 413 at once,
+/// but only after its body was read and thrown away. Answering with the body unread closes
+/// the connection with data still arriving, which resets it: a proxy still sending (the
+/// gateway) then sees a broken pipe instead of the 413 and can only answer 502. Bodies above
+/// [`DRAIN_LIMIT`], or slower than [`DRAIN_TIMEOUT`], are not waited for.
+pub async fn refuse_oversized_body(
+    axum::extract::State(limit): axum::extract::State<usize>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let Some(declared) = declared.filter(|&n| n > limit as u64) else {
+        return next.run(request).await;
+    };
+    if declared <= DRAIN_LIMIT {
+        use futures::StreamExt;
+        let mut body = request.into_body().into_data_stream();
+        let drain = async { while let Some(Ok(_)) = body.next().await {} };
+        let _ = tokio::time::timeout(DRAIN_TIMEOUT, drain).await;
+    }
+    error_response(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        &format!("the request body of {declared} bytes is over the limit of {limit} bytes"),
+    )
+}
+
 /// 404 for every unknown route, in the project's error shape.
 pub async fn not_found() -> Response {
     error_response(StatusCode::NOT_FOUND, "not_found", "no such route")

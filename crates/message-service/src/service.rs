@@ -348,6 +348,10 @@ impl Service {
             .method_not_allowed_fallback(common::http::method_not_allowed)
             .layer(DefaultBodyLimit::max(spec.max_body_bytes))
             .layer(middleware::from_fn_with_state(
+                spec.max_body_bytes,
+                common::http::refuse_oversized_body,
+            ))
+            .layer(middleware::from_fn_with_state(
                 http_metrics,
                 common::metrics::track,
             ))

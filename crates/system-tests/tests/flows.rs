@@ -274,3 +274,28 @@ async fn a_relay_crash_after_publish_republishes_and_the_inbox_drops_the_duplica
     let (_, account) = sys.get("/pay/accounts/bob").await;
     assert_eq!(account["balance_cents"], START - 4321);
 }
+
+/// A body over pay's limit (64 KiB) but under the gateway's (10 MiB), through the gateway:
+/// pay's 413 must reach the client. Pay answering with the body unread reset the connection
+/// while the gateway was still sending it; the gateway then saw a broken pipe and answered
+/// 502 (schemathesis found it; about one request in four of a megabyte).
+#[tokio::test]
+async fn an_oversized_body_through_the_gateway_gets_the_services_413() {
+    let amqp = test_kit::test_amqp();
+    let sys = system_tests::start(&amqp, &amqp).await;
+    let ids: Vec<Uuid> = (0..25_000).map(|_| Uuid::new_v4()).collect();
+    let body = serde_json::to_vec(&json!({ "order_ids": ids })).unwrap();
+    for _ in 0..40 {
+        let res = sys
+            .http
+            .post(format!("{}/pay/payments/lookup", sys.gateway))
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .expect("an answer from the gateway");
+        assert_eq!(res.status(), reqwest::StatusCode::PAYLOAD_TOO_LARGE);
+        let answer: serde_json::Value = res.json().await.unwrap();
+        assert_eq!(answer["error"]["code"], "body_too_large", "{answer}");
+    }
+}

@@ -193,3 +193,28 @@ async fn the_story_of_an_order_is_pays_rows_about_it() {
         .unwrap();
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
 }
+
+/// A body declared over the limit gets 413 in the project's shape, every time, after pay
+/// has read it (`common::http::refuse_oversized_body`; through the gateway, see
+/// `flows.rs::an_oversized_body_through_the_gateway_gets_the_services_413`).
+#[tokio::test]
+async fn an_oversized_body_is_answered_413_not_a_reset_connection() {
+    let amqp = test_kit::test_amqp();
+    let pay = support::spawn_pay(&amqp, std::future::pending()).await;
+    let ids: Vec<Uuid> = (0..50_000).map(|_| Uuid::new_v4()).collect();
+    let body = serde_json::to_vec(&json!({ "order_ids": ids })).unwrap();
+    assert!(body.len() > 1 << 20);
+    let client = reqwest::Client::new();
+    for _ in 0..20 {
+        let res = client
+            .post(format!("{}/payments/lookup", pay.base))
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .expect("an answer, not a reset connection");
+        assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        let answer: Value = res.json().await.unwrap();
+        assert_eq!(answer["error"]["code"], "body_too_large", "{answer}");
+    }
+}
