@@ -188,13 +188,15 @@ impl PaymentHandler {
         let order_ids: Vec<Uuid> = orders.iter().map(|o| o.order_id).collect();
         let amounts: Vec<i64> = orders.iter().map(|o| o.amount_cents).collect();
         let message_ids: Vec<Uuid> = msgs.iter().map(|m| m.message_id).collect();
+        // The payment ids that went in: two messages about one order in this batch insert
+        // one payment, so it is the row, not the order id, that says which message pays.
         let inserted: HashSet<Uuid> = sqlx::query_scalar(
             "INSERT INTO payments (id, order_id, user_id, amount_cents, status, message_id)
              SELECT p.id, p.order_id, p.user_id, p.amount, 'COMPLETED', p.message_id
              FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::bigint[], $5::uuid[])
                   AS p(id, order_id, user_id, amount, message_id)
              ON CONFLICT (order_id) DO NOTHING
-             RETURNING order_id",
+             RETURNING id",
         )
         .bind(&payment_ids)
         .bind(&order_ids)
@@ -207,7 +209,7 @@ impl PaymentHandler {
         .collect();
 
         let new: Vec<usize> = (0..orders.len())
-            .filter(|&i| inserted.contains(&orders[i].order_id))
+            .filter(|&i| inserted.contains(&payment_ids[i]))
             .collect();
         let debited: HashSet<String> = sqlx::query_scalar(
             "UPDATE accounts a SET balance_cents = a.balance_cents - d.amount, updated_at = now()
@@ -227,7 +229,7 @@ impl PaymentHandler {
         for (i, (msg, order)) in msgs.iter().zip(orders).enumerate() {
             let _in_span = msg.span.enter();
             let span = tracing::info_span!("payment", order_id = %order.order_id).entered();
-            if !inserted.contains(&order.order_id) {
+            if !inserted.contains(&payment_ids[i]) {
                 tracing::warn!(order_id = %order.order_id, message_id = %msg.message_id, "order already has a payment; message ignored");
                 continue;
             }
