@@ -30,7 +30,11 @@ use message_table::{
         retry_sweeper::RetrySweeper,
     },
     metrics::MessageTableMetrics,
-    outbox::{OutboxConfig, relay::Relay, resend_scheduler::ResendScheduler},
+    outbox::{
+        OutboxConfig,
+        relay::{Relay, Relays},
+        resend_scheduler::ResendScheduler,
+    },
     retention::{RetentionConfig, RetentionRunner},
 };
 
@@ -66,7 +70,7 @@ impl MessagingConfig {
 struct Messaging {
     counters: Arc<InboxCounters>,
     faults: Faults,
-    relay: Relay,
+    relays: Relays,
     scheduler: ResendScheduler,
     consumer: InboxConsumer,
     sweeper: RetrySweeper,
@@ -77,17 +81,21 @@ struct Messaging {
 #[derive(Clone)]
 struct Readiness {
     pool: PgPool,
-    publisher: BrokerStatus,
+    /// One per relay.
+    publishers: Vec<BrokerStatus>,
     consumer: BrokerStatus,
 }
 
 impl Readiness {
-    /// 200 when the database answers and both broker connections are up, else 503.
+    /// 200 when the database answers and every broker connection is up, else 503.
     async fn respond(&self) -> Response {
         let database = db::ping(&self.pool).await;
         common::http::readiness(&[
             ("database", database),
-            ("broker_publisher", self.publisher.is_connected()),
+            (
+                "broker_publisher",
+                self.publishers.iter().all(BrokerStatus::is_connected),
+            ),
             ("broker_consumer", self.consumer.is_connected()),
         ])
     }
@@ -118,7 +126,8 @@ impl Messaging {
         )
         .with_metrics(metrics.clone())
         .with_faults(faults.clone());
-        let scheduler = ResendScheduler::new(relay_pool, cfg.outbox.clone(), relay.wake_handle());
+        let relays = Relays::new(relay, cfg.outbox.relays);
+        let scheduler = ResendScheduler::new(relay_pool, cfg.outbox.clone(), relays.wake_handle());
         let retention =
             RetentionRunner::new(pool.clone(), &cfg.outbox, &cfg.inbox, cfg.retention.clone())
                 .with_metrics(metrics.clone());
@@ -137,7 +146,7 @@ impl Messaging {
         Self {
             counters: inbox.counters(),
             faults,
-            relay,
+            relays,
             scheduler,
             consumer,
             sweeper,
@@ -152,7 +161,7 @@ impl Messaging {
     fn readiness(&self, pool: PgPool) -> Readiness {
         Readiness {
             pool,
-            publisher: self.relay.status(),
+            publishers: self.relays.statuses(),
             consumer: self.consumer.status(),
         }
     }
@@ -162,7 +171,7 @@ impl Messaging {
         for worker in extra {
             set.spawn(worker(token.clone()));
         }
-        set.spawn(self.relay.run(token.clone()));
+        set.spawn(self.relays.run(token.clone()));
         set.spawn(self.scheduler.run(token.clone()));
         set.spawn(self.consumer.run(token.clone()));
         set.spawn(self.sweeper.run(token.clone()));
@@ -294,7 +303,7 @@ impl Service {
         let http_metrics = common::metrics::HttpMetrics::register(&mut registry);
         let messaging = Messaging::new(
             pool.clone(),
-            db::relay_pool(&pool),
+            db::relay_pool(&pool, cfg.messaging.outbox.relays),
             handler,
             &cfg.messaging,
             spec.name,

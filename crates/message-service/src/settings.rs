@@ -60,6 +60,9 @@ pub struct OutboxSettings {
     /// Rows claimed and published (in flight together) per relay round.
     #[arg(long, env = "OUTBOX_BATCH_SIZE", default_value_t = 200)]
     pub outbox_batch_size: i64,
+    /// Relays side by side, each on its own broker connection (1 to 16).
+    #[arg(long, env = "OUTBOX_RELAYS", default_value_t = 2)]
+    pub outbox_relays: usize,
     /// How long a claim holds a row; must exceed the confirm timeout by at least 5 s.
     #[arg(long, env = "OUTBOX_LEASE_MS", default_value_t = 30_000)]
     pub outbox_lease_ms: u64,
@@ -90,6 +93,7 @@ impl From<OutboxSettings> for OutboxConfig {
     fn from(s: OutboxSettings) -> Self {
         Self {
             batch_size: s.outbox_batch_size,
+            relays: s.outbox_relays,
             lease: Duration::from_millis(s.outbox_lease_ms),
             confirm_timeout: Duration::from_millis(s.outbox_confirm_timeout_ms),
             poll_interval: Duration::from_millis(s.outbox_poll_interval_ms),
@@ -260,7 +264,7 @@ mod tests {
 
     #[test]
     fn validation_covers_every_part() {
-        let cases: [(&str, Change); 11] = [
+        let cases: [(&str, Change); 12] = [
             ("AMQP_RECONNECT_BASE_MS", |c| {
                 c.amqp.reconnect.base = Duration::ZERO
             }),
@@ -268,6 +272,7 @@ mod tests {
                 c.amqp.reconnect.max = Duration::from_millis(1)
             }),
             ("OUTBOX_BATCH_SIZE", |c| c.outbox.batch_size = 0),
+            ("OUTBOX_RELAYS", |c| c.outbox.relays = 0),
             ("OUTBOX_MAX_ATTEMPTS", |c| c.outbox.retry.max_attempts = 0),
             ("OUTBOX_CONFIRM_TIMEOUT_MS", |c| {
                 c.outbox.lease = c.outbox.confirm_timeout

@@ -27,9 +27,9 @@ pub async fn connect_and_migrate(
     Ok(pool)
 }
 
-/// Connections of [`relay_pool`]: the relay, its LISTEN session and the resend scheduler hold
-/// at most one each (each works one statement at a time).
-pub const RELAY_POOL_CONNECTIONS: u32 = 3;
+/// Connections of [`relay_pool`] besides one per relay: the relays' LISTEN session and the
+/// resend scheduler hold at most one each (each works one statement at a time).
+pub const RELAY_POOL_SHARED_CONNECTIONS: u32 = 2;
 
 /// The outbox's own pool, for the relay and the resend scheduler: the service's database
 /// with `synchronous_commit = off`, set as a connection option (no extra round trip). Their
@@ -42,11 +42,11 @@ pub const RELAY_POOL_CONNECTIONS: u32 = 3;
 /// message, and the receiver's inbox drops the copy by its id; a lost `dead` mark is made
 /// again by the next pass. The business transactions (orders, the inbox) stay on the
 /// service's pool: synchronous.
-pub fn relay_pool(pool: &PgPool) -> PgPool {
+pub fn relay_pool(pool: &PgPool, relays: usize) -> PgPool {
     let options = (*pool.connect_options())
         .clone()
         .options([("synchronous_commit", "off")]);
-    pool_options(RELAY_POOL_CONNECTIONS).connect_lazy_with(options)
+    pool_options(relays as u32 + RELAY_POOL_SHARED_CONNECTIONS).connect_lazy_with(options)
 }
 
 fn pool_options(max_connections: u32) -> PgPoolOptions {

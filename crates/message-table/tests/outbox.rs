@@ -5,7 +5,7 @@ use std::{collections::HashSet, time::Duration};
 
 use message_table::outbox::{
     self, NewMessage, OutboxConfig, OutboxStatus,
-    relay::{PublishOutcome, Relay, RelayReport},
+    relay::{PublishOutcome, Relay, RelayReport, Relays},
     resend_scheduler::{LEASE_EXPIRED, ResendScheduler},
 };
 use serde_json::json;
@@ -589,12 +589,127 @@ async fn the_wake_up_is_delivered_at_commit_and_dropped_on_rollback() {
     assert_eq!(listener.recv().await.unwrap().payload(), "after commit");
 }
 
+/// `enqueue_quiet` sends nothing at commit; its wake-up comes when the caller sends it,
+/// after the commit. Markers, as above, tell what arrived when.
+#[tokio::test]
+async fn a_quiet_enqueue_wakes_the_relay_only_when_its_wake_up_is_sent() {
+    let db = TestDb::with_message_tables().await;
+    let mut listener = sqlx::postgres::PgListener::connect_with(&db.pool)
+        .await
+        .unwrap();
+    listener.listen(outbox::NOTIFY_CHANNEL).await.unwrap();
+    let msg = NewMessage::new(Uuid::now_v7(), "TestEvent", KEY, json!({}));
+
+    let mut tx = db.pool.begin().await.unwrap();
+    let wake = outbox::enqueue_quiet(&mut tx, &msg, Duration::from_secs(60))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(row(&db.pool, msg.id).await.status, OutboxStatus::Pending);
+    sqlx::query("SELECT pg_notify($1, 'marker')")
+        .bind(outbox::NOTIFY_CHANNEL)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    wake.send(&db.pool).await;
+    assert_eq!(
+        listener.recv().await.unwrap().payload(),
+        "marker",
+        "the commit itself notified nobody"
+    );
+    assert_eq!(listener.recv().await.unwrap().payload(), "");
+}
+
+/// The wake-up's own transaction commits without waiting for the WAL flush, and that setting
+/// ends with it: the next transaction on the same connection (a business one) is
+/// synchronous again.
+#[tokio::test]
+async fn the_wake_up_after_commit_leaves_its_connection_synchronous() {
+    let db = TestDb::with_message_tables().await;
+    let one = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&db.url)
+        .await
+        .unwrap();
+    let mut tx = one.begin().await.unwrap();
+    let msg = NewMessage::new(Uuid::now_v7(), "TestEvent", KEY, json!({}));
+    let wake = outbox::enqueue_quiet(&mut tx, &msg, Duration::from_secs(60))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    wake.send(&one).await;
+    let mode: String = sqlx::query_scalar("SHOW synchronous_commit")
+        .fetch_one(&one)
+        .await
+        .unwrap();
+    assert_eq!(mode, "on");
+    // And inside such a statement it is off (what `send` relies on).
+    let inside: String = sqlx::query_scalar(
+        "SELECT set_config('synchronous_commit', 'off', true) || current_setting('synchronous_commit')",
+    )
+    .fetch_one(&one)
+    .await
+    .unwrap();
+    assert_eq!(inside, "offoff");
+}
+
+/// `Relays` as the services run them: three relays on one outbox, one listener. Every
+/// message is published exactly once, each relay has its own connection, and a quiet
+/// enqueue's wake-up reaches an idle relay (the fallback poll is a minute).
+#[tokio::test]
+async fn relays_side_by_side_publish_every_message_once_and_share_the_wake_up() {
+    let db = TestDb::with_message_tables().await;
+    let amqp = test_kit::test_amqp();
+    let queue = TestQueue::bind(&amqp, &[KEY]).await;
+    let mut cfg = test_kit::fast_outbox();
+    cfg.batch_size = 20;
+    cfg.poll_interval = Duration::from_secs(60);
+    let relays = Relays::new(relay(&db, &amqp, cfg), 3);
+    let statuses = relays.statuses();
+    assert_eq!(statuses.len(), 3);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(relays.run(stop.clone()));
+    let mut ids = enqueue(&db.pool, 300, Duration::from_secs(60)).await;
+    for i in 0..20 {
+        let msg = NewMessage::new(Uuid::now_v7(), "TestEvent", KEY, json!({ "quiet": i }));
+        let mut tx = db.pool.begin().await.unwrap();
+        let wake = outbox::enqueue_quiet(&mut tx, &msg, Duration::from_secs(60))
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        wake.send(&db.pool).await;
+        ids.push(msg.id);
+    }
+    let pool = db.pool.clone();
+    test_kit::eventually("all 320 sent", Duration::from_secs(20), || {
+        let pool = pool.clone();
+        async move {
+            let sent: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE status = 'sent'")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            (sent == 320).then_some(())
+        }
+    })
+    .await;
+    assert!(
+        statuses.iter().all(|s| s.is_connected()),
+        "three live links"
+    );
+    stop.cancel();
+    task.await.unwrap();
+    let delivered = message_ids(&queue.take_all().await);
+    let distinct: HashSet<Uuid> = delivered.iter().copied().collect();
+    assert_eq!(delivered.len(), 320, "no message published twice");
+    assert_eq!(distinct, ids.into_iter().collect());
+}
+
 /// The relay's pool (`db::relay_pool`) commits asynchronously; the pool it is made from,
 /// where the business transactions run, does not.
 #[tokio::test]
 async fn only_the_relay_pool_commits_asynchronously() {
     let db = TestDb::with_message_tables().await;
-    let relay_pool = message_table::db::relay_pool(&db.pool);
+    let relay_pool = message_table::db::relay_pool(&db.pool, 1);
     let mode = |pool: PgPool| async move {
         sqlx::query_scalar::<_, String>("SHOW synchronous_commit")
             .fetch_one(&pool)

@@ -324,6 +324,7 @@ fn socket_addr(url: &str, var: &str) -> SocketAddr {
 pub fn fast_outbox() -> OutboxConfig {
     OutboxConfig {
         batch_size: 100,
+        relays: 2,
         lease: Duration::from_secs(30),
         confirm_timeout: Duration::from_secs(10),
         poll_interval: Duration::from_millis(100),

@@ -204,8 +204,11 @@ pub async fn buy(
         tx.rollback().await?;
         return replay(&state, key.as_deref().unwrap_or_default(), &fingerprint).await;
     }
-    outbox::enqueue(&mut tx, &message, state.message_ttl).await?;
+    // Woken after the commit, not by a NOTIFY inside it: notifying commits wait for each
+    // other (see `outbox::enqueue_quiet`).
+    let wake = outbox::enqueue_quiet(&mut tx, &message, state.message_ttl).await?;
     tx.commit().await?;
+    wake.send(&state.pool).await;
 
     tracing::info!(%order_id, message_id = %message.id, user_id = %req.user_id, "order created");
     Ok(created(

@@ -526,15 +526,31 @@ impl Relay {
         }
     }
 
+    /// Runs rounds until `shutdown`, alone; see [`Relays::run`].
+    pub async fn run(self, shutdown: CancellationToken) {
+        Relays::new(self, 1).run(shutdown).await
+    }
+
+    /// Another relay on the same outbox: the same settings, counters, switches and wake-up,
+    /// its own broker connection (and so its own confirms and returns).
+    fn sibling(&self, number: usize) -> Self {
+        Self {
+            pool: self.pool.clone(),
+            amqp: self.amqp.clone(),
+            cfg: self.cfg.clone(),
+            name: format!("{}-{number}", self.name),
+            link: None,
+            status: BrokerStatus::default(),
+            wake: self.wake.clone(),
+            metrics: self.metrics.clone(),
+            faults: self.faults.clone(),
+        }
+    }
+
     /// Runs rounds until `shutdown`: woken by NOTIFY at commit, by the resend scheduler, or
     /// by the fallback poll. A round in progress is finished before stopping, so no claimed
     /// row is left waiting for its lease.
-    pub async fn run(mut self, shutdown: CancellationToken) {
-        let listener = tokio::spawn(listen_for_new_messages(
-            self.pool.clone(),
-            self.wake.clone(),
-            shutdown.clone(),
-        ));
+    async fn rounds(mut self, shutdown: CancellationToken) {
         let broker_backoff = self.amqp.reconnect;
         let mut failures_in_a_row = 0;
         while !shutdown.is_cancelled() {
@@ -569,9 +585,57 @@ impl Relay {
                 _ = shutdown.cancelled() => {}
             }
         }
-        listener.abort();
         self.disconnect().await;
         tracing::info!(relay = %self.name, "relay stopped");
+    }
+}
+
+/// Several relays on one outbox (`OUTBOX_RELAYS`), woken by one listener.
+///
+/// Why more than one: a round is sequential (claim, publish, await the confirms, settle), so
+/// a message committed while a round awaits its confirms would wait for the next round, and
+/// between two windows nothing is in flight. A second relay claims what was committed
+/// meanwhile and keeps a window in flight while the first settles. It needs nothing new for
+/// safety: each relay has its own connection, so confirms and returns never cross windows,
+/// and relays already share an outbox safely (`FOR UPDATE SKIP LOCKED`, each claim's token
+/// and lease), as several instances of a service do. Like several instances, they do not
+/// keep the order of messages.
+pub struct Relays(Vec<Relay>);
+
+impl Relays {
+    /// `first` and `count - 1` siblings (named `<name>-2`, …), sharing its wake-up.
+    pub fn new(first: Relay, count: usize) -> Self {
+        let siblings: Vec<Relay> = (2..=count).map(|n| first.sibling(n)).collect();
+        Self(std::iter::once(first).chain(siblings).collect())
+    }
+
+    /// Each relay's broker connection state, for `/readyz`.
+    pub fn statuses(&self) -> Vec<BrokerStatus> {
+        self.0.iter().map(Relay::status).collect()
+    }
+
+    /// Notify this to make an idle relay run a round now (the resend scheduler does).
+    pub fn wake_handle(&self) -> Arc<Notify> {
+        self.0[0].wake_handle()
+    }
+
+    /// Runs every relay until `shutdown`, with one LISTEN session: each NOTIFY wakes one
+    /// idle relay (a busy one finds the rows anyway: its next round follows a full batch,
+    /// or it is woken by the permit a NOTIFY leaves when nobody waits).
+    pub async fn run(self, shutdown: CancellationToken) {
+        let first = &self.0[0];
+        let listener = tokio::spawn(listen_for_new_messages(
+            first.pool.clone(),
+            first.wake.clone(),
+            shutdown.clone(),
+        ));
+        join_all(
+            self.0
+                .into_iter()
+                .map(|relay| relay.rounds(shutdown.clone())),
+        )
+        .await;
+        listener.abort();
     }
 }
 

@@ -1,8 +1,9 @@
 //! The machine's ceilings, measured in the same run as the system so that each system figure
 //! can be put against what PostgreSQL and RabbitMQ can do here at all:
 //!
-//! - the order transaction alone (order row + outbox row + NOTIFY, one commit per order) at
-//!   the producers' concurrency: what no scenario can exceed while writing orders;
+//! - the order transaction alone (order row + outbox row, one commit per order, then the
+//!   NOTIFY) at the producers' concurrency: what no scenario can exceed while writing
+//!   orders; and beside it the same with the NOTIFY inside the transaction, what that costs;
 //! - persistent publishes with confirms, a window in flight: what a relay can reach;
 //! - consume with manual acks: what an inbox can reach before doing any work.
 
@@ -21,10 +22,19 @@ use test_kit::TestDb;
 
 use crate::generator::{self, Generated, Writer};
 
-/// The order transaction by `producers` at once for `duration`, on a fresh order database.
-pub async fn order_transaction(producers: usize, duration: Duration) -> Generated {
+/// The order transaction by `producers` at once for `duration`, on a fresh order database;
+/// with `notify_inside`, the NOTIFY inside the transaction instead of after its commit.
+pub async fn order_transaction(
+    producers: usize,
+    duration: Duration,
+    notify_inside: bool,
+) -> Generated {
     let db = TestDb::new(&order::MIGRATOR).await;
-    let writer = Writer::direct(&db.url, producers).await;
+    let writer = if notify_inside {
+        Writer::direct_notify_inside(&db.url, producers).await
+    } else {
+        Writer::direct(&db.url, producers).await
+    };
     generator::flat_out(&writer, producers, duration).await
 }
 

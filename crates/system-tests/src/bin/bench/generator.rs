@@ -1,5 +1,5 @@
 //! The load generator: orders written straight into order's database (the same transaction
-//! `POST /buy` runs: order row + outbox row + NOTIFY) or through `POST /buy`, either flat out
+//! `POST /buy` runs: order row + outbox row, then the NOTIFY) or through `POST /buy`, either flat out
 //! by a number of producers or at a fixed rate. Every run reports what it was asked for, what
 //! it achieved and the CPU time it took, so a figure limited by the generator shows as such.
 
@@ -44,7 +44,7 @@ pub async fn seed_accounts(pay: &PgPool) {
 #[derive(Clone)]
 pub enum Writer {
     /// order's own transaction, run by the generator on order's database.
-    Direct(PgPool),
+    Direct(PgPool, Wakeup),
     /// `POST {base}/buy` (order itself, or `/order` through a proxy).
     Http {
         client: reqwest::Client,
@@ -60,7 +60,22 @@ impl Writer {
             .connect(database_url)
             .await
             .expect("connect to order's database");
-        Writer::Direct(pool)
+        // BENCH_NOTIFY_INSIDE=1: every direct writer NOTIFYs inside its transaction, to
+        // compare whole scenarios with and without that (`POST /buy` is not affected).
+        let wakeup = match std::env::var("BENCH_NOTIFY_INSIDE").as_deref() {
+            Ok("1") => Wakeup::InTransaction,
+            _ => Wakeup::AfterCommit,
+        };
+        Writer::Direct(pool, wakeup)
+    }
+
+    /// As [`Self::direct`], with the NOTIFY inside the transaction (`outbox::enqueue`), to
+    /// measure what that costs.
+    pub async fn direct_notify_inside(database_url: &str, producers: usize) -> Self {
+        match Self::direct(database_url, producers).await {
+            Writer::Direct(pool, _) => Writer::Direct(pool, Wakeup::InTransaction),
+            http => http,
+        }
     }
 
     pub fn http(base: &str) -> Self {
@@ -72,7 +87,7 @@ impl Writer {
 
     pub fn label(&self) -> &'static str {
         match self {
-            Writer::Direct(_) => "into the database",
+            Writer::Direct(..) => "into the database",
             Writer::Http { .. } => "POST /buy",
         }
     }
@@ -83,7 +98,9 @@ impl Writer {
         let amount = 1 + (i % 100) as i64;
         WRITTEN.fetch_add(1, Ordering::Relaxed);
         match self {
-            Writer::Direct(pool) => order_transaction(pool, &user, amount).await.is_ok(),
+            Writer::Direct(pool, wakeup) => order_transaction(pool, *wakeup, &user, amount)
+                .await
+                .is_ok(),
             Writer::Http { client, url } => client
                 .post(url)
                 .json(&json!({ "user_id": user, "item": "bench", "amount_cents": amount }))
@@ -94,9 +111,23 @@ impl Writer {
     }
 }
 
+/// How a direct writer wakes the relay.
+#[derive(Debug, Clone, Copy)]
+pub enum Wakeup {
+    /// As `POST /buy` does: `outbox::enqueue_quiet`, the NOTIFY after the commit.
+    AfterCommit,
+    /// `outbox::enqueue`: the NOTIFY inside the transaction.
+    InTransaction,
+}
+
 /// order's `POST /buy` transaction without HTTP: the order row and its `OrderCreated`
-/// outbox row (whose enqueue NOTIFYs the relay), one commit.
-pub async fn order_transaction(pool: &PgPool, user: &str, amount: i64) -> sqlx::Result<()> {
+/// outbox row, one commit, and the relay's wake-up as `wakeup` says.
+pub async fn order_transaction(
+    pool: &PgPool,
+    wakeup: Wakeup,
+    user: &str,
+    amount: i64,
+) -> sqlx::Result<()> {
     let order_id = Uuid::now_v7();
     let message = NewMessage::new(
         order_id,
@@ -114,8 +145,18 @@ pub async fn order_transaction(pool: &PgPool, user: &str, amount: i64) -> sqlx::
     .bind(message.id)
     .execute(&mut *tx)
     .await?;
-    outbox::enqueue(&mut tx, &message, MESSAGE_TTL).await?;
-    tx.commit().await
+    match wakeup {
+        Wakeup::InTransaction => {
+            outbox::enqueue(&mut tx, &message, MESSAGE_TTL).await?;
+            tx.commit().await
+        }
+        Wakeup::AfterCommit => {
+            let wake = outbox::enqueue_quiet(&mut tx, &message, MESSAGE_TTL).await?;
+            tx.commit().await?;
+            wake.send(pool).await;
+            Ok(())
+        }
+    }
 }
 
 /// What one generator run did.

@@ -15,7 +15,7 @@ use std::{
 
 use message_table::outbox::{
     OutboxConfig,
-    relay::{Claim, Relay},
+    relay::{Claim, Relay, Relays},
 };
 use uuid::Uuid;
 
@@ -29,6 +29,8 @@ pub const PRODUCERS: usize = 16;
 
 /// The services' default claim size (`OUTBOX_BATCH_SIZE`).
 const RELAY_BATCH: i64 = 200;
+/// The services' default `OUTBOX_RELAYS`.
+const RELAYS: usize = 2;
 
 /// How long a scenario may go without progress before it is reported as stalled.
 const STALL: Duration = Duration::from_secs(60);
@@ -240,8 +242,10 @@ pub struct Halves {
     pub messages: usize,
     /// The relay awaiting each confirm before the next publish.
     pub relay_one_at_a_time_per_sec: f64,
-    /// The relay as it runs: a claimed batch published, then its confirms awaited together.
+    /// One relay's rounds: a claimed batch published, then its confirms awaited together.
     pub relay_per_sec: f64,
+    /// The relays as the services run them: `OUTBOX_RELAYS` side by side ([`Relays`]).
+    pub relays_per_sec: f64,
     /// Pay's inbox alone, on its queue filled beforehand (both relay runs' messages).
     pub inbox_per_sec: f64,
 }
@@ -255,7 +259,7 @@ pub async fn halves(messages: usize) -> Halves {
     stack.stop_pay().await;
     let writer = Writer::direct(&stack.order_db.url, PRODUCERS).await;
     eprintln!("    [{label}] writing the outbox");
-    generator::backlog(&writer, PRODUCERS, 2 * messages).await;
+    generator::backlog(&writer, PRODUCERS, 3 * messages).await;
     let cfg = OutboxConfig {
         // Claims of the services' default size (`OUTBOX_BATCH_SIZE`), not the tests' 100.
         batch_size: RELAY_BATCH,
@@ -263,19 +267,20 @@ pub async fn halves(messages: usize) -> Halves {
     };
     // The relay's own pool, as the services build it (asynchronous commit).
     let mut relay = Relay::new(
-        message_table::db::relay_pool(&stack.order_db.pool),
+        message_table::db::relay_pool(&stack.order_db.pool, RELAYS),
         stack.amqp.clone(),
         cfg,
         "bench-relay",
     );
     let relay_one_at_a_time_per_sec = relay_rate(&mut relay, false, messages).await;
     let relay_per_sec = relay_rate(&mut relay, true, messages).await;
+    let relays_per_sec = relays_rate(relay, &stack.order_db.pool, messages).await;
     eprintln!(
-        "    [{label}] relay: {relay_one_at_a_time_per_sec:.0} msg/s one confirm at a time, {relay_per_sec:.0} msg/s pipelined; starting pay"
+        "    [{label}] relay: {relay_one_at_a_time_per_sec:.0} msg/s one confirm at a time, {relay_per_sec:.0} msg/s pipelined, {relays_per_sec:.0} msg/s as the services run it ({RELAYS} relays); starting pay"
     );
     let since = Instant::now();
     stack.restart_pay().await;
-    let total = 2 * messages as i64;
+    let total = 3 * messages as i64;
     let (mut last, mut last_change, mut last_print) = (0, Instant::now(), Instant::now());
     loop {
         let paid = stack.payments().await;
@@ -300,8 +305,43 @@ pub async fn halves(messages: usize) -> Halves {
         messages,
         relay_one_at_a_time_per_sec,
         relay_per_sec,
+        relays_per_sec,
         inbox_per_sec,
     }
+}
+
+/// Relays `messages` outbox rows as a service does: [`Relays::run`] with the default
+/// `OUTBOX_RELAYS`, woken by NOTIFY (none comes: the backlog is there from the start, so
+/// the first round is the listener's start-up wake and each full batch calls the next).
+async fn relays_rate(relay: Relay, pool: &sqlx::PgPool, messages: usize) -> f64 {
+    let sent = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM outbox WHERE status = 'sent'")
+            .fetch_one(pool)
+            .await
+            .expect("count sent")
+    };
+    let before = sent().await;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let started = Instant::now();
+    let running = tokio::spawn(Relays::new(relay, RELAYS).run(shutdown.clone()));
+    let mut last_change = (before, Instant::now());
+    loop {
+        let now = sent().await;
+        if now - before >= messages as i64 {
+            break;
+        }
+        if now != last_change.0 {
+            last_change = (now, Instant::now());
+        } else if last_change.1.elapsed() > STALL {
+            stalled("relays", &format!("{} of {messages} sent", now - before));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let rate = (sent().await - before) as f64 / started.elapsed().as_secs_f64();
+    shutdown.cancel();
+    let _ = running.await;
+    rate
 }
 
 /// Relays `messages` outbox rows with the relay's own claim, publish and settle; with
