@@ -12,14 +12,13 @@ use std::{
 };
 
 use async_trait::async_trait;
-use lapin::{BasicProperties, types::ShortString};
 use message_table::inbox::{
     HandlerError, Inbox, InboxMessage, InboxStatus, MessageHandler, Outcome,
     consumer::InboxConsumer,
 };
 use serde_json::json;
 use sqlx::{PgConnection, PgPool};
-use support::{RecordingHandler, effects, id_of, inbox_row, incoming};
+use support::{RecordingHandler, effects, id_of, inbox_row, incoming, props};
 use test_kit::{TcpProxy, TestQueue};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -301,13 +300,6 @@ impl MessageHandler for SlowHandler {
         }
         Ok(())
     }
-}
-
-fn props() -> BasicProperties {
-    BasicProperties::default()
-        .with_type(ShortString::from("Test"))
-        .with_content_type(ShortString::from("application/json"))
-        .with_message_id(ShortString::from(Uuid::now_v7().to_string()))
 }
 
 /// A slow delivery, then five fast ones that finish first in batches of their own. Their

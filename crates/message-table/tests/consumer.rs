@@ -16,9 +16,12 @@ use message_table::inbox::{
     consumer::InboxConsumer, retry_sweeper::RetrySweeper,
 };
 use sqlx::PgConnection;
+use support::props;
 use test_kit::{TcpProxy, TestDb, TestQueue};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+
+mod support;
 
 /// Counts messages; panics on a payload `{"boom": true}`.
 struct Handler(Arc<AtomicUsize>);
@@ -32,13 +35,6 @@ impl MessageHandler for Handler {
         self.0.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
-}
-
-fn props() -> BasicProperties {
-    BasicProperties::default()
-        .with_type(ShortString::from("Test"))
-        .with_content_type(ShortString::from("application/json"))
-        .with_message_id(ShortString::from(Uuid::now_v7().to_string()))
 }
 
 struct Running {

@@ -145,11 +145,7 @@ impl PaymentHandler {
                     .bind(&order.user_id)
                     .fetch_one(&mut *tx)
                     .await?;
-            let reason = if known {
-                "insufficient_funds"
-            } else {
-                "unknown_user"
-            };
+            let reason = failure_reason(known);
             sqlx::query("UPDATE payments SET status = 'FAILED', failure_reason = $2 WHERE id = $1")
                 .bind(payment_id)
                 .bind(reason)
@@ -160,6 +156,15 @@ impl PaymentHandler {
         };
         outbox::enqueue(tx, &traced(reply, msg), self.message_ttl).await?;
         Ok(())
+    }
+}
+
+/// Why a debit did not happen: the account exists (so its balance was short) or not.
+fn failure_reason(account_known: bool) -> &'static str {
+    if account_known {
+        "insufficient_funds"
+    } else {
+        "unknown_user"
     }
 }
 
@@ -238,11 +243,7 @@ impl PaymentHandler {
                 tracing::info!(order_id = %order.order_id, %payment_id, amount_cents = order.amount_cents, "payment completed");
                 reply(PAYMENT_COMPLETED, order, payment_id, None)
             } else {
-                let reason = if known.contains(&order.user_id) {
-                    "insufficient_funds"
-                } else {
-                    "unknown_user"
-                };
+                let reason = failure_reason(known.contains(&order.user_id));
                 tracing::info!(order_id = %order.order_id, %payment_id, reason, "payment failed");
                 failed.push((order.order_id, reason));
                 reply(PAYMENT_FAILED, order, payment_id, Some(reason))

@@ -323,7 +323,8 @@ impl<A> AckWindow<A> {
     }
 
     /// The lowest tag not yet settled.
-    pub fn first_unsettled(&self) -> u64 {
+    #[cfg(test)]
+    fn first_unsettled(&self) -> u64 {
         self.next
     }
 }

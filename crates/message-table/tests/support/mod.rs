@@ -111,3 +111,11 @@ pub async fn inbox_row(pool: &PgPool, message_id: Uuid) -> (InboxStatus, i32, Op
         .await
         .unwrap()
 }
+
+/// The properties a test publishes a message with: a type, JSON, a fresh message id.
+pub fn props() -> lapin::BasicProperties {
+    lapin::BasicProperties::default()
+        .with_type(lapin::types::ShortString::from("Test"))
+        .with_content_type(lapin::types::ShortString::from("application/json"))
+        .with_message_id(lapin::types::ShortString::from(Uuid::now_v7().to_string()))
+}
