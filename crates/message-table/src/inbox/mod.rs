@@ -206,6 +206,26 @@ const MAX_KEPT_RAW_BODY: usize = 64 * 1024;
 /// deliveries are handed back to the broker instead.
 const MAX_CONFLICT_RUNS: usize = 5;
 
+/// Runs one inbox transaction until it does not lose a race ([`is_conflict`]), at most
+/// [`MAX_CONFLICT_RUNS`] times: a deadlock or serialization failure is nobody's failure,
+/// so it is run again, never recorded against a message.
+async fn rerun_on_conflict<T, F, Fut>(mut run: F) -> sqlx::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = sqlx::Result<T>>,
+{
+    let mut runs = 0;
+    loop {
+        runs += 1;
+        match run().await {
+            Err(e) if is_conflict(&e) && runs < MAX_CONFLICT_RUNS => {
+                tracing::debug!(error = %e, "inbox transaction lost a race; running it again");
+            }
+            result => return result,
+        }
+    }
+}
+
 /// A deadlock or a serialization failure: the transaction lost a race with another one.
 /// Running it again is the remedy; it says nothing about the message.
 pub fn is_conflict(e: &sqlx::Error) -> bool {
@@ -390,16 +410,7 @@ impl Inbox {
         if let Some(reason) = self.older_than_memory(&incoming) {
             return self.record_too_old(&msg, reason).await;
         }
-        let mut runs = 0;
-        loop {
-            runs += 1;
-            match self.receive_once(&msg).await {
-                Err(e) if is_conflict(&e) && runs < MAX_CONFLICT_RUNS => {
-                    tracing::debug!(error = %e, "inbox transaction lost a race; running it again");
-                }
-                result => return result,
-            }
-        }
+        rerun_on_conflict(|| self.receive_once(&msg)).await
     }
 
     /// Steps 1 to 4 for one readable message, in one transaction.
@@ -449,16 +460,7 @@ impl Inbox {
 
         let msgs: Vec<&InboxMessage> = together.iter().map(|(_, _, m)| m).collect();
         let span = tracing::info_span!("inbox_batch", size = msgs.len());
-        let mut runs = 0;
-        let outcome = loop {
-            runs += 1;
-            match self.run_batch(&msgs).instrument(span.clone()).await {
-                Err(e) if is_conflict(&e) && runs < MAX_CONFLICT_RUNS => {
-                    tracing::debug!(error = %e, "inbox batch lost a race; running it again");
-                }
-                other => break other,
-            }
-        };
+        let outcome = rerun_on_conflict(|| self.run_batch(&msgs).instrument(span.clone())).await;
         match outcome {
             Ok(Some(outcomes)) => {
                 for ((i, _, msg), outcome) in together.into_iter().zip(outcomes) {
