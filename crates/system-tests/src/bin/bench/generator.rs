@@ -111,6 +111,18 @@ impl Writer {
     }
 }
 
+/// A new order's id and its `OrderCreated` message, as `POST /buy` writes it.
+pub fn order_created(user: &str, amount: i64) -> (Uuid, NewMessage) {
+    let order_id = Uuid::now_v7();
+    let message = NewMessage::new(
+        order_id,
+        order::orders::ORDER_CREATED,
+        order::orders::ORDER_CREATED_KEY,
+        json!({ "order_id": order_id, "user_id": user, "item": "bench", "amount_cents": amount }),
+    );
+    (order_id, message)
+}
+
 /// How a direct writer wakes the relay.
 #[derive(Debug, Clone, Copy)]
 pub enum Wakeup {
@@ -128,13 +140,7 @@ pub async fn order_transaction(
     user: &str,
     amount: i64,
 ) -> sqlx::Result<()> {
-    let order_id = Uuid::now_v7();
-    let message = NewMessage::new(
-        order_id,
-        order::orders::ORDER_CREATED,
-        order::orders::ORDER_CREATED_KEY,
-        json!({ "order_id": order_id, "user_id": user, "item": "bench", "amount_cents": amount }),
-    );
+    let (order_id, message) = order_created(user, amount);
     let mut tx = pool.begin().await?;
     sqlx::query(
         "INSERT INTO orders (id, user_id, item, amount_cents, message_id) VALUES ($1, $2, 'bench', $3, $4)",

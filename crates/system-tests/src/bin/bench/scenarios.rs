@@ -259,7 +259,7 @@ pub async fn halves(messages: usize) -> Halves {
     stack.stop_pay().await;
     let writer = Writer::direct(&stack.order_db.url, PRODUCERS).await;
     eprintln!("    [{label}] writing the outbox");
-    generator::backlog(&writer, PRODUCERS, 3 * messages).await;
+    generator::backlog(&writer, PRODUCERS, 2 * messages).await;
     let cfg = OutboxConfig {
         // Claims of the services' default size (`OUTBOX_BATCH_SIZE`), not the tests' 100.
         batch_size: RELAY_BATCH,
@@ -311,8 +311,9 @@ pub async fn halves(messages: usize) -> Halves {
 }
 
 /// Relays `messages` outbox rows as a service does: [`Relays::run`] with the default
-/// `OUTBOX_RELAYS`, woken by NOTIFY (none comes: the backlog is there from the start, so
-/// the first round is the listener's start-up wake and each full batch calls the next).
+/// `OUTBOX_RELAYS`. The relays are started, connected and listening first, on an outbox
+/// with nothing due; then the messages are committed at once (one `enqueue_all`, one NOTIFY), and the
+/// time runs from that commit until all are sent.
 async fn relays_rate(relay: Relay, pool: &sqlx::PgPool, messages: usize) -> f64 {
     let sent = || async {
         sqlx::query_scalar::<_, i64>("SELECT count(*) FROM outbox WHERE status = 'sent'")
@@ -320,25 +321,52 @@ async fn relays_rate(relay: Relay, pool: &sqlx::PgPool, messages: usize) -> f64 
             .await
             .expect("count sent")
     };
-    let before = sent().await;
+    let relays = Relays::new(relay, RELAYS);
+    let links = relays.statuses();
     let shutdown = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(relays.run(shutdown.clone()));
+    let connecting = Instant::now();
+    // Connected, and their LISTEN session listening (else the commit below is found by
+    // the fallback poll, not the NOTIFY).
+    let listening = || async {
+        sqlx::query_scalar::<_, bool>(
+            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity
+                            WHERE datname = current_database() AND query ILIKE 'LISTEN%')",
+        )
+        .fetch_one(pool)
+        .await
+        .expect("look for the LISTEN session")
+    };
+    while !(links.iter().all(|l| l.is_connected()) && listening().await)
+        && connecting.elapsed() < STALL
+    {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let batch: Vec<_> = (0..messages)
+        .map(|i| generator::order_created(&generator::account(i), 1 + (i % 100) as i64).1)
+        .collect();
+    let from = sent().await;
+    let mut tx = pool.begin().await.expect("begin");
+    message_table::outbox::enqueue_all(&mut tx, &batch, Duration::from_secs(24 * 3600))
+        .await
+        .expect("enqueue the relays' messages");
+    tx.commit().await.expect("commit");
     let started = Instant::now();
-    let running = tokio::spawn(Relays::new(relay, RELAYS).run(shutdown.clone()));
-    let mut last_change = (before, Instant::now());
-    loop {
+    let goal = from + messages as i64;
+    let mut last_change = (from, Instant::now());
+    let rate = loop {
         let now = sent().await;
-        if now - before >= messages as i64 {
-            break;
+        if now >= goal {
+            break (now - from) as f64 / started.elapsed().as_secs_f64();
         }
         if now != last_change.0 {
             last_change = (now, Instant::now());
         } else if last_change.1.elapsed() > STALL {
-            stalled("relays", &format!("{} of {messages} sent", now - before));
-            break;
+            stalled("relays", &format!("{} of {messages} sent", now - from));
+            break 0.0;
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let rate = (sent().await - before) as f64 / started.elapsed().as_secs_f64();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
     shutdown.cancel();
     let _ = running.await;
     rate
