@@ -496,17 +496,31 @@ fn upstream_target(rest: &str, query: Option<&str>) -> Result<(String, String), 
 /// A path the URL parser leaves as it is: no dot segment possible (no `.`, no `%`, so no
 /// `%2e`), no `\` (the parser reads it as `/`), nothing it percent-encodes.
 fn is_plain_path(path: &str) -> bool {
-    path.starts_with('/')
-        && path
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"/-_~!$&'()*+,;=:@".contains(&b))
+    static PLAIN: [bool; 256] = byte_set(b"/-_~!$&'()*+,;=:@");
+    path.starts_with('/') && path.bytes().all(|b| PLAIN[usize::from(b)])
 }
 
 /// A query the URL parser leaves as it is (it encodes `'` in an http URL's query).
 fn is_plain_query(query: &str) -> bool {
-    query
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"/?-_~!$&()*+,;=:@.%".contains(&b))
+    static PLAIN: [bool; 256] = byte_set(b"/?-_~!$&()*+,;=:@.%");
+    query.bytes().all(|b| PLAIN[usize::from(b)])
+}
+
+/// ASCII letters and digits and `extra`, as a table: one load per byte of a path, where
+/// searching `extra` for each byte cost 900 instructions per request.
+const fn byte_set(extra: &[u8]) -> [bool; 256] {
+    let mut set = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        set[b] = (b as u8).is_ascii_alphanumeric();
+        b += 1;
+    }
+    let mut i = 0;
+    while i < extra.len() {
+        set[extra[i] as usize] = true;
+        i += 1;
+    }
+    set
 }
 
 fn parsed_target(rest: &str, query: Option<&str>) -> Result<(String, String), GatewayError> {
