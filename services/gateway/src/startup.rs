@@ -111,7 +111,9 @@ fn with_request_layers(
     // client name the same request; the response echoes it, also on errors the gateway
     // answers itself.
     ServiceBuilder::new()
-        .layer(middleware::map_request(drop_empty_request_id))
+        // A plain function, not axum's `middleware::map_request`: that one clones the
+        // services below and boxes a future per request.
+        .map_request(drop_empty_request_id)
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuidV4))
         .map_response(|response: axum::http::Response<_>| response.map(Body::new))
         .layer(
@@ -147,7 +149,7 @@ impl MakeRequestId for MakeRequestUuidV4 {
 }
 
 /// An empty `x-request-id` names no request: removed, so that one is made for it.
-async fn drop_empty_request_id(mut request: Request) -> Request {
+fn drop_empty_request_id(mut request: Request) -> Request {
     if request
         .headers()
         .get(X_REQUEST_ID)
