@@ -9,7 +9,6 @@ use axum::{
     body::Body,
     extract::{Request, State},
     http::{HeaderName, HeaderValue},
-    middleware,
     response::Response,
     routing::get,
 };
@@ -93,10 +92,7 @@ fn router(proxy: Arc<proxy::Proxy>, registry: Arc<Registry>, http_metrics: HttpM
         // Proxied requests have no route template: they count as `unmatched`, and per
         // instance in `gateway_upstream_results_total`. Inside the router: it needs the
         // matched route.
-        .layer(middleware::from_fn_with_state(
-            http_metrics,
-            common::metrics::track,
-        ))
+        .layer(http_metrics)
 }
 
 /// The layers that need no route, around the whole router rather than `Router::layer`:
