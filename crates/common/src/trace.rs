@@ -7,7 +7,7 @@
 
 use std::fmt;
 
-use axum::http::{HeaderMap, HeaderValue, Request};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Request};
 use opentelemetry::{
     Context,
     trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState},
@@ -17,6 +17,9 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// The header (HTTP) and the message header (AMQP, outbox rows) that carry the trace.
 pub const TRACEPARENT: &str = "traceparent";
+
+/// [`TRACEPARENT`] as a header name: looking a `&str` up in a `HeaderMap` parses it first.
+const TRACEPARENT_HEADER: HeaderName = HeaderName::from_static(TRACEPARENT);
 
 /// A valid `traceparent`: neither id is zero.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,7 +157,7 @@ fn nonzero<T: Default + PartialEq>(mut random: impl FnMut() -> T) -> T {
 
 /// The valid `traceparent` of an HTTP request, if any.
 pub fn from_http(headers: &HeaderMap) -> Option<TraceParent> {
-    TraceParent::parse(headers.get(TRACEPARENT)?.to_str().ok()?)
+    TraceParent::parse(headers.get(&TRACEPARENT_HEADER)?.to_str().ok()?)
 }
 
 /// The valid `traceparent` of a message's headers (an outbox row's or an inbox message's).
@@ -210,7 +213,7 @@ pub fn request_span<B>(request: &Request<B>) -> Span {
 /// in the client's trace when it sent a valid one (an invalid one is replaced).
 pub fn forward_headers(headers: &mut HeaderMap) {
     let trace = outgoing(from_http(headers).as_ref());
-    headers.insert(TRACEPARENT, trace.header_value());
+    headers.insert(TRACEPARENT_HEADER, trace.header_value());
 }
 
 #[cfg(test)]

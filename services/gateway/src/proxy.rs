@@ -547,7 +547,9 @@ fn upstream_request_headers(
 ) -> HeaderMap {
     // One pass copying what is kept, rather than a copy and a dozen removals.
     let named = connection_named(incoming);
-    let mut headers = HeaderMap::with_capacity(incoming.len() + 3);
+    // Room for what is added: the three `x-forwarded-*`, `traceparent`, and `host`, which
+    // the HTTP client sets. One short made the map grow (rehash) on every request.
+    let mut headers = HeaderMap::with_capacity(incoming.len() + 5);
     for (name, value) in incoming {
         if !is_hop_by_hop(name, &named) && !REPLACED.contains(name) {
             headers.append(name, value.clone());
