@@ -193,19 +193,24 @@ pub fn outgoing(parent: Option<&TraceParent>) -> TraceParent {
 /// The span of one HTTP request, continuing the client's trace (a valid `traceparent`)
 /// or starting one. The gateway and the services use it, so their access lines agree.
 pub fn request_span<B>(request: &Request<B>) -> Span {
-    let request_id = request
-        .headers()
-        .get("x-request-id")
-        .and_then(|id| id.to_str().ok())
-        .unwrap_or_default();
+    const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+    // The fields are only evaluated for an enabled span.
     let span = tracing::info_span!(
         "request",
         method = %request.method(),
         uri = %request.uri(),
-        request_id,
+        request_id = request
+            .headers()
+            .get(&X_REQUEST_ID)
+            .and_then(|id| id.to_str().ok())
+            .unwrap_or_default(),
         trace_id = tracing::field::Empty,
     );
-    continue_trace(&span, from_http(request.headers()).as_ref());
+    // A disabled span (its level filtered out) has no parent to set and no field to record:
+    // nothing to parse for it.
+    if !span.is_disabled() {
+        continue_trace(&span, from_http(request.headers()).as_ref());
+    }
     span
 }
 
