@@ -13,6 +13,8 @@
 //! hole this exists to close.
 
 /// `GATEWAY_INTERNAL_PATHS` when unset.
+use std::borrow::Cow;
+
 pub const DEFAULT_INTERNAL_PATHS: &str = "/healthz,/readyz,/admin,/internal,/metrics";
 
 #[derive(Debug, Clone, Default)]
@@ -51,7 +53,13 @@ impl InternalPaths {
             return false;
         }
         // As `segments`, compared in place: no allocation per segment on every request.
-        let decoded = percent_decode(upstream_path.as_bytes());
+        // Most paths have nothing to decode: no copy for them.
+        let bytes = upstream_path.as_bytes();
+        let decoded = if bytes.contains(&b'%') {
+            Cow::Owned(percent_decode(bytes))
+        } else {
+            Cow::Borrowed(bytes)
+        };
         self.paths.iter().any(|internal| {
             let mut requested = decoded.split(|b| *b == b'/').filter(|s| !s.is_empty());
             internal.iter().all(|segment| {

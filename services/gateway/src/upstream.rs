@@ -27,7 +27,7 @@ use std::{
 
 use axum::http::{
     Uri,
-    uri::{Authority, Scheme},
+    uri::{Authority, PathAndQuery, Scheme},
 };
 use reqwest::Url;
 
@@ -71,6 +71,16 @@ impl Upstream {
     /// trial is due first (at most one request claims each trial), then those in rotation,
     /// round robin among themselves, then the other ejected ones as a last resort.
     pub fn attempt_order(&self) -> Vec<&Instance> {
+        let turn = self.next.fetch_add(1, Ordering::Relaxed);
+        // The usual case, every instance in rotation: the round robin alone, in one vector.
+        if !self.instances.iter().any(Instance::is_ejected) {
+            let mut order: Vec<&Instance> = self.instances.iter().collect();
+            let len = order.len();
+            if len > 0 {
+                order.rotate_left(turn % len);
+            }
+            return order;
+        }
         let now = Instant::now();
         let (mut trials, mut rotation, mut last_resort) = (Vec::new(), Vec::new(), Vec::new());
         for instance in &self.instances {
@@ -83,7 +93,6 @@ impl Upstream {
             }
         }
         // Rotating the healthy ones only spreads an ejected instance's share evenly.
-        let turn = self.next.fetch_add(1, Ordering::Relaxed);
         for list in [&mut rotation, &mut last_resort] {
             let len = list.len();
             if len > 0 {
@@ -160,12 +169,16 @@ impl Instance {
     /// The same as [`Instance::url_for`], as the `Uri` the HTTP client takes: no parsing
     /// of the whole URL, as `path_and_query` comes from [`Url`] already.
     pub fn uri_for(&self, path_and_query: &str) -> Result<Uri, String> {
-        Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(format!("{}{path_and_query}", self.base_path))
-            .build()
-            .map_err(|e| e.to_string())
+        // From its parts rather than through `Uri::builder`, which moved the whole
+        // half-built URI through each of its steps.
+        let mut target = String::with_capacity(self.base_path.len() + path_and_query.len());
+        target.push_str(&self.base_path);
+        target.push_str(path_and_query);
+        let mut parts = axum::http::uri::Parts::default();
+        parts.scheme = Some(self.scheme.clone());
+        parts.authority = Some(self.authority.clone());
+        parts.path_and_query = Some(PathAndQuery::try_from(target).map_err(|e| e.to_string())?);
+        Uri::from_parts(parts).map_err(|e| e.to_string())
     }
 
     /// An attempt started at `started` could not connect: eject the instance, or push its
