@@ -116,25 +116,27 @@ struct PaymentResult {
 
 pub struct PaymentResultHandler;
 
+/// The order an answer is about and what pay decided; `Permanent` when it is not an answer
+/// this handler can settle.
+fn read_answer(msg: &InboxMessage) -> Result<(Uuid, PaymentOutcome), HandlerError> {
+    let result: Result<PaymentResult, _> = serde_json::from_value(msg.payload.clone());
+    match (msg.event_type.as_str(), result) {
+        (PAYMENT_COMPLETED, Ok(r)) => Ok((r.order_id, PaymentOutcome::Completed)),
+        (PAYMENT_FAILED, Ok(r)) => Ok((r.order_id, PaymentOutcome::Failed { reason: r.reason })),
+        (PAYMENT_COMPLETED | PAYMENT_FAILED, Err(e)) => Err(HandlerError::Permanent(format!(
+            "invalid {} payload: {e}",
+            msg.event_type
+        ))),
+        (other, _) => Err(HandlerError::Permanent(format!(
+            "unexpected event type {other:?}"
+        ))),
+    }
+}
+
 #[async_trait]
 impl MessageHandler for PaymentResultHandler {
     async fn handle(&self, tx: &mut PgConnection, msg: &InboxMessage) -> Result<(), HandlerError> {
-        let result: Result<PaymentResult, _> = serde_json::from_value(msg.payload.clone());
-        let (order_id, outcome) = match (msg.event_type.as_str(), result) {
-            (PAYMENT_COMPLETED, Ok(r)) => (r.order_id, PaymentOutcome::Completed),
-            (PAYMENT_FAILED, Ok(r)) => (r.order_id, PaymentOutcome::Failed { reason: r.reason }),
-            (PAYMENT_COMPLETED | PAYMENT_FAILED, Err(e)) => {
-                return Err(HandlerError::Permanent(format!(
-                    "invalid {} payload: {e}",
-                    msg.event_type
-                )));
-            }
-            (other, _) => {
-                return Err(HandlerError::Permanent(format!(
-                    "unexpected event type {other:?}"
-                )));
-            }
-        };
+        let (order_id, outcome) = read_answer(msg)?;
         let span = tracing::info_span!("settle", %order_id);
         match settle(tx, order_id, &outcome).instrument(span).await {
             Ok(_) => Ok(()),
