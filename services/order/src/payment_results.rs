@@ -1,11 +1,25 @@
 //! Pay's answers, received through the order service's inbox, and [`settle`], the one
-//! place an order leaves `PENDING_PAYMENT`.
+//! place an order leaves `PENDING_PAYMENT` (with its batch form, `settle_all`, below).
 //!
 //! The inbox has already deduplicated the message and runs this handler in the transaction
 //! that marks it processed. The reconciler ([`crate::reconciler`]) settles an order whose
 //! answer never arrived through the same [`settle`], from what pay says over HTTP. Moving
 //! the order is guarded by `status = 'PENDING_PAYMENT'`: an order changes state once,
 //! whatever arrives later.
+//!
+//! # Batches
+//! Under load the inbox hands over a batch of answers in one transaction
+//! ([`MessageHandler::handle_batch`]). Settled one by one, a batch of N costs N `UPDATE`s;
+//! [`PaymentResultHandler::handle_batch`] settles it in two statements: it locks the orders
+//! in id order (the [`MessageHandler::lock_key`], so concurrent batches do not deadlock),
+//! then moves them all in one `UPDATE`, under the same guard. That is only the common case,
+//! every answer about its own order still `PENDING_PAYMENT`. Anything else (an answer
+//! [`settle`] would refuse or find already applied, a payload it cannot read, two answers
+//! about one order) is not decided there: the batch fails, the inbox rolls it back and
+//! redoes it message by message through [`PaymentResultHandler::handle`], and [`settle`]
+//! decides each answer as it always does. The per-message path stays the reference.
+
+use std::collections::HashSet;
 
 use async_trait::async_trait;
 use message_table::inbox::{HandlerError, InboxMessage, MessageHandler};
@@ -116,25 +130,27 @@ struct PaymentResult {
 
 pub struct PaymentResultHandler;
 
+/// The order an answer is about and what pay decided; `Permanent` when it is not an answer
+/// this handler can settle.
+fn read_answer(msg: &InboxMessage) -> Result<(Uuid, PaymentOutcome), HandlerError> {
+    let result: Result<PaymentResult, _> = serde_json::from_value(msg.payload.clone());
+    match (msg.event_type.as_str(), result) {
+        (PAYMENT_COMPLETED, Ok(r)) => Ok((r.order_id, PaymentOutcome::Completed)),
+        (PAYMENT_FAILED, Ok(r)) => Ok((r.order_id, PaymentOutcome::Failed { reason: r.reason })),
+        (PAYMENT_COMPLETED | PAYMENT_FAILED, Err(e)) => Err(HandlerError::Permanent(format!(
+            "invalid {} payload: {e}",
+            msg.event_type
+        ))),
+        (other, _) => Err(HandlerError::Permanent(format!(
+            "unexpected event type {other:?}"
+        ))),
+    }
+}
+
 #[async_trait]
 impl MessageHandler for PaymentResultHandler {
     async fn handle(&self, tx: &mut PgConnection, msg: &InboxMessage) -> Result<(), HandlerError> {
-        let result: Result<PaymentResult, _> = serde_json::from_value(msg.payload.clone());
-        let (order_id, outcome) = match (msg.event_type.as_str(), result) {
-            (PAYMENT_COMPLETED, Ok(r)) => (r.order_id, PaymentOutcome::Completed),
-            (PAYMENT_FAILED, Ok(r)) => (r.order_id, PaymentOutcome::Failed { reason: r.reason }),
-            (PAYMENT_COMPLETED | PAYMENT_FAILED, Err(e)) => {
-                return Err(HandlerError::Permanent(format!(
-                    "invalid {} payload: {e}",
-                    msg.event_type
-                )));
-            }
-            (other, _) => {
-                return Err(HandlerError::Permanent(format!(
-                    "unexpected event type {other:?}"
-                )));
-            }
-        };
+        let (order_id, outcome) = read_answer(msg)?;
         let span = tracing::info_span!("settle", %order_id);
         match settle(tx, order_id, &outcome).instrument(span).await {
             Ok(_) => Ok(()),
@@ -143,4 +159,84 @@ impl MessageHandler for PaymentResultHandler {
             Err(e) => Err(HandlerError::Permanent(e.to_string())),
         }
     }
+
+    /// [`Self::handle`] for every message, in two statements, when each answer is about its
+    /// own order and that order is still `PENDING_PAYMENT`; otherwise `Err`, and the inbox
+    /// redoes the batch one by one (see the module docs).
+    async fn handle_batch(
+        &self,
+        tx: &mut PgConnection,
+        msgs: &[&InboxMessage],
+    ) -> Result<(), HandlerError> {
+        let answers = msgs
+            .iter()
+            .map(|m| read_answer(m))
+            .collect::<Result<Vec<_>, _>>()?;
+        let orders: HashSet<Uuid> = answers.iter().map(|(id, _)| *id).collect();
+        if orders.len() < answers.len() {
+            return Err(one_by_one("two answers about one order"));
+        }
+        settle_all(tx, msgs, &answers).await
+    }
+
+    /// The order the answer settles: a batch locks its orders in id order. The id is
+    /// written in its one canonical form, whose string order is PostgreSQL's `uuid` order.
+    fn lock_key(&self, msg: &InboxMessage) -> Option<String> {
+        let id = msg.payload.get("order_id")?.as_str()?;
+        Uuid::parse_str(id).ok().map(|id| id.to_string())
+    }
+}
+
+/// Why a batch is not settled at once: the inbox redoes it message by message.
+fn one_by_one(why: &str) -> HandlerError {
+    HandlerError::Transient(anyhow::anyhow!("{why}: the batch is settled one by one"))
+}
+
+/// [`settle`] for answers about distinct orders, all at once: `Ok` only when every order
+/// left `PENDING_PAYMENT` now. What [`settle`] does when an order was not moved (already
+/// settled, unknown, contradicted) is left to it: `Err`, and the batch goes one by one.
+async fn settle_all(
+    tx: &mut PgConnection,
+    msgs: &[&InboxMessage],
+    answers: &[(Uuid, PaymentOutcome)],
+) -> Result<(), HandlerError> {
+    let ids: Vec<Uuid> = answers.iter().map(|(id, _)| *id).collect();
+    // Locked first, in id order (ORDER BY runs before FOR UPDATE locks each row it
+    // returns): concurrent batches over the same orders queue instead of deadlocking.
+    sqlx::query("SELECT id FROM orders WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+        .bind(&ids)
+        .execute(&mut *tx)
+        .await?;
+    let statuses: Vec<&str> = answers.iter().map(|(_, o)| o.status()).collect();
+    let reasons: Vec<Option<&str>> = answers
+        .iter()
+        .map(|(_, o)| match o {
+            PaymentOutcome::Completed => None,
+            PaymentOutcome::Failed { reason } => reason.as_deref(),
+        })
+        .collect();
+    let moved: HashSet<Uuid> = sqlx::query_scalar(
+        "UPDATE orders o SET status = a.status, failure_reason = a.reason, updated_at = now()
+         FROM unnest($1::uuid[], $2::text[], $3::text[]) AS a(id, status, reason)
+         WHERE o.id = a.id AND o.status = $4
+         RETURNING o.id",
+    )
+    .bind(&ids)
+    .bind(&statuses)
+    .bind(&reasons)
+    .bind(PENDING_PAYMENT)
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .collect();
+    if moved.len() < ids.len() {
+        return Err(one_by_one("an order was not pending"));
+    }
+    // The lines settle writes, each in its message's span.
+    for (msg, (order_id, outcome)) in msgs.iter().zip(answers) {
+        let _in_message = msg.span.enter();
+        let _in_settle = tracing::info_span!("settle", %order_id).entered();
+        tracing::info!(%order_id, status = outcome.status(), "order settled");
+    }
+    Ok(())
 }
