@@ -6,7 +6,7 @@
 # release binaries. It reports figures with their ratios and the targets of issue 11; it
 # asserts nothing.
 #
-#   scripts/bench.sh           the full run (about 15 minutes on 2 cores)
+#   scripts/bench.sh           the full run (about 7 minutes on 2 cores)
 #   scripts/bench.sh --smoke   a few seconds per section on the dev build (scripts/test.sh runs
 #                              it so the benchmark keeps working); its figures mean nothing
 #

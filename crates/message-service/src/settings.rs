@@ -61,7 +61,7 @@ pub struct OutboxSettings {
     #[arg(long, env = "OUTBOX_BATCH_SIZE", default_value_t = 200)]
     pub outbox_batch_size: i64,
     /// Relays side by side, each on its own broker connection (1 to 16).
-    #[arg(long, env = "OUTBOX_RELAYS", default_value_t = 2)]
+    #[arg(long, env = "OUTBOX_RELAYS", default_value_t = 1)]
     pub outbox_relays: usize,
     /// How long a claim holds a row; must exceed the confirm timeout by at least 5 s.
     #[arg(long, env = "OUTBOX_LEASE_MS", default_value_t = 30_000)]

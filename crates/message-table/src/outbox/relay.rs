@@ -593,9 +593,12 @@ impl Relay {
 /// Several relays on one outbox (`OUTBOX_RELAYS`), woken by one listener.
 ///
 /// Why more than one: a round is sequential (claim, publish, await the confirms, settle), so
-/// a message committed while a round awaits its confirms would wait for the next round, and
+/// a message committed while a round awaits its confirms waits for the next round, and
 /// between two windows nothing is in flight. A second relay claims what was committed
-/// meanwhile and keeps a window in flight while the first settles. It needs nothing new for
+/// meanwhile and keeps a window in flight while the first settles: a backlog goes out
+/// faster. The price, measured here: under a load that saturates the machine each relay's
+/// windows are smaller, so every message costs more claims and settles, and one relay
+/// handled more (docs/benchmarks.md); the services run one by default. It needs nothing new for
 /// safety: each relay has its own connection, so confirms and returns never cross windows,
 /// and relays already share an outbox safely (`FOR UPDATE SKIP LOCKED`, each claim's token
 /// and lease), as several instances of a service do. Like several instances, they do not

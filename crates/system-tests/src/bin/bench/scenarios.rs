@@ -29,7 +29,7 @@ pub const PRODUCERS: usize = 16;
 
 /// The services' default claim size (`OUTBOX_BATCH_SIZE`).
 const RELAY_BATCH: i64 = 200;
-/// The services' default `OUTBOX_RELAYS`.
+/// Relays side by side in the "alone" section's last run (`OUTBOX_RELAYS=2`).
 const RELAYS: usize = 2;
 
 /// How long a scenario may go without progress before it is reported as stalled.
@@ -244,7 +244,7 @@ pub struct Halves {
     pub relay_one_at_a_time_per_sec: f64,
     /// One relay's rounds: a claimed batch published, then its confirms awaited together.
     pub relay_per_sec: f64,
-    /// The relays as the services run them: `OUTBOX_RELAYS` side by side ([`Relays`]).
+    /// Two relays side by side as a service runs them ([`Relays`], `OUTBOX_RELAYS=2`).
     pub relays_per_sec: f64,
     /// Pay's inbox alone, on its queue filled beforehand (both relay runs' messages).
     pub inbox_per_sec: f64,
@@ -276,7 +276,7 @@ pub async fn halves(messages: usize) -> Halves {
     let relay_per_sec = relay_rate(&mut relay, true, messages).await;
     let relays_per_sec = relays_rate(relay, &stack.order_db.pool, messages).await;
     eprintln!(
-        "    [{label}] relay: {relay_one_at_a_time_per_sec:.0} msg/s one confirm at a time, {relay_per_sec:.0} msg/s pipelined, {relays_per_sec:.0} msg/s as the services run it ({RELAYS} relays); starting pay"
+        "    [{label}] relay: {relay_one_at_a_time_per_sec:.0} msg/s one confirm at a time, {relay_per_sec:.0} msg/s pipelined, {relays_per_sec:.0} msg/s with {RELAYS} relays side by side; starting pay"
     );
     let since = Instant::now();
     stack.restart_pay().await;
@@ -310,10 +310,10 @@ pub async fn halves(messages: usize) -> Halves {
     }
 }
 
-/// Relays `messages` outbox rows as a service does: [`Relays::run`] with the default
-/// `OUTBOX_RELAYS`. The relays are started, connected and listening first, on an outbox
-/// with nothing due; then the messages are committed at once (one `enqueue_all`, one NOTIFY), and the
-/// time runs from that commit until all are sent.
+/// Relays `messages` outbox rows as a service with `OUTBOX_RELAYS=2` does ([`Relays::run`]).
+/// The relays are started, connected and listening first, on an outbox with nothing due;
+/// then the messages are committed at once (one `enqueue_all`, one NOTIFY), and the time
+/// runs from that commit until all are sent.
 async fn relays_rate(relay: Relay, pool: &sqlx::PgPool, messages: usize) -> f64 {
     let sent = || async {
         sqlx::query_scalar::<_, i64>("SELECT count(*) FROM outbox WHERE status = 'sent'")
