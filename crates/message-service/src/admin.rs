@@ -318,11 +318,43 @@ async fn dead_inbox(State(s): State<AdminState>) -> Result<Json<DeadRows<InboxRo
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RequeueBody {
-    ids: Option<Vec<Uuid>>,
     #[serde(default)]
-    all: bool,
-    event_type: Option<String>,
-    before: Option<DateTime<Utc>>,
+    ids: Key<Vec<Uuid>>,
+    #[serde(default)]
+    all: Key<bool>,
+    #[serde(default)]
+    event_type: Key<String>,
+    #[serde(default)]
+    before: Key<DateTime<Utc>>,
+}
+
+/// A key of a JSON object: absent, or present (its value may be `null`). The document's two
+/// shapes say which keys each may have, so `{"ids": [...], "before": null}` is neither.
+#[derive(Debug, Default)]
+enum Key<T> {
+    #[default]
+    Absent,
+    Present(Option<T>),
+}
+
+impl<T> Key<T> {
+    fn is_absent(&self) -> bool {
+        matches!(self, Key::Absent)
+    }
+
+    /// The value; `None` when absent or `null`.
+    fn value(self) -> Option<T> {
+        match self {
+            Key::Absent => None,
+            Key::Present(v) => v,
+        }
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Key<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Option::<T>::deserialize(d).map(Key::Present)
+    }
 }
 
 /// Which dead rows to requeue: a list of ids, or every dead row (optionally narrowed).
@@ -382,7 +414,9 @@ fn only_true() -> utoipa::openapi::Object {
 impl RequeueBody {
     fn selection(self) -> Result<Selection, ApiError> {
         match (self.ids, self.all) {
-            (Some(ids), false) if self.event_type.is_none() && self.before.is_none() => {
+            (Key::Present(Some(ids)), Key::Absent)
+                if self.event_type.is_absent() && self.before.is_absent() =>
+            {
                 if ids.is_empty() || ids.len() > MAX_IDS {
                     return Err(ApiError::validation(format!(
                         "ids must name 1 to {MAX_IDS} messages"
@@ -390,14 +424,15 @@ impl RequeueBody {
                 }
                 Ok(Selection::Ids(ids))
             }
-            (None, true) => Ok(Selection::Matching(Filter {
+            (Key::Absent, Key::Present(Some(true))) => Ok(Selection::Matching(Filter {
                 event_type: self
                     .event_type
+                    .value()
                     .as_deref()
                     .map(event_type)
                     .transpose()
                     .map_err(ApiError::validation)?,
-                before: self.before,
+                before: self.before.value(),
             })),
             _ => Err(ApiError::validation(
                 "give either ids, or all: true with optional event_type and before",
