@@ -118,17 +118,22 @@ impl HttpMetrics {
     }
 }
 
+/// The `route` label: the matched route template, or `unmatched` (never the raw path).
+fn route_label(request: &Request) -> Cow<'static, str> {
+    request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or(Cow::Borrowed(UNMATCHED), |p| {
+            Cow::Owned(p.as_str().to_string())
+        })
+}
+
 /// The middleware: `router.layer(axum::middleware::from_fn_with_state(metrics, track))`.
 /// Added with `Router::layer`, it runs after routing, so the route template
 /// ([`MatchedPath`], e.g. `/orders/{id}`) is known: never the raw path, which holds ids.
 pub async fn track(State(metrics): State<HttpMetrics>, request: Request, next: Next) -> Response {
     let method = method_label(request.method());
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or(Cow::Borrowed(UNMATCHED), |p| {
-            Cow::Owned(p.as_str().to_string())
-        });
+    let route = route_label(&request);
     let started = Instant::now();
     let response = next.run(request).await;
     metrics.observe(
@@ -176,12 +181,7 @@ where
 
     fn call(&mut self, request: Request) -> TrackedFuture<S::Future> {
         let method = method_label(request.method());
-        let route = request
-            .extensions()
-            .get::<MatchedPath>()
-            .map_or(Cow::Borrowed(UNMATCHED), |p| {
-                Cow::Owned(p.as_str().to_string())
-            });
+        let route = route_label(&request);
         TrackedFuture {
             inner: self.inner.call(request),
             labels: Some((self.metrics.clone(), method, route)),
