@@ -76,6 +76,9 @@ bool sent_overwritten;       /* a sent row changed by a late settle             
 bool handler_ran_twice;      /* one message id's handler committed twice                   */
 bool money_not_conserved;    /* the account lost more (or less) than the paid orders cost  */
 bool answer_contradicts;     /* an order settled one way, then answered the other          */
+/* ---- and where every run stops for good (all processes blocked): the liveness properties ---- */
+bool order_never_settled;    /* a committed order still PENDING_PAYMENT                    */
+bool row_claimed_forever;    /* a row still held by a claim                                */
 
 #define fault_ok (faults < MAXF)
 #define violated(flag) flag = true; assert(!flag)
@@ -311,6 +314,9 @@ end:
 #define lost(k) (st[k] == SENT && q[k] == 0 && unacked[k] == 0 && inbox[k] == NONE && !busy[k / N])
 #define orphan(i) ((order[i] != NONE) != (st[i] != NONE))
 
+#define settled(i) (order[i] != PENDING_PAYMENT)
+#define unclaimed (tok[0] == 0 && tok[1] == 0 && tok[2] == 0 && tok[3] == 0)
+
 #ifndef LIVENESS   /* checked in the safety run; left out of the (costlier) liveness runs */
 active proctype invariants()
 {
@@ -318,11 +324,15 @@ end:
     if
     :: atomic { (lost(0) || lost(1) || lost(2) || lost(3)) -> violated(message_lost) }
     :: atomic { (orphan(0) || orphan(1)) -> violated(order_without_message) }
+    /* `timeout`: no process can move any more. The liveness properties, on the runs that stop:
+     * spin's fair cycle search (below) sees only the runs that go on for ever. */
+    :: atomic { timeout && !(settled(0) && settled(1)) -> violated(order_never_settled) }
+    :: atomic { timeout && !unclaimed -> violated(row_claimed_forever) }
     fi
 }
 #endif
 
-/* Liveness, checked with `pan -a -f` (weak fairness); faults are finite (MAXF). */
-#define settled(i) (order[i] != PENDING_PAYMENT)
+/* Liveness, checked with `pan -a -f` (weak fairness) on the runs that never stop, and by the
+ * `timeout` checks above on those that do; faults are finite (MAXF). */
 ltl every_order_settled { <> [] (settled(0) && settled(1)) }
-ltl nothing_claimed_forever { <> [] (tok[0] == 0 && tok[1] == 0 && tok[2] == 0 && tok[3] == 0) }
+ltl nothing_claimed_forever { <> [] unclaimed }

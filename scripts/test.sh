@@ -90,6 +90,7 @@ preflight() {
 step "tools and preflight checks" preflight
 step "PostgreSQL and RabbitMQ are up" ensure_services
 step "cargo fmt" cargo fmt --all -- --check
+step "model check (scripts/model-check.sh)" scripts/model-check.sh
 step "docker-compose config" scripts/compose-test.sh config
 # The gateway shares only `common`: no database driver, no broker client in its tree.
 gateway_has_no_database_or_broker() {
