@@ -84,7 +84,8 @@ bool row_claimed_forever;    /* a row still held by a claim                     
 #define violated(flag) flag = true; assert(!flag)
 
 #define claimable(k) (st[k] == PENDING && tok[k] == 0)
-/* The holder of k's claim is alive and still working on it, or it is gone (crashed). */
+/* A claimed row whose lease may run out: always once its holder has crashed (it holds nothing,
+ * or another row), and as a fault while the holder still works on it. */
 #define expirable(k) (st[k] == PENDING && tok[k] != 0 && (holding[tok[k]] != k || fault_ok))
 
 /* pick m among the two messages of leg t for which cond(m) holds (cond is a macro name) */
