@@ -351,7 +351,7 @@ fn the_parser_sees_headings_commands_and_links_outside_and_inside_code() {
 /// A test as the docs cite it: `message-table/tests/outbox.rs::a_test` (the crate, then the
 /// path inside it), a file alone (`pay/tests/admin.rs`), or `::a_test` after a citation of
 /// its file in the same line. A name ending in `…` is a prefix.
-#[derive(Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 struct TestRef {
     /// The crate's directory name: `crates/<krate>` or `services/<krate>`.
     krate: String,
@@ -393,17 +393,6 @@ fn test_refs(text: &str) -> Vec<(usize, Result<TestRef, String>)> {
         }
     }
     out
-}
-
-impl Clone for TestRef {
-    fn clone(&self) -> Self {
-        TestRef {
-            krate: self.krate.clone(),
-            under: self.under.clone(),
-            file: self.file.clone(),
-            name: self.name.clone(),
-        }
-    }
 }
 
 fn parse_test_ref(span: &str) -> Result<TestRef, String> {
@@ -448,10 +437,13 @@ fn files_named(dir: &Path, name: &str, out: &mut Vec<PathBuf>) {
 /// that name is under its `tests/` (or `src/`), and, when a test is named, that file has a
 /// `fn` (or a `mod`) of that name.
 fn unresolved(reference: &TestRef) -> Option<String> {
-    let krate = ["crates", "services"]
+    let Some(krate) = ["crates", "services"]
         .iter()
         .map(|d| root().join(d).join(&reference.krate))
-        .find(|d| d.is_dir())?;
+        .find(|d| d.is_dir())
+    else {
+        return Some(format!("no crate {}", reference.krate));
+    };
     let mut files = Vec::new();
     files_named(&krate.join(&reference.under), &reference.file, &mut files);
     if files.is_empty() {
@@ -489,12 +481,7 @@ fn every_test_the_docs_cite_exists() {
         let text = read(file.to_str().unwrap());
         for (line, reference) in test_refs(&text) {
             let problem = match &reference {
-                Ok(reference) => unresolved(reference).or_else(|| {
-                    ["crates", "services"]
-                        .iter()
-                        .all(|d| !root().join(d).join(&reference.krate).is_dir())
-                        .then(|| format!("no crate {}", reference.krate))
-                }),
+                Ok(reference) => unresolved(reference),
                 Err(problem) => Some(problem.clone()),
             };
             match problem {
