@@ -2,6 +2,11 @@
 //! `README.zh-CN.md`, `docs/X.md` and `docs/zh-CN/X.md`) has the same headings at the same
 //! levels in the same order and the same commands in its code blocks; both scenario docs
 //! name exactly the scripts in `scripts/scenarios/`; every relative link resolves.
+//!
+//! And the docs stay true to the code: every test they cite (`crate/tests/file.rs::test`)
+//! exists, every figure they quote from the benchmark is one `docs/benchmarks.md` reports,
+//! and they speak to readers: no work item, no seed, no path of the machine they were
+//! written on.
 
 use std::{
     collections::BTreeSet,
@@ -216,8 +221,8 @@ fn the_scenario_docs_name_exactly_the_scenario_scripts() {
     }
 }
 
-#[test]
-fn every_relative_link_in_the_docs_resolves() {
+/// Every doc the checks read: both READMEs and the Markdown files of `docs/` and `docs/zh-CN/`.
+fn doc_files() -> Vec<PathBuf> {
     let mut files = vec![PathBuf::from("README.md"), PathBuf::from("README.zh-CN.md")];
     for dir in ["docs", "docs/zh-CN"] {
         for entry in fs::read_dir(root().join(dir)).unwrap() {
@@ -227,6 +232,12 @@ fn every_relative_link_in_the_docs_resolves() {
             }
         }
     }
+    files
+}
+
+#[test]
+fn every_relative_link_in_the_docs_resolves() {
+    let files = doc_files();
     let scenarios_exist = scenarios_dir().is_some();
     let mut broken = Vec::new();
     for file in &files {
@@ -276,15 +287,7 @@ fn anchors(headings: &[(usize, String)]) -> BTreeSet<String> {
 
 #[test]
 fn every_anchor_a_doc_links_to_is_a_heading() {
-    let mut files = vec![PathBuf::from("README.md"), PathBuf::from("README.zh-CN.md")];
-    for dir in ["docs", "docs/zh-CN"] {
-        for entry in fs::read_dir(root().join(dir)).unwrap() {
-            let name = entry.unwrap().file_name().into_string().unwrap();
-            if name.ends_with(".md") {
-                files.push(Path::new(dir).join(name));
-            }
-        }
-    }
+    let files = doc_files();
     let mut broken = Vec::new();
     for file in &files {
         for link in parse(&read(file.to_str().unwrap())).links {
@@ -343,4 +346,329 @@ fn the_parser_sees_headings_commands_and_links_outside_and_inside_code() {
         scenario_scripts("run scripts/scenarios/01-a-b.sh, then all.sh and x.sh"),
         BTreeSet::from(["01-a-b.sh".to_string()])
     );
+}
+
+/// A test as the docs cite it: `message-table/tests/outbox.rs::a_test` (the crate, then the
+/// path inside it), a file alone (`pay/tests/admin.rs`), or `::a_test` after a citation of
+/// its file in the same line. A name ending in `…` is a prefix.
+#[derive(Clone, Debug, PartialEq)]
+struct TestRef {
+    /// The crate's directory name: `crates/<krate>` or `services/<krate>`.
+    krate: String,
+    /// `tests` or `src`: where under the crate the file is.
+    under: String,
+    /// The file's name; it is looked up anywhere under `under`, so a moved file is found.
+    file: String,
+    name: Option<String>,
+}
+
+/// The test citations of one text, each with the line it is on; an error for a citation
+/// that names no crate or follows no file.
+fn test_refs(text: &str) -> Vec<(usize, Result<TestRef, String>)> {
+    let mut out = Vec::new();
+    for (number, line) in text.lines().enumerate() {
+        let mut last: Option<TestRef> = None;
+        for span in line.split('`').skip(1).step_by(2) {
+            let found = if let Some(name) = span.strip_prefix("::") {
+                match &last {
+                    Some(file) => Ok(TestRef {
+                        name: Some(name.to_string()),
+                        ..file.clone()
+                    }),
+                    None => Err(format!("`{span}` follows no file")),
+                }
+            } else if span.contains(".rs::") || (span.contains("/tests/") && span.ends_with(".rs"))
+            {
+                parse_test_ref(span)
+            } else {
+                continue;
+            };
+            if let Ok(found) = &found {
+                last = Some(TestRef {
+                    name: None,
+                    ..found.clone()
+                });
+            }
+            out.push((number + 1, found));
+        }
+    }
+    out
+}
+
+fn parse_test_ref(span: &str) -> Result<TestRef, String> {
+    let (path, name) = match span.split_once("::") {
+        Some((path, name)) => (path, Some(name.to_string())),
+        None => (span, None),
+    };
+    let path = path
+        .strip_prefix("crates/")
+        .or_else(|| path.strip_prefix("services/"))
+        .unwrap_or(path);
+    let parts: Vec<&str> = path.split('/').collect();
+    match parts.as_slice() {
+        [krate, under @ ("tests" | "src"), .., file] if file.ends_with(".rs") => Ok(TestRef {
+            krate: krate.to_string(),
+            under: under.to_string(),
+            file: file.to_string(),
+            name,
+        }),
+        _ => Err(format!(
+            "`{span}` does not name its crate (write crate/tests/file.rs::test)"
+        )),
+    }
+}
+
+/// Every file called `name` under `dir`.
+fn files_named(dir: &Path, name: &str, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files_named(&path, name, out);
+        } else if path.file_name().is_some_and(|n| n == name) {
+            out.push(path);
+        }
+    }
+}
+
+/// Why a citation does not resolve, or `None` when it does: the crate exists, a file of
+/// that name is under its `tests/` (or `src/`), and, when a test is named, that file has a
+/// `fn` (or a `mod`) of that name.
+fn unresolved(reference: &TestRef) -> Option<String> {
+    let Some(krate) = ["crates", "services"]
+        .iter()
+        .map(|d| root().join(d).join(&reference.krate))
+        .find(|d| d.is_dir())
+    else {
+        return Some(format!("no crate {}", reference.krate));
+    };
+    let mut files = Vec::new();
+    files_named(&krate.join(&reference.under), &reference.file, &mut files);
+    if files.is_empty() {
+        return Some(format!(
+            "no {} under {}/{}",
+            reference.file, reference.krate, reference.under
+        ));
+    }
+    let name = reference.name.as_deref()?;
+    let (name, prefix) = match name.strip_suffix('…') {
+        Some(start) => (start, true),
+        None => (name, false),
+    };
+    let defines = |source: &str| {
+        ["fn ", "mod "].iter().any(|keyword| {
+            source
+                .match_indices(&format!("{keyword}{name}"))
+                .any(|(at, found)| {
+                    let next = source[at + found.len()..].chars().next();
+                    prefix || !next.is_some_and(|c| c.is_alphanumeric() || c == '_')
+                })
+        })
+    };
+    let found = files
+        .iter()
+        .any(|f| defines(&fs::read_to_string(f).unwrap_or_default()));
+    (!found).then(|| format!("no test {name} in {}", reference.file))
+}
+
+#[test]
+fn every_test_the_docs_cite_exists() {
+    let mut broken = Vec::new();
+    let mut resolved = 0;
+    for file in doc_files() {
+        let text = read(file.to_str().unwrap());
+        for (line, reference) in test_refs(&text) {
+            let problem = match &reference {
+                Ok(reference) => unresolved(reference),
+                Err(problem) => Some(problem.clone()),
+            };
+            match problem {
+                Some(problem) => broken.push(format!("{}:{line}: {problem}", file.display())),
+                None => resolved += 1,
+            }
+        }
+    }
+    assert!(
+        broken.is_empty(),
+        "citations that resolve to nothing: {broken:#?}"
+    );
+    assert!(resolved > 100, "only {resolved} test citations found");
+}
+
+#[test]
+fn the_citation_parser_reads_crates_files_tests_and_continuations() {
+    let refs: Vec<_> = test_refs(
+        "`message-table/tests/outbox.rs::a_test`, `::b_…` and `pay/tests/admin.rs`; `x::y`, `flows.rs::c`\n`::d`",
+    )
+    .into_iter()
+    .map(|(line, r)| (line, r.map(|r| (r.krate, r.under, r.file, r.name))))
+    .collect();
+    let some = |s: &str| Some(s.to_string());
+    let cited = |k: &str, f: &str, n: Option<String>| {
+        Ok((k.to_string(), "tests".to_string(), f.to_string(), n))
+    };
+    assert_eq!(
+        refs[0],
+        (1, cited("message-table", "outbox.rs", some("a_test")))
+    );
+    assert_eq!(
+        refs[1],
+        (1, cited("message-table", "outbox.rs", some("b_…")))
+    );
+    assert_eq!(refs[2], (1, cited("pay", "admin.rs", None)));
+    assert!(
+        refs[3].1.is_err(),
+        "a file without its crate: {:?}",
+        refs[3]
+    );
+    assert!(
+        refs[4].1.is_err(),
+        "a continuation on a line of its own: {:?}",
+        refs[4]
+    );
+    assert_eq!(refs.len(), 5);
+}
+
+/// The units after which a number is a measured figure (longest first).
+const FIGURE_UNITS: [&str; 12] = [
+    "orders/s",
+    "answers/s",
+    "msg/s",
+    "条/秒",
+    "单/秒",
+    "/秒",
+    "/s",
+    "tps",
+    "ms",
+    "µs",
+    "MiB",
+    "%",
+];
+
+/// The figures of a text: numbers followed by a unit of rate, time or size, thousands
+/// separators removed (`4,588/s` is `4588`).
+fn figures(text: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let chars: Vec<char> = text.chars().collect();
+    let mut i = 0;
+    while i < chars.len() {
+        let starts = chars[i].is_ascii_digit()
+            && !(i > 0 && (chars[i - 1].is_alphanumeric() || matches!(chars[i - 1], '_' | '.')));
+        if !starts {
+            i += 1;
+            continue;
+        }
+        let mut j = i;
+        while j < chars.len()
+            && (chars[j].is_ascii_digit()
+                || (matches!(chars[j], ',' | '.')
+                    && chars.get(j + 1).is_some_and(|c| c.is_ascii_digit())))
+        {
+            j += 1;
+        }
+        let number: String = chars[i..j].iter().filter(|c| **c != ',').collect();
+        let after: String = chars[j..].iter().take(12).collect();
+        let after = after.strip_prefix(' ').unwrap_or(&after);
+        if FIGURE_UNITS.iter().any(|unit| after.starts_with(unit)) {
+            out.insert(number);
+        }
+        i = j;
+    }
+    out
+}
+
+/// Every number of a text, thousands separators removed.
+fn numbers(text: &str) -> BTreeSet<String> {
+    text.split(|c: char| !(c.is_ascii_digit() || c == ',' || c == '.'))
+        .map(|n| n.trim_matches(|c| c == ',' || c == '.').replace(',', ""))
+        .filter(|n| !n.is_empty())
+        .collect()
+}
+
+/// The rule for figures: a paragraph or a table row that cites `benchmarks.md` quotes only
+/// figures that `benchmarks.md` (of the same language) reports.
+#[test]
+fn figures_quoted_from_the_benchmark_are_the_benchmarks() {
+    let mut wrong = Vec::new();
+    let mut checked = 0;
+    for file in doc_files() {
+        let name = file.to_str().unwrap();
+        if name.ends_with("benchmarks.md") {
+            continue;
+        }
+        let chinese = name.contains("zh-CN");
+        let reported = numbers(&read(if chinese {
+            "docs/zh-CN/benchmarks.md"
+        } else {
+            "docs/benchmarks.md"
+        }));
+        let text = read(name);
+        let mut blocks: Vec<String> = Vec::new();
+        let mut paragraph = String::new();
+        for line in text.lines() {
+            if line.starts_with('|') {
+                blocks.push(line.to_string());
+            } else if line.trim().is_empty() {
+                blocks.push(std::mem::take(&mut paragraph));
+            } else {
+                paragraph.push_str(line);
+                paragraph.push('\n');
+            }
+        }
+        blocks.push(paragraph);
+        for block in blocks.iter().filter(|b| b.contains("benchmarks.md")) {
+            for figure in figures(block) {
+                checked += 1;
+                if !reported.contains(&figure) {
+                    wrong.push(format!("{name}: {figure} in {block:?}"));
+                }
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "figures the benchmark does not report: {wrong:#?}"
+    );
+    assert!(checked > 10, "only {checked} quoted figures found");
+}
+
+#[test]
+fn the_figure_reader_sees_numbers_with_units_only() {
+    assert_eq!(
+        figures(
+            "4,588/s and 1.5 / 5.4 ms, 49%, 1,465 对 1,201 单/秒, p99 3, v3.5 ms, 16 producers"
+        ),
+        ["1201", "49", "4588", "5.4"]
+            .map(String::from)
+            .into_iter()
+            .collect()
+    );
+    assert!(numbers("| 4,677 (3,545) / 19,708 |").contains("3545"));
+}
+
+/// Readers cannot see the project's work items or the seeds it started from, nor the
+/// machine the docs were written on: the docs cite what a reader can find.
+#[test]
+fn the_docs_name_no_work_item_no_seed_and_no_local_path() {
+    let mut found = Vec::new();
+    for file in doc_files() {
+        let text = read(file.to_str().unwrap());
+        let lower = text.to_lowercase();
+        for (number, line) in lower.lines().enumerate() {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let names_one = words.windows(2).any(|w| {
+                matches!(w[0], "issue" | "seed" | "issues" | "seeds")
+                    && w[1].starts_with(|c: char| c.is_ascii_digit())
+            });
+            let local = ["/work/", "/root/", "种子文章"]
+                .iter()
+                .any(|p| line.contains(p));
+            if names_one || local || line.contains("seed scenario") {
+                found.push(format!("{}:{}: {line}", file.display(), number + 1));
+            }
+        }
+    }
+    assert!(found.is_empty(), "lines a reader cannot follow: {found:#?}");
 }
