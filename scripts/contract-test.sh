@@ -10,7 +10,10 @@
 #     and run directory .run/contract/, so a developer's stack and data are untouched).
 #  2. Runs schemathesis against the gateway's merged document (with the admin token, so the
 #     admin routes are exercised too) and against order's and pay's own documents.
-#  3. Waits for the orders it placed to settle, then checks the invariants across the two
+#  3. Validates the three documents with openapi-spec-validator (PyPI) and the three /metrics
+#     answers with Prometheus's own `promtool check metrics` (from Debian's prometheus package,
+#     unpacked under .run/, never installed as a server).
+#  4. Waits for the orders it placed to settle, then checks the invariants across the two
 #     databases: every order has its outbox row; every payment belongs to an order that
 #     exists in order's database (compared from here: no query crosses the databases); every
 #     order is settled, PAID exactly when its payment COMPLETED; money is conserved.
@@ -24,6 +27,7 @@
 #   CONTRACT_SEED            schemathesis's seed (default: a new one each run, printed)
 #   CONTRACT_SETTLE_SECS     how long the orders may take to settle (default 60)
 #   SCHEMATHESIS_VERSION     the version installed (default 4.32.5)
+#   VALIDATOR_VERSION        openapi-spec-validator's version (default 0.9.0)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -35,6 +39,7 @@ MAX_EXAMPLES="${CONTRACT_MAX_EXAMPLES:-50}"
 SEED="${CONTRACT_SEED:-$((RANDOM * 32768 + RANDOM))}"
 SETTLE_SECS="${CONTRACT_SETTLE_SECS:-60}"
 ST_VERSION="${SCHEMATHESIS_VERSION:-4.32.5}"
+VALIDATOR_VERSION="${VALIDATOR_VERSION:-0.9.0}"
 
 export LMT_RUN_DIR="$LMT_ROOT/.run/contract"
 RUN_DIR="$LMT_RUN_DIR"
@@ -85,6 +90,58 @@ install_schemathesis() {
         die "pip install schemathesis==$ST_VERSION failed"
 }
 
+# openapi-spec-validator, pinned, in its own virtualenv (its jsonschema pins may differ from
+# schemathesis's).
+VALIDATOR_VENV="$LMT_ROOT/.run/venv-openapi-validator"
+install_validator() {
+    [[ -x "$VALIDATOR_VENV/bin/openapi-spec-validator" ]] &&
+        "$VALIDATOR_VENV/bin/pip" show openapi-spec-validator 2>/dev/null | grep -qx "Version: $VALIDATOR_VERSION" &&
+        return 0
+    log "installing openapi-spec-validator $VALIDATOR_VERSION into $VALIDATOR_VENV"
+    rm -rf "$VALIDATOR_VENV"
+    python3 -m venv "$VALIDATOR_VENV" || die "python3 -m venv failed (Debian: apt-get install python3-venv)"
+    "$VALIDATOR_VENV/bin/pip" install --quiet --disable-pip-version-check "openapi-spec-validator==$VALIDATOR_VERSION" ||
+        die "pip install openapi-spec-validator==$VALIDATOR_VERSION failed"
+}
+
+# promtool, from Debian's prometheus package, unpacked under .run/ (not installed: the
+# package would also start a Prometheus server).
+PROMTOOL_DIR="$LMT_ROOT/.run/promtool"
+PROMTOOL="$PROMTOOL_DIR/usr/bin/promtool"
+install_promtool() {
+    [[ -x "$PROMTOOL" ]] && return 0
+    command -v apt-get >/dev/null 2>&1 || die "promtool is missing and apt-get is not available"
+    log "unpacking promtool from Debian's prometheus package into $PROMTOOL_DIR"
+    mkdir -p "$PROMTOOL_DIR"
+    (cd "$PROMTOOL_DIR" && { apt-get download prometheus >/dev/null 2>&1 ||
+        { as_root apt-get update -qq >/dev/null 2>&1 && apt-get download prometheus >/dev/null; }; }) ||
+        die "apt-get download prometheus failed"
+    dpkg-deb -x "$PROMTOOL_DIR"/prometheus_*.deb "$PROMTOOL_DIR" && rm -f "$PROMTOOL_DIR"/prometheus_*.deb
+    [[ -x "$PROMTOOL" ]] || die "no promtool in the prometheus package"
+}
+
+# validate NAME URL: the document at URL is valid OpenAPI.
+validate() {
+    local name="$1" url="$2" doc="$RUN_DIR/openapi-$1.json" out
+    curl -fsS "$url" -o "$doc" || { not_ok "$name's OpenAPI document is served" "GET $url failed"; return; }
+    if out="$("$VALIDATOR_VENV/bin/openapi-spec-validator" "$doc" 2>&1)"; then
+        ok "openapi-spec-validator accepts $name's document"
+    else
+        not_ok "openapi-spec-validator accepts $name's document" "$(printf '%s\n' "$out" | head -n 20)"
+    fi
+}
+
+# lint_metrics NAME URL: promtool (which reads the classic text format, what a scraper that
+# does not ask for OpenMetrics gets) finds nothing wrong with the /metrics answer at URL.
+lint_metrics() {
+    local name="$1" url="$2" out
+    if out="$(curl -fsS "$url" | "$PROMTOOL" check metrics 2>&1)"; then
+        ok "promtool check metrics finds nothing wrong with $name's /metrics"
+    else
+        not_ok "promtool check metrics finds nothing wrong with $name's /metrics" "$(printf '%s\n' "$out" | head -n 20)"
+    fi
+}
+
 # fuzz NAME URL: schemathesis against the document at URL; ok when it finds nothing.
 fuzz() {
     local name="$1" url="$2" out="$RUN_DIR/schemathesis-$1.out" rc=0
@@ -114,6 +171,8 @@ ensure_tool jq
 ensure_tool psql postgresql-client
 ensure_services
 install_schemathesis
+install_validator
+install_promtool
 drop_database "$ORDER_DATABASE_URL"
 drop_database "$PAY_DATABASE_URL"
 
@@ -129,6 +188,13 @@ ok "the stack starts and becomes ready"
 
 money() { psql_in "$PAY_DATABASE_URL" "SELECT coalesce(sum(balance_cents), 0) FROM accounts"; }
 TOTAL_BEFORE="$(money)"
+
+validate gateway "$GW/openapi.json"
+validate order "http://$ORDER_ADDR/openapi.json"
+validate pay "http://$PAY_ADDR/openapi.json"
+lint_metrics gateway "$GW/metrics"
+lint_metrics order "http://$ORDER_ADDR/metrics"
+lint_metrics pay "http://$PAY_ADDR/metrics"
 
 fuzz gateway "$GW/openapi.json"
 fuzz order "http://$ORDER_ADDR/openapi.json"

@@ -92,15 +92,17 @@ step "PostgreSQL and RabbitMQ are up" ensure_services
 step "cargo fmt" cargo fmt --all -- --check
 step "model check (scripts/model-check.sh)" scripts/model-check.sh
 step "docker-compose config" scripts/compose-test.sh config
-# The gateway shares only `common`: no database driver, no broker client in its tree.
-gateway_has_no_database_or_broker() {
-    local found
-    found="$(cargo tree -p gateway -e normal --prefix none | grep -E '^(sqlx|lapin)' || true)"
-    [[ -z "$found" ]] || die "the gateway depends on: $found"
+# What a crate must not pull in: the gateway shares only `common` (no database driver, no
+# broker client); the message table is the product, usable without a web framework or a CLI.
+crate_lacks() {
+    local crate="$1" pattern="$2" found
+    found="$(cargo tree -p "$crate" -e normal --prefix none | grep -E "^($pattern) " | sort -u || true)"
+    [[ -z "$found" ]] || die "$crate depends on: $found"
 }
 
 step "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
-step "gateway: neither sqlx nor lapin" gateway_has_no_database_or_broker
+step "gateway: neither sqlx nor lapin" crate_lacks gateway 'sqlx|lapin'
+step "message-table: neither axum nor clap" crate_lacks message-table 'axum|clap'
 step "cargo test" cargo test --workspace
 # A few seconds per section on the dev build just made: the benchmark keeps working.
 step "benchmark, smoke (scripts/bench.sh --smoke)" scripts/bench.sh --smoke

@@ -106,8 +106,6 @@ impl ApiError {
     }
 }
 
-/// The project's error body, for callers that build a response without an `ApiError`
-/// (the gateway answering for an upstream, a fallback route).
 /// What every free-text field accepts, as a JSON Schema pattern for the OpenAPI documents:
 /// at least one character that is not white space, and no control character (`\0` cannot be
 /// stored by PostgreSQL, and nobody means a control character in a name). [`text_field`]
@@ -145,6 +143,8 @@ pub fn limit_param(value: Option<&str>, default: i64, max: i64) -> Result<i64, A
         })
 }
 
+/// The project's error body, for callers that build a response without an `ApiError`
+/// (the gateway answering for an upstream, a fallback route).
 pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
     (
         status,

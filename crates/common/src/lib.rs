@@ -8,4 +8,5 @@ pub mod http;
 pub mod metrics;
 pub mod openapi;
 pub mod telemetry;
-pub mod trace;
+/// The W3C trace context, from its own crate (the message table uses it without this one).
+pub use trace_context as trace;

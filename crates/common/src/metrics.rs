@@ -8,8 +8,12 @@
 //! together, and no test could say "order published exactly N messages". A library user who
 //! wants no metrics gets unregistered instances that count into nothing anyone reads.
 //!
-//! The text is the OpenMetrics format of `prometheus-client`, which Prometheus scrapes
-//! natively: counters end in `_total`, durations are in seconds.
+//! The answer's format is negotiated ([`Format::from_accept`]): the classic Prometheus text
+//! format (0.0.4) unless the scraper asks for OpenMetrics, as Prometheus and the official
+//! clients do in their `Accept` header. A tool that reads the classic format (`promtool check
+//! metrics`, `curl` and a human) would read an OpenMetrics counter family (`http_requests`,
+//! samples `http_requests_total`) as a family without help text. Both formats come from
+//! `prometheus-client`; counters end in `_total`, durations are in seconds.
 
 use std::{
     borrow::Cow,
@@ -21,18 +25,58 @@ use std::{
 
 use axum::{
     extract::{MatchedPath, Request, State},
-    http::{Method, StatusCode, header},
+    http::{HeaderMap, Method, StatusCode, header},
     middleware::Next,
     response::{IntoResponse, Response},
 };
 use prometheus_client::{
-    encoding::{EncodeLabelSet, text},
+    encoding::{EncodeLabelSet, prometheus_text, text},
     metrics::{counter::Counter, family::Family, histogram::Histogram},
     registry::Registry,
 };
 
 /// The `Content-Type` of the OpenMetrics text format.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The `Content-Type` of the classic Prometheus text format, the default answer.
+pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
+
+/// The exposition format of a `/metrics` answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// The classic Prometheus text format, version 0.0.4.
+    Prometheus,
+    /// OpenMetrics 1.0 text.
+    OpenMetrics,
+}
+
+impl Format {
+    /// OpenMetrics when the `Accept` header names it (with a weight above zero), else the
+    /// classic format, which every reader understands.
+    pub fn from_accept(headers: &HeaderMap) -> Self {
+        let asks_openmetrics = headers
+            .get_all(header::ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|range| {
+                let mut parts = range.split(';').map(str::trim);
+                let media = parts.next().unwrap_or_default();
+                let refused = parts.any(|p| {
+                    p.strip_prefix("q=")
+                        .and_then(|q| q.parse::<f32>().ok())
+                        .is_some_and(|q| q <= 0.0)
+                });
+                media.eq_ignore_ascii_case("application/openmetrics-text") && !refused
+            });
+        if asks_openmetrics {
+            Format::OpenMetrics
+        } else {
+            Format::Prometheus
+        }
+    }
+}
 
 /// The route label of a request no route matched (the gateway's proxied requests, 404s):
 /// the raw path would make the label unbounded.
@@ -232,16 +276,27 @@ fn method_label(method: &Method) -> &'static str {
         .map_or("other", |m| m.as_str())
 }
 
-/// The `/metrics` answer: `registries` encoded one after the other (a service may add one
-/// built at scrape time), then the end-of-exposition marker.
-pub fn encode(registries: &[&Registry]) -> Response {
+/// The `/metrics` answer in the negotiated `format`: `registries` encoded one after the other
+/// (a service may add one built at scrape time), then, for OpenMetrics, the end marker.
+pub fn encode(format: Format, registries: &[&Registry]) -> Response {
     let mut body = String::new();
-    let encoded = registries
-        .iter()
-        .try_for_each(|r| text::encode_registry(&mut body, r))
-        .and_then(|()| text::encode_eof(&mut body));
+    let (encoded, content_type) = match format {
+        Format::Prometheus => (
+            registries
+                .iter()
+                .try_for_each(|r| prometheus_text::encode(&mut body, r)),
+            CONTENT_TYPE,
+        ),
+        Format::OpenMetrics => (
+            registries
+                .iter()
+                .try_for_each(|r| text::encode_registry(&mut body, r))
+                .and_then(|()| text::encode_eof(&mut body)),
+            OPENMETRICS_CONTENT_TYPE,
+        ),
+    };
     match encoded {
-        Ok(()) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response(),
+        Ok(()) => ([(header::CONTENT_TYPE, content_type)], body).into_response(),
         Err(e) => {
             tracing::error!(error = %e, "cannot encode the metrics");
             StatusCode::INTERNAL_SERVER_ERROR.into_response()
@@ -259,6 +314,29 @@ mod tests {
         assert_eq!(
             method_label(&Method::from_bytes(b"PURGE").unwrap()),
             "other"
+        );
+    }
+
+    #[test]
+    fn the_format_is_openmetrics_only_when_the_scraper_asks_for_it() {
+        let accept = |value: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::ACCEPT, value.parse().unwrap());
+            Format::from_accept(&headers)
+        };
+        assert_eq!(Format::from_accept(&HeaderMap::new()), Format::Prometheus);
+        assert_eq!(accept("*/*"), Format::Prometheus);
+        assert_eq!(accept("text/plain;version=0.0.4"), Format::Prometheus);
+        // What Prometheus sends.
+        assert_eq!(
+            accept(
+                "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+            ),
+            Format::OpenMetrics
+        );
+        assert_eq!(
+            accept("text/plain, application/openmetrics-text;q=0"),
+            Format::Prometheus
         );
     }
 

@@ -83,9 +83,10 @@ fn healthz() {}
 #[allow(dead_code)]
 fn readyz() {}
 
-/// Prometheus metrics in the text exposition format.
+/// Prometheus metrics: the classic text format (0.0.4), or OpenMetrics 1.0 when the `Accept`
+/// header asks for `application/openmetrics-text`.
 #[utoipa::path(get, path = "/metrics", tag = "operations",
-    responses((status = 200, description = "Prometheus text format",
+    responses((status = 200, description = "Prometheus text format (OpenMetrics on request)",
         content_type = crate::metrics::CONTENT_TYPE, body = String)))]
 #[allow(dead_code)]
 fn metrics() {}
@@ -159,18 +160,50 @@ pub fn with_standard(mut base: utoipa::openapi::OpenApi) -> utoipa::openapi::Ope
     base
 }
 
-/// `doc` as the JSON served at `GET /openapi.json`.
-///
-/// utoipa 5.5 writes a response link's fields in snake case (`operation_id`), where OpenAPI
-/// says `operationId`, `operationRef` and `requestBody`; they are renamed here.
+/// `doc` as the JSON served at `GET /openapi.json`, with two corrections of what utoipa 5.5
+/// writes:
+/// - a response link's fields are in snake case (`operation_id`), where OpenAPI says
+///   `operationId`, `operationRef` and `requestBody`: renamed;
+/// - a path parameter whose schema comes from `schema_with` has `required: false`, where
+///   OpenAPI requires `true` for every path parameter: set (a validator rejects the document
+///   otherwise).
 pub fn to_json(doc: &utoipa::openapi::OpenApi) -> serde_json::Value {
     let mut json = serde_json::to_value(doc).expect("a utoipa document serializes");
-    let links = json["paths"]
+    rename_link_fields(&mut json);
+    require_path_parameters(&mut json);
+    json
+}
+
+/// The operations of a document (and each path item's own parameter list, which has the
+/// same shape for what is done here).
+fn operations(json: &mut serde_json::Value) -> impl Iterator<Item = &mut serde_json::Value> {
+    json["paths"]
         .as_object_mut()
         .into_iter()
         .flat_map(|paths| paths.values_mut())
         .filter_map(serde_json::Value::as_object_mut)
         .flat_map(|item| item.values_mut())
+}
+
+fn require_path_parameters(json: &mut serde_json::Value) {
+    let parameters = operations(json)
+        .filter_map(|op| match op {
+            // A path item's `parameters` is the list itself.
+            serde_json::Value::Array(list) => Some(list),
+            op => op
+                .get_mut("parameters")
+                .and_then(serde_json::Value::as_array_mut),
+        })
+        .flatten()
+        .filter_map(serde_json::Value::as_object_mut)
+        .filter(|p| p.get("in").and_then(serde_json::Value::as_str) == Some("path"));
+    for parameter in parameters {
+        parameter.insert("required".into(), true.into());
+    }
+}
+
+fn rename_link_fields(json: &mut serde_json::Value) {
+    let links = operations(json)
         .filter_map(|op| {
             op.get_mut("responses")
                 .and_then(serde_json::Value::as_object_mut)
@@ -193,5 +226,42 @@ pub fn to_json(doc: &utoipa::openapi::OpenApi) -> serde_json::Value {
             }
         }
     }
-    json
+}
+
+#[cfg(test)]
+mod tests {
+    use utoipa::OpenApi;
+
+    /// A path parameter whose schema comes from `schema_with`, as pay's `/accounts/{user_id}`.
+    #[derive(utoipa::IntoParams)]
+    #[into_params(parameter_in = Path)]
+    #[allow(dead_code)]
+    struct NamePath {
+        #[param(schema_with = name_schema)]
+        name: String,
+    }
+
+    fn name_schema() -> utoipa::openapi::Object {
+        super::text_schema(8)
+    }
+
+    #[utoipa::path(get, path = "/things/{name}", params(NamePath), responses((status = 200)))]
+    #[allow(dead_code)]
+    fn thing() {}
+
+    #[derive(OpenApi)]
+    #[openapi(paths(thing))]
+    struct Doc;
+
+    #[test]
+    fn every_path_parameter_is_required_in_the_served_document() {
+        let raw = serde_json::to_value(Doc::openapi()).unwrap();
+        let parameter = &raw["paths"]["/things/{name}"]["get"]["parameters"][0];
+        // What utoipa writes (the reason for the correction): no `required: true`.
+        assert_ne!(parameter["required"], true, "{parameter}");
+        let served = super::to_json(&Doc::openapi());
+        let parameter = &served["paths"]["/things/{name}"]["get"]["parameters"][0];
+        assert_eq!(parameter["in"], "path");
+        assert_eq!(parameter["required"], true, "{parameter}");
+    }
 }

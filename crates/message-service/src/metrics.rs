@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use axum::{extract::State, response::Response};
+use axum::{extract::State, http::HeaderMap, response::Response};
 use prometheus_client::registry::Registry;
 use sqlx::PgPool;
 
@@ -16,13 +16,13 @@ pub struct MetricsState {
 
 /// The registry, then the outbox gauges. A scrape whose query fails still answers with
 /// everything else: a database outage must not blind the counters that explain it.
-pub async fn scrape(State(s): State<MetricsState>) -> Response {
+pub async fn scrape(State(s): State<MetricsState>, headers: HeaderMap) -> Response {
     let mut gauges = Registry::default();
     if let Err(e) = message_table::metrics::outbox_gauges(&s.pool, &mut gauges).await {
         tracing::warn!(error = %e, "metrics scrape without the outbox gauges: the query failed");
         gauges = Registry::default();
     }
-    common::metrics::encode(&[&s.registry, &gauges])
+    common::metrics::encode(common::metrics::Format::from_accept(&headers), &[&s.registry, &gauges])
 }
 
 #[cfg(test)]
@@ -43,7 +43,12 @@ mod tests {
             registry: Arc::new(registry),
             pool,
         };
-        let response = scrape(State(state)).await;
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            axum::http::header::ACCEPT,
+            "application/openmetrics-text".parse().unwrap(),
+        );
+        let response = scrape(State(state), headers).await;
         assert_eq!(response.status(), axum::http::StatusCode::OK);
         let body = to_bytes(response.into_body(), usize::MAX).await.unwrap();
         let text = String::from_utf8(body.to_vec()).unwrap();

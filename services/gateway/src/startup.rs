@@ -15,7 +15,7 @@ use axum::{
     Router, ServiceExt,
     body::Body,
     extract::{Request, State},
-    http::{HeaderName, HeaderValue},
+    http::{HeaderMap, HeaderName, HeaderValue},
     response::Response,
     routing::get,
 };
@@ -192,8 +192,8 @@ where
     }
 }
 
-async fn metrics(State(registry): State<Arc<Registry>>) -> Response {
-    common::metrics::encode(&[&registry])
+async fn metrics(State(registry): State<Arc<Registry>>, headers: HeaderMap) -> Response {
+    common::metrics::encode(common::metrics::Format::from_accept(&headers), &[&registry])
 }
 
 /// A random (v4) UUID, as tower-http's `MakeRequestUuid` makes, from the thread's CSPRNG:

@@ -146,10 +146,6 @@ impl Instance {
         }
     }
 
-    pub fn base_url(&self) -> &Url {
-        &self.base_url
-    }
-
     /// The base URL without its trailing slash, as an operator would write it.
     pub fn name(&self) -> &str {
         self.base_url.as_str().trim_end_matches('/')

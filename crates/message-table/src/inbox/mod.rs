@@ -735,7 +735,7 @@ fn receive_span(
         event_type,
         trace_id = tracing::field::Empty,
     );
-    common::trace::continue_trace(&span, common::trace::from_message(headers).as_ref());
+    trace_context::continue_trace(&span, trace_context::from_message(headers).as_ref());
     span
 }
 

@@ -87,7 +87,7 @@ impl RetrySweeper {
             %event_type,
             trace_id = tracing::field::Empty,
         );
-        common::trace::continue_trace(&span, common::trace::from_message(&headers).as_ref());
+        trace_context::continue_trace(&span, trace_context::from_message(&headers).as_ref());
         let msg = InboxMessage {
             message_id,
             event_type,

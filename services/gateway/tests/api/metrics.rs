@@ -53,7 +53,28 @@ async fn upstream_results_are_counted_per_instance() {
         .unwrap();
     assert_eq!(error_code(response).await, "no_route");
 
+    // The classic text format by default, OpenMetrics when the scraper asks for it.
     let response = app.client.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
+    let classic = response.text().await.unwrap();
+    assert!(
+        classic.contains("# TYPE gateway_upstream_results_total counter"),
+        "{classic}"
+    );
+    assert!(!classic.contains("# EOF"), "{classic}");
+    let response = app
+        .client
+        .get(app.url("/metrics"))
+        .header("accept", "application/openmetrics-text;version=1.0.0")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert!(
         response.headers()["content-type"]
