@@ -63,7 +63,7 @@ fn read_order(msg: &InboxMessage) -> Result<OrderCreated, HandlerError> {
 
 #[async_trait]
 impl MessageHandler for PaymentHandler {
-    /// Pays every order of the batch ([`Self::pay_all`]); a single message is a batch of
+    /// Pays every order of the batch (`pay_all`); a single message is a batch of
     /// one. When one account has several orders in the batch, each must see the balance
     /// the one before left, which the batch form cannot express: those batches go one
     /// message at a time ([`HandlerError::OneAtATime`]).
