@@ -227,11 +227,26 @@ pub async fn requeue_dead_outbox(
     selection: &Selection,
     ttl: Duration,
 ) -> sqlx::Result<Vec<Uuid>> {
+    requeue_outbox(db, selection, ttl, None, "requeued by operator").await
+}
+
+/// The outbox's one requeue: the selected `dead` rows, and with `sent_before` also `sent`
+/// rows sent longer ago than that, back in line: attempts reset, due now, a fresh time to
+/// live, `note` in front of the last error. Returns the ids requeued.
+pub(crate) async fn requeue_outbox(
+    db: impl PgExecutor<'_>,
+    selection: &Selection,
+    ttl: Duration,
+    sent_before: Option<Duration>,
+    note: &str,
+) -> sqlx::Result<Vec<Uuid>> {
     let query = sqlx::query_scalar(
-        "UPDATE outbox SET status = $5, attempts = 0, next_attempt_at = now(),
+        "UPDATE outbox SET status = $5, attempts = 0, next_attempt_at = now(), sent_at = NULL,
                 expires_at = now() + make_interval(secs => $4),
-                last_error = 'requeued by operator; was: ' || coalesce(last_error, '')
-         WHERE status = $6
+                last_error = $9 || '; was: ' || coalesce(last_error, '')
+         WHERE (status = $6
+                OR (status = $7 AND $8::float8 IS NOT NULL
+                    AND sent_at < now() - make_interval(secs => $8::float8)))
            AND ($1::uuid[] IS NULL OR id = ANY($1))
            AND ($2::text IS NULL OR event_type = $2)
            AND ($3::timestamptz IS NULL OR created_at < $3)
@@ -242,13 +257,16 @@ pub async fn requeue_dead_outbox(
         .bind(ttl.as_secs_f64())
         .bind(OutboxStatus::Pending)
         .bind(OutboxStatus::Dead)
+        .bind(OutboxStatus::Sent)
+        .bind(sent_before.map(|d| d.as_secs_f64()))
+        .bind(note)
         .fetch_all(db)
         .await
 }
 
 /// Hands the selected dead inbox messages to the retry sweeper, as
-/// [`crate::inbox::requeue_dead`] does for one; poison is skipped. Returns the ids
-/// requeued.
+/// [`crate::inbox::requeue_dead`] does for one; poison is skipped. The inbox's one
+/// requeue. Returns the ids requeued.
 pub async fn requeue_dead_inbox(
     db: impl PgExecutor<'_>,
     selection: &Selection,

@@ -172,12 +172,18 @@ struct CounterHandler {
 
 #[async_trait]
 impl MessageHandler for CounterHandler {
-    async fn handle(&self, tx: &mut PgConnection, msg: &InboxMessage) -> Result<(), HandlerError> {
-        sqlx::query("UPDATE counters SET total = total + 1 WHERE account = $1")
-            .bind(msg.payload["account"].as_str())
-            .execute(&mut *tx)
-            .await?;
-        tokio::time::sleep(Duration::from_millis(300)).await;
+    async fn handle(
+        &self,
+        tx: &mut PgConnection,
+        msgs: &[&InboxMessage],
+    ) -> Result<(), HandlerError> {
+        for msg in msgs {
+            sqlx::query("UPDATE counters SET total = total + 1 WHERE account = $1")
+                .bind(msg.payload["account"].as_str())
+                .execute(&mut *tx)
+                .await?;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
         Ok(())
     }
 
@@ -293,10 +299,16 @@ struct SlowHandler {
 
 #[async_trait]
 impl MessageHandler for SlowHandler {
-    async fn handle(&self, _tx: &mut PgConnection, msg: &InboxMessage) -> Result<(), HandlerError> {
-        if msg.payload["slow"] == true {
-            self.started.store(true, Ordering::SeqCst);
-            self.release.notified().await;
+    async fn handle(
+        &self,
+        _tx: &mut PgConnection,
+        msgs: &[&InboxMessage],
+    ) -> Result<(), HandlerError> {
+        for msg in msgs {
+            if msg.payload["slow"] == true {
+                self.started.store(true, Ordering::SeqCst);
+                self.release.notified().await;
+            }
         }
         Ok(())
     }

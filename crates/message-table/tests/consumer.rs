@@ -28,11 +28,17 @@ struct Handler(Arc<AtomicUsize>);
 
 #[async_trait]
 impl MessageHandler for Handler {
-    async fn handle(&self, _tx: &mut PgConnection, msg: &InboxMessage) -> Result<(), HandlerError> {
-        if msg.payload["boom"] == true {
-            panic!("handler bug");
+    async fn handle(
+        &self,
+        _tx: &mut PgConnection,
+        msgs: &[&InboxMessage],
+    ) -> Result<(), HandlerError> {
+        for msg in msgs {
+            if msg.payload["boom"] == true {
+                panic!("handler bug");
+            }
+            self.0.fetch_add(1, Ordering::SeqCst);
         }
-        self.0.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
 }

@@ -9,15 +9,15 @@
 //!
 //! # Batches
 //! Under load the inbox hands over a batch of answers in one transaction
-//! ([`MessageHandler::handle_batch`]). Settled one by one, a batch of N costs N `UPDATE`s;
-//! [`PaymentResultHandler::handle_batch`] settles it in two statements: it locks the orders
-//! in id order (the [`MessageHandler::lock_key`], so concurrent batches do not deadlock),
-//! then moves them all in one `UPDATE`, under the same guard. That is only the common case,
-//! every answer about its own order still `PENDING_PAYMENT`. Anything else (an answer
-//! [`settle`] would refuse or find already applied, a payload it cannot read, two answers
-//! about one order) is not decided there: the batch fails, the inbox rolls it back and
-//! redoes it message by message through [`PaymentResultHandler::handle`], and [`settle`]
-//! decides each answer as it always does. The per-message path stays the reference.
+//! ([`MessageHandler::handle`]). Settled one by one, a batch of N costs N `UPDATE`s;
+//! `settle_all` settles it in two statements: it locks the orders in id order (the
+//! [`MessageHandler::lock_key`], so concurrent batches do not deadlock), then moves them all
+//! in one `UPDATE`, under the same guard. That is only the common case, every answer about
+//! its own order still `PENDING_PAYMENT`. Anything else (an answer [`settle`] would refuse
+//! or find already applied, two answers about one order) is not decided there: the handler
+//! says [`HandlerError::OneAtATime`], the inbox rolls the batch back and hands each answer
+//! over alone, and [`settle`] decides it as it always does. A single answer goes to
+//! [`settle`] directly: the per-message path stays the reference.
 
 use std::collections::HashSet;
 
@@ -149,21 +149,10 @@ fn read_answer(msg: &InboxMessage) -> Result<(Uuid, PaymentOutcome), HandlerErro
 
 #[async_trait]
 impl MessageHandler for PaymentResultHandler {
-    async fn handle(&self, tx: &mut PgConnection, msg: &InboxMessage) -> Result<(), HandlerError> {
-        let (order_id, outcome) = read_answer(msg)?;
-        let span = tracing::info_span!("settle", %order_id);
-        match settle(tx, order_id, &outcome).instrument(span).await {
-            Ok(_) => Ok(()),
-            Err(SettleError::Database(e)) => Err(e.into()),
-            // A contradicting late answer or an unknown order: recorded dead.
-            Err(e) => Err(HandlerError::Permanent(e.to_string())),
-        }
-    }
-
-    /// [`Self::handle`] for every message, in two statements, when each answer is about its
-    /// own order and that order is still `PENDING_PAYMENT`; otherwise `Err`, and the inbox
-    /// redoes the batch one by one (see the module docs).
-    async fn handle_batch(
+    /// One answer: [`settle`]. Several: `settle_all`, when each is about its own order
+    /// and that order is still `PENDING_PAYMENT`; otherwise [`HandlerError::OneAtATime`]
+    /// (see the module docs).
+    async fn handle(
         &self,
         tx: &mut PgConnection,
         msgs: &[&InboxMessage],
@@ -172,9 +161,18 @@ impl MessageHandler for PaymentResultHandler {
             .iter()
             .map(|m| read_answer(m))
             .collect::<Result<Vec<_>, _>>()?;
+        if let [(order_id, outcome)] = answers.as_slice() {
+            let span = tracing::info_span!("settle", %order_id);
+            return match settle(tx, *order_id, outcome).instrument(span).await {
+                Ok(_) => Ok(()),
+                Err(SettleError::Database(e)) => Err(e.into()),
+                // A contradicting late answer or an unknown order: recorded dead.
+                Err(e) => Err(HandlerError::Permanent(e.to_string())),
+            };
+        }
         let orders: HashSet<Uuid> = answers.iter().map(|(id, _)| *id).collect();
         if orders.len() < answers.len() {
-            return Err(one_by_one("two answers about one order"));
+            return Err(HandlerError::OneAtATime("two answers about one order"));
         }
         settle_all(tx, msgs, &answers).await
     }
@@ -187,14 +185,10 @@ impl MessageHandler for PaymentResultHandler {
     }
 }
 
-/// Why a batch is not settled at once: the inbox redoes it message by message.
-fn one_by_one(why: &str) -> HandlerError {
-    HandlerError::Transient(anyhow::anyhow!("{why}: the batch is settled one by one"))
-}
-
 /// [`settle`] for answers about distinct orders, all at once: `Ok` only when every order
 /// left `PENDING_PAYMENT` now. What [`settle`] does when an order was not moved (already
-/// settled, unknown, contradicted) is left to it: `Err`, and the batch goes one by one.
+/// settled, unknown, contradicted) is left to it: [`HandlerError::OneAtATime`], and the
+/// inbox hands each answer over alone.
 async fn settle_all(
     tx: &mut PgConnection,
     msgs: &[&InboxMessage],
@@ -230,7 +224,7 @@ async fn settle_all(
     .into_iter()
     .collect();
     if moved.len() < ids.len() {
-        return Err(one_by_one("an order was not pending"));
+        return Err(HandlerError::OneAtATime("an order was not pending"));
     }
     // The lines settle writes, each in its message's span.
     for (msg, (order_id, outcome)) in msgs.iter().zip(answers) {

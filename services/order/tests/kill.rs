@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use message_table::{OutboxStatus, amqp::AmqpConfig, outbox};
+use message_table::{amqp::AmqpConfig, outbox};
 use serde_json::{Value, json};
 use support::order_ids;
 use test_kit::{ServiceProcess, TestDb, TestQueue};
@@ -114,9 +114,7 @@ async fn order_killed_while_taking_orders_publishes_every_committed_order_once_r
         "every row is marked sent",
         Duration::from_secs(30),
         || async {
-            let sent = outbox::count_by_status(&db.pool, OutboxStatus::Sent)
-                .await
-                .unwrap();
+            let sent = outbox::stats(&db.pool).await.unwrap().sent;
             (sent == messages).then_some(())
         },
     )

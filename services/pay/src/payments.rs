@@ -18,7 +18,6 @@ use message_table::{
 use serde::Deserialize;
 use serde_json::json;
 use sqlx::PgConnection;
-use tracing::Instrument;
 use uuid::Uuid;
 
 pub const ORDER_CREATED: &str = "OrderCreated";
@@ -64,16 +63,11 @@ fn read_order(msg: &InboxMessage) -> Result<OrderCreated, HandlerError> {
 
 #[async_trait]
 impl MessageHandler for PaymentHandler {
-    async fn handle(&self, tx: &mut PgConnection, msg: &InboxMessage) -> Result<(), HandlerError> {
-        let order = read_order(msg)?;
-        let span = tracing::info_span!("payment", order_id = %order.order_id);
-        self.pay(tx, msg, &order).instrument(span).await
-    }
-
-    /// The same work as [`Self::handle`] message by message, in five statements for the
-    /// whole batch. When one account has several orders in the batch, each must see the
-    /// balance the one before left: those batches go message by message.
-    async fn handle_batch(
+    /// Pays every order of the batch (`pay_all`); a single message is a batch of
+    /// one. When one account has several orders in the batch, each must see the balance
+    /// the one before left, which the batch form cannot express: those batches go one
+    /// message at a time ([`HandlerError::OneAtATime`]).
+    async fn handle(
         &self,
         tx: &mut PgConnection,
         msgs: &[&InboxMessage],
@@ -84,10 +78,7 @@ impl MessageHandler for PaymentHandler {
             .collect::<Result<Vec<_>, _>>()?;
         let users: HashSet<&str> = orders.iter().map(|o| o.user_id.as_str()).collect();
         if users.len() < orders.len() {
-            for msg in msgs {
-                self.handle(tx, msg).instrument(msg.span.clone()).await?;
-            }
-            return Ok(());
+            return Err(HandlerError::OneAtATime("two orders of one account"));
         }
         self.pay_all(tx, msgs, &orders).await
     }
@@ -95,67 +86,6 @@ impl MessageHandler for PaymentHandler {
     /// The account the payment debits: a batch debits its accounts in one order.
     fn lock_key(&self, msg: &InboxMessage) -> Option<String> {
         msg.payload["user_id"].as_str().map(str::to_string)
-    }
-}
-
-impl PaymentHandler {
-    /// Pays `order` and enqueues the reply, in the trace of the message that asked.
-    async fn pay(
-        &self,
-        tx: &mut PgConnection,
-        msg: &InboxMessage,
-        order: &OrderCreated,
-    ) -> Result<(), HandlerError> {
-        // The payment row first: its unique order_id is the guard against paying twice.
-        let payment_id = Uuid::now_v7();
-        let inserted: Option<Uuid> = sqlx::query_scalar(
-            "INSERT INTO payments (id, order_id, user_id, amount_cents, status, message_id)
-             VALUES ($1, $2, $3, $4, 'COMPLETED', $5)
-             ON CONFLICT (order_id) DO NOTHING
-             RETURNING id",
-        )
-        .bind(payment_id)
-        .bind(order.order_id)
-        .bind(&order.user_id)
-        .bind(order.amount_cents)
-        .bind(msg.message_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if inserted.is_none() {
-            tracing::warn!(order_id = %order.order_id, message_id = %msg.message_id, "order already has a payment; message ignored");
-            return Ok(());
-        }
-
-        let debited = sqlx::query(
-            "UPDATE accounts SET balance_cents = balance_cents - $2, updated_at = now()
-             WHERE user_id = $1 AND balance_cents >= $2",
-        )
-        .bind(&order.user_id)
-        .bind(order.amount_cents)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-
-        let reply = if debited == 1 {
-            tracing::info!(order_id = %order.order_id, %payment_id, amount_cents = order.amount_cents, "payment completed");
-            reply(PAYMENT_COMPLETED, order, payment_id, None)
-        } else {
-            let known: bool =
-                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM accounts WHERE user_id = $1)")
-                    .bind(&order.user_id)
-                    .fetch_one(&mut *tx)
-                    .await?;
-            let reason = failure_reason(known);
-            sqlx::query("UPDATE payments SET status = 'FAILED', failure_reason = $2 WHERE id = $1")
-                .bind(payment_id)
-                .bind(reason)
-                .execute(&mut *tx)
-                .await?;
-            tracing::info!(order_id = %order.order_id, %payment_id, reason, "payment failed");
-            reply(PAYMENT_FAILED, order, payment_id, Some(reason))
-        };
-        outbox::enqueue(tx, &traced(reply, msg), self.message_ttl).await?;
-        Ok(())
     }
 }
 
@@ -169,7 +99,9 @@ fn failure_reason(account_known: bool) -> &'static str {
 }
 
 impl PaymentHandler {
-    /// [`Self::pay`] for orders of distinct accounts, in one statement per step.
+    /// Pays `orders` (of distinct accounts, one per message of `msgs`) and enqueues the
+    /// replies, each in the trace of the message that asked: five statements, whatever the
+    /// number of orders.
     async fn pay_all(
         &self,
         tx: &mut PgConnection,

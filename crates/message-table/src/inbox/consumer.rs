@@ -1,5 +1,5 @@
-//! The AMQP side of the inbox: consume with manual ack, hand each delivery to
-//! [`Inbox::receive`], ack only after its outcome is committed.
+//! The AMQP side of the inbox: consume with manual ack, hand the deliveries to
+//! [`Inbox::receive_batch`], ack each only after its outcome is committed.
 //!
 //! Deliveries are taken in batches of whatever has arrived (up to `batch_size`, never
 //! waiting for more) and each batch is one inbox transaction ([`Inbox::receive_batch`]).
@@ -17,7 +17,7 @@
 //! back (marked redelivered) to this or another consumer, where the inbox deduplicates.
 //!
 //! [`Incoming`] is the one place the inbox meets lapin's types: a delivery becomes plain
-//! data before [`Inbox::receive`] sees it, so the inbox can be driven (and tested) without
+//! data before [`Inbox::receive_batch`] sees it, so the inbox can be driven (and tested) without
 //! a broker.
 
 use std::{collections::BTreeMap, time::Duration};

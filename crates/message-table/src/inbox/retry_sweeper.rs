@@ -2,9 +2,10 @@
 //!
 //! The message is already safe in the inbox (it was recorded before its delivery was
 //! acked), so a retry needs no broker: the sweeper locks one due row with
-//! `FOR UPDATE SKIP LOCKED` and runs it through the very steps a first delivery takes
-//! (`Inbox::process`: the handler in a savepoint of that transaction), committing
-//! `processed`, or `failed` with the next backoff, or `dead` when attempts are exhausted.
+//! `FOR UPDATE SKIP LOCKED` (`RetrySweeper::retry_next`) and runs it through the very steps
+//! a first delivery takes, as a batch of one (`Inbox::process`: the handler in a savepoint
+//! of that transaction), committing `processed`, or `failed` with the next backoff, or
+//! `dead` when attempts are exhausted.
 //! The row lock keeps several sweepers (several instances) from running the same message
 //! at once. A failing message is rescheduled
 //! and the sweeper moves on; rows are retried one after another, so a handler that hangs
@@ -17,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use super::{Inbox, InboxMessage, InboxStatus, Outcome, log_outcome};
+use super::{Inbox, InboxMessage, InboxStatus, Outcome, receive::log_outcome};
 use crate::status::{AWAITING_RETRY, RETRY_DUE};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -99,8 +100,10 @@ impl RetrySweeper {
         async {
             let outcome = self
                 .inbox
-                .process(&mut tx, &msg, InboxStatus::Failed)
-                .await?;
+                .process(&mut tx, &[&msg], InboxStatus::Failed)
+                .await?
+                .and_then(|mut outcomes| outcomes.pop())
+                .expect("a batch of one records its handler's failure");
             tx.commit().await?;
             self.inbox.counters.count(&outcome);
             self.inbox.metrics.retry(&outcome);

@@ -31,18 +31,21 @@
 //! before marking the row publishes it again after the lease expires. The consumer's
 //! [`inbox`](crate::inbox) removes that duplicate by message id.
 
+mod admin;
 pub mod relay;
 pub mod resend_scheduler;
 
 use std::time::Duration;
 
 use serde_json::Value;
-use sqlx::{AssertSqlSafe, PgConnection, PgExecutor, PgPool};
+use sqlx::{PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
 
 use crate::backoff::RetryPolicy;
 pub use crate::status::OutboxStatus;
-use crate::status::{IN_FLIGHT, WAITING};
+pub use admin::{
+    OutboxStats, oldest_waiting_age, requeue_dead, requeue_for_republish, stats, status_of,
+};
 
 /// The NOTIFY channel the relay listens on.
 pub const NOTIFY_CHANNEL: &str = "outbox_new";
@@ -306,120 +309,4 @@ pub async fn record_failures(
     .fetch_all(db)
     .await
     .map(|rows: Vec<Option<Uuid>>| rows.into_iter().flatten().collect())
-}
-
-/// Puts a `dead` message back in line: attempts reset, due now, a fresh time to live.
-/// Returns false when no dead message has that id.
-pub async fn requeue_dead(db: impl PgExecutor<'_>, id: Uuid, ttl: Duration) -> sqlx::Result<bool> {
-    requeue(db, id, ttl, None, "requeued by operator").await
-}
-
-/// Puts a `sent` or `dead` message back in line to be published again with the SAME id
-/// (the consumer's inbox drops the copy if it already has it): attempts reset, due now,
-/// a fresh time to live. A `sent` row only when it was sent more than `sent_before` ago
-/// (a recent copy may still be in the queue). Never a `pending` row: it is already in line
-/// or in flight. Returns false when nothing was requeued.
-pub async fn requeue_for_republish(
-    db: impl PgExecutor<'_>,
-    id: Uuid,
-    ttl: Duration,
-    sent_before: Duration,
-) -> sqlx::Result<bool> {
-    requeue(db, id, ttl, Some(sent_before), "requeued for re-publish").await
-}
-
-/// `dead` rows, and with `sent_before` also `sent` rows sent longer ago than that.
-async fn requeue(
-    db: impl PgExecutor<'_>,
-    id: Uuid,
-    ttl: Duration,
-    sent_before: Option<Duration>,
-    note: &str,
-) -> sqlx::Result<bool> {
-    let res = sqlx::query(
-        "UPDATE outbox SET status = $3, attempts = 0, next_attempt_at = now(), sent_at = NULL,
-                expires_at = now() + make_interval(secs => $2),
-                last_error = $7 || '; was: ' || coalesce(last_error, '')
-         WHERE id = $1
-           AND (status = $4
-                OR (status = $5 AND $6::float8 IS NOT NULL
-                    AND sent_at < now() - make_interval(secs => $6::float8)))",
-    )
-    .bind(id)
-    .bind(ttl.as_secs_f64())
-    .bind(OutboxStatus::Pending)
-    .bind(OutboxStatus::Dead)
-    .bind(OutboxStatus::Sent)
-    .bind(sent_before.map(|d| d.as_secs_f64()))
-    .bind(note)
-    .execute(db)
-    .await?;
-    Ok(res.rows_affected() == 1)
-}
-
-/// Counts by status, for `/readyz`-style reports, metrics and tests.
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct OutboxStats {
-    pub pending: i64,
-    pub in_flight: i64,
-    pub sent: i64,
-    pub dead: i64,
-}
-
-impl OutboxStats {
-    /// Every row, whatever its status.
-    pub fn total(&self) -> i64 {
-        self.pending + self.in_flight + self.sent + self.dead
-    }
-}
-
-pub async fn stats(db: impl PgExecutor<'_>) -> sqlx::Result<OutboxStats> {
-    let (pending, in_flight, sent, dead): (i64, i64, i64, i64) =
-        sqlx::query_as(AssertSqlSafe(format!(
-            "SELECT count(*) FILTER (WHERE {WAITING}),
-                    count(*) FILTER (WHERE {IN_FLIGHT}),
-                    count(*) FILTER (WHERE status = $1),
-                    count(*) FILTER (WHERE status = $2)
-             FROM outbox"
-        )))
-        .bind(OutboxStatus::Sent)
-        .bind(OutboxStatus::Dead)
-        .fetch_one(db)
-        .await?;
-    Ok(OutboxStats {
-        pending,
-        in_flight,
-        sent,
-        dead,
-    })
-}
-
-/// Seconds since the oldest row waiting to be published (pending, not in flight) was
-/// written, 0 when none: how far the relay is behind.
-pub async fn oldest_waiting_age(db: impl PgExecutor<'_>) -> sqlx::Result<f64> {
-    // The literal predicate lets PostgreSQL use the partial index (see `crate::status`).
-    let age: f64 = sqlx::query_scalar(AssertSqlSafe(format!(
-        "SELECT coalesce(extract(epoch FROM now() - min(created_at))::float8, 0)
-         FROM outbox WHERE {WAITING}"
-    )))
-    .fetch_one(db)
-    .await?;
-    Ok(age.max(0.0))
-}
-
-/// The status of one message, `None` when there is no such row (or retention deleted it).
-pub async fn status_of(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Option<OutboxStatus>> {
-    sqlx::query_scalar("SELECT status FROM outbox WHERE id = $1")
-        .bind(id)
-        .fetch_optional(db)
-        .await
-}
-
-/// How many rows are in `status` (a `pending` row counts whether claimed or not).
-pub async fn count_by_status(db: impl PgExecutor<'_>, status: OutboxStatus) -> sqlx::Result<i64> {
-    sqlx::query_scalar("SELECT count(*) FROM outbox WHERE status = $1")
-        .bind(status)
-        .fetch_one(db)
-        .await
 }

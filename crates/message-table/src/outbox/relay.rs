@@ -2,16 +2,18 @@
 //!
 //! One round ([`Relay::run_once`]) is the whole algorithm:
 //!
-//! 1. **Connect first.** Without a broker channel nothing is claimed, so a broker outage
-//!    does not burn the rows' attempts.
-//! 2. **Claim** up to `batch_size` due rows with `FOR UPDATE SKIP LOCKED`, stamping each with
-//!    this round's claim token and a lease, and **commit** the claim before publishing.
+//! 1. **Connect first** (`Relay::channel`). Without a broker channel nothing is claimed, so
+//!    a broker outage does not burn the rows' attempts.
+//! 2. **Claim** ([`Relay::claim`]) up to `batch_size` due rows with `FOR UPDATE SKIP
+//!    LOCKED`, stamping each with this round's claim token and a lease, and **commit** the
+//!    claim before publishing.
 //!    Other relays skip these rows; if this process dies, the lease runs out and the
 //!    [resend scheduler](super::resend_scheduler) hands the rows back.
-//! 3. **Publish the whole window pipelined** ([`Relay::publish_window`]): every row goes out
-//!    as a persistent message with `mandatory`, its message id and type, without waiting in
-//!    between. Each publish returns its own confirm future (matched by delivery tag). One
-//!    deadline, set before the first publish, bounds steps 3 and 4 together.
+//! 3. **Publish the whole window pipelined** ([`Relay::publish`], which runs steps 3 to 5,
+//!    and [`Relay::publish_window`]): every row goes out as a persistent message with
+//!    `mandatory`, its message id and type, without waiting in between. Each publish
+//!    returns its own confirm future (matched by delivery tag). One deadline, set before
+//!    the first publish, bounds steps 3 and 4 together.
 //! 4. **Await the confirms** together ([`await_confirms`]), under that deadline.
 //! 5. **Classify the answers** ([`classify`]):
 //!    - acked, and its message id not among the window's returns → confirmed;
@@ -380,7 +382,9 @@ impl Relay {
         row: &OutboxRow,
         deadline: Instant,
     ) -> Result<PublisherConfirm, PublishFailure> {
-        let body = serde_json::to_vec(&row.payload).unwrap_or_default();
+        // A `serde_json::Value` always serializes (its map keys are strings): an empty body
+        // would be a message nobody can read.
+        let body = serde_json::to_vec(&row.payload).expect("a JSON value serializes");
         let publish = channel.basic_publish(
             ShortString::from(self.amqp.exchange.as_str()),
             ShortString::from(row.routing_key.as_str()),

@@ -55,23 +55,29 @@ impl RecordingHandler {
 
 #[async_trait]
 impl MessageHandler for RecordingHandler {
-    async fn handle(&self, tx: &mut PgConnection, msg: &InboxMessage) -> Result<(), HandlerError> {
-        if msg.payload["permanent"] == true {
-            return Err(HandlerError::Permanent(
-                "the handler cannot understand it".into(),
-            ));
-        }
-        sqlx::query("INSERT INTO effects (message_id, payload) VALUES ($1, $2)")
-            .bind(msg.message_id)
-            .bind(&msg.payload)
-            .execute(&mut *tx)
-            .await?;
-        if self
-            .failures_left
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok()
-        {
-            return Err(HandlerError::Transient(anyhow::anyhow!("simulated outage")));
+    async fn handle(
+        &self,
+        tx: &mut PgConnection,
+        msgs: &[&InboxMessage],
+    ) -> Result<(), HandlerError> {
+        for msg in msgs {
+            if msg.payload["permanent"] == true {
+                return Err(HandlerError::Permanent(
+                    "the handler cannot understand it".into(),
+                ));
+            }
+            sqlx::query("INSERT INTO effects (message_id, payload) VALUES ($1, $2)")
+                .bind(msg.message_id)
+                .bind(&msg.payload)
+                .execute(&mut *tx)
+                .await?;
+            if self
+                .failures_left
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                return Err(HandlerError::Transient(anyhow::anyhow!("simulated outage")));
+            }
         }
         Ok(())
     }
