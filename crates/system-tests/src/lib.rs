@@ -218,7 +218,7 @@ impl System {
     pub async fn settled(&self, order_id: Uuid, within: Duration) -> Value {
         test_kit::eventually(&format!("order {order_id} settles"), within, || async {
             let (_, order) = self.get(&format!("/order/orders/{order_id}")).await;
-            (order["status"] != "PENDING_PAYMENT").then_some(order)
+            (order["status"] != order::OrderStatus::PendingPayment.as_str()).then_some(order)
         })
         .await
     }
