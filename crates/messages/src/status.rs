@@ -23,13 +23,9 @@ pub enum PaymentStatus {
     Failed,
 }
 
-/// What pay knows about an order, as `POST /payments/lookup` answers it.
+/// What pay knows about an order, as `POST /payments/lookup` answers it (read from the
+/// column as a [`PaymentStatus`], never stored itself).
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[cfg_attr(
-    feature = "sqlx",
-    derive(sqlx::Type),
-    sqlx(type_name = "text", rename_all = "SCREAMING_SNAKE_CASE")
-)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum LookupStatus {

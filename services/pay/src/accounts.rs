@@ -117,6 +117,7 @@ pub struct LookupRequest {
 #[derive(Debug, Clone, Serialize, FromRow, utoipa::ToSchema)]
 pub struct PaymentLookup {
     pub order_id: Uuid,
+    #[sqlx(try_from = "PaymentStatus")]
     pub status: LookupStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub payment_id: Option<Uuid>,
