@@ -4,7 +4,7 @@
 use std::{sync::Arc, time::Duration};
 
 use common::config::Settings;
-use message_service::service::MessagingConfig;
+use message_service::service::{MessagingConfig, ServiceConfig};
 use message_table::{amqp::AmqpConfig, inbox::InboxCounters};
 use serde_json::{Value, json};
 use test_kit::TestDb;
@@ -49,14 +49,14 @@ async fn start_system(
     demo_faults: bool,
 ) -> System {
     let pay_db = TestDb::new(&pay::MIGRATOR).await;
-    let mut pay_msg = test_kit::messaging(amqp, "test.pay", pay::config::ORDER_CREATED_KEYS);
+    let mut pay_msg = test_kit::messaging(amqp, "test.pay", messages::PAY_QUEUE.routing_keys);
     pay_msg.demo_faults = demo_faults;
     let pay = spawn_pay(&pay_db.url, &pay_msg, pool).await;
     let pay_counters = pay.counters.clone();
 
     let order_db = TestDb::new(&order::MIGRATOR).await;
     let mut order_msg =
-        test_kit::messaging(order_amqp, "test.order", order::config::PAYMENT_RESULT_KEYS);
+        test_kit::messaging(order_amqp, "test.order", messages::ORDER_QUEUE.routing_keys);
     order_msg.demo_faults = demo_faults;
     let order = spawn_order(&order_db.url, &order_msg, pool).await;
 
@@ -132,7 +132,7 @@ pub async fn spawn_pay_on(
     messaging: &MessagingConfig,
     pool: u32,
 ) -> Instance {
-    let app = pay::Application::build(pay::PayConfig {
+    let app = pay::build(ServiceConfig {
         addr: addr.into(),
         database_url: database_url.into(),
         db_max_connections: pool,
@@ -146,7 +146,7 @@ pub async fn spawn_pay_on(
 
 /// An order instance on `database_url`.
 pub async fn spawn_order(database_url: &str, messaging: &MessagingConfig, pool: u32) -> Instance {
-    let app = order::Application::build(order_config(database_url, messaging, pool))
+    let app = order::build(order_config(database_url, messaging, pool), None)
         .await
         .expect("build order");
     Instance::run(app).await
@@ -160,14 +160,14 @@ pub async fn spawn_order_with_reconciler(
     reconciler: order::reconciler::ReconcilerConfig,
 ) -> Instance {
     let cfg = order_config(database_url, messaging, pool);
-    let app = order::Application::build_with_reconciler(cfg, reconciler)
+    let app = order::build(cfg, Some(reconciler))
         .await
         .expect("build order");
     Instance::run(app).await
 }
 
-fn order_config(database_url: &str, messaging: &MessagingConfig, pool: u32) -> order::OrderConfig {
-    order::OrderConfig {
+fn order_config(database_url: &str, messaging: &MessagingConfig, pool: u32) -> ServiceConfig {
+    ServiceConfig {
         addr: "127.0.0.1:0".into(),
         database_url: database_url.into(),
         db_max_connections: pool,
@@ -218,7 +218,7 @@ impl System {
     pub async fn settled(&self, order_id: Uuid, within: Duration) -> Value {
         test_kit::eventually(&format!("order {order_id} settles"), within, || async {
             let (_, order) = self.get(&format!("/order/orders/{order_id}")).await;
-            (order["status"] != "PENDING_PAYMENT").then_some(order)
+            (order["status"] != order::OrderStatus::PendingPayment.as_str()).then_some(order)
         })
         .await
     }

@@ -35,8 +35,8 @@ impl Cluster {
         let amqp = test_kit::test_amqp();
         // Every instance of a service consumes the same queue.
         let order_msg =
-            test_kit::messaging(&amqp, "test.order", order::config::PAYMENT_RESULT_KEYS);
-        let pay_msg = test_kit::messaging(&amqp, "test.pay", pay::config::ORDER_CREATED_KEYS);
+            test_kit::messaging(&amqp, "test.order", messages::ORDER_QUEUE.routing_keys);
+        let pay_msg = test_kit::messaging(&amqp, "test.pay", messages::PAY_QUEUE.routing_keys);
         Cluster {
             amqp,
             order_db,

@@ -5,11 +5,8 @@
 use std::time::Duration;
 
 use message_table::amqp::AmqpConfig;
-use order::{
-    config::PAYMENT_RESULT_KEYS,
-    orders::ORDER_CREATED_KEY,
-    reconciler::{ReconcilerConfig, Reports},
-};
+use messages::{ORDER_CREATED, ORDER_QUEUE};
+use order::reconciler::{ReconcilerConfig, Reports};
 use serde_json::{Value, json};
 use system_tests::{Instance, spawn_order_with_reconciler, spawn_pay_on};
 use test_kit::{TestDb, TestQueue};
@@ -68,7 +65,7 @@ async fn reports(order: &Instance) -> Reports {
 /// Pay on its own database and queue, listening on `addr`.
 async fn start_pay(amqp: &AmqpConfig, addr: &str) -> (TestDb, Instance) {
     let db = TestDb::new(&pay::MIGRATOR).await;
-    let msg = test_kit::messaging(amqp, "test.pay", pay::config::ORDER_CREATED_KEYS);
+    let msg = test_kit::messaging(amqp, "test.pay", messages::PAY_QUEUE.routing_keys);
     let pay = spawn_pay_on(addr, &db.url, &msg, POOL).await;
     (db, pay)
 }
@@ -83,10 +80,10 @@ async fn a_message_deleted_before_pay_saw_it_is_published_again_and_the_order_pa
     let amqp = test_kit::test_amqp();
     // Until pay starts, this queue alone is bound to order.created: the relay's publish is
     // routed and confirmed (`sent`), and the test takes it away, as a purge by hand would.
-    let purged = TestQueue::bind(&amqp, &[ORDER_CREATED_KEY]).await;
+    let purged = TestQueue::bind(&amqp, &[ORDER_CREATED.routing_key]).await;
     let pay_addr = free_addr();
     let order_db = TestDb::new(&order::MIGRATOR).await;
-    let order_msg = test_kit::messaging(&amqp, "test.order", PAYMENT_RESULT_KEYS);
+    let order_msg = test_kit::messaging(&amqp, "test.order", ORDER_QUEUE.routing_keys);
     let order = spawn_order_with_reconciler(
         &order_db.url,
         &order_msg,
@@ -141,7 +138,7 @@ async fn an_answer_lost_after_pay_committed_is_settled_from_pays_record() {
     let (_pay_db, pay) = start_pay(&amqp, "127.0.0.1:0").await;
     // Order's queue is bound to nothing pay sends (as if unbound by hand); pay's answers
     // end in this queue, which nobody reads.
-    let answers = TestQueue::bind(&amqp, PAYMENT_RESULT_KEYS).await;
+    let answers = TestQueue::bind(&amqp, ORDER_QUEUE.routing_keys).await;
     let order_db = TestDb::new(&order::MIGRATOR).await;
     let order_msg = test_kit::messaging(&amqp, "test.order", &["test.nothing"]);
     let order =
@@ -194,7 +191,7 @@ async fn what_cannot_be_repaired_is_reported_and_left_alone() {
     let amqp = test_kit::test_amqp();
     let (pay_db, pay) = start_pay(&amqp, "127.0.0.1:0").await;
     let order_db = TestDb::new(&order::MIGRATOR).await;
-    let order_msg = test_kit::messaging(&amqp, "test.order", PAYMENT_RESULT_KEYS);
+    let order_msg = test_kit::messaging(&amqp, "test.order", ORDER_QUEUE.routing_keys);
 
     // An order whose OrderCreated row is gone, and one whose payment at pay is for another
     // amount: written straight into the databases, an hour old.

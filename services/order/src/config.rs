@@ -1,15 +1,14 @@
-//! The order service's settings ([`OrderSettings`], from the environment, `order --help`)
-//! and the configuration it runs with ([`OrderConfig`], which tests build in code).
+//! The order service's settings ([`OrderSettings`], from the environment, `order --help`),
+//! turned into the [`ServiceConfig`] and [`ReconcilerConfig`] it runs with (which tests
+//! build in code).
 
 use std::time::Duration;
 
 use common::{admin::AdminSettings, config::Settings, telemetry::LogSettings};
 use message_service::{service::ServiceConfig, settings::MessagingSettings};
+use messages::ORDER_QUEUE;
 
 use crate::reconciler::ReconcilerConfig;
-
-/// Routing keys of pay's answers, bound to the order service's queue.
-pub const PAYMENT_RESULT_KEYS: &[&str] = &["payment.completed", "payment.failed"];
 
 /// Every variable the order service reads, with its default.
 #[derive(Debug, Clone, clap::Parser)]
@@ -29,7 +28,7 @@ pub struct OrderSettings {
     #[arg(long, env = "ORDER_DB_MAX_CONNECTIONS", default_value_t = 10)]
     pub order_db_max_connections: u32,
     /// The queue order consumes (bound to payment.completed, payment.failed).
-    #[arg(long, env = "ORDER_QUEUE", default_value = "order.payment-results")]
+    #[arg(long, env = "ORDER_QUEUE", default_value = ORDER_QUEUE.default_name)]
     pub order_queue: String,
     #[command(flatten)]
     pub reconciler: ReconcilerSettings,
@@ -73,21 +72,23 @@ impl From<ReconcilerSettings> for ReconcilerConfig {
 impl Settings for OrderSettings {}
 
 impl OrderSettings {
-    /// The reconciler's part (checked by [`crate::Application::build_with_reconciler`]).
+    /// The reconciler's part (checked by [`crate::build`]).
     pub fn reconciler_config(&self) -> ReconcilerConfig {
         self.reconciler.clone().into()
     }
 
-    /// Checked when the service is built ([`message_service::service::Service::build`]).
-    pub fn into_config(self) -> OrderConfig {
-        OrderConfig {
+    /// The configuration order runs with (`ORDER_ADDR`, `ORDER_DATABASE_URL`,
+    /// `ORDER_DB_MAX_CONNECTIONS`, `ORDER_QUEUE`, the messaging and `ADMIN_TOKEN`), checked
+    /// when the service is built ([`message_service::service::Service::build`]).
+    pub fn into_config(self) -> ServiceConfig {
+        ServiceConfig {
             addr: self.order_addr,
             database_url: self.order_database_url,
             db_max_connections: self.order_db_max_connections,
             admin: self.admin.admin_token,
             messaging: self
                 .messaging
-                .into_config(self.order_queue, PAYMENT_RESULT_KEYS),
+                .into_config(self.order_queue, ORDER_QUEUE.routing_keys),
         }
     }
 }
@@ -96,8 +97,3 @@ impl OrderSettings {
 pub fn variables() -> Vec<(String, String)> {
     OrderSettings::variables()
 }
-
-/// The configuration order runs with: `ORDER_ADDR`, `ORDER_DATABASE_URL`,
-/// `ORDER_DB_MAX_CONNECTIONS`, and the messaging (`AMQP_*`, `OUTBOX_*`, `INBOX_*`,
-/// `RETENTION_*`, `ORDER_QUEUE`) and `ADMIN_TOKEN`.
-pub type OrderConfig = ServiceConfig;

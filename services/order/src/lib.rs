@@ -13,10 +13,12 @@ pub mod orders;
 pub mod payment_results;
 pub mod reconciler;
 mod startup;
+pub mod status;
 pub mod story;
 
-pub use config::{OrderConfig, OrderSettings, variables};
-pub use startup::Application;
+pub use config::{OrderSettings, variables};
+pub use startup::build;
+pub use status::OrderStatus;
 
 /// The migrations of order_db (`sql/order`), applied at start-up.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../sql/order");

@@ -1,5 +1,5 @@
 use common::config::Settings;
-use order::{Application, OrderSettings};
+use order::OrderSettings;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
@@ -10,7 +10,7 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(settings: OrderSettings) -> anyhow::Result<()> {
     let reconciler = settings.reconciler_config();
-    let app = Application::build_with_reconciler(settings.into_config(), reconciler).await?;
+    let app = order::build(settings.into_config(), Some(reconciler)).await?;
     tracing::info!(addr = %app.local_addr(), "order service listening");
     app.run_until_stopped(common::http::shutdown_signal()).await
 }

@@ -13,16 +13,13 @@ use axum::{
 use chrono::{DateTime, Utc};
 use common::http::{ApiError, Json, Path, Query, limit_param, text_field};
 use message_table::outbox::{self, NewMessage};
+use messages::{ORDER_CREATED, OrderCreated};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use sha2::{Digest, Sha256};
 use sqlx::FromRow;
 use uuid::Uuid;
 
-use crate::startup::AppState;
-
-pub const ORDER_CREATED: &str = "OrderCreated";
-pub const ORDER_CREATED_KEY: &str = "order.created";
+use crate::{startup::AppState, status::OrderStatus};
 
 /// Limits that keep garbage out of the database.
 const MAX_USER_ID: usize = 64;
@@ -47,7 +44,7 @@ pub struct BuyRequest {
 pub struct BuyResponse {
     pub order_id: Uuid,
     pub message_id: Uuid,
-    pub status: String,
+    pub status: OrderStatus,
 }
 
 #[derive(Debug, Serialize, FromRow, utoipa::ToSchema)]
@@ -57,7 +54,7 @@ pub struct Order {
     pub user_id: String,
     pub item: String,
     pub amount_cents: i64,
-    pub status: String,
+    pub status: OrderStatus,
     pub failure_reason: Option<String>,
     pub message_id: Uuid,
     pub created_at: DateTime<Utc>,
@@ -87,9 +84,9 @@ impl BuyRequest {
 
     /// Fingerprint of the request, to tell a retry from a different request reusing a key.
     fn fingerprint(&self) -> String {
-        let digest = Sha256::digest(
-            serde_json::to_vec(&(&self.user_id, &self.item, self.amount_cents)).unwrap_or_default(),
-        );
+        let fields = serde_json::to_vec(&(&self.user_id, &self.item, self.amount_cents))
+            .expect("two strings and a number always serialize");
+        let digest = Sha256::digest(fields);
         digest.iter().map(|b| format!("{b:02x}")).collect()
     }
 }
@@ -168,13 +165,13 @@ pub async fn buy(
     let order_id = Uuid::now_v7();
     let message = NewMessage::new(
         order_id,
-        ORDER_CREATED,
-        ORDER_CREATED_KEY,
-        json!({
-            "order_id": order_id,
-            "user_id": req.user_id,
-            "item": req.item,
-            "amount_cents": req.amount_cents,
+        ORDER_CREATED.name,
+        ORDER_CREATED.routing_key,
+        messages::to_json(&OrderCreated {
+            order_id,
+            user_id: req.user_id.clone(),
+            item: req.item.clone(),
+            amount_cents: req.amount_cents,
         }),
     );
     // The request's trace (the gateway's, or the one its span started) goes on to pay.
@@ -185,8 +182,8 @@ pub async fn buy(
     // A concurrent request with the same key waits here on the unique index until the
     // first commits, then sees the conflict.
     let inserted: Option<Uuid> = sqlx::query_scalar(
-        "INSERT INTO orders (id, user_id, item, amount_cents, message_id, idempotency_key, request_hash)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)
+        "INSERT INTO orders (id, user_id, item, amount_cents, message_id, idempotency_key, request_hash, status)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
          ON CONFLICT (idempotency_key) DO NOTHING
          RETURNING id",
     )
@@ -197,12 +194,14 @@ pub async fn buy(
     .bind(message.id)
     .bind(&key)
     .bind(key.as_ref().map(|_| &fingerprint))
+    .bind(OrderStatus::PendingPayment)
     .fetch_optional(&mut *tx)
     .await?;
 
     if inserted.is_none() {
         tx.rollback().await?;
-        return replay(&state, key.as_deref().unwrap_or_default(), &fingerprint).await;
+        let key = key.expect("only an Idempotency-Key conflicts: a NULL key is never equal");
+        return replay(&state, &key, &fingerprint).await;
     }
     // Woken after the commit, not by a NOTIFY inside it: notifying commits wait for each
     // other (see `outbox::enqueue_quiet`).
@@ -215,7 +214,7 @@ pub async fn buy(
         BuyResponse {
             order_id,
             message_id: message.id,
-            status: "PENDING_PAYMENT".into(),
+            status: OrderStatus::PendingPayment,
         },
         false,
     ))
@@ -223,7 +222,7 @@ pub async fn buy(
 
 /// The answer to a request whose idempotency key is already taken.
 async fn replay(state: &AppState, key: &str, fingerprint: &str) -> Result<Response, ApiError> {
-    let (order_id, message_id, status, hash): (Uuid, Uuid, String, Option<String>) =
+    let (order_id, message_id, status, hash): (Uuid, Uuid, OrderStatus, Option<String>) =
         sqlx::query_as(
             "SELECT id, message_id, status, request_hash FROM orders WHERE idempotency_key = $1",
         )

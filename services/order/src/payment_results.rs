@@ -23,18 +23,12 @@ use std::collections::HashSet;
 
 use async_trait::async_trait;
 use message_table::inbox::{HandlerError, InboxMessage, MessageHandler};
-use serde::Deserialize;
+use messages::{PAYMENT_COMPLETED, PAYMENT_FAILED, PaymentResult};
 use sqlx::PgConnection;
 use tracing::Instrument;
 use uuid::Uuid;
 
-pub const PAYMENT_COMPLETED: &str = "PaymentCompleted";
-pub const PAYMENT_FAILED: &str = "PaymentFailed";
-
-/// The order states (the `orders.status` column).
-pub const PENDING_PAYMENT: &str = "PENDING_PAYMENT";
-pub const PAID: &str = "PAID";
-pub const PAYMENT_FAILED_STATUS: &str = "PAYMENT_FAILED";
+use crate::status::OrderStatus;
 
 /// What pay decided about an order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,10 +39,10 @@ pub enum PaymentOutcome {
 
 impl PaymentOutcome {
     /// The order status it leads to.
-    pub fn status(&self) -> &'static str {
+    pub fn status(&self) -> OrderStatus {
         match self {
-            Self::Completed => PAID,
-            Self::Failed { .. } => PAYMENT_FAILED_STATUS,
+            Self::Completed => OrderStatus::Paid,
+            Self::Failed { .. } => OrderStatus::PaymentFailed,
         }
     }
 }
@@ -71,8 +65,8 @@ pub enum SettleError {
     #[error("order {order_id} is already {current}; refusing {wanted}")]
     Contradiction {
         order_id: Uuid,
-        current: String,
-        wanted: &'static str,
+        current: OrderStatus,
+        wanted: OrderStatus,
     },
     #[error(transparent)]
     Database(#[from] sqlx::Error),
@@ -97,19 +91,20 @@ pub async fn settle(
     .bind(order_id)
     .bind(new_status)
     .bind(reason)
-    .bind(PENDING_PAYMENT)
+    .bind(OrderStatus::PendingPayment)
     .execute(&mut *tx)
     .await?
     .rows_affected();
     if updated == 1 {
-        tracing::info!(%order_id, status = new_status, "order settled");
+        tracing::info!(%order_id, status = %new_status, "order settled");
         return Ok(Settled::Now);
     }
 
-    let current: Option<String> = sqlx::query_scalar("SELECT status FROM orders WHERE id = $1")
-        .bind(order_id)
-        .fetch_optional(&mut *tx)
-        .await?;
+    let current: Option<OrderStatus> =
+        sqlx::query_scalar("SELECT status FROM orders WHERE id = $1")
+            .bind(order_id)
+            .fetch_optional(&mut *tx)
+            .await?;
     match current {
         None => Err(SettleError::NoOrder(order_id)),
         Some(s) if s == new_status => Ok(Settled::Already),
@@ -121,30 +116,28 @@ pub async fn settle(
     }
 }
 
-#[derive(Debug, Deserialize)]
-struct PaymentResult {
-    order_id: Uuid,
-    #[serde(default)]
-    reason: Option<String>,
-}
-
 pub struct PaymentResultHandler;
 
 /// The order an answer is about and what pay decided; `Permanent` when it is not an answer
 /// this handler can settle.
 fn read_answer(msg: &InboxMessage) -> Result<(Uuid, PaymentOutcome), HandlerError> {
-    let result: Result<PaymentResult, _> = serde_json::from_value(msg.payload.clone());
-    match (msg.event_type.as_str(), result) {
-        (PAYMENT_COMPLETED, Ok(r)) => Ok((r.order_id, PaymentOutcome::Completed)),
-        (PAYMENT_FAILED, Ok(r)) => Ok((r.order_id, PaymentOutcome::Failed { reason: r.reason })),
-        (PAYMENT_COMPLETED | PAYMENT_FAILED, Err(e)) => Err(HandlerError::Permanent(format!(
-            "invalid {} payload: {e}",
-            msg.event_type
-        ))),
-        (other, _) => Err(HandlerError::Permanent(format!(
-            "unexpected event type {other:?}"
-        ))),
+    let event = msg.event_type.as_str();
+    let completed = event == PAYMENT_COMPLETED.name;
+    if !completed && event != PAYMENT_FAILED.name {
+        return Err(HandlerError::Permanent(format!(
+            "unexpected event type {event:?}"
+        )));
     }
+    let answer: PaymentResult = serde_json::from_value(msg.payload.clone())
+        .map_err(|e| HandlerError::Permanent(format!("invalid {event} payload: {e}")))?;
+    let outcome = if completed {
+        PaymentOutcome::Completed
+    } else {
+        PaymentOutcome::Failed {
+            reason: answer.reason,
+        }
+    };
+    Ok((answer.order_id, outcome))
 }
 
 #[async_trait]
@@ -201,7 +194,7 @@ async fn settle_all(
         .bind(&ids)
         .execute(&mut *tx)
         .await?;
-    let statuses: Vec<&str> = answers.iter().map(|(_, o)| o.status()).collect();
+    let statuses: Vec<OrderStatus> = answers.iter().map(|(_, o)| o.status()).collect();
     let reasons: Vec<Option<&str>> = answers
         .iter()
         .map(|(_, o)| match o {
@@ -218,7 +211,7 @@ async fn settle_all(
     .bind(&ids)
     .bind(&statuses)
     .bind(&reasons)
-    .bind(PENDING_PAYMENT)
+    .bind(OrderStatus::PendingPayment)
     .fetch_all(&mut *tx)
     .await?
     .into_iter()
@@ -230,7 +223,7 @@ async fn settle_all(
     for (msg, (order_id, outcome)) in msgs.iter().zip(answers) {
         let _in_message = msg.span.enter();
         let _in_settle = tracing::info_span!("settle", %order_id).entered();
-        tracing::info!(%order_id, status = outcome.status(), "order settled");
+        tracing::info!(%order_id, status = %outcome.status(), "order settled");
     }
     Ok(())
 }

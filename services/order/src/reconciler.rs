@@ -37,17 +37,21 @@ use axum::{Router, extract::State, routing::get};
 use chrono::{DateTime, Utc};
 use common::http::Json;
 use message_table::{advisory_lock::AdvisoryLock, outbox};
+use messages::LookupStatus;
 use prometheus_client::{
     metrics::{counter::Counter, family::Family},
     registry::Registry,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use sqlx::{FromRow, PgPool};
+use sqlx::{AssertSqlSafe, FromRow, PgPool};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::payment_results::{self, PaymentOutcome, SettleError, Settled};
+use crate::{
+    payment_results::{self, PaymentOutcome, SettleError, Settled},
+    status::PENDING,
+};
 
 /// The advisory lock key of a reconciliation pass (per database, like retention's).
 pub const LOCK_KEY: i64 = 0x6c6d_745f_7265_636f; // "lmt_reco"
@@ -60,9 +64,6 @@ const PAY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Unrepaired orders listed in a report (the count is always exact).
 const MAX_UNFIXED_LISTED: usize = 100;
-
-/// What pay answers for an order it never saw.
-const UNKNOWN: &str = "UNKNOWN";
 
 #[derive(Debug, Clone)]
 pub struct ReconcilerConfig {
@@ -210,8 +211,7 @@ struct StaleOrder {
 #[derive(Debug, Deserialize)]
 struct PayAnswer {
     order_id: Uuid,
-    /// `COMPLETED`, `FAILED` or `UNKNOWN`.
-    status: String,
+    status: LookupStatus,
     user_id: Option<String>,
     amount_cents: Option<i64>,
     failure_reason: Option<String>,
@@ -411,15 +411,15 @@ impl Reconciler {
         &self,
         after: Option<(DateTime<Utc>, Uuid)>,
     ) -> sqlx::Result<Vec<StaleOrder>> {
-        // The state is spelt out for the partial index `orders_pending` (see status.rs in
-        // message-table: a bound parameter would not use it).
-        sqlx::query_as(
+        // The state is spelt out for the partial index `orders_pending` (see
+        // [`crate::status`]: a bound parameter would not use it).
+        sqlx::query_as(AssertSqlSafe(format!(
             "SELECT id, message_id, user_id, amount_cents, created_at FROM orders
-             WHERE status = 'PENDING_PAYMENT'
+             WHERE {PENDING}
                AND created_at < now() - make_interval(secs => $1)
                AND ($2::timestamptz IS NULL OR (created_at, id) > ($2, $3))
              ORDER BY created_at, id LIMIT $4",
-        )
+        )))
         .bind(self.cfg.pending_after.as_secs_f64())
         .bind(after.map(|(at, _)| at))
         .bind(after.map(|(_, id)| id))
@@ -457,24 +457,20 @@ impl Reconciler {
         answer: Option<&PayAnswer>,
         report: &mut Report,
     ) -> anyhow::Result<()> {
-        let Some(answer) = answer.filter(|a| a.status != UNKNOWN) else {
-            report.found.unknown_to_pay += 1;
-            return self.republish(order, report).await;
-        };
-        report.found.settled_by_pay += 1;
-        let outcome = match answer.status.as_str() {
-            "COMPLETED" => PaymentOutcome::Completed,
-            "FAILED" => PaymentOutcome::Failed {
-                reason: answer.failure_reason.clone(),
-            },
-            other => {
-                report.cannot_fix(
-                    order.id,
-                    format!("pay answered the unknown status {other:?}"),
-                );
-                return Ok(());
+        let (answer, outcome) = match answer.map(|a| (a, a.status)) {
+            Some((a, LookupStatus::Completed)) => (a, PaymentOutcome::Completed),
+            Some((a, LookupStatus::Failed)) => (
+                a,
+                PaymentOutcome::Failed {
+                    reason: a.failure_reason.clone(),
+                },
+            ),
+            Some((_, LookupStatus::Unknown)) | None => {
+                report.found.unknown_to_pay += 1;
+                return self.republish(order, report).await;
             }
         };
+        report.found.settled_by_pay += 1;
         if answer.user_id.as_deref() != Some(&order.user_id)
             || answer.amount_cents != Some(order.amount_cents)
         {

@@ -14,14 +14,12 @@ use common::{
     openapi::AdminErrors,
 };
 use message_table::admin::{self, InboxRow, OutboxRow};
+use messages::{ORDER_CREATED, PAYMENT_COMPLETED, PAYMENT_FAILED};
 use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::{
-    orders::{self, ORDER_CREATED, Order},
-    payment_results::{PAYMENT_COMPLETED, PAYMENT_FAILED},
-};
+use crate::orders::{self, Order};
 
 /// The route, to be nested under `/admin` (behind the token).
 pub fn admin_routes(pool: PgPool) -> Router {
@@ -56,7 +54,7 @@ async fn order_story(
 ) -> Result<Json<OrderStory>, ApiError> {
     let order = orders::find(&pool, id).await?;
     let aggregate = id.to_string();
-    let order_created = admin::outbox_about(&pool, &aggregate, &[ORDER_CREATED])
+    let order_created = admin::outbox_about(&pool, &aggregate, &[ORDER_CREATED.name])
         .await?
         .into_iter()
         .find(|row| row.id == order.message_id);
@@ -64,7 +62,7 @@ async fn order_story(
         &pool,
         "order_id",
         &aggregate,
-        &[PAYMENT_COMPLETED, PAYMENT_FAILED],
+        &[PAYMENT_COMPLETED.name, PAYMENT_FAILED.name],
     )
     .await?;
     Ok(Json(OrderStory {

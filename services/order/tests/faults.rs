@@ -7,7 +7,7 @@ mod support;
 
 use std::{collections::HashSet, time::Duration};
 
-use order::{Application, OrderConfig};
+use message_service::service::ServiceConfig;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use support::order_ids;
@@ -27,18 +27,21 @@ async fn spawn_order(amqp: &message_table::amqp::AmqpConfig, proxy: Option<&TcpP
         Some(p) => test_kit::url_through_proxy(&db.url, p),
         None => db.url.clone(),
     };
-    let mut messaging = test_kit::messaging(amqp, "test.order", order::config::PAYMENT_RESULT_KEYS);
+    let mut messaging = test_kit::messaging(amqp, "test.order", messages::ORDER_QUEUE.routing_keys);
     // A claim can commit while its answer is lost with the connection: that row waits for
     // its lease. A short lease keeps the wait within the tests' deadlines.
     messaging.outbox.lease = Duration::from_secs(6);
     messaging.outbox.confirm_timeout = Duration::from_secs(1);
-    let app = Application::build(OrderConfig {
-        addr: "127.0.0.1:0".into(),
-        database_url,
-        db_max_connections: 6,
-        admin: test_kit::admin(),
-        messaging,
-    })
+    let app = order::build(
+        ServiceConfig {
+            addr: "127.0.0.1:0".into(),
+            database_url,
+            db_max_connections: 6,
+            admin: test_kit::admin(),
+            messaging,
+        },
+        None,
+    )
     .await
     .expect("build order");
     let base = format!("http://{}", app.local_addr());

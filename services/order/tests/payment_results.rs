@@ -16,7 +16,7 @@ fn answer(event_type: &str, order_id: Uuid) -> Incoming {
         content_type: Some("application/json".into()),
         timestamp: None,
         headers: json!({}),
-        body: serde_json::to_vec(&json!({ "order_id": order_id, "reason": "insufficient_funds" }))
+        body: serde_json::to_vec(&json!({ "order_id": order_id, "payment_id": Uuid::now_v7(), "amount_cents": 100, "reason": "insufficient_funds" }))
             .unwrap(),
     }
 }
@@ -212,22 +212,30 @@ async fn a_batch_settles_exactly_as_its_answers_one_by_one() {
         insert_order(&db.pool, paid, "PAID").await;
         insert_order(&db.pool, paid_too, "PAID").await;
     }
-    let completed = |id: Uuid| message("PaymentCompleted", json!({ "order_id": id }));
+    let completed = |id: Uuid| {
+        message(
+            "PaymentCompleted",
+            json!({ "order_id": id, "payment_id": Uuid::now_v7(), "amount_cents": 100 }),
+        )
+    };
     let p = &pending;
     let first = message(
         "PaymentCompleted",
-        json!({ "order_id": p[0], "reason": "ignored" }),
+        json!({ "order_id": p[0], "payment_id": Uuid::now_v7(), "amount_cents": 100, "reason": "ignored" }),
     );
     let settling = vec![
         first.clone(),
         message(
             "PaymentFailed",
-            json!({ "order_id": p[1], "reason": "insufficient_funds" }),
+            json!({ "order_id": p[1], "payment_id": Uuid::now_v7(), "amount_cents": 100, "reason": "insufficient_funds" }),
         ),
-        message("PaymentFailed", json!({ "order_id": p[2] })),
         message(
             "PaymentFailed",
-            json!({ "order_id": p[3], "reason": "unknown_user" }),
+            json!({ "order_id": p[2], "payment_id": Uuid::now_v7(), "amount_cents": 100 }),
+        ),
+        message(
+            "PaymentFailed",
+            json!({ "order_id": p[3], "payment_id": Uuid::now_v7(), "amount_cents": 100, "reason": "unknown_user" }),
         ),
         first,
     ];
@@ -238,7 +246,7 @@ async fn a_batch_settles_exactly_as_its_answers_one_by_one() {
             completed(p[5]),
             message(
                 "PaymentFailed",
-                json!({ "order_id": paid_too, "reason": "late" }),
+                json!({ "order_id": paid_too, "payment_id": Uuid::now_v7(), "amount_cents": 100, "reason": "late" }),
             ),
         ],
         vec![completed(p[6]), completed(Uuid::now_v7())],
@@ -356,8 +364,13 @@ async fn concurrent_batches_over_the_same_orders_in_opposite_orders_do_not_deadl
             insert_order(&db.pool, *id, "PENDING_PAYMENT").await;
         }
         let answers = |ids: &mut dyn Iterator<Item = &Uuid>| -> Vec<Incoming> {
-            ids.map(|id| message("PaymentCompleted", json!({ "order_id": id })))
-                .collect()
+            ids.map(|id| {
+                message(
+                    "PaymentCompleted",
+                    json!({ "order_id": id, "payment_id": Uuid::now_v7(), "amount_cents": 100 }),
+                )
+            })
+            .collect()
         };
         let up = answers(&mut orders.iter());
         let down = answers(&mut orders.iter().rev());

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use message_service::service::MessagingConfig;
-use order::{Application, OrderConfig};
+use message_service::service::ServiceConfig;
 use test_kit::TestDb;
 
 /// Builds order with the test messaging settings changed by `change`, which must make
@@ -14,16 +14,16 @@ async fn refused_at_start_up(change: impl FnOnce(&mut MessagingConfig)) -> Strin
     let db = TestDb::new(&order::MIGRATOR).await;
     let amqp = test_kit::test_amqp();
     let mut messaging =
-        test_kit::messaging(&amqp, "test.order", order::config::PAYMENT_RESULT_KEYS);
+        test_kit::messaging(&amqp, "test.order", messages::ORDER_QUEUE.routing_keys);
     change(&mut messaging);
-    let cfg = OrderConfig {
+    let cfg = ServiceConfig {
         addr: "127.0.0.1:0".into(),
         database_url: db.url.clone(),
         db_max_connections: 5,
         admin: test_kit::admin(),
         messaging,
     };
-    match Application::build(cfg).await {
+    match order::build(cfg, None).await {
         Ok(_) => panic!("a configuration that can process a message twice started"),
         Err(e) => format!("{e:#}"),
     }

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use axum::extract::State;
 use chrono::{DateTime, Utc};
 use common::http::{ApiError, Json, Path, text_field};
+use messages::{LookupStatus, PaymentStatus};
 use serde::{Deserialize, Serialize};
 use sqlx::FromRow;
 use uuid::Uuid;
@@ -19,7 +20,7 @@ pub struct Payment {
     pub order_id: Uuid,
     pub user_id: String,
     pub amount_cents: i64,
-    pub status: String,
+    pub status: PaymentStatus,
     pub failure_reason: Option<String>,
     pub message_id: Uuid,
     pub created_at: DateTime<Utc>,
@@ -104,9 +105,6 @@ pub async fn get_account(
 /// Most order ids one lookup may name (order's `RECONCILER_BATCH_SIZE` is bounded by it).
 pub const MAX_LOOKUP: usize = 100;
 
-/// What [`lookup_payments`] answers for an order pay never recorded a payment for.
-pub const UNKNOWN: &str = "UNKNOWN";
-
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LookupRequest {
@@ -114,12 +112,13 @@ pub struct LookupRequest {
     pub order_ids: Vec<Uuid>,
 }
 
-/// One order as pay knows it: `status` is `COMPLETED`, `FAILED` or [`UNKNOWN`] (then the
+/// One order as pay knows it: its payment's status, or [`LookupStatus::Unknown`] (then the
 /// other fields are absent).
 #[derive(Debug, Clone, Serialize, FromRow, utoipa::ToSchema)]
 pub struct PaymentLookup {
     pub order_id: Uuid,
-    pub status: String,
+    #[sqlx(try_from = "PaymentStatus")]
+    pub status: LookupStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub payment_id: Option<Uuid>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -137,7 +136,7 @@ pub struct LookupResponse {
 }
 
 /// `POST /payments/lookup` with `{"order_ids": [...]}` (1 to [`MAX_LOOKUP`]): each order's
-/// payment, in the order asked, [`UNKNOWN`] for those pay never saw.
+/// payment, in the order asked, [`LookupStatus::Unknown`] for those pay never saw.
 #[utoipa::path(post, path = "/payments/lookup", tag = "payments", request_body = LookupRequest,
     responses(
         (status = 200, description = "each order's payment, in the order asked", body = LookupResponse),
@@ -169,7 +168,7 @@ pub async fn lookup_payments(
         .map(|id| {
             found.get(id).cloned().unwrap_or(PaymentLookup {
                 order_id: *id,
-                status: UNKNOWN.into(),
+                status: LookupStatus::Unknown,
                 payment_id: None,
                 user_id: None,
                 amount_cents: None,

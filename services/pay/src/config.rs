@@ -1,11 +1,9 @@
-//! The pay service's settings ([`PaySettings`], from the environment, `pay --help`)
-//! and the configuration it runs with ([`PayConfig`], which tests build in code).
+//! The pay service's settings ([`PaySettings`], from the environment, `pay --help`),
+//! turned into the [`ServiceConfig`] it runs with (which tests build in code).
 
 use common::{admin::AdminSettings, config::Settings, telemetry::LogSettings};
 use message_service::{service::ServiceConfig, settings::MessagingSettings};
-
-/// Routing keys bound to pay's queue.
-pub const ORDER_CREATED_KEYS: &[&str] = &["order.created"];
+use messages::PAY_QUEUE;
 
 /// Every variable the pay service reads, with its default.
 #[derive(Debug, Clone, clap::Parser)]
@@ -25,7 +23,7 @@ pub struct PaySettings {
     #[arg(long, env = "PAY_DB_MAX_CONNECTIONS", default_value_t = 10)]
     pub pay_db_max_connections: u32,
     /// The queue pay consumes (bound to order.created).
-    #[arg(long, env = "PAY_QUEUE", default_value = "pay.order-created")]
+    #[arg(long, env = "PAY_QUEUE", default_value = PAY_QUEUE.default_name)]
     pub pay_queue: String,
     #[command(flatten)]
     pub messaging: MessagingSettings,
@@ -38,16 +36,18 @@ pub struct PaySettings {
 impl Settings for PaySettings {}
 
 impl PaySettings {
-    /// Checked when the service is built ([`message_service::service::Service::build`]).
-    pub fn into_config(self) -> PayConfig {
-        PayConfig {
+    /// The configuration pay runs with (`PAY_ADDR`, `PAY_DATABASE_URL`,
+    /// `PAY_DB_MAX_CONNECTIONS`, `PAY_QUEUE`, the messaging and `ADMIN_TOKEN`), checked when
+    /// the service is built ([`message_service::service::Service::build`]).
+    pub fn into_config(self) -> ServiceConfig {
+        ServiceConfig {
             addr: self.pay_addr,
             database_url: self.pay_database_url,
             db_max_connections: self.pay_db_max_connections,
             admin: self.admin.admin_token,
             messaging: self
                 .messaging
-                .into_config(self.pay_queue, ORDER_CREATED_KEYS),
+                .into_config(self.pay_queue, PAY_QUEUE.routing_keys),
         }
     }
 }
@@ -56,8 +56,3 @@ impl PaySettings {
 pub fn variables() -> Vec<(String, String)> {
     PaySettings::variables()
 }
-
-/// The configuration pay runs with: `PAY_ADDR`, `PAY_DATABASE_URL`,
-/// `PAY_DB_MAX_CONNECTIONS`, and the messaging (`AMQP_*`, `OUTBOX_*`, `INBOX_*`,
-/// `RETENTION_*`, `PAY_QUEUE`) and `ADMIN_TOKEN`.
-pub type PayConfig = ServiceConfig;

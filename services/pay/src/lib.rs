@@ -13,8 +13,8 @@ pub mod payments;
 mod startup;
 pub mod story;
 
-pub use config::{PayConfig, PaySettings, variables};
-pub use startup::Application;
+pub use config::{PaySettings, variables};
+pub use startup::build;
 
 /// The migrations of pay_db (`sql/pay`), applied at start-up.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../sql/pay");

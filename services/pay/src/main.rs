@@ -1,5 +1,5 @@
 use common::config::Settings;
-use pay::{Application, PaySettings};
+use pay::PaySettings;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
@@ -9,7 +9,7 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(settings: PaySettings) -> anyhow::Result<()> {
-    let app = Application::build(settings.into_config()).await?;
+    let app = pay::build(settings.into_config()).await?;
     tracing::info!(addr = %app.local_addr(), "pay service listening");
     app.run_until_stopped(common::http::shutdown_signal()).await
 }

@@ -15,21 +15,12 @@ use message_table::{
     inbox::{HandlerError, InboxMessage, MessageHandler},
     outbox::{self, NewMessage},
 };
-use serde::Deserialize;
-use serde_json::json;
+use messages::{
+    Event, ORDER_CREATED, OrderCreated, PAYMENT_COMPLETED, PAYMENT_FAILED, PaymentResult,
+    PaymentStatus,
+};
 use sqlx::PgConnection;
 use uuid::Uuid;
-
-pub const ORDER_CREATED: &str = "OrderCreated";
-pub const PAYMENT_COMPLETED: (&str, &str) = ("PaymentCompleted", "payment.completed");
-pub const PAYMENT_FAILED: (&str, &str) = ("PaymentFailed", "payment.failed");
-
-#[derive(Debug, Deserialize)]
-struct OrderCreated {
-    order_id: Uuid,
-    user_id: String,
-    amount_cents: i64,
-}
 
 pub struct PaymentHandler {
     /// Time to live of the reply messages.
@@ -44,7 +35,7 @@ impl PaymentHandler {
 
 /// The order a message asks to pay; `Permanent` when it cannot be one.
 fn read_order(msg: &InboxMessage) -> Result<OrderCreated, HandlerError> {
-    if msg.event_type != ORDER_CREATED {
+    if msg.event_type != ORDER_CREATED.name {
         return Err(HandlerError::Permanent(format!(
             "unexpected event type {:?}",
             msg.event_type
@@ -129,7 +120,7 @@ impl PaymentHandler {
         // one payment, so it is the row, not the order id, that says which message pays.
         let inserted: HashSet<Uuid> = sqlx::query_scalar(
             "INSERT INTO payments (id, order_id, user_id, amount_cents, status, message_id)
-             SELECT p.id, p.order_id, p.user_id, p.amount, 'COMPLETED', p.message_id
+             SELECT p.id, p.order_id, p.user_id, p.amount, $6, p.message_id
              FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::bigint[], $5::uuid[])
                   AS p(id, order_id, user_id, amount, message_id)
              ON CONFLICT (order_id) DO NOTHING
@@ -140,6 +131,7 @@ impl PaymentHandler {
         .bind(&users)
         .bind(&amounts)
         .bind(&message_ids)
+        .bind(PaymentStatus::Completed)
         .fetch_all(&mut *tx)
         .await?
         .into_iter()
@@ -186,12 +178,13 @@ impl PaymentHandler {
         if !failed.is_empty() {
             let (ids, reasons): (Vec<Uuid>, Vec<&str>) = failed.into_iter().unzip();
             sqlx::query(
-                "UPDATE payments p SET status = 'FAILED', failure_reason = f.reason
+                "UPDATE payments p SET status = $3, failure_reason = f.reason
                  FROM unnest($1::uuid[], $2::text[]) AS f(order_id, reason)
                  WHERE p.order_id = f.order_id",
             )
             .bind(&ids)
             .bind(&reasons)
+            .bind(PaymentStatus::Failed)
             .execute(&mut *tx)
             .await?;
         }
@@ -206,21 +199,16 @@ fn traced(reply: NewMessage, msg: &InboxMessage) -> NewMessage {
     reply.with_header(common::trace::TRACEPARENT, trace.to_string())
 }
 
-fn reply(
-    (event_type, routing_key): (&str, &str),
-    order: &OrderCreated,
-    payment_id: Uuid,
-    reason: Option<&str>,
-) -> NewMessage {
+fn reply(event: Event, order: &OrderCreated, payment_id: Uuid, reason: Option<&str>) -> NewMessage {
     NewMessage::new(
         order.order_id,
-        event_type,
-        routing_key,
-        json!({
-            "order_id": order.order_id,
-            "payment_id": payment_id,
-            "amount_cents": order.amount_cents,
-            "reason": reason,
+        event.name,
+        event.routing_key,
+        messages::to_json(&PaymentResult {
+            order_id: order.order_id,
+            payment_id,
+            amount_cents: order.amount_cents,
+            reason: reason.map(str::to_string),
         }),
     )
 }

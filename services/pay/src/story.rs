@@ -12,14 +12,12 @@ use common::{
     openapi::AdminErrors,
 };
 use message_table::admin::{self, InboxRow, OutboxRow};
+use messages::{ORDER_CREATED, PAYMENT_COMPLETED, PAYMENT_FAILED};
 use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::{
-    accounts::{self, Payment},
-    payments::{ORDER_CREATED, PAYMENT_COMPLETED, PAYMENT_FAILED},
-};
+use crate::accounts::{self, Payment};
 
 /// The route, to be nested under `/admin` (behind the token).
 pub fn admin_routes(pool: PgPool) -> Router {
@@ -54,10 +52,15 @@ async fn payment_story(
 ) -> Result<Json<PaymentStory>, ApiError> {
     let aggregate = order_id.to_string();
     Ok(Json(PaymentStory {
-        order_created: admin::inbox_about(&pool, "order_id", &aggregate, &[ORDER_CREATED]).await?,
-        payment: accounts::payment_of(&pool, order_id).await?,
-        replies: admin::outbox_about(&pool, &aggregate, &[PAYMENT_COMPLETED.0, PAYMENT_FAILED.0])
+        order_created: admin::inbox_about(&pool, "order_id", &aggregate, &[ORDER_CREATED.name])
             .await?,
+        payment: accounts::payment_of(&pool, order_id).await?,
+        replies: admin::outbox_about(
+            &pool,
+            &aggregate,
+            &[PAYMENT_COMPLETED.name, PAYMENT_FAILED.name],
+        )
+        .await?,
     }))
 }
 

@@ -7,8 +7,8 @@ use std::collections::BTreeSet;
 
 use chrono::Utc;
 use common::admin::AdminAuth;
+use message_service::service::ServiceConfig;
 use message_table::{InboxStatus, OutboxStatus};
-use pay::{Application, PayConfig};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -130,11 +130,11 @@ async fn the_token_guards_every_admin_route() {
 async fn without_admin_token_the_admin_api_is_off() {
     let amqp = test_kit::test_amqp();
     let db = TestDb::new(&pay::MIGRATOR).await;
-    let app = Application::build(PayConfig {
+    let app = pay::build(ServiceConfig {
         addr: "127.0.0.1:0".into(),
         database_url: db.url.clone(),
         db_max_connections: 3,
-        messaging: test_kit::messaging(&amqp, "test.pay", pay::config::ORDER_CREATED_KEYS),
+        messaging: test_kit::messaging(&amqp, "test.pay", messages::PAY_QUEUE.routing_keys),
         admin: AdminAuth::off(),
     })
     .await

@@ -87,7 +87,7 @@ async fn a_lookup_answers_each_order_and_refuses_bad_input() {
     let answers = body["payments"].as_array().unwrap();
     assert_eq!(answers.len(), 2);
     assert_eq!(answers[0]["order_id"], unseen.to_string());
-    assert_eq!(answers[0]["status"], pay::accounts::UNKNOWN);
+    assert_eq!(answers[0]["status"], "UNKNOWN");
     assert_eq!(answers[1]["status"], "FAILED");
     assert_eq!(answers[1]["failure_reason"], "insufficient_funds");
     assert_eq!(answers[1]["amount_cents"], 500);

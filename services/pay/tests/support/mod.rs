@@ -5,8 +5,8 @@
 use std::{future::Future, sync::Arc, time::Duration};
 
 use lapin::{BasicProperties, types::ShortString};
+use message_service::service::ServiceConfig;
 use message_table::{amqp::AmqpConfig, inbox::InboxCounters};
-use pay::{Application, PayConfig};
 use test_kit::{TcpProxy, TestDb};
 use tokio::task::JoinHandle;
 
@@ -67,12 +67,12 @@ async fn spawn(
         Some(p) => test_kit::url_through_proxy(&db.url, p),
         None => db.url.clone(),
     };
-    let app = Application::build(PayConfig {
+    let app = pay::build(ServiceConfig {
         addr: "127.0.0.1:0".into(),
         database_url,
         db_max_connections: 5,
         admin: test_kit::admin(),
-        messaging: test_kit::messaging(amqp, "test.pay", pay::config::ORDER_CREATED_KEYS),
+        messaging: test_kit::messaging(amqp, "test.pay", messages::PAY_QUEUE.routing_keys),
     })
     .await
     .expect("build pay");

@@ -116,8 +116,8 @@ pub fn order_created(user: &str, amount: i64) -> (Uuid, NewMessage) {
     let order_id = Uuid::now_v7();
     let message = NewMessage::new(
         order_id,
-        order::orders::ORDER_CREATED,
-        order::orders::ORDER_CREATED_KEY,
+        messages::ORDER_CREATED.name,
+        messages::ORDER_CREATED.routing_key,
         json!({ "order_id": order_id, "user_id": user, "item": "bench", "amount_cents": amount }),
     );
     (order_id, message)

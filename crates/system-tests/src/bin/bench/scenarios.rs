@@ -165,8 +165,9 @@ pub async fn steady(rate: f64, duration: Duration) -> Steady {
 async fn latencies(stack: &Stack) -> (Vec<f64>, Vec<f64>) {
     let orders: Vec<(Uuid, f64, f64)> = sqlx::query_as(
         "SELECT id, extract(epoch FROM created_at)::float8, extract(epoch FROM updated_at)::float8
-         FROM orders WHERE status <> 'PENDING_PAYMENT'",
+         FROM orders WHERE status <> $1",
     )
+    .bind(order::OrderStatus::PendingPayment)
     .fetch_all(&stack.order_db.pool)
     .await
     .expect("read the orders");

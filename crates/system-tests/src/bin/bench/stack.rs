@@ -66,11 +66,7 @@ impl Stack {
         let broker = TestQueue::bind(&amqp, &[]).await;
         let order_queue = test_kit::unique_name("bench.order");
         broker
-            .declare(
-                &amqp,
-                &order_queue,
-                &["payment.completed", "payment.failed"],
-            )
+            .declare(&amqp, &order_queue, messages::ORDER_QUEUE.routing_keys)
             .await;
         let order_db = TestDb::new(&order::MIGRATOR).await;
         let pay_db = TestDb::new(&pay::MIGRATOR).await;
@@ -159,11 +155,14 @@ impl Stack {
     /// Orders still waiting for their payment (read on the partial index of pending
     /// orders, which shrinks as the stack works: cheap to poll).
     pub async fn pending(&self) -> i64 {
-        count(
-            &self.order_db,
-            "SELECT count(*) FROM orders WHERE status = 'PENDING_PAYMENT'",
-        )
-        .await
+        let sql = format!(
+            "SELECT count(*) FROM orders WHERE {}",
+            order::status::PENDING
+        );
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .fetch_one(&self.order_db.pool)
+            .await
+            .unwrap_or(0)
     }
 
     /// Every message table's rows by status, and the orders still pending: what a stalled
@@ -176,12 +175,12 @@ impl Stack {
             let i = inbox::stats(&db.pool).await;
             out += &format!("{name}: outbox {o:?}, inbox {i:?}\n");
         }
-        let stuck: Vec<(uuid::Uuid,)> = sqlx::query_as(
-            "SELECT id FROM orders WHERE status = 'PENDING_PAYMENT' ORDER BY created_at LIMIT 5",
-        )
-        .fetch_all(&self.order_db.pool)
-        .await
-        .unwrap_or_default();
+        let stuck: Vec<(uuid::Uuid,)> =
+            sqlx::query_as("SELECT id FROM orders WHERE status = $1 ORDER BY created_at LIMIT 5")
+                .bind(order::OrderStatus::PendingPayment)
+                .fetch_all(&self.order_db.pool)
+                .await
+                .unwrap_or_default();
         out += &format!("first pending orders: {stuck:?}");
         out
     }

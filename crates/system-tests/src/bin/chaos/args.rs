@@ -59,7 +59,7 @@ pub struct DriveArgs {
 pub struct PoisonArgs {
     #[arg(long, default_value_t = 1)]
     pub count: u32,
-    #[arg(long, default_value = "order.created")]
+    #[arg(long, default_value = messages::ORDER_CREATED.routing_key)]
     pub routing_key: String,
     /// File for the ids of the messages published, one a line.
     #[arg(long)]

@@ -7,6 +7,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use messages::{ORDER_CREATED, PaymentStatus};
+use order::OrderStatus;
 use serde_json::Value;
 use sqlx::{PgPool, postgres::PgPoolOptions};
 use uuid::Uuid;
@@ -113,11 +115,11 @@ impl Progress {
 
 /// The orders from order's database; the message tables as the services report them.
 async fn progress(order: &PgPool, services: &Services) -> AnyResult<Progress> {
-    let (orders, orders_pending): (i64, i64) = sqlx::query_as(
-        "SELECT count(*), count(*) FILTER (WHERE status = 'PENDING_PAYMENT') FROM orders",
-    )
-    .fetch_one(order)
-    .await?;
+    let (orders, orders_pending): (i64, i64) =
+        sqlx::query_as("SELECT count(*), count(*) FILTER (WHERE status = $1) FROM orders")
+            .bind(OrderStatus::PendingPayment)
+            .fetch_one(order)
+            .await?;
     let (order_stats, pay_stats) = (services.stats("order").await?, services.stats("pay").await?);
     Ok(Progress {
         orders,
@@ -210,12 +212,12 @@ async fn wait_for_convergence(
 }
 
 /// id (an order's, or the order a payment is for), user_id, amount_cents, status, failure_reason.
-pub type Row = (Uuid, String, i64, String, Option<String>);
+pub type Row<S> = (Uuid, String, i64, S, Option<String>);
 
 /// Both databases, read once the system has converged.
 pub struct Snapshot {
-    pub orders: Vec<Row>,
-    pub payments: Vec<Row>,
+    pub orders: Vec<Row<OrderStatus>>,
+    pub payments: Vec<Row<PaymentStatus>>,
     balances: Vec<(String, i64)>,
 }
 
@@ -241,13 +243,13 @@ impl Snapshot {
     }
 }
 
-fn settled(status: &str) -> bool {
-    status == "PAID" || status == "PAYMENT_FAILED"
+fn settled(status: OrderStatus) -> bool {
+    matches!(status, OrderStatus::Paid | OrderStatus::PaymentFailed)
 }
 
 /// Every 2xx is an order, settled as its user's money says; so is every other order.
 fn check_orders(r: &mut Report, input: &Inputs, snap: &Snapshot) {
-    let orders: HashMap<Uuid, &Row> = snap.orders.iter().map(|o| (o.0, o)).collect();
+    let orders: HashMap<Uuid, &Row<OrderStatus>> = snap.orders.iter().map(|o| (o.0, o)).collect();
     let missing: Vec<String> = input
         .accepted
         .iter()
@@ -269,7 +271,7 @@ fn check_orders(r: &mut Report, input: &Inputs, snap: &Snapshot) {
     let unsettled: Vec<String> = input
         .accepted
         .iter()
-        .filter(|a| orders.get(&a.order_id).is_some_and(|o| !settled(&o.3)))
+        .filter(|a| orders.get(&a.order_id).is_some_and(|o| !settled(o.3)))
         .map(|a| a.order_id.to_string())
         .collect();
     r.check(
@@ -280,7 +282,7 @@ fn check_orders(r: &mut Report, input: &Inputs, snap: &Snapshot) {
     let all_unsettled: Vec<String> = snap
         .orders
         .iter()
-        .filter(|o| !settled(&o.3))
+        .filter(|o| !settled(o.3))
         .map(|o| o.0.to_string())
         .collect();
     r.check(
@@ -296,12 +298,12 @@ fn check_orders(r: &mut Report, input: &Inputs, snap: &Snapshot) {
         .orders
         .iter()
         .filter(|(_, user, _, status, reason)| {
-            let expected: (&str, Option<&str>) = match user.as_str() {
-                "alice" | "bob" => ("PAID", None),
-                "carol" => ("PAYMENT_FAILED", Some("insufficient_funds")),
-                _ => ("PAYMENT_FAILED", Some("unknown_user")),
+            let expected: (OrderStatus, Option<&str>) = match user.as_str() {
+                "alice" | "bob" => (OrderStatus::Paid, None),
+                "carol" => (OrderStatus::PaymentFailed, Some("insufficient_funds")),
+                _ => (OrderStatus::PaymentFailed, Some("unknown_user")),
             };
-            (status.as_str(), reason.as_deref()) != expected
+            (*status, reason.as_deref()) != expected
         })
         .map(|(id, user, _, status, reason)| format!("{id} {user} {status} {reason:?}"))
         .collect();
@@ -323,8 +325,8 @@ pub fn unanswered(input: &Inputs, snap: &Snapshot) -> usize {
 
 /// One payment per order: COMPLETED for a PAID one, FAILED for the others, none elsewhere.
 fn check_payments(r: &mut Report, snap: &Snapshot) {
-    let orders: HashMap<Uuid, &Row> = snap.orders.iter().map(|o| (o.0, o)).collect();
-    let mut payments: HashMap<Uuid, Vec<&Row>> = HashMap::new();
+    let orders: HashMap<Uuid, &Row<OrderStatus>> = snap.orders.iter().map(|o| (o.0, o)).collect();
+    let mut payments: HashMap<Uuid, Vec<&Row<PaymentStatus>>> = HashMap::new();
     for p in &snap.payments {
         payments.entry(p.0).or_default().push(p);
     }
@@ -338,12 +340,14 @@ fn check_payments(r: &mut Report, snap: &Snapshot) {
                 .collect();
             format!("{id}: payments [{}]", rows.join(", "))
         };
-        match (status.as_str(), found) {
-            ("PAID", [p]) if p.3 == "COMPLETED" && &p.1 == user && &p.2 == amount => {}
-            ("PAID", _) => bad_paid.push(describe()),
-            ("PAYMENT_FAILED", [p]) if p.3 == "FAILED" && &p.4 == reason => {}
-            ("PAYMENT_FAILED", _) => bad_failed.push(describe()),
-            _ => {}
+        match (status, found) {
+            (OrderStatus::Paid, [p])
+                if p.3 == PaymentStatus::Completed && &p.1 == user && &p.2 == amount => {}
+            (OrderStatus::Paid, _) => bad_paid.push(describe()),
+            (OrderStatus::PaymentFailed, [p]) if p.3 == PaymentStatus::Failed && &p.4 == reason => {
+            }
+            (OrderStatus::PaymentFailed, _) => bad_failed.push(describe()),
+            (OrderStatus::PendingPayment, _) => {}
         }
     }
     r.check(
@@ -354,7 +358,10 @@ fn check_payments(r: &mut Report, snap: &Snapshot) {
     let completed_elsewhere: Vec<String> = snap
         .payments
         .iter()
-        .filter(|p| p.3 == "COMPLETED" && orders.get(&p.0).is_none_or(|o| o.3 != "PAID"))
+        .filter(|p| {
+            p.3 == PaymentStatus::Completed
+                && orders.get(&p.0).is_none_or(|o| o.3 != OrderStatus::Paid)
+        })
         .map(|p| p.0.to_string())
         .collect();
     r.check(
@@ -383,7 +390,7 @@ fn check_payments(r: &mut Report, snap: &Snapshot) {
 fn check_money(r: &mut Report, input: &Inputs, snap: &Snapshot) {
     let mut paid_by: BTreeMap<&str, i64> = BTreeMap::new();
     for (_, user, amount, status, _) in &snap.payments {
-        if status == "COMPLETED" {
+        if *status == PaymentStatus::Completed {
             *paid_by.entry(user.as_str()).or_default() += amount;
         }
     }
@@ -481,8 +488,9 @@ async fn check_message_tables(
         },
     );
     let (rows, orders): (i64, i64) = sqlx::query_as(
-        "SELECT count(*), count(DISTINCT aggregate_id) FILTER (WHERE event_type = 'OrderCreated') FROM outbox",
+        "SELECT count(*), count(DISTINCT aggregate_id) FILTER (WHERE event_type = $1) FROM outbox",
     )
+    .bind(ORDER_CREATED.name)
     .fetch_one(order)
     .await?;
     let n = snap.orders.len() as i64;

@@ -4,6 +4,7 @@
 
 use std::{collections::BTreeMap, fs::OpenOptions, io::Write as _, path::Path, time::Duration};
 
+use order::OrderStatus;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 
@@ -115,7 +116,7 @@ pub async fn print(
     let started = input.drive_ms("started_ms").unwrap_or(0);
     let load_stopped = input.drive_ms("load_ended_ms").unwrap_or(0);
     let load_end = input.drive_ms("ended_ms").unwrap_or_else(now_ms);
-    let count = |status: &str| snap.orders.iter().filter(|o| o.3 == status).count();
+    let count = |status: OrderStatus| snap.orders.iter().filter(|o| o.3 == status).count();
     let mut by_kind: BTreeMap<&str, usize> = BTreeMap::new();
     for f in faults {
         *by_kind.entry(f.kind.as_str()).or_default() += 1;
@@ -141,8 +142,8 @@ pub async fn print(
     );
     println!(
         "#   outcomes: {} PAID, {} PAYMENT_FAILED",
-        count("PAID"),
-        count("PAYMENT_FAILED")
+        count(OrderStatus::Paid),
+        count(OrderStatus::PaymentFailed)
     );
     println!(
         "#   client retries (same Idempotency-Key): {}; failed attempts by kind: {}",

@@ -26,7 +26,7 @@ pub async fn poison(a: &PoisonArgs) -> AnyResult<()> {
         let id = Uuid::now_v7();
         let props = BasicProperties::default()
             .with_message_id(ShortString::from(id.to_string()))
-            .with_type(ShortString::from("OrderCreated"))
+            .with_type(ShortString::from(messages::ORDER_CREATED.name))
             .with_content_type(ShortString::from("application/json"))
             .with_delivery_mode(2);
         let confirm = channel
