@@ -189,7 +189,7 @@ end:
 
 /* ======================= the handlers ======================= */
 
-/* pay's PaymentHandler::pay, on the inbox's transaction: the payment row first (its unique
+/* pay's PaymentHandler::pay_all, on the inbox's transaction: the payment row first (its unique
  * order_id: a second message about one order pays nothing), the debit when the balance
  * allows, and the answer in pay's outbox (outbox::enqueue), all in that transaction. */
 inline pay(i)
