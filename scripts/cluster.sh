@@ -344,12 +344,17 @@ cmd_status() {
 }
 
 # leader QUEUE: the node whose replica of quorum queue QUEUE leads, asked of the members through
-# any running node (Raft's own view, current at once; the management API's can lag).
+# any running node (Raft's own view, current at once; the management API's can lag). A member
+# that is not following (its node is down, or its replica did not start) is named on stderr:
+# with one such member, the queue no longer survives the loss of another node.
 cmd_leader() {
-    local queue="$1" n out
+    local queue="$1" n out lagging
     n="$(first_up_node)" || die "no node of the cluster is running"
     out="$(queues_ctl "$n" quorum_status "$queue" --formatter json 2>&1)" ||
         die "cannot read the state of queue '$queue' (is it a quorum queue on this cluster?): $out"
+    lagging="$(jq -r '.[] | select(."Raft State" != "leader" and ."Raft State" != "follower")
+        | "\(."Node Name") (\(."Raft State"))"' <<<"$out" | paste -sd' ')"
+    [[ -z "$lagging" ]] || warn "members of '$queue' not following the leader: $lagging"
     jq -r '.[] | select(."Raft State" == "leader") | ."Node Name"' <<<"$out" | grep . ||
         die "queue '$queue' has no leader now (no majority of its members is running?)"
 }
