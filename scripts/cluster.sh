@@ -30,8 +30,8 @@ CLUSTER_DIST_PORT_BASE="${CLUSTER_DIST_PORT_BASE:-25700}"
 # Short node names on `localhost`, as the main node's: no DNS needed.
 CLUSTER_HOST=localhost
 NODES=(a b c)
-# The node the others join; `leader` and `status` ask the first running node instead.
-SEED=a
+# The node the others join (`leader` and `status` ask whichever node runs).
+FIRST=a
 START_DEADLINE_SECS="${START_DEADLINE_SECS:-180}"
 STOP_DEADLINE_SECS="${STOP_DEADLINE_SECS:-60}"
 # The nodes' plugins: the management API (status, `leader`) and the consistent-hash exchange
@@ -193,7 +193,7 @@ running_nodes() {
 }
 
 cluster_has_three() {
-    [[ "$(running_nodes "$SEED" | wc -l)" -eq 3 ]]
+    [[ "$(running_nodes "$FIRST" | wc -l)" -eq 3 ]]
 }
 
 first_up_node() {
@@ -238,19 +238,19 @@ await_node() {
         die "$(node_name "$n") did not open AMQP port $(amqp_port "$n") within $START_DEADLINE_SECS s: see $(node_dir "$n")/log"
 }
 
-# join X: makes X a member of the seed's cluster. Only a node that knows no other member is
+# join X: makes X a member of the first node's cluster. Only a node that knows no other member is
 # reset and joined: a member's data (its queue replicas) is never thrown away here.
 join() {
     local n="$1" members
     members="$(ctl "$n" cluster_status --formatter json | jq -r '(.disk_nodes + (.ram_nodes // []))[]')" ||
         die "cannot read the cluster status of $(node_name "$n")"
-    grep -qxF "$(node_name "$SEED")" <<<"$members" && return 0
+    grep -qxF "$(node_name "$FIRST")" <<<"$members" && return 0
     [[ "$members" == "$(node_name "$n")" ]] ||
         die "$(node_name "$n") belongs to another cluster ($(paste -sd' ' <<<"$members")): run 'wipe' to start afresh"
-    log "joining $(node_name "$n") to $(node_name "$SEED")"
+    log "joining $(node_name "$n") to $(node_name "$FIRST")"
     ctl_quiet "$n" stop_app
     ctl_quiet "$n" reset
-    ctl_quiet "$n" join_cluster "$(node_name "$SEED")"
+    ctl_quiet "$n" join_cluster "$(node_name "$FIRST")"
     ctl_quiet "$n" start_app
 }
 
@@ -265,11 +265,11 @@ cmd_start() {
     for n in "${NODES[@]}"; do launch "$n"; done
     for n in "${NODES[@]}"; do await_node "$n"; done
     for n in "${NODES[@]}"; do
-        [[ "$n" == "$SEED" ]] || join "$n"
+        [[ "$n" == "$FIRST" ]] || join "$n"
     done
     wait_until "$START_DEADLINE_SECS" cluster_has_three ||
-        die "the cluster does not show three running nodes after $START_DEADLINE_SECS s: $(running_nodes "$SEED" | paste -sd' ')"
-    log "cluster running: $(running_nodes "$SEED" | paste -sd' ')"
+        die "the cluster does not show three running nodes after $START_DEADLINE_SECS s: $(running_nodes "$FIRST" | paste -sd' ')"
+    log "cluster running: $(running_nodes "$FIRST" | paste -sd' ')"
     cmd_urls
 }
 
@@ -278,7 +278,7 @@ cmd_start_node() {
     n="$(node_id "$1")"
     launch "$n"
     await_node "$n"
-    [[ "$n" == "$SEED" ]] || join "$n"
+    [[ "$n" == "$FIRST" ]] || join "$n"
     log "$(node_name "$n") is running"
 }
 
