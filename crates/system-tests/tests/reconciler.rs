@@ -177,13 +177,7 @@ async fn an_answer_lost_after_pay_committed_is_settled_from_pays_record() {
 
 /// Order's `/metrics`, parsed.
 async fn scrape(order: &Instance) -> test_kit::metrics::Metrics {
-    let text = reqwest::get(format!("{}/metrics", order.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    test_kit::metrics::Metrics::parse(&text)
+    test_kit::metrics::scrape(&format!("{}/metrics", order.base)).await
 }
 
 #[tokio::test]

@@ -62,9 +62,15 @@ impl Metrics {
     }
 }
 
-/// `GET url` and parse it; the answer must be a 200.
+/// `GET url` as Prometheus asks (OpenMetrics, so the end marker is checked too) and parse it;
+/// the answer must be a 200.
 pub async fn scrape(url: &str) -> Metrics {
-    let response = reqwest::get(url).await.expect("GET /metrics");
+    let response = reqwest::Client::new()
+        .get(url)
+        .header("accept", "application/openmetrics-text;version=1.0.0")
+        .send()
+        .await
+        .expect("GET /metrics");
     assert_eq!(response.status(), reqwest::StatusCode::OK, "{url}");
     Metrics::parse(&response.text().await.expect("metrics body"))
 }
