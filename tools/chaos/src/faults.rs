@@ -154,7 +154,7 @@ impl Faults {
     }
 }
 
-/// `rabbitmqctl ARGS` (as root, through sudo when needed), at most 120 s: whether it
+/// `rabbitmqctl ARGS` (as root, through `sudo -n` when needed), at most 120 s: whether it
 /// succeeded. Blocking, so that [`BrokerStopped`]'s `drop` can run it too.
 fn rabbitmqctl_blocking(args: &[&str]) -> bool {
     let is_root = std::fs::metadata("/proc/self").is_ok_and(|m| {
@@ -163,7 +163,7 @@ fn rabbitmqctl_blocking(args: &[&str]) -> bool {
     });
     let mut cmd = std::process::Command::new(if is_root { "timeout" } else { "sudo" });
     if !is_root {
-        cmd.arg("timeout");
+        cmd.args(["-n", "timeout"]);
     }
     cmd.args(["120", "rabbitmqctl"])
         .args(args)

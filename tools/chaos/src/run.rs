@@ -167,6 +167,11 @@ pub async fn run(cfg: &Config, report: &Report) -> AnyResult<()> {
         "drive.json",
         "poison.ids",
         "counters.jsonl",
+        // What the run wrote when scripts/chaos.sh drove it.
+        "poison.log",
+        "snapshot.log",
+        "check.txt",
+        "check.err",
     ];
     for file in old {
         let _ = std::fs::remove_file(run_dir.join(file));
