@@ -2,9 +2,9 @@
 # The benchmark: the machine's ceilings (PostgreSQL's order transaction, RabbitMQ's publish
 # with confirms and consume + ack) and the system on the same scenarios (drain, steady, max,
 # the relay and the inbox alone, the gateway's overhead, each service's footprint), measured
-# side by side in one run on the local PostgreSQL and RabbitMQ, with the services as their real
-# release binaries. It reports figures with their ratios and the targets of issue 11; it
-# asserts nothing.
+# side by side in one run on the local PostgreSQL and RabbitMQ, with the services as their own
+# release binaries (the bench, tools/bench, runs them from the same target/ directory). It
+# reports figures with their ratios and targets; it asserts nothing.
 #
 #   scripts/bench.sh           the full run (about 7 minutes on 2 cores)
 #   scripts/bench.sh --smoke   a few seconds per section on the dev build (scripts/test.sh runs
@@ -41,7 +41,7 @@ if ((${#mode[@]} == 0)) && [[ ",${BENCH_SECTIONS:-gateway}," == *,gateway,* ]] &
         warn "nginx could not be installed: the gateway section runs without its reference"
 fi
 log "building the benchmark and the services' binaries (${profile[*]:-dev})"
-cargo build "${profile[@]}" --quiet -p system-tests --bin bench --bin system-order --bin system-pay --bin system-gateway
+cargo build "${profile[@]}" --quiet -p bench -p order -p pay -p gateway
 export BENCH_OUT="${BENCH_OUT:-.run/bench/$(date -u +%Y%m%dT%H%M%SZ)}"
 log "running on $(nproc) cores; every figure below is from this run"
 RUST_LOG="${RUST_LOG:-warn}" "$bin_dir/bench" "${mode[@]}"

@@ -65,17 +65,17 @@ async fn start() -> Running {
     ];
 
     let pay_db = TestDb::new(&pay::MIGRATOR).await;
-    let pay = start_service(env!("CARGO_BIN_EXE_system-pay"), "PAY", &pay_db, &shared).await;
+    let pay = start_service(&test_kit::service_binary("pay"), "PAY", &pay_db, &shared).await;
     let order_db = TestDb::new(&order::MIGRATOR).await;
     let order = start_service(
-        env!("CARGO_BIN_EXE_system-order"),
+        &test_kit::service_binary("order"),
         "ORDER",
         &order_db,
         &shared,
     )
     .await;
     let gateway = ServiceProcess::start(
-        env!("CARGO_BIN_EXE_system-gateway"),
+        &test_kit::service_binary("gateway"),
         "GATEWAY_ADDR",
         &[
             ("LOG_FORMAT", "json".into()),

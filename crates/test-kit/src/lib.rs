@@ -500,6 +500,28 @@ impl TestQueue {
     }
 }
 
+/// The path of a service's own binary (`order`, `pay` or `gateway`), for a test or a tool
+/// that runs it as a process. Cargo names only a package's own binaries to its tests
+/// (`CARGO_BIN_EXE_*`), so this looks where cargo puts every binary of a build: the
+/// `target/<profile>/` directory of the running executable (a test runs from its `deps/`
+/// subdirectory). `cargo test --workspace` builds the services' binaries in the same run
+/// (they have tests of their own), and so does `cargo build -p order -p pay -p gateway`; a
+/// test run of one package alone uses the binaries built last.
+pub fn service_binary(name: &str) -> String {
+    let exe = std::env::current_exe().expect("the running executable's path");
+    let mut dir = exe.parent().expect("the executable's directory");
+    if dir.ends_with("deps") {
+        dir = dir.parent().expect("target/<profile>/");
+    }
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: build the services first (cargo build -p order -p pay -p gateway)",
+        path.display()
+    );
+    path.display().to_string()
+}
+
 /// A service binary run as a child process, so a test can SIGKILL it at any moment and start
 /// it again on the same port, exactly as a crash and a restart. Its log goes to a file in
 /// the temp directory (the path is printed; the test harness shows it on failure).

@@ -54,17 +54,13 @@ pub struct DeadInbox {
     pub last_error: Option<String>,
 }
 
-/// A client for the services' admin API: with `Authorization: Bearer $ADMIN_TOKEN` when
-/// the variable is set (scripts/chaos.sh exports the one the services got).
-pub fn client(timeout: Duration) -> AnyResult<reqwest::Client> {
+/// A client for the services' admin API, with `Authorization: Bearer <the token the
+/// services got>`.
+pub fn client(timeout: Duration, admin_token: &str) -> AnyResult<reqwest::Client> {
     let mut headers = reqwest::header::HeaderMap::new();
-    if let Ok(token) = std::env::var("ADMIN_TOKEN")
-        && !token.is_empty()
-    {
-        let mut value = reqwest::header::HeaderValue::try_from(format!("Bearer {token}"))?;
-        value.set_sensitive(true);
-        headers.insert(reqwest::header::AUTHORIZATION, value);
-    }
+    let mut value = reqwest::header::HeaderValue::try_from(format!("Bearer {admin_token}"))?;
+    value.set_sensitive(true);
+    headers.insert(reqwest::header::AUTHORIZATION, value);
     Ok(reqwest::Client::builder()
         .timeout(timeout)
         .default_headers(headers)
@@ -127,7 +123,7 @@ impl Services {
         F: Fn(&'a Instance) -> Fut,
         Fut: Future<Output = AnyResult<T>>,
     {
-        let mut last_error = format!("no {service} instance given (--instances)").into();
+        let mut last_error = format!("no {service} instance").into();
         for instance in self.of(service) {
             match ask(instance).await {
                 Ok(answer) => return Ok(answer),

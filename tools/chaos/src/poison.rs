@@ -1,20 +1,24 @@
-//! `chaos poison`: unreadable messages, published to pay on purpose.
+//! Unreadable messages, published to pay's routing key on purpose: the check expects exactly
+//! those as `dead` in pay's inbox.
 
-use std::fmt::Write as _;
+use std::{fmt::Write as _, path::Path};
 
 use lapin::{
     BasicProperties,
     options::{BasicPublishOptions, ConfirmSelectOptions},
     types::ShortString,
 };
+use message_table::amqp::AmqpConfig;
 use uuid::Uuid;
 
-use crate::{AnyResult, args::PoisonArgs};
+use crate::AnyResult;
 
-pub async fn poison(a: &PoisonArgs) -> AnyResult<()> {
-    let (count, routing_key, out) = (a.count, a.routing_key.as_str(), &a.out);
-    let amqp = message_table::amqp::AmqpConfig::from(a.amqp.clone());
-    let conn = message_table::amqp::connect(&amqp, "chaos-poison")
+/// The routing key of the messages pay consumes (`OrderCreated`).
+pub const PAY_ROUTING_KEY: &str = messages::ORDER_CREATED.routing_key;
+
+/// Publishes `count` of them with `routing_key`; their ids go to `out`, one a line.
+pub async fn poison(amqp: &AmqpConfig, routing_key: &str, count: u32, out: &Path) -> AnyResult<()> {
+    let conn = message_table::amqp::connect(amqp, "chaos-poison")
         .await
         .map_err(|e| e.to_string())?;
     let channel = conn.create_channel().await?;
@@ -51,6 +55,5 @@ pub async fn poison(a: &PoisonArgs) -> AnyResult<()> {
     }
     std::fs::write(out, ids)?;
     let _ = conn.close(200, ShortString::from("bye")).await;
-    eprintln!("chaos poison: published {count} unreadable messages with routing key {routing_key}");
     Ok(())
 }

@@ -1,30 +1,15 @@
-//! The system under test as the real binaries (`system-pay`, `system-order`,
-//! `system-gateway`), each a child process with its own fresh database: the only way to read
-//! a service's own peak RSS and its time to ready, and it keeps the load generator (this
-//! process) apart from the services, so this process's CPU time is the generator's.
+//! The system under test as the services' own binaries (`pay`, `order`, `gateway`, from the
+//! same `target/<profile>/` as this one), each a child process with its own fresh database:
+//! the only way to read a service's own peak RSS and its time to ready, and it keeps the load
+//! generator (this process) apart from the services, so this process's CPU time is the
+//! generator's.
 
-use std::{
-    path::PathBuf,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use message_table::amqp::AmqpConfig;
 use test_kit::{ServiceProcess, TestDb, TestQueue};
 
 use crate::{generator, stats};
-
-/// Where the service binaries are: next to this one (`cargo build --release --bins`).
-fn bin(name: &str) -> String {
-    let exe = std::env::current_exe().expect("the bench's own path");
-    let dir: PathBuf = exe.parent().expect("a directory").into();
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: build with `cargo build --release -p system-tests --bins`",
-        path.display()
-    );
-    path.display().to_string()
-}
 
 /// One service's footprint: its peak RSS so far and how long it took to be ready.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -239,7 +224,7 @@ async fn start(
 ) -> ServiceProcess {
     let addr_var = format!("{}_ADDR", name.to_uppercase());
     let started = Instant::now();
-    let process = ServiceProcess::start(&bin(&format!("system-{name}")), &addr_var, env).await;
+    let process = ServiceProcess::start(&test_kit::service_binary(name), &addr_var, env).await;
     ready.push((name.into(), started.elapsed()));
     process
 }

@@ -1,22 +1,21 @@
-//! The figures `chaos check` prints, all read from the databases, the driver's files and the
-//! services' counters; and `chaos snapshot`, which saves an instance's counters before the
-//! script kills or stops it.
+//! The figures the run prints after its checks, all read from the databases, the driver's
+//! files and the services' counters; and [`snapshot`], which saves an instance's counters
+//! before it is killed or stopped.
 
-use std::{collections::BTreeMap, fs::OpenOptions, io::Write as _, path::Path, time::Duration};
+use std::{collections::BTreeMap, fs::OpenOptions, io::Write as _, path::Path};
 
 use order::OrderStatus;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 
 use crate::{
-    AnyResult,
-    args::{Instance, SnapshotArgs, service_of},
+    args::{Instance, service_of},
     check::{Inputs, Snapshot, unanswered},
     now_ms, secs,
     stats::{self, Services},
 };
 
-/// The readings `chaos snapshot` saved in the run directory, one JSON object a line.
+/// The readings [`snapshot`] saved in the run directory, one JSON object a line.
 const COUNTERS_FILE: &str = "counters.jsonl";
 
 /// One reading of an instance's inbox counters (they count since the process started), or
@@ -45,21 +44,24 @@ async fn read_counters(http: &reqwest::Client, instance: &Instance) -> Reading {
     }
 }
 
-/// `chaos snapshot`: one reading appended to the run's counters file. A reading that fails
-/// is saved as missed (the figures say so) and is not an error: the kill goes on.
-pub async fn snapshot(a: &SnapshotArgs) -> AnyResult<()> {
-    // Short: the script is about to kill this instance and should not wait long for it.
-    let http = stats::client(Duration::from_secs(2))?;
-    let reading = read_counters(&http, &a.instance).await;
-    if let Some(e) = &reading.error {
-        eprintln!("chaos snapshot: {}: {e}", a.instance.name);
+/// One reading appended to the run's counters file, taken just before the instance is
+/// killed or stopped. A reading that fails is saved as missed (the figures say so): the kill
+/// goes on.
+pub async fn snapshot(http: &reqwest::Client, dir: &Path, instance: &Instance) {
+    let reading = read_counters(http, instance).await;
+    let saved = serde_json::to_string(&reading).map(|line| {
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(COUNTERS_FILE))
+            .and_then(|mut file| writeln!(file, "{line}"))
+    });
+    if !matches!(saved, Ok(Ok(()))) {
+        eprintln!(
+            "chaos: cannot save {}'s counters in {COUNTERS_FILE}",
+            instance.name
+        );
     }
-    let mut file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(a.dir.join(COUNTERS_FILE))?;
-    writeln!(file, "{}", serde_json::to_string(&reading)?)?;
-    Ok(())
 }
 
 /// Duplicates dropped per service over every process that ran: the readings saved before

@@ -1,8 +1,14 @@
-//! `chaos drive`: the load, and what the clients saw of it (accepted.csv, drive.json).
+//! The load, and what the clients saw of it (accepted.csv, drive.json). POSTs orders at a
+//! steady rate to one or more base URLs (round robin), each with its own `Idempotency-Key`.
+//! On a transport error or a 5xx it retries with the same key (on the next URL), so an order
+//! whose answer was lost is replayed, not taken twice. Stops after a count of orders or when
+//! told to, then finishes the orders in flight. Its progress goes to its own log.
 
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
+    io::Write as _,
+    path::PathBuf,
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -11,14 +17,43 @@ use std::{
 };
 
 use serde_json::{Value, json};
-use tokio::{
-    signal::unix::{SignalKind, signal},
-    sync::Semaphore,
-    time::MissedTickBehavior,
-};
+use tokio::{sync::Semaphore, time::MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::{AnyResult, args::DriveArgs, now_ms};
+use crate::{AnyResult, now_ms};
+
+pub struct DriveArgs {
+    /// Base URLs that serve `/buy`; round robin, a retry goes to the next one.
+    pub targets: Vec<String>,
+    /// Orders per second.
+    pub rate: f64,
+    /// Orders to place (0: until stopped).
+    pub count: u64,
+    pub max_in_flight: usize,
+    /// Directory for accepted.csv, drive.json and driver.log.
+    pub out: PathBuf,
+    pub request_timeout: Duration,
+    /// Prefix of the Idempotency-Keys.
+    pub run_id: String,
+    /// Attempts per order (the first one and the retries with the same key).
+    pub max_attempts: u32,
+}
+
+impl DriveArgs {
+    pub fn new(targets: Vec<String>, rate: f64, count: u64, out: PathBuf, run_id: String) -> Self {
+        Self {
+            targets,
+            rate,
+            count,
+            max_in_flight: 256,
+            out,
+            request_timeout: Duration::from_millis(15_000),
+            run_id,
+            max_attempts: 12,
+        }
+    }
+}
 /// Users and what should become of their orders: alice and bob hold far more than the
 /// orders can spend, carol holds nothing, nobody is not a customer at all.
 const USERS: [(&str, u64); 4] = [("alice", 45), ("bob", 40), ("carol", 10), ("mallory", 5)];
@@ -180,7 +215,7 @@ impl Driver {
     }
 }
 
-pub async fn drive(a: &DriveArgs) -> AnyResult<()> {
+pub async fn drive(a: &DriveArgs, stop: CancellationToken) -> AnyResult<()> {
     let targets: Vec<String> = a
         .targets
         .iter()
@@ -190,49 +225,47 @@ pub async fn drive(a: &DriveArgs) -> AnyResult<()> {
     if targets.is_empty() {
         return Err("--targets is empty".into());
     }
-    let (rate, count, duration, max_in_flight) =
-        (a.rate, a.count, a.duration_secs, a.max_in_flight);
+    let (rate, count, max_in_flight) = (a.rate, a.count, a.max_in_flight);
     if rate <= 0.0 {
         return Err("--rate must be > 0".into());
     }
     let out = &a.out;
     let driver = Arc::new(Driver {
         http: reqwest::Client::builder()
-            .timeout(Duration::from_millis(a.request_timeout_ms))
+            .timeout(a.request_timeout)
             .connect_timeout(Duration::from_secs(2))
             .pool_idle_timeout(Duration::from_secs(5))
             .build()?,
         targets,
-        run_id: a
-            .run_id
-            .clone()
-            .unwrap_or_else(|| format!("chaos-{}", Uuid::now_v7())),
+        run_id: a.run_id.clone(),
         max_attempts: a.max_attempts,
         stats: DriveStats::default(),
     });
 
     let started_ms = now_ms();
     let started = Instant::now();
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
+    std::fs::create_dir_all(out)?;
+    let log = Mutex::new(std::fs::File::create(out.join("driver.log"))?);
+    let say = |line: String| {
+        let _ = writeln!(log.lock().unwrap(), "{line}");
+    };
     let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut progress = tokio::time::interval(Duration::from_secs(10));
     progress.tick().await;
     let in_flight = Arc::new(Semaphore::new(max_in_flight));
-    eprintln!(
+    say(format!(
         "chaos drive: {rate} orders/s to {} ({})",
         driver.targets.join(", "),
-        match (count, duration) {
-            (0, d) if d <= 0.0 => "until stopped".to_string(),
-            (0, d) => format!("for {d} s"),
-            (n, _) => format!("{n} orders"),
+        match count {
+            0 => "until stopped".to_string(),
+            n => format!("{n} orders"),
         }
-    );
+    ));
     let mut i: u64 = 0;
     let report = |d: &Driver, free: usize| {
         let s = &d.stats;
-        eprintln!(
+        say(format!(
             "chaos drive: {:>4.0} s: issued {}, accepted {}, retries {}, gave up {}, in flight {}",
             started.elapsed().as_secs_f64(),
             s.issued.load(Ordering::Relaxed),
@@ -240,25 +273,20 @@ pub async fn drive(a: &DriveArgs) -> AnyResult<()> {
             s.retries.load(Ordering::Relaxed),
             s.gave_up.load(Ordering::Relaxed),
             max_in_flight - free,
-        );
+        ));
     };
     let stopped_by = loop {
         if count > 0 && i >= count {
             break "count";
         }
-        if duration > 0.0 && started.elapsed().as_secs_f64() >= duration {
-            break "duration";
-        }
         tokio::select! {
             _ = ticker.tick() => {}
             _ = progress.tick() => { report(&driver, in_flight.available_permits()); continue; }
-            _ = term.recv() => break "SIGTERM",
-            _ = int.recv() => break "SIGINT",
+            _ = stop.cancelled() => break "told to",
         }
         let permit = tokio::select! {
             p = in_flight.clone().acquire_owned() => p?,
-            _ = term.recv() => break "SIGTERM",
-            _ = int.recv() => break "SIGINT",
+            _ = stop.cancelled() => break "told to",
         };
         i += 1;
         driver.stats.issued.fetch_add(1, Ordering::Relaxed);
@@ -270,7 +298,9 @@ pub async fn drive(a: &DriveArgs) -> AnyResult<()> {
         });
     };
     let load_ended_ms = now_ms();
-    eprintln!("chaos drive: stopped issuing ({stopped_by}); waiting for the orders in flight");
+    say(format!(
+        "chaos drive: stopped issuing ({stopped_by}); waiting for the orders in flight"
+    ));
     let _all = in_flight.acquire_many(max_in_flight as u32).await?;
     report(&driver, max_in_flight);
     let ended_ms = now_ms();
@@ -284,7 +314,6 @@ pub async fn drive(a: &DriveArgs) -> AnyResult<()> {
             r.order_id, r.key, r.user, r.amount, r.attempts, r.replayed
         );
     }
-    std::fs::create_dir_all(out)?;
     std::fs::write(out.join("accepted.csv"), csv)?;
     let issued = s.issued.load(Ordering::Relaxed);
     let stats = json!({
