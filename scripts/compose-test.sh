@@ -412,21 +412,13 @@ container_states() {
     done
 }
 
-# all_healthy [SERVICE...]: every expected container is running and healthy.
+# all_healthy: every expected container is running and healthy.
 all_healthy() {
     local states service
     states="$(container_states)"
-    for service in "${@:-${SERVICES_EXPECTED[@]}}"; do
+    for service in "${SERVICES_EXPECTED[@]}"; do
         grep -qx "$service running healthy" <<<"$states" || return 1
     done
-}
-
-service_healthy() { all_healthy "$1"; }
-
-wait_healthy() {
-    local deadline="$1"
-    shift
-    wait_until "$deadline" all_healthy "$@"
 }
 
 STATUS=000
@@ -579,7 +571,7 @@ else
 fi
 
 t=$SECONDS
-if wait_healthy "$HEALTH_DEADLINE"; then
+if wait_until "$HEALTH_DEADLINE" all_healthy; then
     PHASE_SECS[healthy]=$((SECONDS - t))
     ok "every container is running and healthy: ${SERVICES_EXPECTED[*]} (${PHASE_SECS[healthy]}s after up)"
 else
@@ -647,6 +639,6 @@ check "Prometheus: the gateway's http_requests_total counts the end-to-end tests
     'after ${SCRAPE_DEADLINE}s: HTTP $STATUS: ${VALUE:-$BODY}' \
     wait_until "$SCRAPE_DEADLINE" prom_query_at_least 'sum(http_requests_total{job="gateway",method="POST"})' 3
 PHASE_SECS[metrics]=$((SECONDS - t))
-check "every container is healthy at the end" '$(container_states | paste -sd " " -)' wait_healthy 60
+check "every container is healthy at the end" '$(container_states | paste -sd " " -)' wait_until 60 all_healthy
 
 finish 0
