@@ -220,11 +220,13 @@ pub fn gateway_config() -> gateway::GatewayConfig {
         .expect("gateway config")
 }
 
-/// The gateway on port 0 in front of one order and one pay (their base URLs), with
-/// [`gateway_config`]'s other settings; returns its base URL.
+/// The gateway on port 0 in front of one order and one pay (their base URLs), forwarding
+/// the admin API with the services' token ([`test_kit::admin`]), with [`gateway_config`]'s
+/// other settings; returns its base URL.
 pub async fn spawn_gateway(order: &str, pay: &str) -> String {
     let mut gw = gateway_config();
     gw.addr = "127.0.0.1:0".into();
+    gw.admin = test_kit::admin();
     gw.routes = gateway::routes::RouteTable::parse(&format!("/order={order},/pay={pay}"))
         .expect("routes");
     let app = gateway::Application::build(gw)
