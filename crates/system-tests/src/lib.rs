@@ -227,8 +227,8 @@ pub async fn spawn_gateway(order: &str, pay: &str) -> String {
     let mut gw = gateway_config();
     gw.addr = "127.0.0.1:0".into();
     gw.admin = test_kit::admin();
-    gw.routes = gateway::routes::RouteTable::parse(&format!("/order={order},/pay={pay}"))
-        .expect("routes");
+    gw.routes =
+        gateway::routes::RouteTable::parse(&format!("/order={order},/pay={pay}")).expect("routes");
     let app = gateway::Application::build(gw)
         .await
         .expect("build gateway");

@@ -194,9 +194,8 @@ impl Stack {
     }
 
     fn buy_request(&self, user: &str, amount_cents: i64) -> reqwest::RequestBuilder {
-        self.post("/order/buy").json(
-            &json!({ "user_id": user, "item": "e2e book", "amount_cents": amount_cents }),
-        )
+        self.post("/order/buy")
+            .json(&json!({ "user_id": user, "item": "e2e book", "amount_cents": amount_cents }))
     }
 
     async fn buy(&self, user: &str, amount_cents: i64) -> Answer {
@@ -205,7 +204,10 @@ impl Stack {
 
     async fn balance(&self, user: &str) -> i64 {
         let answer = self.get(&format!("/pay/accounts/{user}")).await;
-        assert_eq!(answer.status, 200, "{user}'s balance is readable: {answer:?}");
+        assert_eq!(
+            answer.status, 200,
+            "{user}'s balance is readable: {answer:?}"
+        );
         answer.body["balance_cents"]
             .as_i64()
             .expect("balance_cents")
@@ -386,7 +388,9 @@ async fn payments_that_cannot_be_made_fail_the_order() {
 #[tokio::test]
 async fn client_errors_are_json_errors() {
     let stack = Stack::start().await;
-    let malformed = stack.post("/order/buy").header("content-type", "application/json");
+    let malformed = stack
+        .post("/order/buy")
+        .header("content-type", "application/json");
     stack
         .send(malformed.body(r#"{"user_id": "alice", "item":"#))
         .await
@@ -469,8 +473,14 @@ async fn the_gateway_routes_guards_and_tags_requests() {
         (StatusCode::OK, request_id),
         "a given x-request-id is echoed"
     );
-    let first = stack.get("/pay/accounts/alice").await.header("x-request-id");
-    let second = stack.get("/pay/accounts/alice").await.header("x-request-id");
+    let first = stack
+        .get("/pay/accounts/alice")
+        .await
+        .header("x-request-id");
+    let second = stack
+        .get("/pay/accounts/alice")
+        .await
+        .header("x-request-id");
     assert!(
         !first.is_empty() && !second.is_empty() && first != second,
         "an x-request-id is generated when missing, one per request: {first:?}, {second:?}"
