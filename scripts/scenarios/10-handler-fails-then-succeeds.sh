@@ -30,8 +30,7 @@ BALANCE_AFTER="$(pay_value "SELECT balance_cents FROM accounts WHERE user_id = '
 note "alice: $BALANCE_BEFORE -> $BALANCE_AFTER cents"
 expect "the third run succeeded (inbox processed, attempts 3)" \
     equals "$(pay_value "SELECT status || '/' || attempts FROM inbox WHERE message_id = '$MID'")" processed/3
-expect "the order is PAID" is_status "$ORDER_ID" PAID
-expect "exactly one payment" equals "$(payments_of "$ORDER_ID")" 1
+expect_paid_once "$ORDER_ID"
 expect "alice was debited once" equals "$((BALANCE_BEFORE - BALANCE_AFTER))" 1010
 
 conclude "a failing handler is rolled back and retried with backoff until it succeeds: one payment, one debit"

@@ -36,7 +36,6 @@ step "after"
 show_order "$ORDER_ID"
 expect "the message is processed" \
     equals "$(pay_value "SELECT status FROM inbox WHERE message_id = '$MID'")" processed
-expect "the order is PAID" is_status "$ORDER_ID" PAID
-expect "exactly one payment" equals "$(payments_of "$ORDER_ID")" 1
+expect_paid_once "$ORDER_ID"
 
 conclude "a message whose attempts are exhausted is dead, visible, and paid once after an operator requeues it"
