@@ -17,4 +17,4 @@ own_stack e2e
 trap 'rc=$?; stop_own_stack $((rc != 0)); exit $rc' EXIT
 trap 'exit 130' INT TERM
 start_own_stack || die "the stack did not start (scripts/run-local.sh start)"
-e2e_tests "$GW" "scripts/run-local.sh stop-one pay" "scripts/run-local.sh start-one pay"
+e2e_tests "$GW" "'$LMT_ROOT/scripts/run-local.sh' stop-one pay" "'$LMT_ROOT/scripts/run-local.sh' start-one pay"
