@@ -2,9 +2,10 @@
 //!
 //! `scripts/e2e.sh` starts the stack the README's way (`scripts/run-local.sh`) and runs these
 //! tests against it; it checks first that the stack starts and becomes ready, and prints the
-//! services' log tails when a test fails. Without `E2E_GATEWAY_URL` each test starts its own
-//! stack in-process (pay, order and the gateway, fresh databases, a unique exchange), so a
-//! plain `cargo test` runs them too.
+//! services' log tails when a test fails; `scripts/compose-test.sh` runs them against the
+//! docker compose stack, pay stopped and started by docker-compose. Without `E2E_GATEWAY_URL`
+//! each test starts its own stack in-process (pay, order and the gateway, fresh databases, a
+//! unique exchange), so a plain `cargo test` runs them too.
 //!
 //! Against a running stack (`E2E_GATEWAY_URL` set) the tests read:
 //! - `E2E_GATEWAY_URL`: the gateway's base URL;
@@ -15,7 +16,7 @@
 //! and they take turns, since they share its accounts. `E2E_PAYMENT_DEADLINE_SECS` (default
 //! 15) is how long an order may take to settle, in both modes.
 //!
-//! The checks (those of the former shell script, one test per section):
+//! The checks, one test per section:
 //! - a paid order: alice's balance is readable; `POST /order/buy` answers 201
 //!   `PENDING_PAYMENT` with an order id and a message id; the order reaches `PAID`;
 //!   `GET /order/orders/{id}` shows what was bought; `GET /pay/payments/{id}` is `COMPLETED`
