@@ -60,7 +60,7 @@ async fn start_system(
     order_msg.demo_faults = demo_faults;
     let order = spawn_order(&order_db.url, &order_msg, pool).await;
 
-    let gateway = spawn_gateway(&order.base, &pay.base).await;
+    let gateway = spawn_gateway(&order.base, &pay.base, None).await;
 
     System {
         order_db,
@@ -221,12 +221,18 @@ pub fn gateway_config() -> gateway::GatewayConfig {
 }
 
 /// The gateway on port 0 in front of one order and one pay (their base URLs), forwarding
-/// the admin API with the services' token ([`test_kit::admin`]), with [`gateway_config`]'s
-/// other settings; returns its base URL.
-pub async fn spawn_gateway(order: &str, pay: &str) -> String {
+/// the admin API when given its token (the services' is [`test_kit::admin`]), with
+/// [`gateway_config`]'s other settings; returns its base URL.
+pub async fn spawn_gateway(
+    order: &str,
+    pay: &str,
+    admin: Option<common::admin::AdminAuth>,
+) -> String {
     let mut gw = gateway_config();
     gw.addr = "127.0.0.1:0".into();
-    gw.admin = test_kit::admin();
+    if let Some(admin) = admin {
+        gw.admin = admin;
+    }
     gw.routes =
         gateway::routes::RouteTable::parse(&format!("/order={order},/pay={pay}")).expect("routes");
     let app = gateway::Application::build(gw)

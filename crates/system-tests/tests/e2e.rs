@@ -155,7 +155,7 @@ impl Stack {
         let order_messaging =
             test_kit::messaging(&amqp, "test.order", order::config::PAYMENT_RESULT_KEYS);
         let order = spawn_order(&order_db.url, &order_messaging, 5).await;
-        let gateway = spawn_gateway(&order.base, &pay.base).await;
+        let gateway = spawn_gateway(&order.base, &pay.base, Some(test_kit::admin())).await;
         Stack {
             gateway,
             admin_token: test_kit::ADMIN_TOKEN.into(),
