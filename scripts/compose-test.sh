@@ -15,10 +15,12 @@
 #     too, and waits until every container is healthy.
 #  4. Prometheus's targets: exactly the jobs order, pay and gateway, each scraped and up
 #     (waiting for the first scrapes: the interval is 15 s).
-#  5. README's curl session through the published gateway port: buy, the order reaches PAID,
-#     the payment, the balance; then stops pay, buys, starts pay again, and that order is paid.
-#     Then two queries to Prometheus show that the scrapes brought real data: up{job="order"}
-#     is 1, and the gateway's http_requests_total counts the session's three POSTs.
+#  5. Each database user reaches only its own database, the services run as non-root, the
+#     management API answers; the end-to-end tests (crates/system-tests/tests/e2e.rs: buy →
+#     PAID, payment, balance, idempotency, errors, pay stopped and started with docker-compose)
+#     through the published gateway port, with an ADMIN_TOKEN. Then two queries to Prometheus
+#     show that the scrapes brought real data: up{job="order"} is 1, and the gateway's
+#     http_requests_total counts the tests' POSTs.
 #  6. `docker-compose --profile observability down -v` whatever happened (with the
 #     containers' logs on failure): every container and volume, Prometheus's included.
 #
@@ -40,7 +42,7 @@
 #   COMPOSE_TEST_PROMETHEUS_PORT     host port for Prometheus (default: first free from 29090)
 #   COMPOSE_TEST_UP_DEADLINE_SECS    `up -d --build`, the build included (default 3600)
 #   COMPOSE_TEST_HEALTH_DEADLINE_SECS  every container healthy (default 300)
-#   COMPOSE_TEST_PAYMENT_DEADLINE_SECS an order reaching PAID (default 60)
+#   COMPOSE_TEST_PAYMENT_DEADLINE_SECS an order settling, in the end-to-end tests (default 60)
 #   COMPOSE_TEST_SCRAPE_DEADLINE_SECS  Prometheus scraping every target, and the session's
 #                                    requests reaching it (default 60: four scrape intervals)
 #   COMPOSE_TEST_DOCKERD_LOG         where a dockerd started here logs (default /var/log/lmt-dockerd.log)
@@ -410,70 +412,30 @@ container_states() {
     done
 }
 
-# all_healthy [SERVICE...]: every expected container is running and healthy.
+# all_healthy: every expected container is running and healthy.
 all_healthy() {
     local states service
     states="$(container_states)"
-    for service in "${@:-${SERVICES_EXPECTED[@]}}"; do
+    for service in "${SERVICES_EXPECTED[@]}"; do
         grep -qx "$service running healthy" <<<"$states" || return 1
     done
 }
-
-service_healthy() { all_healthy "$1"; }
-
-wait_healthy() {
-    local deadline="$1"
-    shift
-    wait_until "$deadline" all_healthy "$@"
-}
-
-# ---------------------------------------------------------------------------------------------
-# 4. HTTP through the published gateway port
 
 STATUS=000
 BODY=""
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/compose-test.XXXXXX")"
 
-# req and header (scripts/lib.sh) send to $GW and keep the headers in $TMP.
-
 json() { jq -r "$1" <<<"$BODY" 2>/dev/null; }
 
-# buy USER AMOUNT [IDEMPOTENCY_KEY]: POST /order/buy as in README; sets STATUS and BODY.
-buy() {
-    local -a args=(-H 'content-type: application/json')
-    [[ -n "${3:-}" ]] && args+=(-H "Idempotency-Key: $3")
-    req POST /order/buy "${args[@]}" -d "{\"user_id\":\"$1\",\"item\":\"book\",\"amount_cents\":$2}"
-}
-
-# order_status ORDER_ID: sets ORDER_STATUS (the order's status, or "HTTP <status>").
-ORDER_STATUS=""
-order_status() {
-    req GET "/order/orders/$1"
-    if [[ "$STATUS" == 200 ]]; then ORDER_STATUS="$(json .status)"; else ORDER_STATUS="HTTP $STATUS"; fi
-}
-
-# wait_order_status ORDER_ID STATUS DEADLINE_SECS
-wait_order_status() {
-    local id="$1" want="$2" deadline=$((SECONDS + $3))
-    while :; do
-        order_status "$id"
-        [[ "$ORDER_STATUS" == "$want" ]] && return 0
-        ((SECONDS < deadline)) || return 1
-        sleep 0.3
-    done
-}
-
 # ---------------------------------------------------------------------------------------------
-# 5. Prometheus's HTTP API on its published port
+# 4. Prometheus's HTTP API on its published port
 
 # prom_api ENDPOINT [CURL_ARGS...]: GET $PROM/api/v1/ENDPOINT (arguments as a query string,
 # e.g. --data-urlencode 'query=up'); sets STATUS and BODY.
 prom_api() {
-    local endpoint="$1" gw="$GW"
+    local endpoint="$1"
     shift
-    GW="$PROM"
-    req GET "/api/v1/$endpoint" -G "$@"
-    GW="$gw"
+    GW="$PROM" req GET "/api/v1/$endpoint" -G "$@"
 }
 
 # prom_targets: sets TARGETS, "JOB=HEALTH" for each active target, sorted, on one line
@@ -507,7 +469,7 @@ psql_in_postgres() {
 }
 
 # ---------------------------------------------------------------------------------------------
-# 6. Whatever happens: down -v, logs on failure, the count.
+# 5. Whatever happens: down -v, logs on failure, the count.
 
 finish() {
     local rc="$1"
@@ -535,7 +497,7 @@ on_exit() {
         finish "$rc"
     fi
     local phase
-    for phase in standins up healthy scrape session metrics; do
+    for phase in standins up healthy scrape checks metrics; do
         [[ -n "${PHASE_SECS[$phase]:-}" ]] && printf '  %-10s %5ss\n' "$phase" "${PHASE_SECS[$phase]}"
     done
     printf '  %-10s %5ss\n' total "$((SECONDS - T_START))"
@@ -584,6 +546,8 @@ PUBLISH_ADDRESS=127.0.0.1
 export GATEWAY_PORT RABBITMQ_MANAGEMENT_PORT PROMETHEUS_PORT PUBLISH_ADDRESS COMPOSE_PROJECT_NAME="$PROJECT"
 GW="http://127.0.0.1:$GATEWAY_PORT"
 PROM="http://127.0.0.1:$PROMETHEUS_PORT"
+# The admin API on, for the end-to-end tests.
+admin_token_in "$LOG_DIR/admin-token"
 log "project $PROJECT: gateway on $GW, management UI on 127.0.0.1:$RABBITMQ_MANAGEMENT_PORT, Prometheus on $PROM"
 
 check_config
@@ -607,7 +571,7 @@ else
 fi
 
 t=$SECONDS
-if wait_healthy "$HEALTH_DEADLINE"; then
+if wait_until "$HEALTH_DEADLINE" all_healthy; then
     PHASE_SECS[healthy]=$((SECONDS - t))
     ok "every container is running and healthy: ${SERVICES_EXPECTED[*]} (${PHASE_SECS[healthy]}s after up)"
 else
@@ -657,58 +621,24 @@ mgmt_status="$(curl -s -o /dev/null -w '%{http_code}' --max-time 10 \
 check "the RabbitMQ management API answers on 127.0.0.1:$RABBITMQ_MANAGEMENT_PORT" 'HTTP $mgmt_status' \
     test "$mgmt_status" = 200
 
-# README's session.
-KEY="compose-test-$(date +%s)-$$"
-buy alice 1299 "$KEY"
-ORDER_ID="$(json .order_id)"
-check "POST /order/buy answers 201 PENDING_PAYMENT" 'HTTP $STATUS: $BODY' \
-    test "$STATUS" = 201 -a "$(json .status)" = PENDING_PAYMENT -a -n "$ORDER_ID"
-
-check "the order reaches PAID" 'still $ORDER_STATUS after ${PAYMENT_DEADLINE}s' \
-    wait_order_status "$ORDER_ID" PAID "$PAYMENT_DEADLINE"
-
-req GET "/pay/payments/$ORDER_ID"
-check "GET /pay/payments/{order_id}: COMPLETED, 1299 cents" 'HTTP $STATUS: $BODY' \
-    test "$STATUS" = 200 -a "$(json .status)" = COMPLETED -a "$(json .amount_cents)" = 1299
-
-req GET /pay/accounts/alice
-check "GET /pay/accounts/alice: debited once (99998701)" 'HTTP $STATUS: $BODY' \
-    test "$STATUS" = 200 -a "$(json .balance_cents)" = 99998701
-
-buy alice 1299 "$KEY"
-check "the same Idempotency-Key replays the same order" 'HTTP $STATUS: $BODY, replayed: $(header idempotent-replayed)' \
-    test "$(json .order_id)" = "$ORDER_ID" -a "$(header idempotent-replayed)" = true
-
-# Pay stopped: the order is taken and waits; pay back: it is paid.
-check "docker-compose stop pay" '$(cat "$LOG_DIR/stop.log")' logged "$LOG_DIR/stop.log" compose stop pay
-buy alice 500
-ORDER2_ID="$(json .order_id)"
-check "POST /order/buy while pay is stopped answers 201" 'HTTP $STATUS: $BODY' \
-    test "$STATUS" = 201 -a -n "$ORDER2_ID"
-sleep 3
-order_status "$ORDER2_ID"
-check "the order waits in PENDING_PAYMENT while pay is stopped" 'status $ORDER_STATUS' \
-    test "$ORDER_STATUS" = PENDING_PAYMENT
-check "docker-compose start pay" '$(cat "$LOG_DIR/start.log")' logged "$LOG_DIR/start.log" compose start pay
-check "pay is healthy again" '$(container_states | paste -sd " " -)' wait_healthy "$HEALTH_DEADLINE" pay
-check "the order taken while pay was stopped reaches PAID" 'still $ORDER_STATUS after ${PAYMENT_DEADLINE}s' \
-    wait_order_status "$ORDER2_ID" PAID "$PAYMENT_DEADLINE"
-req GET "/pay/payments/$ORDER2_ID"
-check "its payment: COMPLETED, 500 cents" 'HTTP $STATUS: $BODY' \
-    test "$STATUS" = 200 -a "$(json .status)" = COMPLETED -a "$(json .amount_cents)" = 500
-req GET /pay/accounts/alice
-check "alice debited once per order (99998201)" 'HTTP $STATUS: $BODY' \
-    test "$STATUS" = 200 -a "$(json .balance_cents)" = 99998201
-PHASE_SECS[session]=$((SECONDS - t))
+# The end-to-end tests through the published gateway port; pay stopped and started by compose.
+rc=0
+COMPOSE="docker-compose -f $LMT_ROOT/docker-compose.yml -p $PROJECT --profile $PROFILE"
+E2E_PAYMENT_DEADLINE_SECS="$PAYMENT_DEADLINE" e2e_tests "$GW" "$COMPOSE stop pay" "$COMPOSE start pay" \
+    >"$LOG_DIR/e2e.log" 2>&1 || rc=$?
+grep -E '^test ' "$LOG_DIR/e2e.log" || true
+check "the end-to-end tests pass against the compose stack (crates/system-tests/tests/e2e.rs)" \
+    'exit status $rc (see $LOG_DIR/e2e.log)' test "$rc" = 0
+PHASE_SECS[checks]=$((SECONDS - t))
 
 # What Prometheus scraped: real samples, the session's requests included (after one more scrape).
 t=$SECONDS
 check 'Prometheus: up{job="order"} is 1' 'HTTP $STATUS: ${VALUE:-$BODY}' \
     wait_until "$SCRAPE_DEADLINE" prom_query_at_least 'up{job="order"}' 1
-check "Prometheus: the gateway's http_requests_total counts the session's 3 POST /order/buy" \
+check "Prometheus: the gateway's http_requests_total counts the end-to-end tests' POSTs (3 or more)" \
     'after ${SCRAPE_DEADLINE}s: HTTP $STATUS: ${VALUE:-$BODY}' \
     wait_until "$SCRAPE_DEADLINE" prom_query_at_least 'sum(http_requests_total{job="gateway",method="POST"})' 3
 PHASE_SECS[metrics]=$((SECONDS - t))
-check "every container is healthy at the end" '$(container_states | paste -sd " " -)' wait_healthy 60
+check "every container is healthy at the end" '$(container_states | paste -sd " " -)' wait_until 60 all_healthy
 
 finish 0

@@ -34,29 +34,19 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
 
-PORT_BASE="${CONTRACT_PORT_BASE:-18860}"
 MAX_EXAMPLES="${CONTRACT_MAX_EXAMPLES:-50}"
 SEED="${CONTRACT_SEED:-$((RANDOM * 32768 + RANDOM))}"
 SETTLE_SECS="${CONTRACT_SETTLE_SECS:-60}"
 ST_VERSION="${SCHEMATHESIS_VERSION:-4.32.5}"
 VALIDATOR_VERSION="${VALIDATOR_VERSION:-0.9.0}"
 
-export LMT_RUN_DIR="$LMT_ROOT/.run/contract"
-RUN_DIR="$LMT_RUN_DIR"
+own_stack contract "${CONTRACT_PORT_BASE:-18860}"
 REPORTS="$RUN_DIR/reports"
 VENV="$LMT_ROOT/.run/venv-schemathesis"
-export PAY_ADDR="127.0.0.1:$((PORT_BASE + 2))"
-export ORDER_ADDR="127.0.0.1:$((PORT_BASE + 3))"
-export GATEWAY_ADDR="127.0.0.1:$((PORT_BASE + 9))"
-unset GATEWAY_ROUTES ORDER_PAY_URL
-use_own_state lmt_contract_order lmt_contract_pay lmt.contract.events contract
-mkdir -p "$RUN_DIR" "$REPORTS"
-admin_token_in "$RUN_DIR/admin-token"
-GW="http://$GATEWAY_ADDR"
+mkdir -p "$REPORTS"
 
 PASSED=0
 FAILED=0
-STARTED=0
 FINISHED=0
 trap exit_with_summary EXIT
 trap 'exit 130' INT TERM
@@ -65,10 +55,7 @@ trap 'exit 130' INT TERM
 finish() {
     ((FINISHED == 0)) || return 0
     FINISHED=1
-    if ((FAILED > 0)); then print_log_tails 30; fi
-    if ((STARTED == 1)); then
-        scripts/run-local.sh stop >/dev/null 2>&1 || warn "scripts/run-local.sh stop failed"
-    fi
+    stop_own_stack $((FAILED > 0))
 }
 
 # psql_in URL SQL: one value, unaligned.
@@ -169,17 +156,10 @@ $(grep -E '^_{3,} |^- ST|^\[[0-9]{3}\]' "$out" | cut -c1-200 | head -n 40)
 ensure_tool curl
 ensure_tool jq
 ensure_tool psql postgresql-client
-ensure_services
 install_schemathesis
 install_validator
 install_promtool
-drop_database "$ORDER_DATABASE_URL"
-drop_database "$PAY_DATABASE_URL"
-
-log "starting the stack on $GATEWAY_ADDR, $ORDER_ADDR, $PAY_ADDR (logs in $RUN_DIR)"
-STARTED=1
-if ! scripts/run-local.sh start >"$RUN_DIR/start.out" 2>&1; then
-    tail -n 20 "$RUN_DIR/start.out" >&2
+if ! start_own_stack; then
     not_ok "the stack starts and becomes ready" "scripts/run-local.sh start failed"
     finish
     exit 1

@@ -371,15 +371,6 @@ header() {
     { grep -i "^$1:" "$TMP/headers" || true; } | tail -n1 | cut -d: -f2- | tr -d '\r' | sed 's/^ *//; s/ *$//'
 }
 
-# wait_http URL DEADLINE_SECS [STATUS]: polls GET URL until it answers STATUS (default 200).
-wait_http() {
-    local url="$1" deadline=$((SECONDS + $2)) want="${3:-200}"
-    while [[ "$(http_status "$url")" != "$want" ]]; do
-        ((SECONDS < deadline)) || return 1
-        sleep 0.5
-    done
-}
-
 # ---------------------------------------------------------------------------------------------
 # The local stack started by run-local.sh: pid files and logs in .run/ at the repository root,
 # or in LMT_RUN_DIR (the failure scenarios and the contract test run their own stack beside a
@@ -435,4 +426,60 @@ print_log_tails() {
         printed=1
     done
     if ((printed)); then printf -- '-----\n'; fi
+}
+
+# ---------------------------------------------------------------------------------------------
+# A stack of a test script's own (e2e, the scenarios, the contract test), beside a developer's.
+
+# own_stack NAME [PORT_BASE]: exports the variables of NAME's stack: databases lmt_NAME_order
+# and lmt_NAME_pay, exchange lmt.NAME.events, queues NAME.*, the admin token; with PORT_BASE,
+# ports PORT_BASE+2 (pay), +3 (order), +9 (gateway) and pid files and logs in .run/NAME/
+# (without: run-local.sh's ports and .run/). Sets GW, the gateway's URL.
+own_stack() {
+    local name="$1" base="${2:-}"
+    if [[ -n "$base" ]]; then
+        export LMT_RUN_DIR="$LMT_ROOT/.run/$name" PAY_ADDR="127.0.0.1:$((base + 2))" \
+            ORDER_ADDR="127.0.0.1:$((base + 3))" GATEWAY_ADDR="127.0.0.1:$((base + 9))"
+        RUN_DIR="$LMT_RUN_DIR"
+        unset GATEWAY_ROUTES ORDER_PAY_URL
+    fi
+    use_own_state "lmt_${name}_order" "lmt_${name}_pay" "lmt.$name.events" "$name"
+    mkdir -p "$RUN_DIR"
+    admin_token_in "$RUN_DIR/admin-token"
+    GW="$(base_url "$(env_or_default GATEWAY_ADDR "$DEFAULT_GATEWAY_ADDR")")"
+}
+
+# start_own_stack: fresh databases, then scripts/run-local.sh start (output in
+# RUN_DIR/start.out, its end printed on failure, then status 1). Refuses to start over a
+# stack of RUN_DIR that runs already. stop_own_stack, from the caller's exit trap, stops it.
+start_own_stack() {
+    local running
+    running="$(running_services | paste -sd, - || true)"
+    [[ -z "$running" ]] || die "the stack of $RUN_DIR is running ($running): LMT_RUN_DIR=$RUN_DIR scripts/run-local.sh stop"
+    ensure_services
+    drop_database "$ORDER_DATABASE_URL"
+    drop_database "$PAY_DATABASE_URL"
+    touch -d "@$(($(date +%s) - 1))" "$RUN_DIR/t0"
+    log "starting the stack (gateway $GW, logs in $RUN_DIR)"
+    OWN_STACK_STARTED=1
+    "$LMT_ROOT/scripts/run-local.sh" start >"$RUN_DIR/start.out" 2>&1 && return 0
+    tail -n 20 "$RUN_DIR/start.out" >&2
+    return 1
+}
+
+# stop_own_stack [TAILS]: stops what start_own_stack started, once; TAILS=1 prints the end of
+# the service logs this run wrote first.
+stop_own_stack() {
+    ((${OWN_STACK_STARTED:-0})) || return 0
+    OWN_STACK_STARTED=0
+    if ((${1:-0})); then print_log_tails 40 "$RUN_DIR/t0"; fi
+    "$LMT_ROOT/scripts/run-local.sh" stop >/dev/null 2>&1 || warn "scripts/run-local.sh stop failed"
+}
+
+# e2e_tests GATEWAY_URL STOP_PAY START_PAY: the end-to-end tests (crates/system-tests/tests/e2e.rs)
+# against a running stack whose admin token is ADMIN_TOKEN; STOP_PAY and START_PAY are the
+# shell commands that stop pay and start it again.
+e2e_tests() {
+    E2E_GATEWAY_URL="$1" E2E_STOP_PAY="$2" E2E_START_PAY="$3" E2E_ADMIN_TOKEN="$ADMIN_TOKEN" \
+        cargo test -p system-tests --test e2e
 }

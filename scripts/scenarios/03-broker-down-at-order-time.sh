@@ -1,5 +1,4 @@
 #!/usr/bin/env bash
-# shellcheck disable=SC2317 # (functions called through wait_for and expect)
 # Scenario 03: the broker is down when the order is taken.
 #
 # /buy never touches RabbitMQ: it commits the order and its message in one transaction and
@@ -9,9 +8,7 @@
 # drop_broker_connection (the service's own connections only); this script stops RabbitMQ's
 # app itself (`rabbitmqctl stop_app`, node-wide: other users of this broker notice), and its
 # exit trap always starts it again.
-# shellcheck source=scripts/scenarios/scenario.sh
 . "$(dirname "$0")/scenario.sh"
-stack_up
 command -v rabbitmqctl >/dev/null 2>&1 || die "this scenario needs rabbitmqctl (a local RabbitMQ)"
 
 step "stop RabbitMQ (rabbitmqctl stop_app)"
@@ -21,7 +18,6 @@ note "order /readyz: $(curl -s --max-time 3 "$ORDER_URL/readyz" | jq -c .checks 
 
 step "POST /buy while the broker is down"
 buy alice 3300
-[[ -n "$ORDER_ID" ]] || die "no order: HTTP $STATUS $BODY"
 expect "the order is taken (HTTP 201) although the broker is down" equals "$STATUS" 201
 sleep 2
 

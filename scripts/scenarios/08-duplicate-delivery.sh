@@ -1,5 +1,4 @@
 #!/usr/bin/env bash
-# shellcheck disable=SC2317 # (functions called through wait_for and expect)
 # Scenario 08: the same message delivered twice, and several copies concurrently.
 #
 # Delivery is at least once; the inbox makes it once in effect. Each delivery inserts its
@@ -10,9 +9,7 @@
 # Part 2: pay's consumer is stopped while five copies of one message pile up (deliver_twice
 # plus lose_confirms 3: published, re-published three times), then resumed: pay takes them
 # together and processes them concurrently.
-# shellcheck source=scripts/scenarios/scenario.sh
 . "$(dirname "$0")/scenario.sh"
-stack_up
 
 dups_at_least() { (($(duplicates "$PAY_URL") >= $1)); }
 
@@ -20,15 +17,13 @@ step "part 1: order's relay publishes the next message twice"
 D0="$(duplicates "$PAY_URL")"
 fault "$ORDER_URL" deliver_twice '{"count": 1}'
 buy alice 810
-[[ -n "$ORDER_ID" ]] || die "no order: HTTP $STATUS $BODY"
 FIRST="$ORDER_ID"
 wait_for 20 is_status "$FIRST" PAID || true
 wait_for 10 dups_at_least $((D0 + 1)) || true
 show_order "$FIRST"
 D1="$(duplicates "$PAY_URL")"
 note "pay's inbox dropped $((D1 - D0)) duplicate(s)"
-expect "twice: the order is PAID" is_status "$FIRST" PAID
-expect "twice: exactly one payment" equals "$(payments_of "$FIRST")" 1
+expect_paid_once "$FIRST" "twice: "
 expect "twice: pay's inbox dropped one copy" equals "$((D1 - D0))" 1
 
 step "part 2: pay's consumer stops; one message is published five times"
@@ -36,7 +31,6 @@ fault "$PAY_URL" stop_consumer '{"seconds": 600}'
 fault "$ORDER_URL" deliver_twice '{"count": 1}'
 fault "$ORDER_URL" lose_confirms '{"count": 3}'
 buy alice 820
-[[ -n "$ORDER_ID" ]] || die "no order: HTTP $STATUS $BODY"
 SECOND="$ORDER_ID"
 wait_for 20 is_outbox "$SECOND" sent || true
 note "pay's queue: $(queue_counts)   (copies waiting, some held unacked by the stopped consumer)"
@@ -49,8 +43,7 @@ wait_for 10 dups_at_least $((D1 + 4)) || true
 show_order "$SECOND"
 D2="$(duplicates "$PAY_URL")"
 note "pay's inbox dropped $((D2 - D1)) duplicate(s)"
-expect "concurrently: the order is PAID" is_status "$SECOND" PAID
-expect "concurrently: exactly one payment" equals "$(payments_of "$SECOND")" 1
+expect_paid_once "$SECOND" "concurrently: "
 expect "concurrently: pay's inbox dropped the four other copies" equals "$((D2 - D1))" 4
 
 conclude "the same message delivered twice, or five times at once, is processed once: one payment each"

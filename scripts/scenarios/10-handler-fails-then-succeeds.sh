@@ -1,5 +1,4 @@
 #!/usr/bin/env bash
-# shellcheck disable=SC2317 # (functions called through wait_for and expect)
 # Scenario 10: the handler fails, then succeeds.
 #
 # A handler that fails (a dependency down, a deadlock) must not leave half its work behind,
@@ -8,9 +7,7 @@
 # backed-off next attempt on the inbox row, and acks the delivery; the retry sweeper runs it
 # again from the table. The teaching switch fail_handler makes the next 2 runs fail after
 # they did their work.
-# shellcheck source=scripts/scenarios/scenario.sh
 . "$(dirname "$0")/scenario.sh"
-stack_up
 
 step "pay's handler will fail its next 2 runs (their effect rolled back)"
 fault "$PAY_URL" fail_handler '{"count": 2}'
@@ -18,7 +15,6 @@ BALANCE_BEFORE="$(pay_value "SELECT balance_cents FROM accounts WHERE user_id = 
 
 step "POST /buy"
 buy alice 1010
-[[ -n "$ORDER_ID" ]] || die "no order: HTTP $STATUS $BODY"
 MID="$(message_of "$ORDER_ID")"
 failed_once() { [[ -n "$(pay_value "SELECT 1 FROM inbox WHERE message_id = '$MID' AND (status = 'failed' OR attempts > 1)")" ]]; }
 wait_for 15 failed_once || true
@@ -34,8 +30,7 @@ BALANCE_AFTER="$(pay_value "SELECT balance_cents FROM accounts WHERE user_id = '
 note "alice: $BALANCE_BEFORE -> $BALANCE_AFTER cents"
 expect "the third run succeeded (inbox processed, attempts 3)" \
     equals "$(pay_value "SELECT status || '/' || attempts FROM inbox WHERE message_id = '$MID'")" processed/3
-expect "the order is PAID" is_status "$ORDER_ID" PAID
-expect "exactly one payment" equals "$(payments_of "$ORDER_ID")" 1
+expect_paid_once "$ORDER_ID"
 expect "alice was debited once" equals "$((BALANCE_BEFORE - BALANCE_AFTER))" 1010
 
 conclude "a failing handler is rolled back and retried with backoff until it succeeds: one payment, one debit"

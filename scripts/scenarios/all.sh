@@ -46,19 +46,13 @@ for script in "$SCENARIOS_DIR"/[0-9][0-9]-*.sh; do
 done
 ((${#SCRIPTS[@]} > 0)) || die "no scenario matches: ${SELECTED[*]}"
 
-[[ -z "$(running_services)" ]] ||
-    die "the scenarios' stack is already running ($(running_services | paste -sd, -)); stop it: LMT_RUN_DIR=$RUN_DIR scripts/run-local.sh stop"
-
-ensure_services
+# Built once here, then started on fresh databases; refused when it runs already.
 if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
     log "cargo build --release --bins"
     cargo build --release --bins || die "cargo build failed"
 fi
 export SKIP_BUILD=1
-log "fresh databases: $(pg_url_parts "$ORDER_DATABASE_URL" | cut -d' ' -f2), $(pg_url_parts "$PAY_DATABASE_URL" | cut -d' ' -f2)"
-drop_database "$ORDER_DATABASE_URL"
-drop_database "$PAY_DATABASE_URL"
-stack_up
+start_own_stack || die "the scenarios' stack did not start"
 
 NAMES=()
 RESULTS=()

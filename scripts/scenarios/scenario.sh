@@ -27,8 +27,6 @@ set -euo pipefail
 
 SCENARIO="$(basename "$0" .sh)"
 SCENARIOS_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-# Before lib.sh: it fixes RUN_DIR from LMT_RUN_DIR.
-export LMT_RUN_DIR="${LMT_RUN_DIR:-$(cd "$SCENARIOS_DIR/../.." && pwd)/.run/scenarios}"
 # shellcheck source=scripts/lib.sh
 . "$SCENARIOS_DIR/../lib.sh"
 cd "$LMT_ROOT"
@@ -36,16 +34,9 @@ cd "$LMT_ROOT"
 # ---------------------------------------------------------------------------------------------
 # The scenarios' own stack
 
-PORT_BASE="${SCENARIO_PORT_BASE:-19760}"
-export PAY_ADDR="127.0.0.1:$((PORT_BASE + 2))"
-export ORDER_ADDR="127.0.0.1:$((PORT_BASE + 3))"
-export GATEWAY_ADDR="127.0.0.1:$((PORT_BASE + 9))"
-unset GATEWAY_ROUTES
-use_own_state lmt_scenarios_order lmt_scenarios_pay lmt.scenarios.events scenarios
-ORDER_URL="$(base_url "$ORDER_ADDR")"
-PAY_URL="$(base_url "$PAY_ADDR")"
-GW="$(base_url "$GATEWAY_ADDR")"
-export ORDER_PAY_URL="$PAY_URL"
+own_stack scenarios "${SCENARIO_PORT_BASE:-19760}"
+ORDER_URL="http://$ORDER_ADDR"
+PAY_URL="http://$PAY_ADDR"
 export DEMO_FAULTS=1
 # Recoveries in seconds, not minutes: retries, leases, reconnects and the reconciler.
 export OUTBOX_RETRY_BASE_MS=200 OUTBOX_RETRY_MAX_MS=1000
@@ -53,11 +44,8 @@ export OUTBOX_CONFIRM_TIMEOUT_MS=1000 OUTBOX_LEASE_MS=6000
 export INBOX_RETRY_BASE_MS=300 INBOX_RETRY_MAX_MS=1000 INBOX_MAX_ATTEMPTS=3
 export AMQP_RECONNECT_BASE_MS=100 AMQP_RECONNECT_MAX_MS=1000
 export RECONCILER_INTERVAL_SECS=2 RECONCILER_PENDING_AFTER_SECS=8
-mkdir -p "$RUN_DIR"
-admin_token_in "$RUN_DIR/admin-token"
 
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/scenario.XXXXXX")"
-STARTED_STACK=0
 FAILURES=()
 # Commands run at exit, last registered first (restore the broker, the database, ...).
 CLEANUPS=()
@@ -69,9 +57,7 @@ scenario_exit() {
     for ((i = ${#CLEANUPS[@]} - 1; i >= 0; i--)); do
         eval "${CLEANUPS[$i]}" || warn "cleanup failed: ${CLEANUPS[$i]}"
     done
-    if ((STARTED_STACK == 1)); then
-        scripts/run-local.sh stop >/dev/null 2>&1 || warn "scripts/run-local.sh stop failed"
-    fi
+    stop_own_stack
     rm -rf "$TMP"
     if [[ -z "${SCENARIO_DONE:-}" ]]; then
         printf 'FAIL: %s aborted (exit status %s)\n' "$SCENARIO" "$rc"
@@ -87,31 +73,20 @@ record_result() {
     if [[ -n "${SCENARIO_RESULT:-}" ]]; then printf '%s\t%s\n' "$1" "$2" >"$SCENARIO_RESULT"; fi
 }
 
-stack_running() {
-    local name
-    for name in "${SERVICES[@]}"; do service_pid "$name" >/dev/null || return 1; done
-}
-
-# stack_up: the scenarios' stack is running (started here, and stopped at exit, when it was not).
+# stack_up: the scenarios' stack is running (started here, and stopped at exit, when it was
+# not; a service that a failed scenario left stopped is started again).
 stack_up() {
     ensure_tool curl
     ensure_tool jq
     ensure_tool psql postgresql-client
-    if stack_running; then return 0; fi
     local name
-    if [[ -n "$(running_services)" ]]; then
-        # Part of it (a scenario before this one stopped a service and failed).
-        for name in "${SERVICES[@]}"; do
-            service_pid "$name" >/dev/null || restart_service "$name"
-        done
+    if [[ -z "$(running_services)" ]]; then
+        start_own_stack || die "the scenarios' stack did not start"
         return 0
     fi
-    log "starting the scenarios' stack (logs in $RUN_DIR)"
-    STARTED_STACK=1
-    scripts/run-local.sh start >"$TMP/start.log" 2>&1 || {
-        cat "$TMP/start.log" >&2
-        die "the scenarios' stack did not start"
-    }
+    for name in "${SERVICES[@]}"; do
+        service_pid "$name" >/dev/null || restart_service "$name"
+    done
 }
 
 # reset_faults: every teaching switch off, on order and pay (between scenarios).
@@ -210,12 +185,18 @@ outbox_status() { order_value "SELECT status FROM outbox WHERE aggregate_id = '$
 STATUS=000
 BODY=""
 
-# buy USER AMOUNT: POST /order/buy through the gateway; sets ORDER_ID (empty on failure).
-buy() {
+# try_buy USER AMOUNT: POST /order/buy through the gateway; sets ORDER_ID (empty on failure).
+try_buy() {
     req POST /order/buy -H 'content-type: application/json' \
         --data-binary "{\"user_id\":\"$1\",\"item\":\"scenario $SCENARIO\",\"amount_cents\":$2}"
     ORDER_ID="$(jq -r '.order_id // empty' <<<"$BODY" 2>/dev/null || true)"
     note "POST /order/buy {\"user_id\":\"$1\",\"amount_cents\":$2} -> HTTP $STATUS ${ORDER_ID:+order $ORDER_ID}"
+}
+
+# buy USER AMOUNT: try_buy; the scenario stops when no order was taken.
+buy() {
+    try_buy "$@"
+    [[ -n "$ORDER_ID" ]] || die "no order: HTTP $STATUS $BODY"
 }
 
 # admin SERVICE_URL METHOD PATH [JSON]: an admin request with the token; sets STATUS and BODY.
@@ -250,6 +231,12 @@ duplicates() {
 # wait_for SECS COMMAND...: polls COMMAND until it succeeds (false after SECS).
 wait_for() { wait_until "$@"; }
 
+# expect_paid_once ORDER_ID [PREFIX]: the invariant most scenarios end with.
+expect_paid_once() {
+    expect "${2:-}the order is PAID" is_status "$1" PAID
+    expect "${2:-}exactly one payment" equals "$(payments_of "$1")" 1
+}
+
 is_status() { [[ "$(order_status "$1")" == "$2" ]]; }
 is_outbox() { [[ "$(outbox_status "$1")" == "$2" ]]; }
 equals() { [[ "$1" == "$2" ]]; }
@@ -277,3 +264,6 @@ broker_start() {
     done
     return 1
 }
+
+# A scenario script starts with its stack up (all.sh, which sources this too, starts it itself).
+if [[ "$SCENARIO" == [0-9][0-9]-* ]]; then stack_up; fi

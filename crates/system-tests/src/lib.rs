@@ -60,19 +60,7 @@ async fn start_system(
     order_msg.demo_faults = demo_faults;
     let order = spawn_order(&order_db.url, &order_msg, pool).await;
 
-    let mut gw = gateway::GatewaySettings::try_load_from(["gateway"])
-        .expect("gateway settings")
-        .into_config()
-        .expect("gateway config");
-    gw.addr = "127.0.0.1:0".into();
-    gw.routes =
-        gateway::routes::RouteTable::parse(&format!("/order={},/pay={}", order.base, pay.base))
-            .expect("routes");
-    let gw_app = gateway::Application::build(gw)
-        .await
-        .expect("build gateway");
-    let gateway = format!("http://{}", gw_app.local_addr());
-    tokio::spawn(gw_app.run_until_stopped(std::future::pending()));
+    let gateway = spawn_gateway(&order.base, &pay.base, None).await;
 
     System {
         order_db,
@@ -222,4 +210,35 @@ impl System {
         })
         .await
     }
+}
+
+/// The gateway's configuration as its environment gives it (`GATEWAY_*`, else the defaults).
+pub fn gateway_config() -> gateway::GatewayConfig {
+    gateway::GatewaySettings::try_load_from(["gateway"])
+        .expect("gateway settings")
+        .into_config()
+        .expect("gateway config")
+}
+
+/// The gateway on port 0 in front of one order and one pay (their base URLs), forwarding
+/// the admin API when given its token (the services' is [`test_kit::admin`]), with
+/// [`gateway_config`]'s other settings; returns its base URL.
+pub async fn spawn_gateway(
+    order: &str,
+    pay: &str,
+    admin: Option<common::admin::AdminAuth>,
+) -> String {
+    let mut gw = gateway_config();
+    gw.addr = "127.0.0.1:0".into();
+    if let Some(admin) = admin {
+        gw.admin = admin;
+    }
+    gw.routes =
+        gateway::routes::RouteTable::parse(&format!("/order={order},/pay={pay}")).expect("routes");
+    let app = gateway::Application::build(gw)
+        .await
+        .expect("build gateway");
+    let base = format!("http://{}", app.local_addr());
+    tokio::spawn(app.run_until_stopped(std::future::pending()));
+    base
 }
