@@ -9,9 +9,9 @@
 //! [`Inbox::receive`] first reads the delivery (an unreadable one is poison, see below),
 //! then runs a single database transaction:
 //!
-//! 1. `INSERT` the message id into `inbox` with `ON CONFLICT DO NOTHING`. If the id is
-//!    already there, the message was handled (or is owned by the retry sweeper): the
-//!    delivery is a duplicate and is dropped. Two copies arriving *concurrently* are
+//! 1. `INSERT` the message id into `inbox`. If the id is already there, the message was
+//!    handled (or is owned by the retry sweeper): the delivery is a duplicate and is
+//!    dropped, counted on the row (`duplicates`) by the same statement's `ON CONFLICT`. Two copies arriving *concurrently* are
 //!    serialised by the primary key: the second insert waits for the first transaction and
 //!    then sees the conflict.
 //! 2. Run the service's [`MessageHandler`] on the same transaction, inside a savepoint: the
@@ -194,6 +194,15 @@ impl InboxConfig {
         );
         Ok(())
     }
+}
+
+/// The dedup insert's end: a known id is a duplicate, counted on its row (`duplicates`) in
+/// the same statement, so the count costs no extra statement; `fresh` is true for a new row.
+macro_rules! dedup_conflict {
+    () => {
+        " ON CONFLICT (message_id) DO UPDATE SET duplicates = inbox.duplicates + 1
+          RETURNING message_id, duplicates = 0 AS fresh"
+    };
 }
 
 /// Clocks of the sending and receiving services may differ by this much.
@@ -417,7 +426,8 @@ impl Inbox {
     async fn receive_once(&self, msg: &InboxMessage) -> sqlx::Result<Outcome> {
         let mut tx = self.pool.begin().await?;
         if !self.remember(&mut tx, msg).await? {
-            tx.rollback().await?;
+            // Committed: the copy is counted on the message's row.
+            tx.commit().await?;
             tracing::info!("duplicate message dropped by the inbox");
             return Ok(Outcome::Duplicate);
         }
@@ -548,14 +558,16 @@ impl Inbox {
         let types: Vec<&str> = msgs.iter().map(|m| m.event_type.as_str()).collect();
         let payloads: Vec<&Value> = msgs.iter().map(|m| &m.payload).collect();
         let headers: Vec<&Value> = msgs.iter().map(|m| &m.headers).collect();
-        let inserted: Vec<Uuid> = sqlx::query_scalar(
-            "INSERT INTO inbox (message_id, event_type, payload, headers, status, attempts, processed_at)
+        // A known id counts one more copy on its row (`dedup_conflict!`); only new ids return.
+        let inserted: Vec<Uuid> = sqlx::query_scalar(concat!(
+            "WITH ins AS (
+             INSERT INTO inbox (message_id, event_type, payload, headers, status, attempts, processed_at)
              SELECT DISTINCT ON (m.id) m.id, m.event_type, m.payload, m.headers, $5, 1, clock_timestamp()
              FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::jsonb[]) AS m(id, event_type, payload, headers)
-             ORDER BY m.id
-             ON CONFLICT (message_id) DO NOTHING
-             RETURNING message_id",
-        )
+             ORDER BY m.id",
+            dedup_conflict!(),
+            ") SELECT message_id FROM ins WHERE fresh"
+        ))
         .bind(&ids)
         .bind(&types)
         .bind(&payloads)
@@ -676,20 +688,19 @@ impl Inbox {
     /// (`processed`), so the common case costs one statement. False when the id is already
     /// there: a duplicate. A concurrent copy waits here for the first one's transaction.
     async fn remember(&self, tx: &mut PgConnection, msg: &InboxMessage) -> sqlx::Result<bool> {
-        let inserted = sqlx::query(
+        sqlx::query_as(concat!(
             "INSERT INTO inbox (message_id, event_type, payload, headers, status, attempts, processed_at)
-             VALUES ($1, $2, $3, $4, $5, 1, clock_timestamp())
-             ON CONFLICT (message_id) DO NOTHING",
-        )
+             VALUES ($1, $2, $3, $4, $5, 1, clock_timestamp())",
+            dedup_conflict!()
+        ))
         .bind(msg.message_id)
         .bind(&msg.event_type)
         .bind(&msg.payload)
         .bind(&msg.headers)
         .bind(InboxStatus::Processed)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        Ok(inserted == 1)
+        .fetch_one(&mut *tx)
+        .await
+        .map(|(_, fresh): (Uuid, bool)| fresh)
     }
 
     /// Steps 2 and 3, shared by the first delivery and the retry sweeper: runs the handler
