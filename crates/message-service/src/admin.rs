@@ -50,8 +50,8 @@ use common::{
 };
 use message_table::{
     InboxStatus, OutboxStatus,
-    amqp::{self as broker, AmqpConfig},
     admin::{self, Filter, InboxRow, OutboxRow, PageKey, Selection},
+    amqp::{self as broker, AmqpConfig},
     inbox::{self, InboxCounters, InboxCounts, InboxStats},
     outbox::{self, OutboxStats},
 };
@@ -143,15 +143,17 @@ impl QueueProbe {
         if let Some(url) = &self.management_url {
             match self.from_management(url).await {
                 Ok(counts) => return Ok(counts),
-                Err(e) => tracing::debug!(error = %e, "management API unavailable; passive declare"),
+                Err(e) => {
+                    tracing::debug!(error = %e, "management API unavailable; passive declare")
+                }
             }
         }
-        self.from_passive_declare().await.map_err(|e| {
-            ApiError::Unavailable {
+        self.from_passive_declare()
+            .await
+            .map_err(|e| ApiError::Unavailable {
                 code: "broker_unavailable",
                 message: format!("the broker did not answer about {}: {e:#}", self.queue),
-            }
-        })
+            })
     }
 
     async fn from_management(&self, base: &str) -> anyhow::Result<QueueCounts> {
@@ -166,10 +168,31 @@ impl QueueProbe {
             .amqp
             .url
             .rsplit_once('/')
-            .map(|(head, v)| if head.ends_with('/') || v.is_empty() { "%2f" } else { v })
+            .map(|(head, v)| {
+                if head.ends_with('/') || v.is_empty() {
+                    "%2f"
+                } else {
+                    v
+                }
+            })
             .unwrap_or("%2f");
-        let url = format!("{}/api/queues/{vhost}/{}", base.trim_end_matches('/'), self.queue);
-        let q: Queue = self.http.get(url).send().await?.error_for_status()?.json().await?;
+        let url = format!(
+            "{}/api/queues/{vhost}/{}",
+            base.trim_end_matches('/'),
+            self.queue
+        );
+        // Errors without the URL: it holds the management API's password.
+        let q: Queue = async {
+            self.http
+                .get(url)
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await
+        }
+        .await
+        .map_err(reqwest::Error::without_url)?;
         Ok(QueueCounts {
             queue: self.queue.clone(),
             ready: q.messages_ready.unwrap_or(0),
@@ -181,7 +204,10 @@ impl QueueProbe {
 
     async fn from_passive_declare(&self) -> anyhow::Result<QueueCounts> {
         let mut held = self.channel.lock().await;
-        if !held.as_ref().is_some_and(|(c, ch)| c.status().connected() && ch.status().connected()) {
+        if !held
+            .as_ref()
+            .is_some_and(|(c, ch)| c.status().connected() && ch.status().connected())
+        {
             let conn = broker::connect(&self.amqp, "admin-queue-probe").await?;
             let channel = conn.create_channel().await?;
             *held = Some((conn, channel));

@@ -213,7 +213,11 @@ pub struct MessagingSettings {
 impl MessagingSettings {
     /// The service's messaging: these settings, its queue and the routing keys bound to it.
     pub fn into_config(self, queue: String, routing_keys: &[&str]) -> MessagingConfig {
-        let management_url = self.amqp.rabbitmq_management_url.clone().filter(|u| !u.is_empty());
+        let management_url = self
+            .amqp
+            .rabbitmq_management_url
+            .clone()
+            .filter(|u| !u.is_empty());
         MessagingConfig {
             management_url,
             amqp: self.amqp.into(),

@@ -100,10 +100,9 @@ impl Switch {
     pub fn unit(self) -> Unit {
         match self {
             Switch::PauseRelay | Switch::StopConsumer => Unit::Seconds,
-            Switch::FailHandler
-            | Switch::LoseConfirms
-            | Switch::DeliverTwice
-            | Switch::HoldAck => Unit::Count,
+            Switch::FailHandler | Switch::LoseConfirms | Switch::DeliverTwice | Switch::HoldAck => {
+                Unit::Count
+            }
             Switch::DropBrokerConnection => Unit::Once,
         }
     }
@@ -299,7 +298,9 @@ impl Faults {
         if !self.take(Switch::HoldAck) {
             return false;
         }
-        tracing::warn!("teaching fault acts: committed, the consumer drops its connection before the ack");
+        tracing::warn!(
+            "teaching fault acts: committed, the consumer drops its connection before the ack"
+        );
         s.consumer_crash.store(true, Ordering::Relaxed);
         s.consumer_drop_now.notify_one();
         true

@@ -3,14 +3,14 @@
 
 use std::{collections::HashSet, time::Duration};
 
+use lapin::{
+    options::{QueueBindOptions, QueueDeclareOptions},
+    types::{AMQPValue, FieldTable, LongString, ShortString},
+};
 use message_table::outbox::{
     self, NewMessage, OutboxConfig, OutboxStatus,
     relay::{PublishOutcome, Relay, RelayReport, Relays},
     resend_scheduler::{LEASE_EXPIRED, ResendScheduler},
-};
-use lapin::{
-    options::{QueueBindOptions, QueueDeclareOptions},
-    types::{AMQPValue, FieldTable, LongString, ShortString},
 };
 use serde_json::json;
 use sqlx::PgPool;
@@ -139,11 +139,20 @@ async fn confirms_are_pipelined_and_each_row_is_matched_to_its_own_confirm() {
         ShortString::from("x-overflow"),
         AMQPValue::LongString(LongString::from("reject-publish")),
     );
-    args.insert(ShortString::from("x-expires"), AMQPValue::LongLongInt(120_000));
-    let conn = message_table::amqp::connect(&amqp, "test-full-queue").await.unwrap();
+    args.insert(
+        ShortString::from("x-expires"),
+        AMQPValue::LongLongInt(120_000),
+    );
+    let conn = message_table::amqp::connect(&amqp, "test-full-queue")
+        .await
+        .unwrap();
     let channel = conn.create_channel().await.unwrap();
     channel
-        .queue_declare(ShortString::from(full.as_str()), QueueDeclareOptions::default(), args)
+        .queue_declare(
+            ShortString::from(full.as_str()),
+            QueueDeclareOptions::default(),
+            args,
+        )
         .await
         .unwrap();
     channel
@@ -230,8 +239,15 @@ async fn confirms_are_pipelined_and_each_row_is_matched_to_its_own_confirm() {
         .map(|(id, _)| *id)
         .collect();
     let delivered = message_ids(&queue.take_all().await);
-    assert_eq!(delivered, acked, "the acked ones published once each, in creation order");
-    assert_eq!(queue.ready_count(&full).await, 0, "the full queue took nothing");
+    assert_eq!(
+        delivered, acked,
+        "the acked ones published once each, in creation order"
+    );
+    assert_eq!(
+        queue.ready_count(&full).await,
+        0,
+        "the full queue took nothing"
+    );
 }
 
 #[tokio::test]
@@ -988,7 +1004,10 @@ async fn the_wake_up_is_sent_by_a_transaction_that_commits_asynchronously() {
         .fetch_one(&spied)
         .await
         .unwrap();
-    assert_eq!(before, "on", "the connection commits synchronously by default");
+    assert_eq!(
+        before, "on",
+        "the connection commits synchronously by default"
+    );
     wake.send(&spied).await;
 
     let seen: Vec<(String, String)> = sqlx::query_as("SELECT setting, channel FROM spy.seen")
@@ -1000,7 +1019,11 @@ async fn the_wake_up_is_sent_by_a_transaction_that_commits_asynchronously() {
         [("off".to_string(), outbox::NOTIFY_CHANNEL.to_string())],
         "send's one statement ran (and committed) with synchronous_commit off"
     );
-    assert_eq!(listener.recv().await.unwrap().payload(), "", "and it woke the relay");
+    assert_eq!(
+        listener.recv().await.unwrap().payload(),
+        "",
+        "and it woke the relay"
+    );
 }
 
 /// No NOTIFY arrives (a wake-up never sent, as when its sender died after the commit): the
@@ -1031,10 +1054,14 @@ async fn without_a_notify_the_fallback_poll_finds_the_row() {
         tx.commit().await.unwrap();
         // The wake-up is never sent.
         drop(wake);
-        test_kit::eventually("the row sent without a NOTIFY", Duration::from_secs(20), || {
-            let pool = db.pool.clone();
-            async move { (row(&pool, msg.id).await.status == OutboxStatus::Sent).then_some(()) }
-        })
+        test_kit::eventually(
+            "the row sent without a NOTIFY",
+            Duration::from_secs(20),
+            || {
+                let pool = db.pool.clone();
+                async move { (row(&pool, msg.id).await.status == OutboxStatus::Sent).then_some(()) }
+            },
+        )
         .await;
         sent.push(msg.id);
     }

@@ -719,14 +719,20 @@ fn the_demo_copies_are_the_services_with_the_switches_on_and_a_development_token
             "{name}"
         );
         let mut plain_env = environment(plain);
-        assert_eq!(plain_env.remove("ADMIN_TOKEN").as_deref(), Some("${ADMIN_TOKEN:-}"));
+        assert_eq!(
+            plain_env.remove("ADMIN_TOKEN").as_deref(),
+            Some("${ADMIN_TOKEN:-}")
+        );
         if name != "gateway" {
             assert_eq!(env.remove("DEMO_FAULTS").as_deref(), Some("1"), "{name}");
             assert!(env.remove("RABBITMQ_MANAGEMENT_URL").is_some(), "{name}");
             // Reached under the plain service's name.
             assert_eq!(strings(&demo["networks"]["default"]["aliases"]), [name]);
         }
-        assert_eq!(env, plain_env, "{name}-demo sets what {name} sets, and the demo's own");
+        assert_eq!(
+            env, plain_env,
+            "{name}-demo sets what {name} sets, and the demo's own"
+        );
     }
     assert!(
         compose_text().contains("UNSAFE FOR PRODUCTION"),
