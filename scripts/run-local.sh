@@ -12,7 +12,8 @@
 #
 # Configuration comes from the services' own environment variables (ORDER_ADDR, PAY_ADDR,
 # GATEWAY_ADDR, *_DATABASE_URL, AMQP_URL, ...). Unless GATEWAY_ROUTES is set, the gateway's
-# routes follow ORDER_ADDR and PAY_ADDR. SKIP_BUILD=1 skips `cargo build`.
+# routes follow ORDER_ADDR and PAY_ADDR. SKIP_BUILD=1 skips `cargo build`; RUN_LOCAL_PROFILE=dev
+# builds and runs the debug binaries instead of the release ones.
 # PostgreSQL and RabbitMQ are started when needed and never stopped. On a Debian or Ubuntu
 # machine without them, they are installed first from the distribution's packages (it says so);
 # elsewhere it names the packages to install.
@@ -26,7 +27,7 @@ READY_DEADLINE_SECS="${READY_DEADLINE_SECS:-60}"
 STOP_DEADLINE_SECS="${STOP_DEADLINE_SECS:-15}"
 
 usage() {
-    sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 # Set by --demo: the teaching switches on, the token and the dashboard printed.
@@ -86,7 +87,13 @@ service_url() {
 
 binary_path() {
     local target="${CARGO_TARGET_DIR:-target}"
-    printf '%s/release/%s\n' "$target" "$1"
+    printf '%s/%s/%s\n' "$target" "$(profile_dir)" "$1"
+}
+
+# RUN_LOCAL_PROFILE=dev builds and runs the debug binaries (quicker to build on a machine
+# without a release build yet); the default is release.
+profile_dir() {
+    if [[ "${RUN_LOCAL_PROFILE:-release}" == dev ]]; then echo debug; else echo release; fi
 }
 
 build() {
@@ -94,8 +101,10 @@ build() {
         log "SKIP_BUILD=1: not building"
         return 0
     fi
-    log "cargo build --release --bins"
-    cargo build --release --bins || die "cargo build failed"
+    local -a profile=(--release)
+    [[ "$(profile_dir)" == release ]] || profile=()
+    log "cargo build ${profile[*]} --bins"
+    cargo build "${profile[@]}" --bins || die "cargo build failed"
 }
 
 # Whatever listens on a port, for the error message.

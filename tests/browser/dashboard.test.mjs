@@ -214,6 +214,8 @@ try {
     if (stored !== 'zh') throw new Error(`localStorage lmt-lang is ${stored}`);
     await page.locator('html[lang="zh-CN"]').waitFor({ state: 'attached', timeout: 2_000 });
     await adminState.filter({ hasText: '已连接' }).waitFor({ timeout: 5_000 });
+    // A reload forgets which order the lane followed: watch the newest again.
+    await page.locator('#orders tbody tr').first().getByRole('button', { name: /^Watch order/ }).click();
     await stage(2).filter({ hasText: '收到的副本' }).waitFor({ timeout: 5_000 });
     await switchOf('pay', 'hold_ack').getByRole('button', { name: '说明' }).click();
     await page.locator('#explain-title').filter({ hasText: '场景 07' }).waitFor({ timeout: 5_000 });
