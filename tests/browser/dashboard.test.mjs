@@ -42,6 +42,11 @@ async function screenshot(page, name) {
   await page.screenshot({ path, fullPage: true });
 }
 
+/// The lane view alone, readable at its own size.
+async function laneShot(name) {
+  await page.locator('#lane').screenshot({ path: join(SHOTS, `${name}-lane.png`) });
+}
+
 const userDataDir = mkdtempSync(join(tmpdir(), 'lmt-chromium-'));
 const context = await chromium.launchPersistentContext(userDataDir, {
   executablePath: '/usr/bin/chromium',
@@ -165,6 +170,7 @@ try {
     await stage(1).and(page.locator('.here')).waitFor({ timeout: 10_000 });
     await stage(2).filter({ hasText: 'no row yet' }).waitFor({ timeout: 5_000 });
     await screenshot(page, 'lane-mid-flight');
+    await laneShot('lane-mid-flight');
     await switchOf('pay', 'stop_consumer').getByRole('button', { name: 'Turn off stop_consumer on pay' }).click();
     await paid(id);
   });
@@ -183,6 +189,7 @@ try {
     if (story.order_created[0].duplicates !== 1) throw new Error(`pay's inbox row counts ${story.order_created[0].duplicates} duplicates, not 1`);
     await lane.scrollIntoViewIfNeeded();
     await screenshot(page, 'lane-duplicate-dropped');
+    await laneShot('lane-duplicate-dropped');
   });
 
   await check('Explain: a failed load says so and a retry renders the scenario from Markdown', async () => {
@@ -221,7 +228,7 @@ try {
     await page.locator('#explain-title').filter({ hasText: '场景 07' }).waitFor({ timeout: 5_000 });
     await page.locator('#explain-text').filter({ hasText: /[\u4e00-\u9fff]/ }).waitFor({ timeout: 5_000 });
     await page.evaluate(() => window.scrollTo(0, 0));
-    await screenshot(page, 'chinese-ui');
+    await page.screenshot({ path: join(SHOTS, 'chinese-ui.png') });
     await page.click('#lang');
     await page.locator('#buy-title').filter({ hasText: 'Place an order' }).waitFor({ timeout: 5_000 });
     await page.click('#explain-close');

@@ -141,14 +141,14 @@ impl QueueProbe {
     /// from a passive declare.
     async fn read(&self) -> Result<QueueCounts, ApiError> {
         if let Some(url) = &self.management_url {
-            match self.from_management(url).await {
+            match self.read_management_api(url).await {
                 Ok(counts) => return Ok(counts),
                 Err(e) => {
                     tracing::debug!(error = %e, "management API unavailable; passive declare")
                 }
             }
         }
-        self.from_passive_declare()
+        self.read_passive_declare()
             .await
             .map_err(|e| ApiError::Unavailable {
                 code: "broker_unavailable",
@@ -156,7 +156,7 @@ impl QueueProbe {
             })
     }
 
-    async fn from_management(&self, base: &str) -> anyhow::Result<QueueCounts> {
+    async fn read_management_api(&self, base: &str) -> anyhow::Result<QueueCounts> {
         #[derive(Deserialize)]
         struct Queue {
             messages_ready: Option<u64>,
@@ -202,7 +202,7 @@ impl QueueProbe {
         })
     }
 
-    async fn from_passive_declare(&self) -> anyhow::Result<QueueCounts> {
+    async fn read_passive_declare(&self) -> anyhow::Result<QueueCounts> {
         let mut held = self.channel.lock().await;
         if !held
             .as_ref()
