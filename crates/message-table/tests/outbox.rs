@@ -174,8 +174,8 @@ async fn confirms_are_pipelined_and_each_row_is_matched_to_its_own_confirm() {
         Return,
     }
     let answer = |i: usize| match i {
-        _ if i % 5 == 0 => Answer::Nack,
-        _ if i % 7 == 0 => Answer::Return,
+        _ if i.is_multiple_of(5) => Answer::Nack,
+        _ if i.is_multiple_of(7) => Answer::Return,
         _ => Answer::Ack,
     };
     let mut tx = db.pool.begin().await.unwrap();
