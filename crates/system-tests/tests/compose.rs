@@ -326,8 +326,8 @@ fn every_published_port_is_a_variable_and_bound_to_a_variable_address() {
         }
     }
     assert_eq!(
-        published, 3,
-        "the gateway, the management UI and Prometheus"
+        published, 4,
+        "the gateway (and its demo copy, on the same port), the management UI and Prometheus"
     );
 }
 
