@@ -75,6 +75,12 @@ running="$(running_services | paste -sd, - || true)"
 # Tools: Chromium from Debian, playwright-core from npm (the lock file's version).
 
 ensure_tool chromium
+# The Chinese UI's screenshot needs a font with Chinese glyphs (else boxes).
+if command -v fc-list >/dev/null 2>&1 && [[ -z "$(fc-list :lang=zh 2>/dev/null)" ]] && command -v apt-get >/dev/null 2>&1; then
+    log "installing fonts-wqy-microhei (Chinese glyphs for the Chinese UI)"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fonts-wqy-microhei >/dev/null 2>&1 ||
+        warn "no Chinese font: the Chinese UI's screenshot shows boxes"
+fi
 ensure_tool node nodejs
 ensure_tool npm
 log "npm ci (tests/browser)"
