@@ -2,13 +2,15 @@
 # The dashboard in a real browser: headless Chromium (Debian's /usr/bin/chromium, installed
 # with apt-get when missing; no browser is ever downloaded) driven by playwright-core from
 # npm (tests/browser, installed here with `npm ci`). The test buys from the page and sees
-# PAID; turns on "fail the next 2" on pay and sees the retries in the story, then PAID; makes
-# a message dead (fail_handler for INBOX_MAX_ATTEMPTS runs), requeues it from the page and
-# sees it leave the dead list; loses a confirm and sees exactly one payment.
+# PAID and the lane view; sees a message held by the broker (stop_consumer) and a redelivered
+# copy dropped (hold_ack) in the lane; turns on "fail the next 2" on pay and sees the retries
+# in the story, then PAID; makes a message dead (fail_handler for INBOX_MAX_ATTEMPTS runs),
+# requeues it from the page and sees it leave the dead list; loses a confirm and sees exactly
+# one payment; sees a failed Explain and its retry, and the page in Chinese.
 #
 # It starts its own stack (scripts/run-local.sh with its own ports, databases, exchange,
 # queues and run dir: .run/browser/), with DEMO_FAULTS=1 and an ADMIN_TOKEN, and stops it at
-# exit. Screenshots go to .run/browser/screenshots/ (their paths are printed).
+# exit. Screenshots go to .run/screens/ (their paths are printed).
 #
 # Prints `ok - ...` / `not ok - ...` per check, then `N passed, M failed`; exits non-zero
 # when a check failed. Environment: BROWSER_PORT_BASE (default 19780: pay +2, order +3,
@@ -37,10 +39,14 @@ export OUTBOX_RETRY_BASE_MS=200 OUTBOX_RETRY_MAX_MS=1000 OUTBOX_CONFIRM_TIMEOUT_
 export INBOX_RETRY_BASE_MS=300 INBOX_RETRY_MAX_MS=1000 INBOX_MAX_ATTEMPTS=3
 # The reconciler must not repair what the test breaks on purpose.
 export RECONCILER_PENDING_AFTER_SECS=600
+# The lane view's unacked count, from the management API where it answers.
+if [[ -z "${RABBITMQ_MANAGEMENT_URL:-}" ]] && tcp_open 127.0.0.1 15672; then
+    export RABBITMQ_MANAGEMENT_URL="http://guest:guest@127.0.0.1:15672"
+fi
 mkdir -p "$RUN_DIR"
 admin_token_in "$RUN_DIR/admin-token"
 GW="$(base_url "$GATEWAY_ADDR")"
-SCREENSHOTS="$RUN_DIR/screenshots"
+SCREENSHOTS="$ROOT/.run/screens"
 
 PASSED=0
 FAILED=0
@@ -69,6 +75,12 @@ running="$(running_services | paste -sd, - || true)"
 # Tools: Chromium from Debian, playwright-core from npm (the lock file's version).
 
 ensure_tool chromium
+# The Chinese UI's screenshot needs a font with Chinese glyphs (else boxes).
+if command -v fc-list >/dev/null 2>&1 && [[ -z "$(fc-list :lang=zh 2>/dev/null)" ]] && command -v apt-get >/dev/null 2>&1; then
+    log "installing fonts-wqy-microhei (Chinese glyphs for the Chinese UI)"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fonts-wqy-microhei >/dev/null 2>&1 ||
+        warn "no Chinese font: the Chinese UI's screenshot shows boxes"
+fi
 ensure_tool node nodejs
 ensure_tool npm
 log "npm ci (tests/browser)"

@@ -3,6 +3,8 @@
 # with logs and pid files in .run/ at the repository root.
 #
 #   scripts/run-local.sh [start]        build, start all three, wait until ready, print a curl session
+#   scripts/run-local.sh [start] --demo the same with the teaching switches on (DEMO_FAULTS=1):
+#                                       prints the dashboard's address and the admin token
 #   scripts/run-local.sh stop           stop the processes of .run/ (SIGTERM, SIGKILL after 15 s)
 #   scripts/run-local.sh status         which services are running (exit 0 when all three are)
 #   scripts/run-local.sh start-one SVC  start one service (pay, order or gateway), without building
@@ -10,8 +12,11 @@
 #
 # Configuration comes from the services' own environment variables (ORDER_ADDR, PAY_ADDR,
 # GATEWAY_ADDR, *_DATABASE_URL, AMQP_URL, ...). Unless GATEWAY_ROUTES is set, the gateway's
-# routes follow ORDER_ADDR and PAY_ADDR. SKIP_BUILD=1 skips `cargo build`.
-# PostgreSQL and RabbitMQ are started when needed and never stopped.
+# routes follow ORDER_ADDR and PAY_ADDR. SKIP_BUILD=1 skips `cargo build`; RUN_LOCAL_PROFILE=dev
+# builds and runs the debug binaries instead of the release ones.
+# PostgreSQL and RabbitMQ are started when needed and never stopped. On a Debian or Ubuntu
+# machine without them, they are installed first from the distribution's packages (it says so);
+# elsewhere it names the packages to install.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -22,8 +27,11 @@ READY_DEADLINE_SECS="${READY_DEADLINE_SECS:-60}"
 STOP_DEADLINE_SECS="${STOP_DEADLINE_SECS:-15}"
 
 usage() {
-    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
 }
+
+# Set by --demo: the teaching switches on, the token and the dashboard printed.
+DEMO=0
 
 # The effective addresses and routes, exported so the services see exactly what this script
 # checks and prints.
@@ -48,6 +56,15 @@ configure() {
     export ORDER_ADDR PAY_ADDR GATEWAY_ADDR GATEWAY_ROUTES ORDER_PAY_URL
     # The admin API is on, with the caller's ADMIN_TOKEN or one kept in .run/.
     admin_token_in "$RUN_DIR/admin-token"
+    if ((DEMO == 1)); then
+        # The teaching switches (/admin/faults): development only, never in production.
+        export DEMO_FAULTS=1
+        # The lane view's queue counts (ready and unacknowledged) come from the management
+        # API when it answers; without it, from a passive declare (ready only).
+        if [[ -z "${RABBITMQ_MANAGEMENT_URL:-}" ]] && tcp_open 127.0.0.1 15672; then
+            export RABBITMQ_MANAGEMENT_URL="http://guest:guest@127.0.0.1:15672"
+        fi
+    fi
     # The logs go to files: no colour escapes in them unless asked for.
     export NO_COLOR="${NO_COLOR:-1}"
 }
@@ -70,7 +87,13 @@ service_url() {
 
 binary_path() {
     local target="${CARGO_TARGET_DIR:-target}"
-    printf '%s/release/%s\n' "$target" "$1"
+    printf '%s/%s/%s\n' "$target" "$(profile_dir)" "$1"
+}
+
+# RUN_LOCAL_PROFILE=dev builds and runs the debug binaries (quicker to build on a machine
+# without a release build yet); the default is release.
+profile_dir() {
+    if [[ "${RUN_LOCAL_PROFILE:-release}" == dev ]]; then echo debug; else echo release; fi
 }
 
 build() {
@@ -78,8 +101,10 @@ build() {
         log "SKIP_BUILD=1: not building"
         return 0
     fi
-    log "cargo build --release --bins"
-    cargo build --release --bins || die "cargo build failed"
+    local -a profile=(--release)
+    [[ "$(profile_dir)" == release ]] || profile=()
+    log "cargo build ${profile[*]} --bins"
+    cargo build "${profile[@]}" --bins || die "cargo build failed"
 }
 
 # Whatever listens on a port, for the error message.
@@ -242,6 +267,46 @@ on_start_exit() {
     exit "$rc"
 }
 
+# install_missing_servers: PostgreSQL or RabbitMQ wanted on this machine, not answering and not
+# installed (a fresh machine): on Debian or Ubuntu, installs them from the distribution's
+# packages, saying so first; elsewhere, names the packages and stops.
+install_missing_servers() {
+    local admin_url db host port amqp_url
+    local -a missing=()
+    read -r admin_url db < <(pg_url_parts "$(env_or_default ORDER_DATABASE_URL "$DEFAULT_ORDER_DATABASE_URL")")
+    IFS='|' read -r host port < <(url_host_port "$admin_url" 5432)
+    if is_local_host "$host" && ! pg_answers "$admin_url" && ! command -v pg_ctlcluster >/dev/null 2>&1; then
+        missing+=(postgresql)
+    fi
+    amqp_url="$(env_or_default AMQP_URL "$DEFAULT_AMQP_URL")"
+    IFS='|' read -r host port < <(url_host_port "$amqp_url" 5672)
+    host="${host:-127.0.0.1}"
+    if is_local_host "$host" && ! tcp_open "$host" "$port" && ! command -v rabbitmq-server >/dev/null 2>&1; then
+        missing+=(rabbitmq-server)
+    fi
+    ((${#missing[@]} > 0)) || return 0
+    if [[ ! -r /etc/debian_version ]] || ! command -v apt-get >/dev/null 2>&1; then
+        die "not installed here: ${missing[*]}. Install them with your system's package manager
+(the packages are usually called postgresql and rabbitmq-server; Homebrew: postgresql@17 and
+rabbitmq), or point ORDER_DATABASE_URL, PAY_DATABASE_URL and AMQP_URL at running servers"
+    fi
+    log "not installed here: ${missing[*]}; installing from the distribution's packages (apt-get)"
+    as_root apt-get update -qq >/dev/null || die "apt-get update failed (root or sudo needed)"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null ||
+        die "could not install ${missing[*]}"
+    if [[ " ${missing[*]} " == *" postgresql "* ]]; then
+        # The URLs name the user postgres without a password, over TCP: a fresh cluster asks
+        # for one. Trusted from this machine only, as on a development machine.
+        local hba
+        for hba in /etc/postgresql/*/main/pg_hba.conf; do
+            [[ -f "$hba" ]] || continue
+            log "letting postgres connect without a password from 127.0.0.1 and ::1 ($hba; local development only)"
+            as_root sed -i '1i host all postgres 127.0.0.1/32 trust\nhost all postgres ::1/128 trust' "$hba"
+        done
+    fi
+    log "installed ${missing[*]}; starting them"
+}
+
 cmd_start() {
     local running
     running="$(running_services | paste -sd, -)"
@@ -253,6 +318,7 @@ cmd_start() {
     for name in "${SERVICES[@]}"; do ensure_port_free "$name"; done
     ensure_tool curl
     ensure_tool psql postgresql-client
+    install_missing_servers
     ensure_services
     ensure_databases
     build
@@ -267,6 +333,16 @@ cmd_start() {
     START_DONE=1
     trap - EXIT INT TERM
     print_session
+    if ((DEMO == 1)); then print_demo; fi
+}
+
+print_demo() {
+    cat <<EOF
+The demo is on (DEMO_FAULTS=1: the teaching switches). Development only, UNSAFE FOR PRODUCTION.
+  dashboard    $GATEWAY_URL/
+  admin token  $ADMIN_TOKEN   (enter it on the dashboard; also in $RUN_DIR/admin-token)
+
+EOF
 }
 
 cmd_start_one() {
@@ -301,6 +377,12 @@ cmd_status() {
 }
 
 main() {
+    local -a args=()
+    local arg
+    for arg in "$@"; do
+        if [[ "$arg" == --demo ]]; then DEMO=1; else args+=("$arg"); fi
+    done
+    set -- "${args[@]}"
     local cmd="${1:-start}"
     configure
     case "$cmd" in

@@ -93,7 +93,7 @@ stack_up() {
 reset_faults() {
     local base switch
     for base in "$ORDER_URL" "$PAY_URL"; do
-        for switch in pause_relay fail_handler lose_confirms drop_broker_connection stop_consumer deliver_twice; do
+        for switch in pause_relay fail_handler lose_confirms drop_broker_connection stop_consumer deliver_twice hold_ack; do
             admin "$base" DELETE "/faults/$switch"
         done
     done

@@ -42,6 +42,11 @@ async function screenshot(page, name) {
   await page.screenshot({ path, fullPage: true });
 }
 
+/// The lane view alone, readable at its own size.
+async function laneShot(name) {
+  await page.locator('#lane').screenshot({ path: join(SHOTS, `${name}-lane.png`) });
+}
+
 const userDataDir = mkdtempSync(join(tmpdir(), 'lmt-chromium-'));
 const context = await chromium.launchPersistentContext(userDataDir, {
   executablePath: '/usr/bin/chromium',
@@ -70,6 +75,8 @@ const adminState = page.locator('#admin-state');
 const row = (id) => page.locator(`#orders tr[data-order-id="${id}"]`);
 const storyOf = (id) => page.locator(`#story-${id}`);
 const switchOf = (service, name) => page.locator(`#faults li[data-service="${service}"][data-switch="${name}"]`);
+const lane = page.locator('#lane');
+const stage = (n) => lane.locator('li.stage').nth(n);
 
 /// Fills the order form and presses Buy; the new order's id (the page opens its story).
 async function buy(amount, item) {
@@ -143,6 +150,88 @@ try {
       if (!story.includes(step)) throw new Error(`the story lacks "${step}": ${oneLine(story)}`);
     }
     await screenshot(page, '01-bought-and-paid');
+  });
+
+  await check('the lane view follows the order: outbox, broker, inbox (one copy), payment, then the reply back', async () => {
+    await lane.locator('li.stage').nth(7).waitFor({ timeout: 5_000 });
+    const boxes = await lane.locator('li.stage').count();
+    if (boxes !== 8) throw new Error(`${boxes} boxes, not 8 (two lanes of four)`);
+    await stage(0).filter({ hasText: 'status sent, publish attempts 1' }).waitFor({ timeout: 5_000 });
+    await stage(1).filter({ hasText: /ready \d+/ }).waitFor({ timeout: 5_000 });
+    await stage(2).filter({ hasText: 'copies received: 1' }).waitFor({ timeout: 5_000 });
+    await stage(3).filter({ hasText: 'payments for this order: 1' }).waitFor({ timeout: 5_000 });
+    await stage(7).filter({ hasText: 'PAID' }).waitFor({ timeout: 5_000 });
+    if ((await lane.locator('li.stage.here').count()) !== 0) throw new Error('a settled order still has a message on its way');
+  });
+
+  await check('mid-flight: with pay\'s consumer stopped, the lane shows the message held by the broker', async () => {
+    await turnOn('pay', 'stop_consumer', 20);
+    const id = await buy(1500, 'held by the broker');
+    await stage(1).and(page.locator('.here')).waitFor({ timeout: 10_000 });
+    await stage(2).filter({ hasText: 'no row yet' }).waitFor({ timeout: 5_000 });
+    await screenshot(page, 'lane-mid-flight');
+    await laneShot('lane-mid-flight');
+    await switchOf('pay', 'stop_consumer').getByRole('button', { name: 'Turn off stop_consumer on pay' }).click();
+    await paid(id);
+  });
+
+  await check('hold_ack ("crash after commit") on pay: committed, no ack, redelivered, the copy dropped and shown in the lane', async () => {
+    const before = await balance('alice');
+    await turnOn('pay', 'hold_ack', 1);
+    const id = await buy(1700, 'crash after commit');
+    await paid(id);
+    await stage(2).filter({ hasText: 'copies received: 2 (1 dropped as duplicates)' }).waitFor({ timeout: SETTLE_MS });
+    await stage(3).filter({ hasText: 'payments for this order: 1' }).waitFor({ timeout: 5_000 });
+    await switchOf('pay', 'hold_ack').filter({ hasText: 'inactive' }).waitFor({ timeout: 5_000 });
+    const after = await balance('alice');
+    if (before - after !== 1700) throw new Error(`alice was debited ${before - after}, not 1700 once`);
+    const story = await adminGet('pay', `/payments/${id}/story`);
+    if (story.order_created[0].duplicates !== 1) throw new Error(`pay's inbox row counts ${story.order_created[0].duplicates} duplicates, not 1`);
+    await lane.scrollIntoViewIfNeeded();
+    await screenshot(page, 'lane-duplicate-dropped');
+    await laneShot('lane-duplicate-dropped');
+  });
+
+  await check('Explain: a failed load says so and a retry renders the scenario from Markdown', async () => {
+    await page.route('**/dashboard/scenarios.md', (route) => route.fulfill({ status: 500, body: 'down' }));
+    await switchOf('pay', 'hold_ack').getByRole('button', { name: 'Explain' }).click();
+    const error = page.locator('#explain-error');
+    await error.filter({ hasText: 'could not be loaded: HTTP 500' }).waitFor({ timeout: 5_000 });
+    await page.unroute('**/dashboard/scenarios.md');
+    await page.click('#explain-retry');
+    await error.waitFor({ state: 'hidden', timeout: 5_000 });
+    await page.locator('#explain-title').filter({ hasText: 'Scenario 07' }).waitFor({ timeout: 5_000 });
+    // Rendered, not shown as source: Markdown's code spans and paragraphs are elements.
+    if ((await page.locator('#explain-text p').count()) === 0) throw new Error('no paragraph rendered');
+    if ((await page.locator('#explain-text code').count()) === 0) throw new Error('no code span rendered');
+    const cards = await page.locator('#script-cards li').count();
+    if (cards !== 6) throw new Error(`${cards} run-this-script cards, not 6 (01, 04, 06, 09, 12, 13)`);
+    await page.locator('#script-cards li[data-scenario="13-lost-message-reconciler"]').getByRole('button', { name: 'Explain' }).click();
+    await page.locator('#explain-title').filter({ hasText: 'Scenario 13' }).waitFor({ timeout: 5_000 });
+    await page.locator('#reconciler').filter({ hasText: /Last pass|No pass yet/ }).waitFor({ timeout: 5_000 });
+    await page.locator('#heard').filter({ hasText: 'Last heard from order' }).waitFor({ timeout: 5_000 });
+  });
+
+  await check('the language switch: Chinese UI, remembered after a reload, Explain in Chinese; back to English', async () => {
+    await page.click('#lang');
+    await page.locator('#buy-title').filter({ hasText: '下单' }).waitFor({ timeout: 5_000 });
+    await page.reload();
+    await page.locator('#buy-title').filter({ hasText: '下单' }).waitFor({ timeout: 5_000 });
+    const stored = await page.evaluate(() => localStorage.getItem('lmt-lang'));
+    if (stored !== 'zh') throw new Error(`localStorage lmt-lang is ${stored}`);
+    await page.locator('html[lang="zh-CN"]').waitFor({ state: 'attached', timeout: 2_000 });
+    await adminState.filter({ hasText: '已连接' }).waitFor({ timeout: 5_000 });
+    // A reload forgets which order the lane followed: watch the newest again.
+    await page.locator('#orders tbody tr').first().getByRole('button', { name: /^Watch order/ }).click();
+    await stage(2).filter({ hasText: '收到的副本' }).waitFor({ timeout: 5_000 });
+    await switchOf('pay', 'hold_ack').getByRole('button', { name: '说明' }).click();
+    await page.locator('#explain-title').filter({ hasText: '场景 07' }).waitFor({ timeout: 5_000 });
+    await page.locator('#explain-text').filter({ hasText: /[\u4e00-\u9fff]/ }).waitFor({ timeout: 5_000 });
+    await page.evaluate(() => window.scrollTo(0, 0));
+    await page.screenshot({ path: join(SHOTS, 'chinese-ui.png') });
+    await page.click('#lang');
+    await page.locator('#buy-title').filter({ hasText: 'Place an order' }).waitFor({ timeout: 5_000 });
+    await page.click('#explain-close');
   });
 
   await check('"fail the next 2" on pay: the story shows the retries (handler attempts: 3), then PAID', async () => {

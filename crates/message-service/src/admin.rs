@@ -21,7 +21,11 @@
 //!   or `{"all": true}` dead rows (optionally with `event_type` and `before`), answering
 //!   how many;
 //! - `DELETE /admin/outbox/dead?before=...`, `DELETE /admin/inbox/dead?before=...`: delete
-//!   dead rows older than `before` (optionally of `event_type`), answering how many.
+//!   dead rows older than `before` (optionally of `event_type`), answering how many;
+//! - `GET /admin/queue`: the service's queue as the broker counts it (ready, and
+//!   unacknowledged where the management API is configured), for the dashboard's lane view:
+//!   between an outbox row marked sent and an inbox row, a message is the broker's. Read
+//!   here, not by the gateway, which holds no broker client.
 //!
 //! Every route is behind `ADMIN_TOKEN` ([`common::admin`]): the layer sits on the whole
 //! nest in [`crate::service::Service::build`]. The gateway forwards `/admin/<route>/...`
@@ -47,6 +51,7 @@ use common::{
 use message_table::{
     InboxStatus, OutboxStatus,
     admin::{self, Filter, InboxRow, OutboxRow, PageKey, Selection},
+    amqp::{self as broker, AmqpConfig},
     inbox::{self, InboxCounters, InboxCounts, InboxStats},
     outbox::{self, OutboxStats},
 };
@@ -102,6 +107,169 @@ async fn stats(State(s): State<AdminState>) -> Result<Json<Stats>, ApiError> {
         inbox_since_start: s.counters.snapshot(),
         outbox_oldest_pending_age_seconds: outbox::oldest_waiting_age(&s.pool).await?,
     }))
+}
+
+/// Where `GET /admin/queue` reads the service's queue.
+#[derive(Clone)]
+pub struct QueueProbe {
+    pub amqp: AmqpConfig,
+    pub queue: String,
+    /// `RABBITMQ_MANAGEMENT_URL` (`http://user:password@host:15672`): ready and unacked
+    /// counts from the management API. Without it (or when it fails), a passive declare
+    /// tells the ready count and the consumers only.
+    pub management_url: Option<String>,
+    http: reqwest::Client,
+    /// The passive declare's channel, kept between calls (the page polls every second).
+    channel: Arc<tokio::sync::Mutex<Option<(lapin::Connection, lapin::Channel)>>>,
+}
+
+impl QueueProbe {
+    pub fn new(amqp: AmqpConfig, queue: String, management_url: Option<String>) -> Self {
+        Self {
+            amqp,
+            queue,
+            management_url,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(2))
+                .build()
+                .expect("an HTTP client without TLS builds"),
+            channel: Arc::default(),
+        }
+    }
+
+    /// The queue's counts: from the management API when configured and answering, else
+    /// from a passive declare.
+    async fn read(&self) -> Result<QueueCounts, ApiError> {
+        if let Some(url) = &self.management_url {
+            match self.read_management_api(url).await {
+                Ok(counts) => return Ok(counts),
+                Err(e) => {
+                    tracing::debug!(error = %e, "management API unavailable; passive declare")
+                }
+            }
+        }
+        self.read_passive_declare()
+            .await
+            .map_err(|e| ApiError::Unavailable {
+                code: "broker_unavailable",
+                message: format!("the broker did not answer about {}: {e:#}", self.queue),
+            })
+    }
+
+    async fn read_management_api(&self, base: &str) -> anyhow::Result<QueueCounts> {
+        #[derive(Deserialize)]
+        struct Queue {
+            messages_ready: Option<u64>,
+            messages_unacknowledged: Option<u64>,
+            consumers: Option<u64>,
+        }
+        // The AMQP URL's vhost, still percent-encoded ("%2f" for "/"), as the API wants it.
+        let vhost = self
+            .amqp
+            .url
+            .rsplit_once('/')
+            .map(|(head, v)| {
+                if head.ends_with('/') || v.is_empty() {
+                    "%2f"
+                } else {
+                    v
+                }
+            })
+            .unwrap_or("%2f");
+        let url = format!(
+            "{}/api/queues/{vhost}/{}",
+            base.trim_end_matches('/'),
+            self.queue
+        );
+        // Errors without the URL: it holds the management API's password.
+        let q: Queue = async {
+            self.http
+                .get(url)
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await
+        }
+        .await
+        .map_err(reqwest::Error::without_url)?;
+        Ok(QueueCounts {
+            queue: self.queue.clone(),
+            ready: q.messages_ready.unwrap_or(0),
+            unacked: Some(q.messages_unacknowledged.unwrap_or(0)),
+            consumers: q.consumers.unwrap_or(0),
+            source: "management".into(),
+        })
+    }
+
+    async fn read_passive_declare(&self) -> anyhow::Result<QueueCounts> {
+        let mut held = self.channel.lock().await;
+        if !held
+            .as_ref()
+            .is_some_and(|(c, ch)| c.status().connected() && ch.status().connected())
+        {
+            let conn = broker::connect(&self.amqp, "admin-queue-probe").await?;
+            let channel = conn.create_channel().await?;
+            *held = Some((conn, channel));
+        }
+        let (_, channel) = held.as_ref().expect("just connected");
+        let declared = channel
+            .queue_declare(
+                lapin::types::ShortString::from(self.queue.as_str()),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                Default::default(),
+            )
+            .await;
+        let q = match declared {
+            Ok(q) => q,
+            Err(e) => {
+                // The channel is closed by a failed declare: a new one next time.
+                *held = None;
+                return Err(e.into());
+            }
+        };
+        Ok(QueueCounts {
+            queue: self.queue.clone(),
+            ready: q.message_count().into(),
+            unacked: None,
+            consumers: q.consumer_count().into(),
+            source: "passive_declare".into(),
+        })
+    }
+}
+
+/// `GET /admin/queue`'s body.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QueueCounts {
+    pub queue: String,
+    /// Messages waiting in the queue.
+    pub ready: u64,
+    /// Delivered to a consumer, not acked yet; `null` when only a passive declare answered
+    /// (it does not tell).
+    pub unacked: Option<u64>,
+    pub consumers: u64,
+    /// `management` or `passive_declare`.
+    pub source: String,
+}
+
+/// The `/admin/queue` route, to be nested (behind the token) next to [`router`]'s.
+pub fn queue_router(probe: QueueProbe) -> Router {
+    Router::new()
+        .route("/queue", get(queue_counts))
+        .with_state(probe)
+}
+
+/// The service's queue as the broker counts it.
+#[utoipa::path(get, path = "/admin/queue", tag = "admin", security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "the queue's counts", body = QueueCounts),
+        (status = 503, description = "the broker did not answer", body = ErrorBody),
+        AdminErrors))]
+async fn queue_counts(State(probe): State<QueueProbe>) -> Result<Json<QueueCounts>, ApiError> {
+    Ok(Json(probe.read().await?))
 }
 
 /// Rows per page when `limit` is not given, and the most a page may ask for.
@@ -641,7 +809,8 @@ async fn requeue_inbox(
         requeue_many_outbox,
         requeue_many_inbox,
         requeue_outbox,
-        requeue_inbox
+        requeue_inbox,
+        queue_counts
     ),
     modifiers(&AdminSecurity)
 )]

@@ -41,7 +41,7 @@ pub fn router(faults: Faults) -> Router {
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FaultSwitch {
     /// `pause_relay`, `fail_handler`, `lose_confirms`, `drop_broker_connection`,
-    /// `stop_consumer` or `deliver_twice`.
+    /// `stop_consumer`, `deliver_twice` or `hold_ack`.
     pub switch: String,
     /// How it is turned on: `count` (`{"count": N}`), `seconds` (`{"seconds": S}`) or
     /// `once` (`{}`).
@@ -138,7 +138,8 @@ pub async fn list(State(faults): State<Faults>) -> Json<FaultSwitches> {
     })
 }
 
-/// Turns a switch on: `{"count": N}` (`fail_handler`, `lose_confirms`, `deliver_twice`),
+/// Turns a switch on: `{"count": N}` (`fail_handler`, `lose_confirms`, `deliver_twice`,
+/// `hold_ack`),
 /// `{"seconds": S}` (`pause_relay`, `stop_consumer`) or `{}` (`drop_broker_connection`,
 /// once). Setting it again replaces what remained.
 #[utoipa::path(post, path = "/admin/faults/{switch}", tag = "faults",

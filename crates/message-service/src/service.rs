@@ -50,6 +50,8 @@ pub struct MessagingConfig {
     pub retention: RetentionConfig,
     /// `DEMO_FAULTS`: the teaching fault switches at `/admin/faults` ([`crate::faults`]).
     pub demo_faults: bool,
+    /// `RABBITMQ_MANAGEMENT_URL`: where `/admin/queue` reads the unacked count.
+    pub management_url: Option<String>,
 }
 
 impl MessagingConfig {
@@ -324,6 +326,11 @@ impl Service {
             messaging.inbox_counters(),
             cfg.messaging.outbox.message_ttl,
         )
+        .merge(crate::admin::queue_router(crate::admin::QueueProbe::new(
+            cfg.messaging.amqp.clone(),
+            cfg.messaging.queue.clone(),
+            cfg.messaging.management_url.clone(),
+        )))
         .merge(extras.admin_routes)
         // Empty unless DEMO_FAULTS: then /admin/faults is an unknown route (404).
         .merge(crate::faults::router(messaging.faults.clone()))

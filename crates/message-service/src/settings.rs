@@ -35,6 +35,11 @@ pub struct AmqpSettings {
     /// Longest wait between reconnection attempts.
     #[arg(long, env = "AMQP_RECONNECT_MAX_MS", default_value_t = 5_000)]
     pub amqp_reconnect_max_ms: u64,
+    /// The broker's management API (`http://user:password@host:15672`), read by
+    /// `/admin/queue` for the queue's unacknowledged count; unset: a passive declare (ready
+    /// count only).
+    #[arg(long, env = "RABBITMQ_MANAGEMENT_URL", default_value = "")]
+    pub rabbitmq_management_url: String,
 }
 
 impl From<AmqpSettings> for AmqpConfig {
@@ -208,7 +213,10 @@ pub struct MessagingSettings {
 impl MessagingSettings {
     /// The service's messaging: these settings, its queue and the routing keys bound to it.
     pub fn into_config(self, queue: String, routing_keys: &[&str]) -> MessagingConfig {
+        let management_url =
+            Some(self.amqp.rabbitmq_management_url.clone()).filter(|u| !u.is_empty());
         MessagingConfig {
+            management_url,
             amqp: self.amqp.into(),
             outbox: self.outbox.into(),
             inbox: self.inbox.into(),

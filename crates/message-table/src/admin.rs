@@ -46,6 +46,8 @@ pub struct OutboxRow {
     pub status: OutboxStatus,
     /// Held by a relay right now.
     pub in_flight: bool,
+    /// While held: when the relay's claim lapses and another relay may take the row.
+    pub lease_expires_at: Option<DateTime<Utc>>,
     pub attempts: i32,
     pub last_error: Option<String>,
     pub created_at: DateTime<Utc>,
@@ -77,6 +79,8 @@ pub struct InboxRow {
     pub received_at: DateTime<Utc>,
     pub next_attempt_at: Option<DateTime<Utc>>,
     pub processed_at: Option<DateTime<Utc>>,
+    /// Copies of this message dropped as duplicates after the first (per-message count).
+    pub duplicates: i32,
 }
 
 impl InboxRow {
@@ -99,8 +103,8 @@ pub async fn list_outbox(
 ) -> sqlx::Result<Vec<OutboxRow>> {
     let query = sqlx::query_as(
         "SELECT id, event_type, routing_key, aggregate_id, status,
-                claim_token IS NOT NULL AS in_flight, attempts, last_error, created_at,
-                next_attempt_at, expires_at, sent_at
+                claim_token IS NOT NULL AS in_flight, lease_expires_at, attempts, last_error,
+                created_at, next_attempt_at, expires_at, sent_at
          FROM outbox
          WHERE ($1::text IS NULL OR status = $1)
            AND ($2::text IS NULL OR event_type = $2)
@@ -138,7 +142,8 @@ pub async fn list_inbox(
 ) -> sqlx::Result<Vec<InboxRow>> {
     let query = sqlx::query_as(
         "SELECT message_id, event_type, status, attempts, last_error,
-                payload IS NOT NULL AS requeueable, received_at, next_attempt_at, processed_at
+                payload IS NOT NULL AS requeueable, received_at, next_attempt_at, processed_at,
+                duplicates
          FROM inbox
          WHERE ($1::text IS NULL OR status = $1)
            AND ($2::text IS NULL OR event_type = $2)
@@ -161,8 +166,8 @@ pub async fn outbox_about(
 ) -> sqlx::Result<Vec<OutboxRow>> {
     sqlx::query_as(
         "SELECT id, event_type, routing_key, aggregate_id, status,
-                claim_token IS NOT NULL AS in_flight, attempts, last_error, created_at,
-                next_attempt_at, expires_at, sent_at
+                claim_token IS NOT NULL AS in_flight, lease_expires_at, attempts, last_error,
+                created_at, next_attempt_at, expires_at, sent_at
          FROM outbox
          WHERE aggregate_id = $1 AND event_type = ANY($2)
          ORDER BY created_at, id",
@@ -185,7 +190,8 @@ pub async fn inbox_about(
 ) -> sqlx::Result<Vec<InboxRow>> {
     sqlx::query_as(
         "SELECT message_id, event_type, status, attempts, last_error,
-                payload IS NOT NULL AS requeueable, received_at, next_attempt_at, processed_at
+                payload IS NOT NULL AS requeueable, received_at, next_attempt_at, processed_at,
+                duplicates
          FROM inbox
          WHERE event_type = ANY($3) AND payload ->> $1 = $2
          ORDER BY received_at, message_id",

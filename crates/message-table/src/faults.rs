@@ -11,7 +11,8 @@
 //!   every check on the hot path is one `Option` test.
 //! - A fault never weakens a guarantee. `lose_confirms` leaves the row pending (it is
 //!   published again), `fail_handler` turns a finished handler run into a failure that is
-//!   rolled back like any other, `deliver_twice` only adds a copy, the pauses only delay.
+//!   rolled back like any other, `deliver_twice` only adds a copy, `hold_ack` only withholds
+//!   an ack after the commit (the broker redelivers), the pauses only delay.
 //! - Each check is one line at the point it acts, in the relay, the inbox or the consumer.
 //!
 //! The HTTP side (`/admin/faults`) is `message_service::faults`.
@@ -42,6 +43,10 @@ pub enum Switch {
     StopConsumer,
     /// The next N messages are published twice.
     DeliverTwice,
+    /// "Crash after commit": for the next N deliveries (batches) the consumer commits the
+    /// inbox transaction, then drops its connection before acking, as a process crash would.
+    /// The broker redelivers; the inbox drops the copy as a duplicate.
+    HoldAck,
 }
 
 /// How a switch is turned on.
@@ -66,13 +71,14 @@ impl Unit {
 }
 
 impl Switch {
-    pub const ALL: [Switch; 6] = [
+    pub const ALL: [Switch; 7] = [
         Switch::PauseRelay,
         Switch::FailHandler,
         Switch::LoseConfirms,
         Switch::DropBrokerConnection,
         Switch::StopConsumer,
         Switch::DeliverTwice,
+        Switch::HoldAck,
     ];
 
     pub fn name(self) -> &'static str {
@@ -83,6 +89,7 @@ impl Switch {
             Switch::DropBrokerConnection => "drop_broker_connection",
             Switch::StopConsumer => "stop_consumer",
             Switch::DeliverTwice => "deliver_twice",
+            Switch::HoldAck => "hold_ack",
         }
     }
 
@@ -93,7 +100,9 @@ impl Switch {
     pub fn unit(self) -> Unit {
         match self {
             Switch::PauseRelay | Switch::StopConsumer => Unit::Seconds,
-            Switch::FailHandler | Switch::LoseConfirms | Switch::DeliverTwice => Unit::Count,
+            Switch::FailHandler | Switch::LoseConfirms | Switch::DeliverTwice | Switch::HoldAck => {
+                Unit::Count
+            }
             Switch::DropBrokerConnection => Unit::Once,
         }
     }
@@ -105,8 +114,9 @@ impl Switch {
             Switch::FailHandler => "10-handler-fails-then-succeeds",
             Switch::LoseConfirms => "05-lost-confirm",
             Switch::DropBrokerConnection => "03-broker-down-at-order-time",
-            Switch::StopConsumer => "07-consumer-killed-before-ack",
+            Switch::StopConsumer => "08-duplicate-delivery",
             Switch::DeliverTwice => "08-duplicate-delivery",
+            Switch::HoldAck => "07-consumer-killed-before-ack",
         }
     }
 
@@ -138,6 +148,8 @@ struct Switches {
     /// `drop_broker_connection`: still to do by the relay, and by the consumer.
     relay_drop: AtomicBool,
     consumer_drop: AtomicBool,
+    /// `hold_ack` acted: the consumer is to drop its connection without acking.
+    consumer_crash: AtomicBool,
     /// Wakes the consumer, which is waiting for deliveries, to drop its connection.
     consumer_drop_now: Notify,
 }
@@ -155,6 +167,7 @@ impl Faults {
             epoch: Instant::now(),
             relay_drop: AtomicBool::new(false),
             consumer_drop: AtomicBool::new(false),
+            consumer_crash: AtomicBool::new(false),
             consumer_drop_now: Notify::new(),
         })))
     }
@@ -277,8 +290,25 @@ impl Faults {
         taken
     }
 
-    /// `drop_broker_connection`, the consumer's part: resolves when the switch is turned on
-    /// (at once if it is on and the consumer has not dropped yet). Never, when off.
+    /// `hold_ack`, taken by the consumer once a batch is committed: true when this batch is
+    /// not to be acked. The consumer's connection then goes ([`Self::consumer_drop`]
+    /// resolves), as if its process had crashed between the commit and the ack.
+    pub fn take_hold_ack(&self) -> bool {
+        let Some(s) = &self.0 else { return false };
+        if !self.take(Switch::HoldAck) {
+            return false;
+        }
+        tracing::warn!(
+            "teaching fault acts: committed, the consumer drops its connection before the ack"
+        );
+        s.consumer_crash.store(true, Ordering::Relaxed);
+        s.consumer_drop_now.notify_one();
+        true
+    }
+
+    /// The consumer's connection is to go: `drop_broker_connection` was turned on (at once
+    /// if it is on and the consumer has not dropped yet), or `hold_ack` acted. Never, when
+    /// off.
     pub async fn consumer_drop(&self) {
         let Some(s) = &self.0 else {
             return std::future::pending().await;
@@ -286,6 +316,9 @@ impl Faults {
         loop {
             if s.consumer_drop.swap(false, Ordering::Relaxed) {
                 tracing::warn!("teaching fault acts: the consumer closes its broker connection");
+                return;
+            }
+            if s.consumer_crash.swap(false, Ordering::Relaxed) {
                 return;
             }
             s.consumer_drop_now.notified().await;
@@ -341,6 +374,20 @@ mod tests {
         assert!(!f.take_relay_drop());
         // The consumer has not dropped yet.
         assert!(f.states()[Switch::DropBrokerConnection.index()].active);
+    }
+
+    #[test]
+    fn hold_ack_is_taken_per_batch_and_ends_the_consumer_connection_only() {
+        let f = Faults::on();
+        assert!(!f.take_hold_ack());
+        f.set(Switch::HoldAck, 1);
+        assert!(f.take_hold_ack());
+        assert!(!f.take_hold_ack());
+        // Not drop_broker_connection: the relay keeps its connection.
+        assert!(!f.take_relay_drop());
+        assert!(!f.states()[Switch::DropBrokerConnection.index()].active);
+        assert!(Faults::off().states().is_empty());
+        assert_eq!(Switch::HoldAck.scenario(), "07-consumer-killed-before-ack");
     }
 
     #[test]

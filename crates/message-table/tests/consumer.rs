@@ -328,3 +328,61 @@ async fn poison_is_recorded_dead_with_its_reason_and_raw_body_and_does_not_block
         .unwrap();
     assert_eq!(kept, 64 * 1024, "a huge poison body is kept up to 64 KiB");
 }
+
+/// The `hold_ack` teaching switch ("crash after commit"): the outcome is committed, then the
+/// consumer's connection goes before the ack, as in a crash. The broker delivers the message
+/// again and the inbox drops the copy: handled once, and the copy counted on the message's
+/// own row (`duplicates`).
+#[tokio::test]
+async fn hold_ack_commits_then_loses_the_ack_and_the_redelivered_copy_is_dropped() {
+    let amqp = test_kit::test_amqp();
+    let db = TestDb::with_message_tables().await;
+    let handled = Arc::new(AtomicUsize::new(0));
+    let faults = message_table::faults::Faults::on();
+    let inbox = Inbox::new(
+        db.pool.clone(),
+        Arc::new(Handler(handled.clone())),
+        test_kit::fast_inbox(),
+    )
+    .with_faults(faults.clone());
+    let counters = inbox.counters();
+    let queue = test_kit::unique_name("test.q");
+    let consumer = InboxConsumer::new(
+        inbox,
+        amqp.clone(),
+        queue.clone(),
+        &["k"],
+        test_kit::unique_name("test-consumer"),
+    );
+    let connected = consumer.status();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(consumer.run(stop.clone()));
+    test_kit::eventually("consumer connected", Duration::from_secs(10), || async {
+        connected.is_connected().then_some(())
+    })
+    .await;
+    let publisher = TestQueue::bind(&amqp, &["unused"]).await;
+
+    faults.set(message_table::faults::Switch::HoldAck, 1);
+    publisher.publish(&amqp, "k", props(), b"{}").await;
+    test_kit::eventually(
+        "the redelivered copy dropped as a duplicate",
+        Duration::from_secs(20),
+        || async { (counters.snapshot().duplicates == 1).then_some(()) },
+    )
+    .await;
+    assert_eq!(handled.load(Ordering::SeqCst), 1, "the handler ran once");
+    assert_eq!(counters.snapshot().processed, 1);
+    assert!(!faults.armed(message_table::faults::Switch::HoldAck));
+    let (status, duplicates): (InboxStatus, i32) =
+        sqlx::query_as("SELECT status, duplicates FROM inbox")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!((status, duplicates), (InboxStatus::Processed, 1));
+
+    // The copy was acked: once the consumer stops, nothing is left in the queue.
+    stop.cancel();
+    task.await.unwrap();
+    assert_eq!(publisher.ready_count(&queue).await, 0);
+}

@@ -3,6 +3,10 @@
 
 use std::{collections::HashSet, time::Duration};
 
+use lapin::{
+    options::{QueueBindOptions, QueueDeclareOptions},
+    types::{AMQPValue, FieldTable, LongString, ShortString},
+};
 use message_table::outbox::{
     self, NewMessage, OutboxConfig, OutboxStatus,
     relay::{PublishOutcome, Relay, RelayReport, Relays},
@@ -16,6 +20,8 @@ use uuid::Uuid;
 mod support;
 
 const KEY: &str = "test.created";
+/// Bound to a queue that rejects every publish: the broker nacks.
+const NACKED_KEY: &str = "test.rejected";
 
 async fn enqueue(pool: &PgPool, n: usize, ttl: Duration) -> Vec<Uuid> {
     let mut tx = pool.begin().await.unwrap();
@@ -116,25 +122,132 @@ async fn a_rolled_back_transaction_leaves_no_business_row_no_message_row_and_pub
     assert!(queue.take_all().await.is_empty());
 }
 
+/// One window holds messages the broker acks, nacks and returns, interleaved: each row
+/// ends as its own answer says. A matching that shifted by one, or took a neighbour's
+/// confirm, would mark a nacked or returned row sent (lost) or an acked one pending.
 #[tokio::test]
 async fn confirms_are_pipelined_and_each_row_is_matched_to_its_own_confirm() {
     let db = TestDb::with_message_tables().await;
     let amqp = test_kit::test_amqp();
     let queue = TestQueue::bind(&amqp, &[KEY]).await;
-    let ids = enqueue(&db.pool, 250, Duration::from_secs(60)).await;
+    // Nacked: a queue that is always full and rejects what comes (`x-max-length` 0 with
+    // `x-overflow` reject-publish): RabbitMQ answers basic.nack.
+    let full = test_kit::unique_name("test.full");
+    let mut args = FieldTable::default();
+    args.insert(ShortString::from("x-max-length"), AMQPValue::LongLongInt(0));
+    args.insert(
+        ShortString::from("x-overflow"),
+        AMQPValue::LongString(LongString::from("reject-publish")),
+    );
+    args.insert(
+        ShortString::from("x-expires"),
+        AMQPValue::LongLongInt(120_000),
+    );
+    let conn = message_table::amqp::connect(&amqp, "test-full-queue")
+        .await
+        .unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    channel
+        .queue_declare(
+            ShortString::from(full.as_str()),
+            QueueDeclareOptions::default(),
+            args,
+        )
+        .await
+        .unwrap();
+    channel
+        .queue_bind(
+            ShortString::from(full.as_str()),
+            ShortString::from(amqp.exchange.as_str()),
+            ShortString::from(NACKED_KEY),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
 
-    let mut relay = relay(&db, &amqp, test_kit::fast_outbox());
-    let mut sent = 0;
-    for _ in 0..3 {
-        sent += relay.run_once().await.unwrap().sent;
+    // 250 rows in creation order: every 5th is nacked, every 7th (not 5th) returned.
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Answer {
+        Ack,
+        Nack,
+        Return,
     }
-    assert_eq!(sent, 250);
-    let stats = outbox::stats(&db.pool).await.unwrap();
-    assert_eq!((stats.sent, stats.pending, stats.in_flight), (250, 0, 0));
+    let answer = |i: usize| match i {
+        _ if i.is_multiple_of(5) => Answer::Nack,
+        _ if i.is_multiple_of(7) => Answer::Return,
+        _ => Answer::Ack,
+    };
+    let mut tx = db.pool.begin().await.unwrap();
+    let mut rows = Vec::new();
+    for i in 0..250 {
+        let key = match answer(i) {
+            Answer::Ack => KEY,
+            Answer::Nack => NACKED_KEY,
+            // Bound to nothing: with `mandatory` the broker returns it.
+            Answer::Return => "test.nobody-listens",
+        };
+        let msg = NewMessage::new(Uuid::now_v7(), "TestEvent", key, json!({ "n": i }));
+        outbox::enqueue(&mut tx, &msg, Duration::from_secs(60))
+            .await
+            .unwrap();
+        rows.push((msg.id, answer(i)));
+    }
+    tx.commit().await.unwrap();
 
+    let mut cfg = test_kit::fast_outbox();
+    // A failed row is not due again during the test: each row is published once.
+    cfg.retry.base = Duration::from_secs(600);
+    cfg.retry.max = Duration::from_secs(600);
+    let mut relay = relay(&db, &amqp, cfg);
+    let mut total = RelayReport::default();
+    loop {
+        let report = relay.run_once().await.unwrap();
+        if report.claimed == 0 {
+            break;
+        }
+        total.claimed += report.claimed;
+        total.sent += report.sent;
+        total.retried += report.retried;
+    }
+    let count = |a: Answer| rows.iter().filter(|(_, x)| *x == a).count();
+    assert!(count(Answer::Nack) > 0 && count(Answer::Return) > 0);
+    assert_eq!(total.claimed, 250, "each row claimed once: windows of 100");
+    assert_eq!(total.sent, count(Answer::Ack));
+    assert_eq!(total.retried, count(Answer::Nack) + count(Answer::Return));
+
+    for (id, answer) in &rows {
+        let r = row(&db.pool, *id).await;
+        assert_eq!(r.attempts, 1, "{id} ({answer:?})");
+        assert!(r.claim_token.is_none(), "{id} ({answer:?})");
+        let error = r.last_error.as_deref().unwrap_or("");
+        match answer {
+            Answer::Ack => assert_eq!((r.status, error), (OutboxStatus::Sent, ""), "{id}"),
+            Answer::Nack => {
+                assert_eq!(r.status, OutboxStatus::Pending, "{id} nacked");
+                assert!(error.contains("nacked"), "{id}: {error}");
+            }
+            Answer::Return => {
+                assert_eq!(r.status, OutboxStatus::Pending, "{id} returned");
+                assert!(error.contains("NO_ROUTE"), "{id}: {error}");
+            }
+        }
+    }
+    let acked: Vec<Uuid> = rows
+        .iter()
+        .filter(|(_, a)| *a == Answer::Ack)
+        .map(|(id, _)| *id)
+        .collect();
     let delivered = message_ids(&queue.take_all().await);
-    assert_eq!(delivered.len(), 250);
-    assert_eq!(delivered, ids, "published once each, in creation order");
+    assert_eq!(
+        delivered, acked,
+        "the acked ones published once each, in creation order"
+    );
+    assert_eq!(
+        queue.ready_count(&full).await,
+        0,
+        "the full queue took nothing"
+    );
 }
 
 #[tokio::test]
@@ -842,4 +955,125 @@ async fn a_claim_reads_the_rows_it_claims_not_the_whole_outbox() {
         read_by_scans < 20_000,
         "{claims} index scans, and sequential scans read {read_by_scans} rows"
     );
+}
+
+/// `WakeAfterCommit::send`'s own transaction commits asynchronously: the setting in force
+/// when its statement runs (and so at its commit, `set_config(..., true)` lasting to the end
+/// of the transaction) is `synchronous_commit = off`. Seen from inside that very statement,
+/// trigger-free: the connection's `search_path` puts a schema before `pg_catalog`, whose
+/// `pg_notify` records `current_setting('synchronous_commit')` and then notifies as usual.
+#[tokio::test]
+async fn the_wake_up_is_sent_by_a_transaction_that_commits_asynchronously() {
+    let db = TestDb::with_message_tables().await;
+    sqlx::raw_sql(
+        "CREATE SCHEMA spy;
+         CREATE TABLE spy.seen (setting text NOT NULL, channel text NOT NULL);
+         CREATE FUNCTION spy.pg_notify(channel text, payload text) RETURNS void
+         LANGUAGE sql AS $$
+             INSERT INTO spy.seen VALUES (current_setting('synchronous_commit'), channel);
+             SELECT pg_catalog.pg_notify(channel, payload);
+         $$;",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let spied = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(
+            db.url
+                .parse::<sqlx::postgres::PgConnectOptions>()
+                .unwrap()
+                .options([("search_path", "spy,pg_catalog,public")]),
+        )
+        .await
+        .unwrap();
+    let mut listener = sqlx::postgres::PgListener::connect_with(&db.pool)
+        .await
+        .unwrap();
+    listener.listen(outbox::NOTIFY_CHANNEL).await.unwrap();
+
+    let mut tx = db.pool.begin().await.unwrap();
+    let msg = NewMessage::new(Uuid::now_v7(), "TestEvent", KEY, json!({}));
+    let wake = outbox::enqueue_quiet(&mut tx, &msg, Duration::from_secs(60))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let before: String = sqlx::query_scalar("SHOW synchronous_commit")
+        .fetch_one(&spied)
+        .await
+        .unwrap();
+    assert_eq!(
+        before, "on",
+        "the connection commits synchronously by default"
+    );
+    wake.send(&spied).await;
+
+    let seen: Vec<(String, String)> = sqlx::query_as("SELECT setting, channel FROM spy.seen")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        seen,
+        [("off".to_string(), outbox::NOTIFY_CHANNEL.to_string())],
+        "send's one statement ran (and committed) with synchronous_commit off"
+    );
+    assert_eq!(
+        listener.recv().await.unwrap().payload(),
+        "",
+        "and it woke the relay"
+    );
+}
+
+/// No NOTIFY arrives (a wake-up never sent, as when its sender died after the commit): the
+/// relay's fallback poll still finds the row. Two rows, neither with a wake-up: once the
+/// first is sent, the relay's start-up round is over and it sleeps until woken or polled; a
+/// marker notification afterwards shows that nothing woke it, so the poll found the second.
+#[tokio::test]
+async fn without_a_notify_the_fallback_poll_finds_the_row() {
+    let db = TestDb::with_message_tables().await;
+    let amqp = test_kit::test_amqp();
+    let queue = TestQueue::bind(&amqp, &[KEY]).await;
+    let mut listener = sqlx::postgres::PgListener::connect_with(&db.pool)
+        .await
+        .unwrap();
+    listener.listen(outbox::NOTIFY_CHANNEL).await.unwrap();
+    let mut cfg = test_kit::fast_outbox();
+    cfg.poll_interval = Duration::from_millis(300);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(relay(&db, &amqp, cfg).run(stop.clone()));
+
+    let mut sent = Vec::new();
+    for _ in 0..2 {
+        let mut tx = db.pool.begin().await.unwrap();
+        let msg = NewMessage::new(Uuid::now_v7(), "TestEvent", KEY, json!({}));
+        let wake = outbox::enqueue_quiet(&mut tx, &msg, Duration::from_secs(60))
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        // The wake-up is never sent.
+        drop(wake);
+        test_kit::eventually(
+            "the row sent without a NOTIFY",
+            Duration::from_secs(20),
+            || {
+                let pool = db.pool.clone();
+                async move { (row(&pool, msg.id).await.status == OutboxStatus::Sent).then_some(()) }
+            },
+        )
+        .await;
+        sent.push(msg.id);
+    }
+    sqlx::query("SELECT pg_notify($1, 'marker')")
+        .bind(outbox::NOTIFY_CHANNEL)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        listener.recv().await.unwrap().payload(),
+        "marker",
+        "no NOTIFY was sent for either row: the poll found them"
+    );
+    stop.cancel();
+    task.await.unwrap();
+    assert_eq!(message_ids(&queue.take_all().await), sent);
 }

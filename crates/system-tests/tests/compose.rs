@@ -326,8 +326,8 @@ fn every_published_port_is_a_variable_and_bound_to_a_variable_address() {
         }
     }
     assert_eq!(
-        published, 3,
-        "the gateway, the management UI and Prometheus"
+        published, 4,
+        "the gateway (and its demo copy, on the same port), the management UI and Prometheus"
     );
 }
 
@@ -587,8 +587,22 @@ fn prometheus_is_optional_and_scrapes_every_service_on_its_port() {
         ["observability"],
         "Prometheus starts only with --profile observability"
     );
-    // No other container is in a profile: `docker compose up` starts the system as before.
+    // `docker compose up` starts the system as before: .env makes "app" the default profile,
+    // and --profile observability starts it too; the demo copies start with --profile demo only.
+    assert!(read(".env").lines().any(|l| l == "COMPOSE_PROFILES=app"));
     for name in SERVICES {
+        assert_eq!(
+            strings(&service(&compose, name)["profiles"]),
+            ["app", "observability"],
+            "{name}"
+        );
+        assert_eq!(
+            strings(&service(&compose, &format!("{name}-demo"))["profiles"]),
+            ["demo"],
+            "{name}-demo"
+        );
+    }
+    for name in ["postgres", "rabbitmq"] {
         assert!(service(&compose, name)["profiles"].is_badvalue(), "{name}");
     }
     assert!(
@@ -687,4 +701,41 @@ fn collect_sources(dir: &std::path::Path, out: &mut Vec<PathBuf>) {
             out.push(path);
         }
     }
+}
+
+#[test]
+fn the_demo_copies_are_the_services_with_the_switches_on_and_a_development_token() {
+    let compose = compose();
+    for name in SERVICES {
+        let plain = service(&compose, name);
+        let demo = service(&compose, &format!("{name}-demo"));
+        assert_eq!(scalar(&demo["build"]["target"]), name);
+        assert_eq!(demo["healthcheck"], plain["healthcheck"], "{name}");
+        assert_eq!(demo["ports"], plain["ports"], "{name}");
+        let mut env = environment(demo);
+        assert_eq!(
+            env.remove("ADMIN_TOKEN").as_deref(),
+            Some("${DEMO_ADMIN_TOKEN:-demo-admin-token-unsafe}"),
+            "{name}"
+        );
+        let mut plain_env = environment(plain);
+        assert_eq!(
+            plain_env.remove("ADMIN_TOKEN").as_deref(),
+            Some("${ADMIN_TOKEN:-}")
+        );
+        if name != "gateway" {
+            assert_eq!(env.remove("DEMO_FAULTS").as_deref(), Some("1"), "{name}");
+            assert!(env.remove("RABBITMQ_MANAGEMENT_URL").is_some(), "{name}");
+            // Reached under the plain service's name.
+            assert_eq!(strings(&demo["networks"]["default"]["aliases"]), [name]);
+        }
+        assert_eq!(
+            env, plain_env,
+            "{name}-demo sets what {name} sets, and the demo's own"
+        );
+    }
+    assert!(
+        compose_text().contains("UNSAFE FOR PRODUCTION"),
+        "the development token is documented as unsafe"
+    );
 }

@@ -167,7 +167,8 @@ async fn every_switch_is_listed_with_its_scenario_and_bad_input_is_refused() {
                 "lose_confirms",
                 "drop_broker_connection",
                 "stop_consumer",
-                "deliver_twice"
+                "deliver_twice",
+                "hold_ack"
             ]
         );
         for s in list["switches"].as_array().unwrap() {

@@ -367,6 +367,7 @@ pub fn messaging(amqp: &AmqpConfig, queue_prefix: &str, routing_keys: &[&str]) -
             batch_size: 1_000,
         },
         demo_faults: false,
+        management_url: None,
     }
 }
 

@@ -6,8 +6,13 @@
 // story of an order is joined here, from order's half and pay's half.
 //
 // Drawing: each panel is rebuilt from the latest answers with plain DOM calls (no
-// innerHTML from data). Focus and what was typed in a field survive a rebuild: every
-// control has a data-key, and the new control with the focused key gets the focus back.
+// innerHTML from data; the one innerHTML is a scenario's explanation, our own Markdown
+// compiled into the gateway, rendered by the vendored `marked`). Focus and what was typed in
+// a field survive a rebuild: every control has a data-key, and the new control with the
+// focused key gets the focus back. Text goes through `t` (./i18n.js): English or Chinese.
+
+import { language, setLanguage, t, translatePage } from './i18n.js';
+import { marked } from './vendor/marked.esm.js';
 
 const SERVICES = ['order', 'pay'];
 const POLL_MS = 1000;
@@ -23,7 +28,21 @@ const SWITCHES = {
   drop_broker_connection: "The service's broker connections are closed once: relay and consumer reconnect.",
   stop_consumer: 'The consumer stops taking deliveries: messages wait in the queue.',
   deliver_twice: 'The next message is delivered twice: the inbox processes it once.',
+  hold_ack: 'Crash after commit: the consumer commits the next N deliveries, then drops its connection before the ack. The broker delivers again; the inbox drops the copy as a duplicate (see the copies in the lane).',
 };
+
+/// The scenarios no switch shows: a script on the machine does it (kill, rollback, stop).
+const SCRIPT_SCENARIOS = [
+  '01-rollback-before-send',
+  '04-relay-killed-before-mark-sent',
+  '06-unroutable',
+  '09-poison-message',
+  '12-database-down-under-pay',
+  '13-lost-message-reconciler',
+];
+
+/// The scenarios document in each language, as the gateway serves it.
+const SCENARIO_DOCS = { en: '/dashboard/scenarios.md', zh: '/dashboard/scenarios.zh-CN.md' };
 
 const state = {
   token: sessionStorage.getItem(TOKEN_KEY) || '',
@@ -38,7 +57,17 @@ const state = {
   faults: {},
   history: { order: [], pay: [] },
   fields: new Map(),
-  docs: null,
+  /// The scenarios document per language, once loaded.
+  docs: {},
+  /// The scenario the explanation box shows (to reload it in the other language).
+  explaining: null,
+  /// The order the lane view follows: the last one bought, opened or watched.
+  lane: null,
+  /// `/admin/<service>/queue`: each service's queue as the broker counts it.
+  queues: {},
+  reconciliation: null,
+  /// When each service last answered (a 2xx or 4xx through the gateway).
+  heard: { order: null, pay: null },
 };
 
 // ---------------------------------------------------------------------------------------
@@ -60,10 +89,17 @@ async function call(path, { method = 'GET', body, admin = false, headers = {} } 
     } catch {
       data = null;
     }
+    heardFrom(path, res.status);
     return { status: res.status, ok: res.ok, data, headers: res.headers };
   } catch (e) {
     return { status: 0, ok: false, data: null, error: String(e) };
   }
+}
+
+/// A service answered (not the gateway on its behalf: 502, 503 and 504 say it could not).
+function heardFrom(path, status) {
+  const service = SERVICES.find((s) => path.startsWith(`/${s}/`) || path.startsWith(`/admin/${s}/`));
+  if (service && status > 0 && status < 500) state.heard[service] = new Date();
 }
 
 const adminCall = (service, path, options = {}) =>
@@ -155,10 +191,10 @@ function showAdminState() {
     none: 'Admin: no token yet. Enter ADMIN_TOKEN to see the message tables, the stories and the switches.',
     ok: 'Admin: connected. The message tables, stories and switches are live.',
     off: 'Admin is off: the gateway answers 404 for /admin (it runs without ADMIN_TOKEN). Orders still work.',
-    refused: 'Admin token refused (HTTP 401): it is not the gateway\'s ADMIN_TOKEN. Enter it again.',
+    refused: "Admin token refused (HTTP 401): it is not the gateway's ADMIN_TOKEN. Enter it again.",
     down: 'Admin: the gateway did not answer.',
   }[state.admin];
-  node.textContent = text;
+  node.textContent = t(text);
   node.classList.toggle('problem', state.admin === 'off' || state.admin === 'refused');
 }
 
@@ -185,8 +221,10 @@ async function pollOrders() {
 
 async function pollStories() {
   if (state.admin !== 'ok') return;
+  const ids = new Set(state.open);
+  if (state.lane) ids.add(state.lane);
   await Promise.all(
-    [...state.open].map(async (id) => {
+    [...ids].map(async (id) => {
       const [order, pay] = await Promise.all([
         adminCall('order', `/orders/${id}/story`),
         adminCall('pay', `/payments/${id}/story`),
@@ -224,7 +262,19 @@ function drawOrders() {
               dataset: { key: `story-${o.order_id}` },
               onclick: () => toggleStory(o.order_id),
             },
-            open ? 'Hide story' : 'Show story',
+            t(open ? 'Hide story' : 'Show story'),
+          ),
+          ' ',
+          el(
+            'button',
+            {
+              type: 'button',
+              'aria-pressed': state.lane === o.order_id ? 'true' : 'false',
+              'aria-label': `Watch order ${o.order_id} in the lane view`,
+              dataset: { key: `watch-${o.order_id}` },
+              onclick: () => watch(o.order_id),
+            },
+            t('Watch'),
           ),
         ),
       ),
@@ -238,15 +288,27 @@ function drawOrders() {
   }
   replace(body, rows);
   const info = document.getElementById('orders-state');
-  info.textContent = state.ordersError || (state.orders.length ? '' : 'No orders yet: place one.');
+  info.textContent = state.ordersError || (state.orders.length ? '' : t('No orders yet: place one.'));
   info.classList.toggle('problem', Boolean(state.ordersError));
 }
 
 function toggleStory(id) {
   if (state.open.has(id)) state.open.delete(id);
-  else state.open.add(id);
+  else {
+    state.open.add(id);
+    state.lane = id;
+  }
   drawOrders();
-  pollStories().then(drawOrders);
+  pollStories().then(() => {
+    drawOrders();
+    drawLane();
+  });
+}
+
+function watch(id) {
+  state.lane = id;
+  drawOrders();
+  pollStories().then(drawLane);
 }
 
 /// One step of a story: what happened, when, and how it went.
@@ -254,7 +316,7 @@ function step(done, title, when, from, ...details) {
   return el(
     'li',
     { class: done ? 'done' : 'waiting' },
-    badge(done ? 'done' : 'waiting', done ? 'ok' : 'wait'),
+    badge(t(done ? 'done' : 'waiting'), done ? 'ok' : 'wait'),
     ` ${title}`,
     when ? el('span', { class: 'when' }, ` at ${time(when)}${after(when, from)}`) : null,
     details.filter(Boolean).length ? ` — ${details.filter(Boolean).join('; ')}` : null,
@@ -349,6 +411,7 @@ async function buy(event) {
     out.textContent = `Order ${res.data.order_id} ${replayed ? 'replayed (same Idempotency-Key): ' : 'taken: '}${res.data.status}`;
     out.dataset.orderId = res.data.order_id;
     state.open.add(res.data.order_id);
+    state.lane = res.data.order_id;
     await tick();
   } else {
     out.textContent = `Refused: ${problem(res)}`;
@@ -445,9 +508,9 @@ function drawTables() {
     const res = state.stats[service];
     const parts = [el('h3', {}, service)];
     if (state.admin !== 'ok') {
-      parts.push(el('p', { class: 'hint' }, 'Needs the admin token.'));
+      parts.push(el('p', { class: 'hint' }, t('Needs the admin token.')));
     } else if (!res || !res.ok) {
-      parts.push(el('p', { class: 'state problem' }, res ? problem(res) : 'Reading…'));
+      parts.push(el('p', { class: 'state problem' }, res ? problem(res) : t('Reading…')));
     } else {
       const s = res.data;
       parts.push(
@@ -485,7 +548,7 @@ async function requeue(service, table, id) {
 
 function deadList(service, table, res) {
   const title = `${service} ${table}`;
-  if (!res || !res.ok) return [el('h4', {}, title), el('p', { class: 'state problem' }, res ? problem(res) : 'Reading…')];
+  if (!res || !res.ok) return [el('h4', {}, title), el('p', { class: 'state problem' }, res ? problem(res) : t('Reading…'))];
   const rows = res.data.dead;
   if (rows.length === 0) return [el('h4', {}, `${title}: none dead`)];
   return [
@@ -523,7 +586,7 @@ function deadList(service, table, res) {
 function drawDead() {
   const container = document.getElementById('dead');
   if (state.admin !== 'ok') {
-    replace(container, el('p', { class: 'hint' }, 'Needs the admin token.'));
+    replace(container, el('p', { class: 'hint' }, t('Needs the admin token.')));
     return;
   }
   const result = document.getElementById('dead-result');
@@ -568,28 +631,28 @@ async function turn(service, sw, on) {
 const defaultAmount = (sw) => (sw.unit === 'count' ? 2 : 30);
 
 function remaining(sw) {
-  if (!sw.active) return 'inactive';
-  if (sw.remaining_count !== undefined) return `active: ${sw.remaining_count} left`;
-  if (sw.remaining_seconds !== undefined) return `active: ${sw.remaining_seconds} s left`;
-  return 'active';
+  if (!sw.active) return t('inactive');
+  if (sw.remaining_count !== undefined) return t('active: {0} left', sw.remaining_count);
+  if (sw.remaining_seconds !== undefined) return t('active: {0} s left', sw.remaining_seconds);
+  return t('active');
 }
 
 function scenarioTitle(name) {
-  return `Scenario ${name.slice(0, 2)}: ${name.slice(3).replaceAll('-', ' ')}`;
+  return `${t('Scenario {0}', name.slice(0, 2))}: ${name.slice(3).replaceAll('-', ' ')}`;
 }
 
 function switchItem(service, sw) {
   const key = `${service}-${sw.switch}`;
-  const unitLabel = sw.unit === 'count' ? 'messages' : 'seconds';
+  const unitLabel = t(sw.unit === 'count' ? 'messages' : 'seconds');
   return el(
     'li',
     { dataset: { service, switch: sw.switch } },
     el('div', {}, el('strong', {}, sw.switch), ' ', badge(remaining(sw), sw.active ? 'bad' : 'ok')),
-    el('div', { class: 'hint' }, SWITCHES[sw.switch] || ''),
-    el('div', {}, 'Shows ',
-      el('a', { href: `/dashboard/scenarios.md`, dataset: { key: `doc-${key}` } }, scenarioTitle(sw.scenario)),
+    el('div', { class: 'hint' }, SWITCHES[sw.switch] ? t(SWITCHES[sw.switch]) : ''),
+    el('div', {}, `${t('Shows')} `,
+      el('a', { href: SCENARIO_DOCS[language()], dataset: { key: `doc-${key}` } }, scenarioTitle(sw.scenario)),
       ' (scripts/scenarios/', el('code', {}, `${sw.scenario}.sh`), ') ',
-      el('button', { type: 'button', dataset: { key: `explain-${key}` }, onclick: () => explain(sw.scenario) }, 'Explain')),
+      el('button', { type: 'button', dataset: { key: `explain-${key}` }, onclick: () => explain(sw.scenario) }, t('Explain'))),
     el(
       'div',
       { class: 'controls' },
@@ -597,8 +660,8 @@ function switchItem(service, sw) {
         ? null
         : el('label', {}, `${unitLabel}`,
           field(`amount-${key}`, { type: 'number', min: 1, step: 1, value: defaultAmount(sw), 'aria-label': `${sw.switch} on ${service}: ${unitLabel}` })),
-      el('button', { type: 'button', class: 'primary', dataset: { key: `on-${key}` }, 'aria-label': `Turn on ${sw.switch} on ${service}`, onclick: () => turn(service, sw, true) }, 'Turn on'),
-      el('button', { type: 'button', dataset: { key: `off-${key}` }, 'aria-label': `Turn off ${sw.switch} on ${service}`, disabled: !sw.active, onclick: () => turn(service, sw, false) }, 'Turn off'),
+      el('button', { type: 'button', class: 'primary', dataset: { key: `on-${key}` }, 'aria-label': `Turn on ${sw.switch} on ${service}`, onclick: () => turn(service, sw, true) }, t('Turn on')),
+      el('button', { type: 'button', dataset: { key: `off-${key}` }, 'aria-label': `Turn off ${sw.switch} on ${service}`, disabled: !sw.active, onclick: () => turn(service, sw, false) }, t('Turn off')),
     ),
   );
 }
@@ -609,30 +672,270 @@ function drawFaults() {
   const blocks = SERVICES.map((service) => {
     const res = state.faults[service];
     const parts = [el('h3', {}, service)];
-    if (state.admin !== 'ok') parts.push(el('p', { class: 'hint' }, 'Needs the admin token.'));
+    if (state.admin !== 'ok') parts.push(el('p', { class: 'hint' }, t('Needs the admin token.')));
     else if (res && res.status === 404) {
       parts.push(el('p', { class: 'state problem' }, `The teaching switches are off on ${service}: it runs without DEMO_FAULTS=1.`));
-    } else if (!res || !res.ok) parts.push(el('p', { class: 'state problem' }, res ? problem(res) : 'Reading…'));
+    } else if (!res || !res.ok) parts.push(el('p', { class: 'state problem' }, res ? problem(res) : t('Reading…')));
     else parts.push(el('ul', { class: 'switches' }, res.data.switches.map((sw) => switchItem(service, sw))));
     return el('div', { class: 'service', dataset: { service } }, parts);
   });
   replace(container, blocks, el('p', { id: 'faults-result', role: 'status' }, result ? result.textContent : ''));
 }
 
-/// Shows the scenario's section of docs/scenarios.md (the gateway serves the file).
+/// Shows the scenario's section of the scenarios document in the reader's language, rendered
+/// from Markdown. A failed load says why and offers a retry; nothing is cached until it works.
 async function explain(scenario) {
-  if (state.docs === null) {
-    const res = await fetch('/dashboard/scenarios.md');
-    state.docs = res.ok ? await res.text() : '';
+  state.explaining = scenario;
+  const box = document.getElementById('explain');
+  const error = document.getElementById('explain-error');
+  const retry = document.getElementById('explain-retry');
+  const body = document.getElementById('explain-text');
+  const lang = language();
+  box.hidden = false;
+  error.hidden = true;
+  retry.hidden = true;
+  if (state.docs[lang] === undefined) {
+    body.replaceChildren(el('p', { class: 'hint' }, t('Loading the explanation…')));
+    let why = '';
+    try {
+      const res = await fetch(SCENARIO_DOCS[lang]);
+      if (res.ok) state.docs[lang] = await res.text();
+      else why = `HTTP ${res.status}`;
+    } catch (e) {
+      why = String(e);
+    }
+    if (state.docs[lang] === undefined) {
+      body.replaceChildren();
+      error.textContent = t('The explanation could not be loaded: {0}', why);
+      error.hidden = false;
+      retry.hidden = false;
+      retry.onclick = () => explain(scenario);
+      retry.focus();
+      return;
+    }
   }
   const number = scenario.slice(0, 2);
-  const sections = state.docs.split(/\n(?=## )/);
-  const section = sections.find((s) => s.startsWith(`## ${number} `)) || `No section ${number} in docs/scenarios.md.`;
-  const box = document.getElementById('explain');
-  document.getElementById('explain-title').textContent = section.split('\n')[0].replace(/^## /, 'Scenario ');
-  document.getElementById('explain-text').textContent = section.split('\n').slice(1).join('\n').trim();
-  box.hidden = false;
-  document.getElementById('explain-text').focus();
+  const sections = state.docs[lang].split(/\n(?=## )/);
+  const section = sections.find((part) => part.startsWith(`## ${number} `));
+  if (!section) {
+    document.getElementById('explain-title').textContent = t('Scenario {0}', number);
+    body.replaceChildren(el('p', {}, t('No section {0} in the scenarios document.', number)));
+    return;
+  }
+  const [heading, ...rest] = section.split('\n');
+  document.getElementById('explain-title').textContent = `${t('Scenario {0}', number)}: ${heading.replace(/^## \d+ /, '')}`;
+  // Our own document, compiled into the gateway: the one innerHTML of the page.
+  body.innerHTML = marked.parse(rest.join('\n').trim());
+  body.focus();
+}
+
+// ---------------------------------------------------------------------------------------
+// The lane view: one order's messages, box by box
+
+async function pollQueues() {
+  await Promise.all(
+    SERVICES.map(async (service) => {
+      state.queues[service] = await adminCall(service, '/queue');
+    }),
+  );
+}
+
+async function pollReconciliation() {
+  state.reconciliation = await adminCall('order', '/reconciliation');
+}
+
+/// Seconds from now until `iso` (negative when past), whole.
+const secondsUntil = (iso) => Math.ceil((new Date(iso) - Date.now()) / 1000);
+
+/// One box of a lane: a title, lines of facts, and where the message is.
+function box(title, where, ...lines) {
+  return el(
+    'li',
+    { class: `stage ${where}`, dataset: { stage: title } },
+    el('strong', {}, title),
+    where === 'here' ? [' ', badge(t('here'), 'wait')] : null,
+    lines.filter(Boolean).map((line) => el('div', { class: 'fact' }, line)),
+  );
+}
+
+function outboxFacts(row) {
+  if (!row) return [t('no row yet')];
+  return [
+    t('status {0}, publish attempts {1}', row.status, row.attempts),
+    row.in_flight && row.lease_expires_at ? t('claimed by a relay: lease ends in {0} s', Math.max(secondsUntil(row.lease_expires_at), 0)) : null,
+    row.status === 'pending' && !row.in_flight && secondsUntil(row.next_attempt_at) > 0
+      ? t('next attempt in {0} s', secondsUntil(row.next_attempt_at))
+      : null,
+    row.sent_at ? t('confirmed at {0}', time(row.sent_at)) : null,
+    row.last_error ? row.last_error : null,
+  ];
+}
+
+function queueFacts(service) {
+  const res = state.queues[service];
+  if (!res) return [t('Reading…')];
+  if (!res.ok) return [problem(res)];
+  const q = res.data;
+  return [
+    q.unacked === null
+      ? t('ready {0} · consumers {1} (unacked: needs the management API)', q.ready, q.consumers)
+      : t('ready {0} · unacked {1} · consumers {2}', q.ready, q.unacked, q.consumers),
+    el('span', { class: 'hint' }, t('counts of the whole queue, read from the broker ({0})', q.source)),
+  ];
+}
+
+function inboxFacts(row) {
+  if (!row) return [t('no row yet')];
+  const copies = 1 + (row.duplicates || 0);
+  return [
+    t('status {0}, handler attempts {1}', row.status, row.attempts),
+    el('span', { class: row.duplicates ? 'copies dup' : 'copies' },
+      t('copies received: {0}', copies),
+      row.duplicates ? ` (${t('{0} dropped as duplicates', row.duplicates)})` : ''),
+    row.last_error ? row.last_error : null,
+  ];
+}
+
+/// Where a message is: each box before it passed, it here, the rest still to come.
+function places(reached, count) {
+  return Array.from({ length: count }, (_, i) => (i < reached ? 'passed' : i === reached ? 'here' : 'todo'));
+}
+
+function lane(title, stages, reached) {
+  const where = places(reached, stages.length);
+  return [
+    el('h3', {}, title),
+    el('ol', { class: 'lane', 'aria-label': title }, stages.map(([name, lines], i) => box(name, where[i], ...lines))),
+  ];
+}
+
+function drawLane() {
+  const container = document.getElementById('lane');
+  if (state.admin !== 'ok') {
+    replace(container, el('p', { class: 'hint' }, t('Needs the admin token.')));
+    return;
+  }
+  const id = state.lane;
+  const told = id && state.stories.get(id);
+  if (!id || !told) {
+    replace(container, el('p', { class: 'hint' }, id ? t('Reading…') : t('Buy an order, or press Watch on one, to follow its messages.')));
+    return;
+  }
+  const mine = told.order.ok ? told.order.data : null;
+  const theirs = told.pay.ok ? told.pay.data : { order_created: [], payment: null, replies: [] };
+  if (!mine) {
+    replace(container, el('p', { class: 'state problem' }, `order: ${problem(told.order)}`));
+    return;
+  }
+  const out = mine.order_created;
+  const inbox = theirs.order_created[0];
+  const payment = theirs.payment;
+  // The box the OrderCreated message has reached: 0 outbox, 1 broker, 2 inbox, 3 effect, 4 beyond.
+  let first = 0;
+  if (out && out.status === 'sent') first = 1;
+  if (inbox) first = inbox.status === 'processed' ? 3 : 2;
+  if (payment) first = 4;
+  const reply = theirs.replies[0];
+  const back = mine.replies[0];
+  const settled = mine.order.status !== 'PENDING_PAYMENT';
+  let second = 0;
+  if (reply && reply.status === 'sent') second = 1;
+  if (back) second = back.status === 'processed' ? 3 : 2;
+  if (settled && back) second = 4;
+  if (!reply) second = -1;
+  replace(
+    container,
+    el('p', { class: 'hint' }, el('span', { class: 'id', title: id }, t('order {0}', id))),
+    lane(t('OrderCreated: order → pay'), [
+      [t("order's outbox"), outboxFacts(out)],
+      [t('broker: {0}', state.queues.pay && state.queues.pay.ok ? state.queues.pay.data.queue : 'pay'), queueFacts('pay')],
+      [t("pay's inbox"), inboxFacts(inbox)],
+      [t('effect: payment'), [payment ? `${payment.status}${payment.failure_reason ? ` (${payment.failure_reason})` : ''}` : t('no row yet'),
+        t('payments for this order: {0}', payment ? 1 : 0)]],
+    ], first),
+    lane(reply ? t('{0}: pay → order', reply.event_type) : t('Reply: pay → order'), [
+      [t("pay's outbox"), outboxFacts(reply)],
+      [t('broker: {0}', state.queues.order && state.queues.order.ok ? state.queues.order.data.queue : 'order'), queueFacts('order')],
+      [t("order's inbox"), inboxFacts(back)],
+      [t('effect: order settled'), [mine.order.status]],
+    ], second),
+  );
+}
+
+// ---------------------------------------------------------------------------------------
+// The reconciler, the script cards, when the services last answered
+
+function drawReconciler() {
+  const container = document.getElementById('reconciler');
+  if (state.admin !== 'ok') {
+    replace(container, el('p', { class: 'hint' }, t('Needs the admin token.')));
+    return;
+  }
+  const res = state.reconciliation;
+  if (!res || !res.ok) {
+    replace(container, el('p', { class: 'state problem' }, res ? problem(res) : t('Reading…')));
+    return;
+  }
+  const r = res.data;
+  const pass = r.last_report;
+  if (!pass) {
+    replace(container, el('p', {}, t('No pass yet (it runs every {0} s and looks at orders pending longer than {1} s).', r.interval_secs, r.pending_after_secs)));
+    return;
+  }
+  replace(
+    container,
+    el('p', {}, t('Last pass: {0} → {1}', time(pass.started_at), time(pass.finished_at))),
+    el('dl', { class: 'counts' }, [
+      [t('looked at'), pass.looked_at],
+      [t('found: unknown to pay'), pass.found.unknown_to_pay],
+      [t('found: settled by pay'), pass.found.settled_by_pay],
+      [t('repaired: republished'), pass.fixed.republished],
+      [t('repaired: settled'), pass.fixed.settled],
+      [t('reported (not repairable)'), pass.unfixed_count],
+    ].map(([name, value]) => el('div', {}, el('dt', {}, name), el('dd', {}, value)))),
+    pass.unfixed.length
+      ? el('ul', {}, pass.unfixed.map((u) => el('li', {}, el('span', { class: 'id' }, short(u.order_id)), ` ${u.reason}`)))
+      : null,
+    pass.error ? el('p', { class: 'state problem' }, t('stopped early: {0}', pass.error)) : null,
+    el('p', { class: 'hint' }, t('Since start: {0}', t('{0} passes, {1} republished, {2} settled, {3} reported',
+      r.since_start.passes, r.since_start.fixed.republished, r.since_start.fixed.settled, r.since_start.unfixed))),
+  );
+}
+
+function drawScriptCards() {
+  const container = document.getElementById('script-cards');
+  replace(
+    container,
+    SCRIPT_SCENARIOS.map((name) =>
+      el(
+        'li',
+        { class: 'script-card', dataset: { scenario: name } },
+        el('strong', {}, scenarioTitle(name)),
+        el('div', {}, t('Run: {0}', ''), el('code', {}, `scripts/scenarios/${name}.sh`)),
+        el('button', { type: 'button', dataset: { key: `explain-script-${name}` }, onclick: () => explain(name) }, t('Explain')),
+      ),
+    ),
+  );
+}
+
+function drawHeard() {
+  const parts = SERVICES.map((service) => {
+    const at = state.heard[service];
+    if (!at) return t('Not heard from {0} yet', service);
+    return t('Last heard from {0}: {1} ({2} s ago)', service, time(at.toISOString()), ((Date.now() - at) / 1000).toFixed(1));
+  });
+  document.getElementById('heard').textContent = parts.join(' · ');
+}
+
+function drawAll() {
+  showAdminState();
+  drawHeard();
+  drawLane();
+  drawOrders();
+  drawTables();
+  drawDead();
+  drawFaults();
+  drawReconciler();
 }
 
 // ---------------------------------------------------------------------------------------
@@ -645,20 +948,33 @@ async function tick() {
   ticking = true;
   try {
     const jobs = [pollOrders()];
-    if (state.token) jobs.push(pollTables().then(() => Promise.all([pollStories(), pollFaults()])));
-    else state.admin = 'none';
+    if (state.token) {
+      jobs.push(pollTables().then(() =>
+        state.admin === 'ok' ? Promise.all([pollStories(), pollFaults(), pollQueues(), pollReconciliation()]) : null));
+    } else state.admin = 'none';
     await Promise.all(jobs);
-    showAdminState();
-    drawOrders();
-    drawTables();
-    drawDead();
-    drawFaults();
+    drawAll();
   } finally {
     ticking = false;
   }
 }
 
+function showLanguage() {
+  setLanguage(language());
+  translatePage();
+  // The button names the other language, in that language.
+  document.getElementById('lang-next').textContent = language() === 'zh' ? 'English' : '中文';
+  drawScriptCards();
+}
+
 function start() {
+  showLanguage();
+  document.getElementById('lang').addEventListener('click', () => {
+    setLanguage(language() === 'zh' ? 'en' : 'zh');
+    showLanguage();
+    drawAll();
+    if (!document.getElementById('explain').hidden && state.explaining) explain(state.explaining);
+  });
   const tokenInput = document.getElementById('token');
   tokenInput.value = state.token;
   document.getElementById('token-form').addEventListener('submit', (event) => {

@@ -28,23 +28,45 @@ use axum::{
 use crate::proxy::{self, Proxy};
 
 /// The page's files: path under `/dashboard/`, content type, content.
-const ASSETS: [(&str, &str, &str); 3] = [
+const ASSETS: [(&str, &str, &str); 7] = [
     (
         "app.js",
         "text/javascript; charset=utf-8",
         include_str!("../dashboard/app.js"),
     ),
     (
+        "i18n.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../dashboard/i18n.js"),
+    ),
+    (
         "style.css",
         "text/css; charset=utf-8",
         include_str!("../dashboard/style.css"),
     ),
-    // Each teaching switch links to its scenario's explanation; the page shows the section.
-    // Plain text, so a browser shows the file rather than download it.
+    // The Markdown renderer of "Explain", vendored unchanged from npm (`marked`, MIT): no
+    // CDN, so the page works offline and the Content-Security-Policy stays 'self'.
+    (
+        "vendor/marked.esm.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../dashboard/vendor/marked.esm.js"),
+    ),
+    (
+        "vendor/marked.LICENSE",
+        "text/plain; charset=utf-8",
+        include_str!("../dashboard/vendor/marked.LICENSE"),
+    ),
+    // Each teaching switch links to its scenario's explanation; the page renders the section,
+    // in the reader's language. Plain text, so a browser shows the file rather than download it.
     (
         "scenarios.md",
         "text/plain; charset=utf-8",
         include_str!("../../../docs/scenarios.md"),
+    ),
+    (
+        "scenarios.zh-CN.md",
+        "text/plain; charset=utf-8",
+        include_str!("../../../docs/zh-CN/scenarios.md"),
     ),
 ];
 

@@ -228,6 +228,10 @@ async fn handle_batch(
     }
     let incoming = batch.iter_mut().map(Incoming::take_from).collect();
     let outcomes = inbox.receive_batch(incoming).await;
+    // Teaching fault hold_ack: committed, then "crash" before the ack (the connection goes).
+    if outcomes.iter().any(Option::is_some) && inbox.faults().take_hold_ack() {
+        return;
+    }
     let mut settled = Vec::with_capacity(batch.len());
     let mut handed_back = Vec::new();
     for (delivery, outcome) in batch.into_iter().zip(outcomes) {

@@ -18,9 +18,10 @@
 //!
 //! Then ONE database transaction for the readable messages (`Inbox::run`):
 //!
-//! 1. **Remember** (`Inbox::remember`): one `INSERT` of every message id into `inbox` with
-//!    `ON CONFLICT DO NOTHING`. An id already there was handled (or is owned by the retry
-//!    sweeper): that delivery is a duplicate and is dropped. Two copies arriving
+//! 1. **Remember** (`Inbox::remember`): one `INSERT` of every message id into `inbox`. An
+//!    id already there was handled (or is owned by the retry sweeper): that delivery is a
+//!    duplicate and is dropped, counted on its row (`duplicates`) by the same statement's
+//!    `ON CONFLICT … DO UPDATE`, so a person sees how many copies each message had. Two copies arriving
 //!    *concurrently* are serialised by the primary key: the second insert waits for the
 //!    first transaction and then sees the conflict.
 //! 2. **Handle** (`Inbox::process`): the service's [`MessageHandler`] runs over the new

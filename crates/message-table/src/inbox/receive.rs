@@ -132,7 +132,8 @@ impl Inbox {
             }
         }
         if new.is_empty() {
-            tx.rollback().await?;
+            // Committed: the copies are counted on their messages' rows.
+            tx.commit().await?;
         } else {
             // Steps 2 and 3.
             let new_msgs: Vec<&InboxMessage> = new.iter().map(|&i| msgs[i]).collect();
@@ -158,7 +159,8 @@ impl Inbox {
     /// Step 1: one insert of every id (sorted, so concurrent batches lock them in one
     /// order), each row written as it reads when the handler succeeds (`processed`), so the
     /// common case costs one statement. Returns the ids that were new; the others are
-    /// duplicates. A concurrent copy waits here for the first one's transaction.
+    /// duplicates, each counted on its row (`duplicates`) by the same statement. A
+    /// concurrent copy waits here for the first one's transaction.
     async fn remember(
         &self,
         tx: &mut PgConnection,
@@ -168,13 +170,16 @@ impl Inbox {
         let types: Vec<&str> = msgs.iter().map(|m| m.event_type.as_str()).collect();
         let payloads: Vec<&Value> = msgs.iter().map(|m| &m.payload).collect();
         let headers: Vec<&Value> = msgs.iter().map(|m| &m.headers).collect();
+        // A new row has `duplicates = 0`; a known id's row counts one more copy.
         let inserted: Vec<Uuid> = sqlx::query_scalar(
-            "INSERT INTO inbox (message_id, event_type, payload, headers, status, attempts, processed_at)
-             SELECT DISTINCT ON (m.id) m.id, m.event_type, m.payload, m.headers, $5, 1, clock_timestamp()
-             FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::jsonb[]) AS m(id, event_type, payload, headers)
-             ORDER BY m.id
-             ON CONFLICT (message_id) DO NOTHING
-             RETURNING message_id",
+            "WITH ins AS (
+               INSERT INTO inbox (message_id, event_type, payload, headers, status, attempts, processed_at)
+               SELECT DISTINCT ON (m.id) m.id, m.event_type, m.payload, m.headers, $5, 1, clock_timestamp()
+               FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::jsonb[]) AS m(id, event_type, payload, headers)
+               ORDER BY m.id
+               ON CONFLICT (message_id) DO UPDATE SET duplicates = inbox.duplicates + 1
+               RETURNING message_id, duplicates = 0 AS fresh)
+             SELECT message_id FROM ins WHERE fresh",
         )
         .bind(&ids)
         .bind(&types)

@@ -20,6 +20,14 @@ async fn the_page_and_its_files_are_served_from_the_binary() {
         ),
         ("/dashboard/style.css", "text/css", ":focus-visible"),
         ("/dashboard/scenarios.md", "text/plain", "## 10 "),
+        ("/dashboard/scenarios.zh-CN.md", "text/plain", "## 10 "),
+        ("/dashboard/i18n.js", "text/javascript", "localStorage"),
+        (
+            "/dashboard/vendor/marked.esm.js",
+            "text/javascript",
+            "marked v",
+        ),
+        ("/dashboard/vendor/marked.LICENSE", "text/plain", "MIT"),
     ] {
         let res = app.client.get(app.url(path)).send().await.unwrap();
         assert_eq!(res.status(), StatusCode::OK, "{path}");
