@@ -12,7 +12,7 @@
 # Base images are build arguments, defaulting to the official images. Where images cannot be
 # pulled, point them at local ones (scripts/compose-test.sh builds stand-ins from Debian's
 # packages); the builder's Debian release must not be newer than the runtime's (glibc).
-# docker-compose.yml passes the same defaults (crates/system-tests/tests/compose.rs checks).
+# docker-compose.yml passes the same defaults (crates/system-tests/tests/api/compose.rs checks).
 ARG RUST_IMAGE=rust:1-bookworm
 ARG RUNTIME_IMAGE=debian:bookworm-slim
 

@@ -16,7 +16,7 @@
 #  4. Prometheus's targets: exactly the jobs order, pay and gateway, each scraped and up
 #     (waiting for the first scrapes: the interval is 15 s).
 #  5. Each database user reaches only its own database, the services run as non-root, the
-#     management API answers; the end-to-end tests (crates/system-tests/tests/e2e.rs: buy →
+#     management API answers; the end-to-end tests (crates/system-tests/tests/api/e2e.rs: buy →
 #     PAID, payment, balance, idempotency, errors, pay stopped and started with docker-compose)
 #     through the published gateway port, with an ADMIN_TOKEN. Then two queries to Prometheus
 #     show that the scrapes brought real data: up{job="order"} is 1, and the gateway's
@@ -627,7 +627,7 @@ COMPOSE="docker-compose -f $LMT_ROOT/docker-compose.yml -p $PROJECT --profile $P
 E2E_PAYMENT_DEADLINE_SECS="$PAYMENT_DEADLINE" e2e_tests "$GW" "$COMPOSE stop pay" "$COMPOSE start pay" \
     >"$LOG_DIR/e2e.log" 2>&1 || rc=$?
 grep -E '^test ' "$LOG_DIR/e2e.log" || true
-check "the end-to-end tests pass against the compose stack (crates/system-tests/tests/e2e.rs)" \
+check "the end-to-end tests pass against the compose stack (crates/system-tests/tests/api/e2e.rs)" \
     'exit status $rc (see $LOG_DIR/e2e.log)' test "$rc" = 0
 PHASE_SECS[checks]=$((SECONDS - t))
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # End to end, the README's way: starts the stack with scripts/run-local.sh (its ports, its own
-# databases, exchange and queues), runs crates/system-tests/tests/e2e.rs against its gateway
+# databases, exchange and queues), runs crates/system-tests/tests/api/e2e.rs against its gateway
 # (that file lists the checks) and stops the stack at exit, whatever happens, with the end of
 # each service log when something failed. cargo test prints the outcome (`N passed; M failed`);
 # the exit status is non-zero when a test failed.

@@ -476,10 +476,10 @@ stop_own_stack() {
     "$LMT_ROOT/scripts/run-local.sh" stop >/dev/null 2>&1 || warn "scripts/run-local.sh stop failed"
 }
 
-# e2e_tests GATEWAY_URL STOP_PAY START_PAY: the end-to-end tests (crates/system-tests/tests/e2e.rs)
+# e2e_tests GATEWAY_URL STOP_PAY START_PAY: the end-to-end tests (crates/system-tests/tests/api/e2e.rs)
 # against a running stack whose admin token is ADMIN_TOKEN; STOP_PAY and START_PAY are the
 # shell commands that stop pay and start it again.
 e2e_tests() {
     E2E_GATEWAY_URL="$1" E2E_STOP_PAY="$2" E2E_START_PAY="$3" E2E_ADMIN_TOKEN="$ADMIN_TOKEN" \
-        cargo test -p system-tests --test e2e
+        cargo test -p system-tests --test api e2e::
 }

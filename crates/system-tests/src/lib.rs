@@ -4,12 +4,9 @@
 use std::{sync::Arc, time::Duration};
 
 use common::config::Settings;
-use message_service::service::{MessagingConfig, ServiceConfig};
 use message_table::{amqp::AmqpConfig, inbox::InboxCounters};
 use serde_json::{Value, json};
-use test_kit::TestDb;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
+use test_kit::{Instance, TestDb};
 use uuid::Uuid;
 
 pub struct System {
@@ -51,14 +48,15 @@ async fn start_system(
     let pay_db = TestDb::new(&pay::MIGRATOR).await;
     let mut pay_msg = test_kit::messaging(amqp, "test.pay", messages::PAY_QUEUE.routing_keys);
     pay_msg.demo_faults = demo_faults;
-    let pay = spawn_pay(&pay_db.url, &pay_msg, pool).await;
+    let pay = test_kit::spawn_pay(test_kit::service_config(&pay_db.url, &pay_msg, pool)).await;
     let pay_counters = pay.counters.clone();
 
     let order_db = TestDb::new(&order::MIGRATOR).await;
     let mut order_msg =
         test_kit::messaging(order_amqp, "test.order", messages::ORDER_QUEUE.routing_keys);
     order_msg.demo_faults = demo_faults;
-    let order = spawn_order(&order_db.url, &order_msg, pool).await;
+    let order =
+        test_kit::spawn_order(test_kit::service_config(&order_db.url, &order_msg, pool)).await;
 
     let gateway = spawn_gateway(&order.base, &pay.base, None).await;
 
@@ -72,108 +70,6 @@ async fn start_system(
         http: reqwest::Client::new(),
         _instances: vec![pay, order],
     }
-}
-
-/// One running instance of order or pay, stopped gracefully by [`Instance::stop`] (as
-/// SIGTERM would) or with the test.
-pub struct Instance {
-    /// `http://127.0.0.1:<port>`
-    pub base: String,
-    pub counters: Arc<InboxCounters>,
-    stop: CancellationToken,
-    running: JoinHandle<anyhow::Result<()>>,
-}
-
-impl Instance {
-    async fn run(app: message_service::service::Service) -> Self {
-        let base = format!("http://{}", app.local_addr());
-        let counters = app.inbox_counters();
-        let stop = CancellationToken::new();
-        let shutdown = stop.clone().cancelled_owned();
-        let running = tokio::spawn(app.run_until_stopped(shutdown));
-        wait_ready(&base).await;
-        Instance {
-            base,
-            counters,
-            stop,
-            running,
-        }
-    }
-
-    /// Graceful shutdown: stop accepting, finish requests and deliveries in flight, close
-    /// the broker channels. Returns what `run_until_stopped` returned.
-    pub async fn stop(self) -> anyhow::Result<()> {
-        self.stop.cancel();
-        self.running.await.expect("the service task panicked")
-    }
-}
-
-/// A pay instance on `database_url` (several instances share a database and a queue).
-pub async fn spawn_pay(database_url: &str, messaging: &MessagingConfig, pool: u32) -> Instance {
-    spawn_pay_on("127.0.0.1:0", database_url, messaging, pool).await
-}
-
-/// [`spawn_pay`] listening on `addr` (a test that must know pay's URL before it starts).
-pub async fn spawn_pay_on(
-    addr: &str,
-    database_url: &str,
-    messaging: &MessagingConfig,
-    pool: u32,
-) -> Instance {
-    let app = pay::build(ServiceConfig {
-        addr: addr.into(),
-        database_url: database_url.into(),
-        db_max_connections: pool,
-        admin: test_kit::admin(),
-        messaging: messaging.clone(),
-    })
-    .await
-    .expect("build pay");
-    Instance::run(app).await
-}
-
-/// An order instance on `database_url`.
-pub async fn spawn_order(database_url: &str, messaging: &MessagingConfig, pool: u32) -> Instance {
-    let app = order::build(order_config(database_url, messaging, pool), None)
-        .await
-        .expect("build order");
-    Instance::run(app).await
-}
-
-/// [`spawn_order`] with its reconciler.
-pub async fn spawn_order_with_reconciler(
-    database_url: &str,
-    messaging: &MessagingConfig,
-    pool: u32,
-    reconciler: order::reconciler::ReconcilerConfig,
-) -> Instance {
-    let cfg = order_config(database_url, messaging, pool);
-    let app = order::build(cfg, Some(reconciler))
-        .await
-        .expect("build order");
-    Instance::run(app).await
-}
-
-fn order_config(database_url: &str, messaging: &MessagingConfig, pool: u32) -> ServiceConfig {
-    ServiceConfig {
-        addr: "127.0.0.1:0".into(),
-        database_url: database_url.into(),
-        db_max_connections: pool,
-        admin: test_kit::admin(),
-        messaging: messaging.clone(),
-    }
-}
-
-async fn wait_ready(base: &str) {
-    test_kit::eventually(
-        &format!("{base}/readyz is 200"),
-        Duration::from_secs(20),
-        || async {
-            let res = reqwest::get(format!("{base}/readyz")).await.ok()?;
-            res.status().is_success().then_some(())
-        },
-    )
-    .await;
 }
 
 impl System {

@@ -6,11 +6,16 @@
 //! - [`TcpProxy`]: stands between a service and the broker or database so a test can
 //!   cut the connection ("broker down") without stopping the shared server that other
 //!   tests use in parallel.
+//! - [`spawn_order`], [`spawn_pay`]: a service in the test's process, on port 0, ready;
+//!   [`ServiceProcess`]: a service binary as a child process (to kill it).
 //! - [`eventually`]: wait for a condition with a deadline instead of sleeping.
 //! - [`metrics`]: parse a `/metrics` answer and read one sample.
 
 pub mod metrics;
 pub mod openapi;
+mod services;
+
+pub use services::{Instance, service_config, spawn_order, spawn_order_with_reconciler, spawn_pay};
 
 use std::{future::Future, net::SocketAddr, str::FromStr, sync::Arc, time::Duration};
 

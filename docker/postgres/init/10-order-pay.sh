@@ -4,7 +4,7 @@
 # run their migrations at start-up as those owners.
 #
 # ORDER_DB_PASSWORD and PAY_DB_PASSWORD come from docker-compose.yml, which puts the same
-# values into ORDER_DATABASE_URL and PAY_DATABASE_URL (crates/system-tests/tests/compose.rs
+# values into ORDER_DATABASE_URL and PAY_DATABASE_URL (crates/system-tests/tests/api/compose.rs
 # checks that the user and database names here are the ones those URLs name).
 set -euo pipefail
 

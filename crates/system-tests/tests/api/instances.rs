@@ -15,8 +15,7 @@ use std::{
 use message_service::service::MessagingConfig;
 use message_table::{amqp::AmqpConfig, inbox, outbox};
 use serde_json::{Value, json};
-use system_tests::{Instance, spawn_order, spawn_pay};
-use test_kit::{TestDb, TestQueue};
+use test_kit::{Instance, TestDb, TestQueue, service_config, spawn_order, spawn_pay};
 use uuid::Uuid;
 
 const START: i64 = 100_000_000;
@@ -47,11 +46,11 @@ impl Cluster {
     }
 
     async fn pay(&self) -> Instance {
-        spawn_pay(&self.pay_db.url, &self.pay_msg, POOL).await
+        spawn_pay(service_config(&self.pay_db.url, &self.pay_msg, POOL)).await
     }
 
     async fn order(&self) -> Instance {
-        spawn_order(&self.order_db.url, &self.order_msg, POOL).await
+        spawn_order(service_config(&self.order_db.url, &self.order_msg, POOL)).await
     }
 
     /// Waits until every order has left PENDING_PAYMENT; returns (paid, failed) order ids.

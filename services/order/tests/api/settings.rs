@@ -1,5 +1,5 @@
 //! The order binary's settings: what it tells (`--help`) and what it refuses before touching
-//! anything (configs built in code: `retention.rs`).
+//! anything (configs built in code: `startup.rs`).
 
 use std::process::Output;
 

@@ -4,7 +4,7 @@
 //! drops those it had already committed; replies whose publish was cut are sent after the
 //! relay's lease expires. At the end, SIGTERM stops the process cleanly.
 
-mod support;
+use crate::support;
 
 use std::{collections::HashMap, time::Duration};
 

@@ -21,7 +21,7 @@ use test_kit::{TcpProxy, TestDb, TestQueue};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-mod support;
+use crate::support;
 
 /// Counts messages; panics on a payload `{"boom": true}`.
 struct Handler(Arc<AtomicUsize>);

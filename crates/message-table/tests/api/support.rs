@@ -1,6 +1,5 @@
 //! What the mechanism's tests share: a database with the message tables the crate creates,
 //! plus one small business table of the tests' own, and a handler whose effect is a row in it.
-#![allow(dead_code)] // each test file uses its own part of this module
 
 use std::sync::{
     Arc,

@@ -17,7 +17,7 @@ use sqlx::PgPool;
 use test_kit::{TcpProxy, TestDb, TestQueue};
 use uuid::Uuid;
 
-mod support;
+use crate::support;
 
 const KEY: &str = "test.created";
 /// Bound to a queue that rejects every publish: the broker nacks.

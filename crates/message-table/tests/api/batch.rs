@@ -23,7 +23,7 @@ use test_kit::{TcpProxy, TestQueue};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-mod support;
+use crate::support;
 
 #[tokio::test]
 async fn a_batch_has_one_effect_per_new_message_and_drops_every_copy() {

@@ -1,7 +1,7 @@
 //! Pay when its database goes away mid-stream: no delivery is acked before its effect is
 //! committed, so everything that arrived during the outage is paid, once, after it.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 
@@ -17,7 +17,7 @@ const START: i64 = 100_000_000;
 async fn deliveries_during_a_database_outage_are_not_acked_and_are_paid_once_it_is_back() {
     let amqp = test_kit::test_amqp();
     let proxy = TcpProxy::start(test_kit::database_addr()).await;
-    let pay = support::spawn_pay_through(&amqp, std::future::pending(), &proxy).await;
+    let pay = support::spawn_pay_through(&amqp, &proxy).await;
     let publisher = TestQueue::bind(&amqp, &[]).await;
 
     proxy.disable().await;

@@ -17,18 +17,10 @@ struct TestApp {
 
 async fn spawn_order(amqp: &message_table::amqp::AmqpConfig) -> TestApp {
     let db = TestDb::new(&order::MIGRATOR).await;
-    let cfg = ServiceConfig {
-        addr: "127.0.0.1:0".into(),
-        database_url: db.url.clone(),
-        db_max_connections: 12,
-        admin: test_kit::admin(),
-        messaging: test_kit::messaging(amqp, "test.order", messages::ORDER_QUEUE.routing_keys),
-    };
-    let app = order::build(cfg, None).await.expect("build order app");
-    let base = format!("http://{}", app.local_addr());
-    tokio::spawn(app.run_until_stopped(std::future::pending()));
+    let messaging = test_kit::messaging(amqp, "test.order", messages::ORDER_QUEUE.routing_keys);
+    let app = test_kit::spawn_order(test_kit::service_config(&db.url, &messaging, 12)).await;
     TestApp {
-        base,
+        base: app.base,
         db,
         http: reqwest::Client::new(),
     }

@@ -3,7 +3,7 @@
 //! just before the kill (its client got no answer) is published too. The real binary runs
 //! as a child process, on the real database and broker.
 
-mod support;
+use crate::support;
 
 use std::{
     collections::HashSet,

@@ -43,8 +43,8 @@ use std::time::Duration;
 use message_service::service::MessagingConfig;
 use reqwest::{StatusCode, header::HeaderMap};
 use serde_json::{Value, json};
-use system_tests::{Instance, spawn_gateway, spawn_order, spawn_pay, spawn_pay_on};
-use test_kit::TestDb;
+use system_tests::spawn_gateway;
+use test_kit::{Instance, TestDb, service_config, spawn_order, spawn_pay};
 use tokio::sync::{Mutex, MutexGuard};
 
 /// One test at a time on a running stack: they share its accounts.
@@ -149,12 +149,12 @@ impl Stack {
         }
         let amqp = test_kit::test_amqp();
         let pay_db = TestDb::new(&pay::MIGRATOR).await;
-        let pay_messaging = test_kit::messaging(&amqp, "test.pay", pay::config::ORDER_CREATED_KEYS);
-        let pay = spawn_pay(&pay_db.url, &pay_messaging, 5).await;
+        let pay_messaging = test_kit::messaging(&amqp, "test.pay", messages::PAY_QUEUE.routing_keys);
+        let pay = spawn_pay(service_config(&pay_db.url, &pay_messaging, 5)).await;
         let order_db = TestDb::new(&order::MIGRATOR).await;
         let order_messaging =
-            test_kit::messaging(&amqp, "test.order", order::config::PAYMENT_RESULT_KEYS);
-        let order = spawn_order(&order_db.url, &order_messaging, 5).await;
+            test_kit::messaging(&amqp, "test.order", messages::ORDER_QUEUE.routing_keys);
+        let order = spawn_order(service_config(&order_db.url, &order_messaging, 5)).await;
         let gateway = spawn_gateway(&order.base, &pay.base, Some(test_kit::admin())).await;
         Stack {
             gateway,
@@ -280,7 +280,9 @@ impl Stack {
         match &mut self.pay {
             Pay::Commands { start, .. } => shell(start),
             Pay::InProcess(p) => {
-                let pay = spawn_pay_on(&p.pay_addr, &p.pay_db.url, &p.pay_messaging, 5).await;
+                let mut config = service_config(&p.pay_db.url, &p.pay_messaging, 5);
+                config.addr = p.pay_addr.clone();
+                let pay = spawn_pay(config).await;
                 p.pay = Some(pay);
             }
         }

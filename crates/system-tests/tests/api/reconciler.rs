@@ -8,8 +8,9 @@ use message_table::amqp::AmqpConfig;
 use messages::{ORDER_CREATED, ORDER_QUEUE};
 use order::reconciler::{ReconcilerConfig, Reports};
 use serde_json::{Value, json};
-use system_tests::{Instance, spawn_order_with_reconciler, spawn_pay_on};
-use test_kit::{TestDb, TestQueue};
+use test_kit::{
+    Instance, TestDb, TestQueue, service_config, spawn_order_with_reconciler, spawn_pay,
+};
 use uuid::Uuid;
 
 const POOL: u32 = 5;
@@ -66,7 +67,9 @@ async fn reports(order: &Instance) -> Reports {
 async fn start_pay(amqp: &AmqpConfig, addr: &str) -> (TestDb, Instance) {
     let db = TestDb::new(&pay::MIGRATOR).await;
     let msg = test_kit::messaging(amqp, "test.pay", messages::PAY_QUEUE.routing_keys);
-    let pay = spawn_pay_on(addr, &db.url, &msg, POOL).await;
+    let mut config = service_config(&db.url, &msg, POOL);
+    config.addr = addr.into();
+    let pay = spawn_pay(config).await;
     (db, pay)
 }
 
@@ -85,9 +88,7 @@ async fn a_message_deleted_before_pay_saw_it_is_published_again_and_the_order_pa
     let order_db = TestDb::new(&order::MIGRATOR).await;
     let order_msg = test_kit::messaging(&amqp, "test.order", ORDER_QUEUE.routing_keys);
     let order = spawn_order_with_reconciler(
-        &order_db.url,
-        &order_msg,
-        POOL,
+        service_config(&order_db.url, &order_msg, POOL),
         reconciler(&format!("http://{pay_addr}")),
     )
     .await;
@@ -141,8 +142,11 @@ async fn an_answer_lost_after_pay_committed_is_settled_from_pays_record() {
     let answers = TestQueue::bind(&amqp, ORDER_QUEUE.routing_keys).await;
     let order_db = TestDb::new(&order::MIGRATOR).await;
     let order_msg = test_kit::messaging(&amqp, "test.order", &["test.nothing"]);
-    let order =
-        spawn_order_with_reconciler(&order_db.url, &order_msg, POOL, reconciler(&pay.base)).await;
+    let order = spawn_order_with_reconciler(
+        service_config(&order_db.url, &order_msg, POOL),
+        reconciler(&pay.base),
+    )
+    .await;
 
     let paid = buy(&order, "alice", 1299).await;
     let refused = buy(&order, "carol", 500).await;
@@ -212,8 +216,11 @@ async fn what_cannot_be_repaired_is_reported_and_left_alone() {
     .await
     .unwrap();
 
-    let order =
-        spawn_order_with_reconciler(&order_db.url, &order_msg, POOL, reconciler(&pay.base)).await;
+    let order = spawn_order_with_reconciler(
+        service_config(&order_db.url, &order_msg, POOL),
+        reconciler(&pay.base),
+    )
+    .await;
     let report = test_kit::eventually("a reconciliation pass", SETTLE, || async {
         reports(&order).await.last_report
     })

@@ -1,7 +1,7 @@
 //! The admin API's token, listing, bulk requeue and purge on a running pay service, on rows
 //! written straight into its tables (dead and sent rows: the workers leave them alone).
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 
@@ -75,7 +75,7 @@ fn ids(items: &Value, field: &str) -> Vec<Uuid> {
 #[tokio::test]
 async fn the_token_guards_every_admin_route() {
     let amqp = test_kit::test_amqp();
-    let pay = support::spawn_pay(&amqp, std::future::pending()).await;
+    let pay = support::spawn_pay(&amqp).await;
     for (path, authorization) in [
         ("/admin/stats", None),
         (
@@ -130,17 +130,10 @@ async fn the_token_guards_every_admin_route() {
 async fn without_admin_token_the_admin_api_is_off() {
     let amqp = test_kit::test_amqp();
     let db = TestDb::new(&pay::MIGRATOR).await;
-    let app = pay::build(ServiceConfig {
-        addr: "127.0.0.1:0".into(),
-        database_url: db.url.clone(),
-        db_max_connections: 3,
-        messaging: test_kit::messaging(&amqp, "test.pay", messages::PAY_QUEUE.routing_keys),
-        admin: AdminAuth::off(),
-    })
-    .await
-    .unwrap();
-    let base = format!("http://{}", app.local_addr());
-    tokio::spawn(app.run_until_stopped(std::future::pending()));
+    let messaging = test_kit::messaging(&amqp, "test.pay", messages::PAY_QUEUE.routing_keys);
+    let mut config = test_kit::service_config(&db.url, &messaging, 3);
+    config.admin = AdminAuth::off();
+    let base = test_kit::spawn_pay(config).await.base;
     for path in ["/admin/stats", "/admin/outbox", "/admin/nothing"] {
         let (status, body) = call(client().get(format!("{base}{path}"))).await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
@@ -151,7 +144,7 @@ async fn without_admin_token_the_admin_api_is_off() {
 #[tokio::test]
 async fn listing_pages_filters_requeues_and_purges() {
     let amqp = test_kit::test_amqp();
-    let pay = support::spawn_pay(&amqp, std::future::pending()).await;
+    let pay = support::spawn_pay(&amqp).await;
     let pool = &pay.db.pool;
     let base = pay.base.as_str();
 
@@ -274,7 +267,7 @@ async fn listing_pages_filters_requeues_and_purges() {
 #[tokio::test]
 async fn bad_inputs_are_4xx_in_the_projects_shape() {
     let amqp = test_kit::test_amqp();
-    let pay = support::spawn_pay(&amqp, std::future::pending()).await;
+    let pay = support::spawn_pay(&amqp).await;
     let base = pay.base.as_str();
     let get = |q: &str| client().get(format!("{base}{q}"));
     let requeue = |body: Value| {

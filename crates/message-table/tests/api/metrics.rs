@@ -14,7 +14,7 @@ use support::{RecordingHandler, incoming};
 use test_kit::{TestQueue, metrics::Metrics};
 use uuid::Uuid;
 
-mod support;
+use crate::support;
 
 fn registered() -> (Registry, Arc<MessageTableMetrics>) {
     let mut registry = Registry::default();

@@ -8,7 +8,7 @@ use message_table::inbox::{self, Inbox, InboxStatus, Outcome, retry_sweeper::Ret
 use serde_json::json;
 use support::{RecordingHandler, effects, id_of, inbox_row, incoming};
 
-mod support;
+use crate::support;
 
 #[tokio::test]
 async fn the_same_message_twice_has_one_effect() {

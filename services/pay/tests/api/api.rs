@@ -1,6 +1,6 @@
 //! Pay's read API: payments and balances, and its errors.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 
@@ -12,7 +12,7 @@ use uuid::Uuid;
 #[tokio::test]
 async fn reads_and_their_errors() {
     let amqp = test_kit::test_amqp();
-    let pay = support::spawn_pay(&amqp, std::future::pending()).await;
+    let pay = support::spawn_pay(&amqp).await;
     let base = pay.base.clone();
     let get = |path: String| {
         let url = format!("{base}{path}");
@@ -58,7 +58,7 @@ async fn reads_and_their_errors() {
 #[tokio::test]
 async fn a_lookup_answers_each_order_and_refuses_bad_input() {
     let amqp = test_kit::test_amqp();
-    let pay = support::spawn_pay(&amqp, std::future::pending()).await;
+    let pay = support::spawn_pay(&amqp).await;
     let (paid, unseen) = (Uuid::now_v7(), Uuid::now_v7());
     sqlx::query(
         "INSERT INTO payments (id, order_id, user_id, amount_cents, status, failure_reason, message_id)
@@ -113,7 +113,7 @@ async fn a_lookup_answers_each_order_and_refuses_bad_input() {
 #[tokio::test]
 async fn openapi_document_names_every_route() {
     let amqp = test_kit::test_amqp();
-    let pay = support::spawn_pay(&amqp, std::future::pending()).await;
+    let pay = support::spawn_pay(&amqp).await;
     let res = reqwest::get(format!("{}/openapi.json", pay.base))
         .await
         .unwrap();
@@ -140,7 +140,7 @@ async fn openapi_document_names_every_route() {
 #[tokio::test]
 async fn the_story_of_an_order_is_pays_rows_about_it() {
     let amqp = test_kit::test_amqp();
-    let pay = support::spawn_pay(&amqp, std::future::pending()).await;
+    let pay = support::spawn_pay(&amqp).await;
     let story = |order_id: Uuid| {
         let url = format!("{}/admin/payments/{order_id}/story", pay.base);
         support::admin_call(reqwest::Client::new().get(url))
@@ -200,7 +200,7 @@ async fn the_story_of_an_order_is_pays_rows_about_it() {
 #[tokio::test]
 async fn an_oversized_body_is_answered_413_in_the_error_shape() {
     let amqp = test_kit::test_amqp();
-    let pay = support::spawn_pay(&amqp, std::future::pending()).await;
+    let pay = support::spawn_pay(&amqp).await;
     let ids: Vec<Uuid> = (0..50_000).map(|_| Uuid::new_v4()).collect();
     let body = serde_json::to_vec(&json!({ "order_ids": ids })).unwrap();
     assert!(body.len() > 1 << 20);

@@ -3,11 +3,10 @@
 //! database is cut with a [`TcpProxy`] (the shared PostgreSQL keeps running for the other
 //! tests) or by terminating the service's sessions, as an operator or a failover would.
 
-mod support;
+use crate::support;
 
 use std::{collections::HashSet, time::Duration};
 
-use message_service::service::ServiceConfig;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use support::order_ids;
@@ -32,22 +31,9 @@ async fn spawn_order(amqp: &message_table::amqp::AmqpConfig, proxy: Option<&TcpP
     // its lease. A short lease keeps the wait within the tests' deadlines.
     messaging.outbox.lease = Duration::from_secs(6);
     messaging.outbox.confirm_timeout = Duration::from_secs(1);
-    let app = order::build(
-        ServiceConfig {
-            addr: "127.0.0.1:0".into(),
-            database_url,
-            db_max_connections: 6,
-            admin: test_kit::admin(),
-            messaging,
-        },
-        None,
-    )
-    .await
-    .expect("build order");
-    let base = format!("http://{}", app.local_addr());
-    tokio::spawn(app.run_until_stopped(std::future::pending()));
+    let app = test_kit::spawn_order(test_kit::service_config(&database_url, &messaging, 6)).await;
     Order {
-        base,
+        base: app.base,
         db,
         http: reqwest::Client::new(),
     }

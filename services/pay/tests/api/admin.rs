@@ -2,7 +2,7 @@
 //! service: behind the admin token; dead messages are visible with their reasons, can be
 //! listed page by page, put back in line and purged.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 
@@ -25,7 +25,7 @@ async fn post(base: &str, path: &str) -> (StatusCode, Value) {
 #[tokio::test]
 async fn dead_messages_are_listed_with_their_reasons_and_can_be_requeued() {
     let amqp = test_kit::test_amqp();
-    let pay = support::spawn_pay(&amqp, std::future::pending()).await;
+    let pay = support::spawn_pay(&amqp).await;
     let publisher = TestQueue::bind(&amqp, &[]).await;
     let base = pay.base.as_str();
 

@@ -23,7 +23,7 @@ use sqlx::{PgConnection, PgPool};
 use test_kit::{TestDb, TestQueue};
 use uuid::Uuid;
 
-mod support;
+use crate::support;
 
 fn order_created(user: &str, amount: i64) -> (Uuid, Incoming) {
     let order_id = Uuid::now_v7();
@@ -220,12 +220,12 @@ struct RunningPay {
 }
 
 async fn spawn_pay(amqp: &AmqpConfig) -> RunningPay {
-    let pay = support::spawn_pay(amqp, std::future::pending()).await;
+    let pay = support::spawn_pay(amqp).await;
     // A queue of our own on the same exchange, only to publish through.
     let queue = TestQueue::bind(amqp, &["unused"]).await;
     RunningPay {
         db: pay.db,
-        counters: pay.counters,
+        counters: pay.instance.counters,
         queue,
     }
 }

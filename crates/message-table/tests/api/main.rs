@@ -1,0 +1,10 @@
+//! The mechanism's tests on real PostgreSQL and RabbitMQ: outbox and relay, inbox, batches,
+//! consumer, retention and metrics. One binary (modules below) so it links once.
+
+mod batch;
+mod consumer;
+mod inbox;
+mod metrics;
+mod outbox;
+mod retention;
+mod support;
