@@ -1,5 +1,5 @@
 //! What an operator does with the rows of the message tables (the HTTP side is
-//! `message-service`'s `admin.rs`): list them by status, page by page; requeue dead ones,
+//! `service-kit`'s `admin.rs`): list them by status, page by page; requeue dead ones,
 //! one, a list, or all matching a filter; purge old dead ones; find the rows about one
 //! business object ([`outbox_about`], [`inbox_about`]), for a service's story of it.
 //!

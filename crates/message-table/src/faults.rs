@@ -15,7 +15,7 @@
 //!   an ack after the commit (the broker redelivers), the pauses only delay.
 //! - Each check is one line at the point it acts, in the relay, the inbox or the consumer.
 //!
-//! The HTTP side (`/admin/faults`) is `message_service::faults`.
+//! The HTTP side (`/admin/faults`) is `service_kit::faults`.
 
 use std::{
     sync::{

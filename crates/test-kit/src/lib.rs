@@ -31,7 +31,7 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 use common::config::env_string;
-use message_service::service::MessagingConfig;
+use service_kit::service::MessagingConfig;
 use message_table::{
     amqp::AmqpConfig, backoff::RetryPolicy, inbox::InboxConfig, outbox::OutboxConfig,
     retention::RetentionConfig,

@@ -4,7 +4,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use message_service::service::{MessagingConfig, Service, ServiceConfig};
+use service_kit::service::{MessagingConfig, Service, ServiceConfig};
 use message_table::inbox::InboxCounters;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use common::{admin::AdminSettings, config::Settings, telemetry::LogSettings};
-use message_service::{service::ServiceConfig, settings::MessagingSettings};
+use service_kit::{service::ServiceConfig, settings::MessagingSettings};
 use messages::ORDER_QUEUE;
 
 use crate::reconciler::ReconcilerConfig;
@@ -79,7 +79,7 @@ impl OrderSettings {
 
     /// The configuration order runs with (`ORDER_ADDR`, `ORDER_DATABASE_URL`,
     /// `ORDER_DB_MAX_CONNECTIONS`, `ORDER_QUEUE`, the messaging and `ADMIN_TOKEN`), checked
-    /// when the service is built ([`message_service::service::Service::build`]).
+    /// when the service is built ([`service_kit::service::Service::build`]).
     pub fn into_config(self) -> ServiceConfig {
         ServiceConfig {
             addr: self.order_addr,

@@ -348,7 +348,7 @@ pub async fn list_orders(
 pub struct ApiDoc;
 
 /// Order's own document: [`ApiDoc`] and the reconciler's and the story's admin routes (the
-/// service adds the rest, see `message_service::service::ServiceSpec::openapi`).
+/// service adds the rest, see `service_kit::service::ServiceSpec::openapi`).
 pub fn openapi() -> utoipa::openapi::OpenApi {
     let mut doc = <ApiDoc as utoipa::OpenApi>::openapi();
     doc.merge(<crate::reconciler::ReconcilerDoc as utoipa::OpenApi>::openapi());

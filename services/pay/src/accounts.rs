@@ -192,7 +192,7 @@ pub async fn lookup_payments(
 pub struct ApiDoc;
 
 /// Pay's own document: [`ApiDoc`] and the story's admin route (the service adds the rest,
-/// see `message_service::service::ServiceSpec::openapi`).
+/// see `service_kit::service::ServiceSpec::openapi`).
 pub fn openapi() -> utoipa::openapi::OpenApi {
     let mut doc = <ApiDoc as utoipa::OpenApi>::openapi();
     doc.merge(<crate::story::StoryDoc as utoipa::OpenApi>::openapi());

@@ -2,7 +2,7 @@
 //! turned into the [`ServiceConfig`] it runs with (which tests build in code).
 
 use common::{admin::AdminSettings, config::Settings, telemetry::LogSettings};
-use message_service::{service::ServiceConfig, settings::MessagingSettings};
+use service_kit::{service::ServiceConfig, settings::MessagingSettings};
 use messages::PAY_QUEUE;
 
 /// Every variable the pay service reads, with its default.
@@ -38,7 +38,7 @@ impl Settings for PaySettings {}
 impl PaySettings {
     /// The configuration pay runs with (`PAY_ADDR`, `PAY_DATABASE_URL`,
     /// `PAY_DB_MAX_CONNECTIONS`, `PAY_QUEUE`, the messaging and `ADMIN_TOKEN`), checked when
-    /// the service is built ([`message_service::service::Service::build`]).
+    /// the service is built ([`service_kit::service::Service::build`]).
     pub fn into_config(self) -> ServiceConfig {
         ServiceConfig {
             addr: self.pay_addr,

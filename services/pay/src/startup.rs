@@ -4,7 +4,7 @@ use axum::{
     Router,
     routing::{get, post},
 };
-use message_service::service::{Extras, Service, ServiceConfig, ServiceSpec};
+use service_kit::service::{Extras, Service, ServiceConfig, ServiceSpec};
 use sqlx::PgPool;
 
 use crate::{accounts, payments::PaymentHandler, story};

@@ -36,7 +36,7 @@ pub struct PoisonArgs {
     pub out: PathBuf,
     /// The broker and exchange (`AMQP_URL`, `AMQP_EXCHANGE`), as the services read them.
     #[command(flatten)]
-    pub amqp: message_service::settings::AmqpSettings,
+    pub amqp: service_kit::settings::AmqpSettings,
 }
 
 /// The run's settings as given; [`Config`] completes them with the mode's defaults.
@@ -119,7 +119,7 @@ pub struct RunArgs {
     pub database_url: String,
     /// The broker (`AMQP_URL`); the exchange is the run's own, whatever `AMQP_EXCHANGE` says.
     #[command(flatten)]
-    pub amqp: message_service::settings::AmqpSettings,
+    pub amqp: service_kit::settings::AmqpSettings,
 }
 
 /// One kind of fault, as `CHAOS_FAULTS` names it.

@@ -40,7 +40,7 @@
 
 use std::time::Duration;
 
-use message_service::service::MessagingConfig;
+use service_kit::service::MessagingConfig;
 use reqwest::{StatusCode, header::HeaderMap};
 use serde_json::{Value, json};
 use system_tests::spawn_gateway;

@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use message_service::service::MessagingConfig;
+use service_kit::service::MessagingConfig;
 use message_table::{amqp::AmqpConfig, inbox, outbox};
 use serde_json::{Value, json};
 use test_kit::{Instance, TestDb, TestQueue, service_config, spawn_order, spawn_pay};

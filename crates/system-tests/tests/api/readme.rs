@@ -109,7 +109,7 @@ fn the_services_read_the_environment_only_through_their_settings() {
     let mut files = Vec::new();
     for dir in [
         "services",
-        "crates/message-service/src",
+        "crates/service-kit/src",
         "crates/common/src",
     ] {
         collect_rust_files(&root.join(dir), &mut files);

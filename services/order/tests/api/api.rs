@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use message_service::service::ServiceConfig;
+use service_kit::service::ServiceConfig;
 use message_table::{OutboxStatus, outbox};
 use reqwest::StatusCode;
 use serde_json::{Value, json};

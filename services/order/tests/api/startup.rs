@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use message_service::service::MessagingConfig;
-use message_service::service::ServiceConfig;
+use service_kit::service::MessagingConfig;
+use service_kit::service::ServiceConfig;
 use test_kit::TestDb;
 
 /// Builds order with the test messaging settings changed by `change`, which must make

@@ -1,4 +1,4 @@
-//! The operator's `/admin` endpoints (crates/message-service/src/admin.rs) on a running pay
+//! The operator's `/admin` endpoints (crates/service-kit/src/admin.rs) on a running pay
 //! service: behind the admin token; dead messages are visible with their reasons, can be
 //! listed page by page, put back in line and purged.
 
