@@ -300,8 +300,7 @@ ensure_database() {
     fi
 }
 
-# admin_token_in FILE: exports ADMIN_TOKEN (the admin API's bearer token, README "Admin
-# API"): the caller's if set, else the one saved in FILE, else a new random one saved there,
+# admin_token_in FILE: exports ADMIN_TOKEN (the admin API's bearer token, docs/admin.md): the caller's if set, else the one saved in FILE, else a new random one saved there,
 # so services restarted by a later run of a script get the same token.
 admin_token_in() {
     local file="$1"

@@ -252,7 +252,7 @@ curl -sS "$GW/order/orders/$ORDER_ID"; echo
 curl -sS "$GW/pay/payments/$ORDER_ID"; echo
 curl -sS "$GW/pay/accounts/alice"; echo
 
-# The admin API (README, "Admin API"); the token is in .run/admin-token.
+# The admin API (docs/admin.md); the token is in .run/admin-token.
 curl -sS -H "Authorization: Bearer $(cat .run/admin-token)" "$GW/admin/pay/stats"; echo
 
 EOF

@@ -1,7 +1,7 @@
 //! Configuration. Each service's settings are one clap struct ([`Settings`]): every
 //! setting is an environment variable (and a `--flag`) with a default that works on a
 //! developer machine with PostgreSQL and RabbitMQ on localhost; `<service> --help` lists
-//! them, README documents them. A value that does not parse stops start-up with an error
+//! them, docs/configuration.md documents them. A value that does not parse stops start-up with an error
 //! naming the variable.
 //!
 //! `env_string` is for what is not a service setting (the tests' servers).

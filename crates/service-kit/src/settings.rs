@@ -1,7 +1,7 @@
 //! The message table's settings as environment variables: one clap group per part of
 //! [`MessagingConfig`], flattened into each service's settings ([`MessagingSettings`]), and
 //! turned into the plain config structs of `message_table`. Names, units and defaults are
-//! the README's. Nothing is checked here: [`MessagingConfig::validate`] checks settings and
+//! docs/configuration.md's. Nothing is checked here: [`MessagingConfig::validate`] checks settings and
 //! configs built in code alike, when the service is built.
 
 use std::time::Duration;

@@ -66,7 +66,7 @@ pub fn admin_bearer() -> String {
     format!("Bearer {ADMIN_TOKEN}")
 }
 
-/// The variables the tests read, with their defaults (README lists them).
+/// The variables the tests read, with their defaults (docs/configuration.md lists them).
 pub const VARIABLES: [(&str, &str); 2] = [TEST_DATABASE_URL, TEST_AMQP_URL];
 
 fn admin_url() -> String {

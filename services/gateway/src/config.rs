@@ -18,8 +18,8 @@ use crate::{
     upstream::EjectionPolicy,
 };
 
-/// Every variable the gateway reads, with its default. README (and [`GatewayConfig`]) say
-/// more about each.
+/// Every variable the gateway reads, with its default. docs/configuration.md (and
+/// [`GatewayConfig`]) say more about each.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "gateway", version, about)]
 pub struct GatewaySettings {
@@ -98,7 +98,7 @@ impl GatewaySettings {
     }
 }
 
-/// Every variable the gateway reads, with its default (README lists them).
+/// Every variable the gateway reads, with its default (docs/configuration.md lists them).
 pub fn variables() -> Vec<(String, String)> {
     GatewaySettings::variables()
 }

@@ -93,7 +93,7 @@ impl OrderSettings {
     }
 }
 
-/// Every variable the order service reads, with its default (README lists them).
+/// Every variable the order service reads, with its default (docs/configuration.md lists them).
 pub fn variables() -> Vec<(String, String)> {
     OrderSettings::variables()
 }

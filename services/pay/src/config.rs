@@ -52,7 +52,7 @@ impl PaySettings {
     }
 }
 
-/// Every variable the pay service reads, with its default (README lists them).
+/// Every variable the pay service reads, with its default (docs/configuration.md lists them).
 pub fn variables() -> Vec<(String, String)> {
     PaySettings::variables()
 }

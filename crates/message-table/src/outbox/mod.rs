@@ -4,7 +4,7 @@
 //! A service must change its database *and* tell another service. Two writes to two systems
 //! cannot be atomic: publish first and the transaction may roll back (a message about an
 //! order that does not exist); commit first and the publish may fail (an order nobody
-//! will ever pay). See README, "The two failure scenarios".
+//! will ever pay). See README, "The problem".
 //!
 //! # The mechanism
 //! [`enqueue`] writes the message as a row of the `outbox` table **in the caller's
