@@ -22,7 +22,10 @@ pub async fn scrape(State(s): State<MetricsState>, headers: HeaderMap) -> Respon
         tracing::warn!(error = %e, "metrics scrape without the outbox gauges: the query failed");
         gauges = Registry::default();
     }
-    common::metrics::encode(common::metrics::Format::from_accept(&headers), &[&s.registry, &gauges])
+    common::metrics::encode(
+        common::metrics::Format::from_accept(&headers),
+        &[&s.registry, &gauges],
+    )
 }
 
 #[cfg(test)]

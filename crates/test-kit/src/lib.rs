@@ -31,11 +31,11 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 use common::config::env_string;
-use service_kit::service::MessagingConfig;
 use message_table::{
     amqp::AmqpConfig, backoff::RetryPolicy, inbox::InboxConfig, outbox::OutboxConfig,
     retention::RetentionConfig,
 };
+use service_kit::service::MessagingConfig;
 
 /// A throw-away name: `prefix-<12 hex>`.
 pub fn unique_name(prefix: &str) -> String {

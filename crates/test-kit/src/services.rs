@@ -4,8 +4,8 @@
 
 use std::{sync::Arc, time::Duration};
 
-use service_kit::service::{MessagingConfig, Service, ServiceConfig};
 use message_table::inbox::InboxCounters;
+use service_kit::service::{MessagingConfig, Service, ServiceConfig};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use common::{admin::AdminSettings, config::Settings, telemetry::LogSettings};
-use service_kit::{service::ServiceConfig, settings::MessagingSettings};
 use messages::ORDER_QUEUE;
+use service_kit::{service::ServiceConfig, settings::MessagingSettings};
 
 use crate::reconciler::ReconcilerConfig;
 

@@ -2,8 +2,8 @@
 //! turned into the [`ServiceConfig`] it runs with (which tests build in code).
 
 use common::{admin::AdminSettings, config::Settings, telemetry::LogSettings};
-use service_kit::{service::ServiceConfig, settings::MessagingSettings};
 use messages::PAY_QUEUE;
+use service_kit::{service::ServiceConfig, settings::MessagingSettings};
 
 /// Every variable the pay service reads, with its default.
 #[derive(Debug, Clone, clap::Parser)]

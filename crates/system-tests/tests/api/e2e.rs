@@ -40,9 +40,9 @@
 
 use std::time::Duration;
 
-use service_kit::service::MessagingConfig;
 use reqwest::{StatusCode, header::HeaderMap};
 use serde_json::{Value, json};
+use service_kit::service::MessagingConfig;
 use system_tests::spawn_gateway;
 use test_kit::{Instance, TestDb, service_config, spawn_order, spawn_pay};
 use tokio::sync::{Mutex, MutexGuard};
@@ -149,7 +149,8 @@ impl Stack {
         }
         let amqp = test_kit::test_amqp();
         let pay_db = TestDb::new(&pay::MIGRATOR).await;
-        let pay_messaging = test_kit::messaging(&amqp, "test.pay", messages::PAY_QUEUE.routing_keys);
+        let pay_messaging =
+            test_kit::messaging(&amqp, "test.pay", messages::PAY_QUEUE.routing_keys);
         let pay = spawn_pay(service_config(&pay_db.url, &pay_messaging, 5)).await;
         let order_db = TestDb::new(&order::MIGRATOR).await;
         let order_messaging =

@@ -12,9 +12,9 @@ use std::{
     time::Duration,
 };
 
-use service_kit::service::MessagingConfig;
 use message_table::{amqp::AmqpConfig, inbox, outbox};
 use serde_json::{Value, json};
+use service_kit::service::MessagingConfig;
 use test_kit::{Instance, TestDb, TestQueue, service_config, spawn_order, spawn_pay};
 use uuid::Uuid;
 

@@ -107,11 +107,7 @@ fn gives_each_variable_the_codes_default(doc: &str) {
 fn the_services_read_the_environment_only_through_their_settings() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let mut files = Vec::new();
-    for dir in [
-        "services",
-        "crates/service-kit/src",
-        "crates/common/src",
-    ] {
+    for dir in ["services", "crates/service-kit/src", "crates/common/src"] {
         collect_rust_files(&root.join(dir), &mut files);
     }
     assert!(files.len() > 20, "too few files: {files:?}");

@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use service_kit::service::ServiceConfig;
 use message_table::{OutboxStatus, outbox};
 use reqwest::StatusCode;
 use serde_json::{Value, json};

@@ -7,7 +7,6 @@ use std::collections::BTreeSet;
 
 use chrono::Utc;
 use common::admin::AdminAuth;
-use service_kit::service::ServiceConfig;
 use message_table::{InboxStatus, OutboxStatus};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
