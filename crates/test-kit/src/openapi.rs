@@ -57,8 +57,9 @@ pub fn assert_documents(doc: &Value, operations: &[(&str, &str)]) {
 }
 
 /// The admin routes of the message tables, as every service with them documents them.
-pub const MESSAGE_TABLE_ADMIN: [(&str, &str); 11] = [
+pub const MESSAGE_TABLE_ADMIN: [(&str, &str); 12] = [
     ("/admin/stats", "get"),
+    ("/admin/queue", "get"),
     ("/admin/outbox", "get"),
     ("/admin/inbox", "get"),
     ("/admin/outbox/dead", "get"),
