@@ -914,16 +914,8 @@ async fn a_claim_reads_the_rows_it_claims_not_the_whole_outbox() {
         .execute(&db.pool)
         .await
         .unwrap();
-    let generic = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect_with(
-            db.url
-                .parse::<sqlx::postgres::PgConnectOptions>()
-                .unwrap()
-                .options([("plan_cache_mode", "force_generic_plan")]),
-        )
-        .await
-        .unwrap();
+    let generic =
+        support::one_connection_with(&db.url, "plan_cache_mode", "force_generic_plan").await;
     let relay = Relay::new(
         generic.clone(),
         test_kit::test_amqp(),
@@ -977,16 +969,7 @@ async fn the_wake_up_is_sent_by_a_transaction_that_commits_asynchronously() {
     .execute(&db.pool)
     .await
     .unwrap();
-    let spied = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect_with(
-            db.url
-                .parse::<sqlx::postgres::PgConnectOptions>()
-                .unwrap()
-                .options([("search_path", "spy,pg_catalog,public")]),
-        )
-        .await
-        .unwrap();
+    let spied = support::one_connection_with(&db.url, "search_path", "spy,pg_catalog,public").await;
     let mut listener = sqlx::postgres::PgListener::connect_with(&db.pool)
         .await
         .unwrap();

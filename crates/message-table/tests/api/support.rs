@@ -124,3 +124,16 @@ pub fn props() -> lapin::BasicProperties {
         .with_content_type(lapin::types::ShortString::from("application/json"))
         .with_message_id(lapin::types::ShortString::from(Uuid::now_v7().to_string()))
 }
+
+/// A pool of one connection to `url` whose session has `setting = value`.
+pub async fn one_connection_with(url: &str, setting: &str, value: &str) -> PgPool {
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(
+            url.parse::<sqlx::postgres::PgConnectOptions>()
+                .unwrap()
+                .options([(setting, value)]),
+        )
+        .await
+        .unwrap()
+}
