@@ -8,7 +8,10 @@
 //! Business failures are outcomes, not errors: an unknown user or insufficient funds is
 //! recorded as a FAILED payment and answered with `PaymentFailed`. It is not retried.
 
-use std::{collections::HashSet, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    time::Duration,
+};
 
 use async_trait::async_trait;
 use message_table::{
@@ -54,10 +57,7 @@ fn read_order(msg: &InboxMessage) -> Result<OrderCreated, HandlerError> {
 
 #[async_trait]
 impl MessageHandler for PaymentHandler {
-    /// Pays every order of the batch (`pay_all`); a single message is a batch of
-    /// one. When one account has several orders in the batch, each must see the balance
-    /// the one before left, which the batch form cannot express: those batches go one
-    /// message at a time ([`HandlerError::OneAtATime`]).
+    /// Pays every order of the batch (`pay_all`); a single message is a batch of one.
     async fn handle(
         &self,
         tx: &mut PgConnection,
@@ -67,10 +67,6 @@ impl MessageHandler for PaymentHandler {
             .iter()
             .map(|m| read_order(m))
             .collect::<Result<Vec<_>, _>>()?;
-        let users: HashSet<&str> = orders.iter().map(|o| o.user_id.as_str()).collect();
-        if users.len() < orders.len() {
-            return Err(HandlerError::OneAtATime("two orders of one account"));
-        }
         self.pay_all(tx, msgs, &orders).await
     }
 
@@ -90,9 +86,11 @@ fn failure_reason(account_known: bool) -> &'static str {
 }
 
 impl PaymentHandler {
-    /// Pays `orders` (of distinct accounts, one per message of `msgs`) and enqueues the
-    /// replies, each in the trace of the message that asked: five statements, whatever the
-    /// number of orders.
+    /// Pays `orders` (one per message of `msgs`, in that order) and enqueues the replies,
+    /// each in the trace of the message that asked: five statements, whatever the number of
+    /// orders. Several orders of one account each see the balance the one before left: the
+    /// balances are read under their locks and the orders decided here, in order, then each
+    /// account is debited once by its total.
     async fn pay_all(
         &self,
         tx: &mut PgConnection,
@@ -101,9 +99,11 @@ impl PaymentHandler {
     ) -> Result<(), HandlerError> {
         let users: Vec<&str> = orders.iter().map(|o| o.user_id.as_str()).collect();
         // The accounts locked first, in one order (the lock key's): concurrent batches do
-        // not deadlock on them. Also tells an unknown user from insufficient funds.
-        let known: HashSet<String> = sqlx::query_scalar(
-            "SELECT user_id FROM accounts WHERE user_id = ANY($1) ORDER BY user_id FOR UPDATE",
+        // not deadlock on them. Their balances, as no one else can change them now; a user
+        // missing here is unknown.
+        let mut balances: HashMap<String, i64> = sqlx::query_as(
+            "SELECT user_id, balance_cents FROM accounts WHERE user_id = ANY($1)
+             ORDER BY user_id FOR UPDATE",
         )
         .bind(&users)
         .fetch_all(&mut *tx)
@@ -137,24 +137,46 @@ impl PaymentHandler {
         .into_iter()
         .collect();
 
-        let new: Vec<usize> = (0..orders.len())
-            .filter(|&i| inserted.contains(&payment_ids[i]))
+        // Each new order in turn: paid when its account (still) holds its amount.
+        let mut debits: HashMap<&str, i64> = HashMap::new();
+        let paid: Vec<bool> = orders
+            .iter()
+            .zip(&payment_ids)
+            .map(|(order, payment_id)| {
+                let Some(balance) = balances.get_mut(&order.user_id) else {
+                    return false;
+                };
+                if !inserted.contains(payment_id) || *balance < order.amount_cents {
+                    return false;
+                }
+                *balance -= order.amount_cents;
+                *debits.entry(order.user_id.as_str()).or_default() += order.amount_cents;
+                true
+            })
             .collect();
-        let debited: HashSet<String> = sqlx::query_scalar(
+        let (debit_users, debit_totals): (Vec<&str>, Vec<i64>) = debits.into_iter().unzip();
+        let debited = sqlx::query(
             "UPDATE accounts a SET balance_cents = a.balance_cents - d.amount, updated_at = now()
              FROM unnest($1::text[], $2::bigint[]) AS d(user_id, amount)
-             WHERE a.user_id = d.user_id AND a.balance_cents >= d.amount
-             RETURNING a.user_id",
+             WHERE a.user_id = d.user_id AND a.balance_cents >= d.amount",
         )
-        .bind(new.iter().map(|&i| users[i]).collect::<Vec<_>>())
-        .bind(new.iter().map(|&i| amounts[i]).collect::<Vec<_>>())
-        .fetch_all(&mut *tx)
+        .bind(&debit_users)
+        .bind(&debit_totals)
+        .execute(&mut *tx)
         .await?
-        .into_iter()
-        .collect();
+        .rows_affected();
+        if debited != debit_users.len() as u64 {
+            // The rows are locked since the read above: this cannot happen, and if it did,
+            // nothing of this batch may commit.
+            return Err(HandlerError::Transient(anyhow::anyhow!(
+                "{} of {} accounts debited under their locks",
+                debited,
+                debit_users.len()
+            )));
+        }
 
         let mut failed: Vec<(Uuid, &str)> = Vec::new();
-        let mut replies = Vec::with_capacity(new.len());
+        let mut replies = Vec::with_capacity(orders.len());
         for (i, (msg, order)) in msgs.iter().zip(orders).enumerate() {
             let _in_span = msg.span.enter();
             let span = tracing::info_span!("payment", order_id = %order.order_id).entered();
@@ -163,11 +185,11 @@ impl PaymentHandler {
                 continue;
             }
             let payment_id = payment_ids[i];
-            let reply = if debited.contains(&order.user_id) {
+            let reply = if paid[i] {
                 tracing::info!(order_id = %order.order_id, %payment_id, amount_cents = order.amount_cents, "payment completed");
                 reply(PAYMENT_COMPLETED, order, payment_id, None)
             } else {
-                let reason = failure_reason(known.contains(&order.user_id));
+                let reason = failure_reason(balances.contains_key(&order.user_id));
                 tracing::info!(order_id = %order.order_id, %payment_id, reason, "payment failed");
                 failed.push((order.order_id, reason));
                 reply(PAYMENT_FAILED, order, payment_id, Some(reason))

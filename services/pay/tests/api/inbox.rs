@@ -362,6 +362,16 @@ async fn a_batch_pays_exactly_as_its_messages_one_by_one() {
     let orders = [alice, bob, carol, ghost, dave1, dave2];
     let expected = state(&one_by_one.pool, &orders).await;
     assert_eq!(state(&batched.pool, &orders).await, expected);
+    // Two orders of one account are paid in the batch's one transaction, each seeing the
+    // balance the one before left (600 of 1,000, then 600 refused), not one at a time.
+    let transactions: i64 = sqlx::query_scalar(
+        "SELECT count(DISTINCT xmin::text) FROM payments WHERE order_id = ANY($1)",
+    )
+    .bind([dave1, dave2])
+    .fetch_one(&batched.pool)
+    .await
+    .unwrap();
+    assert_eq!(transactions, 1, "dave's two payments in one transaction");
     // Two messages about one order, for different accounts, in one batch: one payment.
     let (twice, first) = order_created("alice", 50);
     let mut second = order_created("bob", 50).1;
