@@ -237,7 +237,7 @@ impl OutboxConfig {
         // relay re-publish rows whose confirms are on their way: duplicates in steady state.
         // The window is bounded by the confirm timeout; the margin covers claim and settle.
         anyhow::ensure!(
-            self.lease >= LEASE_MARGIN,
+            self.lease >= self.confirm_timeout + LEASE_MARGIN,
             "OUTBOX_LEASE_MS ({:?}) must exceed OUTBOX_CONFIRM_TIMEOUT_MS ({:?}) by at least {LEASE_MARGIN:?}",
             self.lease,
             self.confirm_timeout
@@ -250,7 +250,7 @@ impl OutboxConfig {
 pub const MAX_RELAYS: usize = 16;
 
 /// Time a lease must leave beyond the confirm timeout, for claiming and settling.
-pub const LEASE_MARGIN: Duration = Duration::from_millis(1500);
+pub const LEASE_MARGIN: Duration = Duration::from_secs(5);
 
 /// One publish that did not end in `sent`, as recorded against its row.
 #[derive(Debug, Clone)]

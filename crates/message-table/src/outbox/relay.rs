@@ -325,12 +325,8 @@ impl Relay {
         };
         let started = Instant::now();
         let deadline = started + self.cfg.confirm_timeout;
-        let answers = self
-            .renewing(claim.token, async {
-                let window = self.publish_window(&channel, &claim.rows, deadline).await;
-                await_confirms(window, deadline).await
-            })
-            .await;
+        let window = self.publish_window(&channel, &claim.rows, deadline).await;
+        let answers = await_confirms(window, deadline).await;
         self.metrics
             .confirm_duration
             .observe(started.elapsed().as_secs_f64());
@@ -344,31 +340,6 @@ impl Relay {
             self.disconnect().await;
         }
         outcomes
-    }
-
-    /// PROTOTYPE (a): runs `work`, renewing the claim's lease every third of it meanwhile:
-    /// one UPDATE per window per tick, none for a window shorter than a tick.
-    async fn renewing<T>(&self, token: Uuid, work: impl std::future::Future<Output = T>) -> T {
-        let tick = self.cfg.lease / 3;
-        tokio::pin!(work);
-        loop {
-            tokio::select! {
-                out = &mut work => return out,
-                _ = tokio::time::sleep(tick) => {
-                    let renewed = sqlx::query(
-                        "UPDATE outbox SET lease_expires_at = now() + make_interval(secs => $2)
-                         WHERE claim_token = $1",
-                    )
-                    .bind(token)
-                    .bind(self.cfg.lease.as_secs_f64())
-                    .execute(&self.pool)
-                    .await;
-                    if let Err(e) = renewed {
-                        tracing::warn!(error = %e, "lease renewal failed");
-                    }
-                }
-            }
-        }
     }
 
     /// Step 3: `basic.publish` every row without waiting for confirms in between; one
