@@ -32,6 +32,7 @@
 //! [`inbox`](crate::inbox) removes that duplicate by message id.
 
 mod admin;
+pub mod owner;
 pub mod relay;
 pub mod resend_scheduler;
 
@@ -292,6 +293,7 @@ pub async fn record_failures(
              last_error = f.error,
              claim_token = NULL,
              lease_expires_at = NULL,
+             claim_owner = NULL,
              next_attempt_at = now() + make_interval(secs => f.delay),
              status = CASE WHEN f.exhausted OR o.expires_at <= now() THEN $6 ELSE $7 END
          FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::float8[], $5::bool[])
