@@ -29,6 +29,7 @@ pub async fn connect_and_migrate(
 
 /// Connections of [`relay_pool`] besides one per relay: the relays' LISTEN session and the
 /// resend scheduler hold at most one each (each works one statement at a time).
+/// The relays' owner lock session ([`crate::outbox::owner`]) is one more, outside the pool.
 pub const RELAY_POOL_SHARED_CONNECTIONS: u32 = 2;
 
 /// The outbox's own pool, for the relay and the resend scheduler: the service's database

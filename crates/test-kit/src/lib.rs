@@ -10,10 +10,13 @@
 //!   [`ServiceProcess`]: a service binary as a child process (to kill it).
 //! - [`eventually`]: wait for a condition with a deadline instead of sleeping.
 //! - [`metrics`]: parse a `/metrics` answer and read one sample.
+//! - [`takeover`]: kill a service while its relay holds a window, and read each order's
+//!   commit-to-payment delay.
 
 pub mod metrics;
 pub mod openapi;
 mod services;
+pub mod takeover;
 
 pub use services::{Instance, service_config, spawn_order, spawn_order_with_reconciler, spawn_pay};
 
@@ -619,6 +622,17 @@ impl ServiceProcess {
     /// What the process logged so far (stdout and stderr).
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).expect("read the log file")
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`, ...) to the running process, as `kill -<signal>`.
+    pub async fn signal(&self, signal: &str) {
+        let pid = self.pid().expect("the process is running").to_string();
+        let sent = tokio::process::Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .await
+            .expect("run kill");
+        assert!(sent.success(), "kill -{signal} {pid} failed");
     }
 
     /// SIGKILL: no shutdown code runs, connections are dropped by the kernel.

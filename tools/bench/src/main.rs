@@ -3,7 +3,8 @@
 //! their real binaries (child processes) and this process as the load generator.
 //!
 //! Sections, in order: ceilings; drain; steady; max; relay and inbox alone; gateway
-//! overhead (footprints come from the max scenario). Every figure is reported with its ratio
+//! overhead (footprints come from the max scenario); takeover (an order instance killed
+//! mid-window while another runs). Every figure is reported with its ratio
 //! to the matching ceiling and the target; nothing is asserted, because the machine
 //! is shared and a wall-clock threshold would only make the run flaky. Compare the ratios:
 //! they are measured minutes apart on the same machine. The one failure is a scenario that
@@ -11,7 +12,8 @@
 //!
 //! `--smoke`: a few seconds per section, on whatever build it is run from, so the benchmark
 //! keeps working (scripts/test.sh runs it); its figures mean nothing.
-//! `BENCH_SECTIONS` (default all: `ceilings,drain,steady,max,halves,gateway`) picks sections.
+//! `BENCH_SECTIONS` (default all: `ceilings,drain,steady,max,halves,gateway,takeover`) picks
+//! sections.
 //! `BENCH_OUT` is the results folder (scripts/bench.sh: `.run/bench/<timestamp>`).
 
 mod ceilings;
@@ -42,6 +44,8 @@ struct Plan {
     max_secs: u64,
     halves_messages: usize,
     gateway_requests: usize,
+    /// Kills of the takeover section (0: skipped).
+    takeover_kills: usize,
 }
 
 impl Plan {
@@ -57,6 +61,7 @@ impl Plan {
             max_secs: 20,
             halves_messages: 5_000,
             gateway_requests: 5_000,
+            takeover_kills: 3,
         }
     }
 
@@ -72,6 +77,7 @@ impl Plan {
             max_secs: 2,
             halves_messages: 200,
             gateway_requests: 300,
+            takeover_kills: 1,
         }
     }
 }
@@ -463,6 +469,48 @@ async fn gateway(plan: &Plan, run: &mut Run, dir: &std::path::Path) {
     run.raw("gateway", &o);
 }
 
+/// Orders per second during the takeover section: steady traffic, far from any ceiling.
+const TAKEOVER_RATE: f64 = 200.0;
+
+async fn takeover(plan: &Plan, run: &mut Run) {
+    section(&format!(
+        "takeover: two order instances, {TAKEOVER_RATE:.0} orders/s into the database, one instance SIGKILLed mid-window and restarted, {} time(s)",
+        plan.takeover_kills
+    ));
+    let t = scenarios::takeover(TAKEOVER_RATE, plan.takeover_kills).await;
+    let worst = |ms: &[f64]| ms.iter().copied().fold(0.0, f64::max);
+    let pct = |ms: &[f64], p| stats::percentile(ms, p);
+    let kills = plan.takeover_kills;
+    let taken = &t.taken_over_ms;
+    run.rows.push(
+        Row::new(
+            "takeover",
+            format!(
+                "{kills} kill(s): taken-over orders' commit → payment, worst / p99 ({} orders)",
+                taken.len()
+            ),
+            format!("{:.0} / {:.0} ms", worst(taken), pct(taken, 99.0)),
+        )
+        .target("worst ≤ 5 s", !taken.is_empty() && worst(taken) <= 5_000.0),
+    );
+    run.rows.push(
+        Row::new(
+            "takeover",
+            format!(
+                "{kills} kill(s): every order's commit → payment, worst / p99 ({} orders)",
+                t.all_ms.len()
+            ),
+            format!("{:.0} / {:.0} ms", worst(&t.all_ms), pct(&t.all_ms, 99.0)),
+        )
+        .ratio(format!(
+            "{} payment(s) for {} orders, {} duplicate(s) dropped",
+            t.payments, t.load.written, t.duplicates
+        )),
+    );
+    run.rows.push(generator_row("takeover", &t.load));
+    run.raw("takeover", &t);
+}
+
 async fn machine(smoke: bool) -> report::Machine {
     let memory_gib = std::fs::read_to_string("/proc/meminfo")
         .ok()
@@ -503,7 +551,7 @@ async fn main() {
     let smoke = std::env::args().any(|a| a == "--smoke");
     let plan = if smoke { Plan::smoke() } else { Plan::full() };
     let sections = std::env::var("BENCH_SECTIONS")
-        .unwrap_or_else(|_| "ceilings,drain,steady,max,halves,gateway".into());
+        .unwrap_or_else(|_| "ceilings,drain,steady,max,halves,gateway,takeover".into());
     let wanted = |name: &str| sections.split(',').any(|s| s.trim() == name);
     let dir = PathBuf::from(std::env::var("BENCH_OUT").unwrap_or_else(|_| {
         let secs = std::time::SystemTime::now()
@@ -539,6 +587,9 @@ async fn main() {
     }
     if wanted("gateway") {
         gateway(&plan, &mut run, &dir).await;
+    }
+    if wanted("takeover") {
+        takeover(&plan, &mut run).await;
     }
 
     let series: Vec<report::Series> = run

@@ -1,6 +1,7 @@
 //! The system's scenarios, each on a fresh stack (fresh databases, fresh queues, the real
 //! binaries): drain a backlog, a steady rate, producers flat out, and the two halves of the
-//! message path alone (the relay, the inbox).
+//! message path alone (the relay, the inbox), and a takeover (an order instance killed
+//! mid-window).
 //!
 //! One hop is an order committed → its payment committed in pay's database; the round trip
 //! is the order committed → the order PAID in order's database (pay's reply handled). Both
@@ -8,7 +9,6 @@
 //! the generator's polling adds nothing to a latency.
 
 use std::{
-    collections::HashMap,
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
@@ -17,7 +17,6 @@ use message_table::outbox::{
     OutboxConfig,
     relay::{Claim, Relay, Relays},
 };
-use uuid::Uuid;
 
 use crate::{
     generator::{self, Generated, Writer},
@@ -163,29 +162,19 @@ pub async fn steady(rate: f64, duration: Duration) -> Steady {
 /// on the same server, so on one clock). Each timestamp is its transaction's start, a little
 /// before its commit, on both ends alike.
 async fn latencies(stack: &Stack) -> (Vec<f64>, Vec<f64>) {
-    let orders: Vec<(Uuid, f64, f64)> = sqlx::query_as(
-        "SELECT id, extract(epoch FROM created_at)::float8, extract(epoch FROM updated_at)::float8
+    let hop = test_kit::takeover::commit_to_payment_ms(&stack.order_db.pool, &stack.pay_db.pool)
+        .await
+        .into_iter()
+        .map(|(_, ms)| ms)
+        .collect();
+    let round_trip: Vec<f64> = sqlx::query_scalar(
+        "SELECT extract(epoch FROM updated_at - created_at)::float8 * 1e3
          FROM orders WHERE status <> $1",
     )
     .bind(order::OrderStatus::PendingPayment)
     .fetch_all(&stack.order_db.pool)
     .await
     .expect("read the orders");
-    let payments: HashMap<Uuid, f64> =
-        sqlx::query_as("SELECT order_id, extract(epoch FROM created_at)::float8 FROM payments")
-            .fetch_all(&stack.pay_db.pool)
-            .await
-            .expect("read the payments")
-            .into_iter()
-            .collect();
-    let hop = orders
-        .iter()
-        .filter_map(|(id, created, _)| Some((payments.get(id)? - created) * 1e3))
-        .collect();
-    let round_trip = orders
-        .iter()
-        .map(|(_, created, settled)| (settled - created) * 1e3)
-        .collect();
     (hop, round_trip)
 }
 
@@ -396,4 +385,77 @@ async fn relay_rate(relay: &mut Relay, pipelined: bool, messages: usize) -> f64 
         sent += relay.settle(&claim, &outcomes).await.expect("settle").sent;
     }
     sent as f64 / started.elapsed().as_secs_f64()
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Takeover {
+    pub load: Generated,
+    /// Rows each killed relay held when it died.
+    pub held: Vec<i64>,
+    /// Orders whose message was published again after a kill.
+    pub taken_over: usize,
+    /// Every order's commit-to-payment delay (ms).
+    #[serde(skip)]
+    pub all_ms: Vec<f64>,
+    /// The taken-over orders' delays (ms).
+    pub taken_over_ms: Vec<f64>,
+    /// Payments in pay's database, and copies pay's inbox dropped as duplicates.
+    pub payments: i64,
+    pub duplicates: i64,
+}
+
+/// Two order instances relay one outbox while orders flow at `rate` into its database;
+/// `kills` times, one instance (in turn) is SIGKILLed while its relay holds a window
+/// ([`test_kit::takeover::kill_mid_window`]) and started again. Every order's
+/// commit-to-payment delay, and the taken-over ones apart.
+pub async fn takeover(rate: f64, kills: usize) -> Takeover {
+    let label = "takeover";
+    let mut stack = Stack::running().await;
+    let mut instances = [
+        stack.order.take().expect("order is running"),
+        stack.another_order().await,
+    ];
+    let writer = Writer::direct(&stack.order_db.url, PRODUCERS).await;
+    // Load for the kills (about 2 s apart) and a little after the last.
+    let secs = 2.0 * kills as f64 + 2.0;
+    eprintln!("    [{label}] {rate:.0} orders/s for {secs:.0} s, {kills} kill(s)");
+    let load = tokio::spawn(async move {
+        generator::at_rate(&writer, rate, Duration::from_secs_f64(secs)).await
+    });
+    let mut held = Vec::new();
+    for k in 0..kills {
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        let victim = &mut instances[k % 2];
+        let rows = test_kit::takeover::kill_mid_window(victim, &stack.order_db.pool).await;
+        eprintln!("    [{label}] kill {}: the relay held {rows} row(s)", k + 1);
+        held.push(rows);
+        victim.restart().await;
+    }
+    let load = load.await.expect("the generator");
+    watch(&stack, label, load.written, Instant::now()).await;
+    let delays =
+        test_kit::takeover::commit_to_payment_ms(&stack.order_db.pool, &stack.pay_db.pool).await;
+    let taken = test_kit::takeover::taken_over(&stack.order_db.pool).await;
+    let taken_over_ms = delays
+        .iter()
+        .filter(|(id, _)| taken.contains(id))
+        .map(|(_, ms)| *ms)
+        .collect();
+    let payments = stack.payments().await;
+    let duplicates: i64 = sqlx::query_scalar("SELECT coalesce(sum(duplicates), 0) FROM inbox")
+        .fetch_one(&stack.pay_db.pool)
+        .await
+        .unwrap_or(-1);
+    let [first, _second] = instances;
+    stack.order = Some(first);
+    stack.finish().await;
+    Takeover {
+        load,
+        held,
+        taken_over: taken.len(),
+        all_ms: delays.into_iter().map(|(_, ms)| ms).collect(),
+        taken_over_ms,
+        payments,
+        duplicates,
+    }
 }

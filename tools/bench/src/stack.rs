@@ -81,9 +81,15 @@ impl Stack {
     }
 
     pub async fn start_order(&mut self) {
+        self.order = Some(self.another_order().await);
+    }
+
+    /// One more order instance on the same database and queue (as a scaled-out
+    /// deployment); the caller owns it.
+    pub async fn another_order(&mut self) -> ServiceProcess {
         let mut env = service_env("ORDER", &self.order_db, &self.amqp, &self.order_queue);
         env.push(("ORDER_PAY_URL", self.pay.base.clone()));
-        self.order = Some(start(&mut self.ready, "order", &env).await);
+        start(&mut self.ready, "order", &env).await
     }
 
     pub async fn start_gateway(&mut self) {

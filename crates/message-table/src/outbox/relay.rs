@@ -7,8 +7,10 @@
 //! 2. **Claim** ([`Relay::claim`]) up to `batch_size` due rows with `FOR UPDATE SKIP
 //!    LOCKED`, stamping each with this round's claim token and a lease, and **commit** the
 //!    claim before publishing.
-//!    Other relays skip these rows; if this process dies, the lease runs out and the
-//!    [resend scheduler](super::resend_scheduler) hands the rows back.
+//!    Other relays skip these rows. The claim also names this process's
+//!    [owner](super::owner): if the process dies, its lock session ends and the
+//!    [resend scheduler](super::resend_scheduler) of another instance hands the rows back
+//!    within a tick; if it only freezes, when the lease runs out.
 //! 3. **Publish the whole window pipelined** ([`Relay::publish`], which runs steps 3 to 5,
 //!    and [`Relay::publish_window`]): every row goes out as a persistent message with
 //!    `mandatory`, its message id and type, without waiting in between. Each publish
@@ -43,12 +45,15 @@ use lapin::{
 };
 use serde_json::Value;
 use sqlx::{AssertSqlSafe, FromRow, PgPool, postgres::PgListener};
-use tokio::{sync::Notify, time::Instant};
+use tokio::{
+    sync::{Notify, OnceCell},
+    time::Instant,
+};
 use tokio_util::sync::CancellationToken;
 use tracing::Span;
 use uuid::Uuid;
 
-use super::{Failure, NOTIFY_CHANNEL, OutboxConfig, OutboxStatus, record_failures};
+use super::{Failure, NOTIFY_CHANNEL, OutboxConfig, OutboxStatus, owner::Owner, record_failures};
 use crate::{
     amqp::{self, AmqpConfig, BrokerStatus},
     faults::{Faults, Switch},
@@ -202,6 +207,8 @@ pub struct Relay {
     wake: Arc<Notify>,
     metrics: Arc<MessageTableMetrics>,
     faults: Faults,
+    /// This process's relay owner, taken at the first claim and shared by the siblings.
+    owner: Arc<OnceCell<Owner>>,
 }
 
 impl Relay {
@@ -218,6 +225,7 @@ impl Relay {
             wake: Arc::new(Notify::new()),
             metrics: Arc::default(),
             faults: Faults::off(),
+            owner: Arc::default(),
         }
     }
 
@@ -279,8 +287,16 @@ impl Relay {
     /// The rows are looked up by id from an array, not joined: a prepared statement's generic
     /// plan cannot see `LIMIT $1`, assumes a tenth of the table and hashes the whole outbox
     /// (a week of sent rows) for every claim; the array keeps it to the rows claimed.
+    ///
+    /// The rows also record this process's [owner](super::owner): should the process die,
+    /// other instances take them back as soon as its lock session is gone.
     pub async fn claim(&self) -> sqlx::Result<Claim> {
         let token = Uuid::new_v4();
+        let owner = self
+            .owner
+            .get_or_init(|| Owner::start(&self.pool))
+            .await
+            .id();
         let mut rows: Vec<OutboxRow> = sqlx::query_as(AssertSqlSafe(format!(
             "WITH due AS (
                  SELECT id FROM outbox
@@ -289,7 +305,8 @@ impl Relay {
                  LIMIT $1
                  FOR UPDATE SKIP LOCKED)
              UPDATE outbox o
-             SET claim_token = $2, lease_expires_at = now() + make_interval(secs => $3)
+             SET claim_token = $2, lease_expires_at = now() + make_interval(secs => $3),
+                 claim_owner = $4
              WHERE o.id = ANY(ARRAY(SELECT id FROM due))
              RETURNING o.id, o.aggregate_id, o.event_type, o.routing_key, o.payload, o.headers, o.attempts,
                        o.created_at"
@@ -297,6 +314,7 @@ impl Relay {
         .bind(self.cfg.batch_size)
         .bind(token)
         .bind(self.cfg.lease.as_secs_f64())
+        .bind(owner)
         .fetch_all(&self.pool)
         .await?;
         // RETURNING has no order; ids are UUIDv7, so this is creation order.
@@ -433,7 +451,7 @@ impl Relay {
         }
         let sent = sqlx::query(
             "UPDATE outbox SET status = $3, sent_at = now(), attempts = attempts + 1,
-                    claim_token = NULL, lease_expires_at = NULL, last_error = NULL
+                    claim_token = NULL, lease_expires_at = NULL, claim_owner = NULL, last_error = NULL
              WHERE id = ANY($1) AND claim_token = $2",
         )
         .bind(&sent_ids)
@@ -548,6 +566,7 @@ impl Relay {
             wake: self.wake.clone(),
             metrics: self.metrics.clone(),
             faults: self.faults.clone(),
+            owner: self.owner.clone(),
         }
     }
 

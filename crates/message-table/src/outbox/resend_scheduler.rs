@@ -3,11 +3,14 @@
 //! The relay only ever claims rows that are due and unclaimed. Time moves rows into that
 //! state, and this component is where it happens, on each [`ResendScheduler::tick`]:
 //!
-//! 1. **Expired leases.** A row still claimed after its lease ran out belongs to a relay
-//!    that died (or stalled) between publishing and marking it sent. The broker may or may
-//!    not have it. It is handed back (attempts + 1, backed-off next attempt, or `dead`):
-//!    publishing it again is safe because the consumer's inbox drops the duplicate.
-//!    No look-back window guesses what is "stuck": only an expired lease says so.
+//! 1. **Claims that are over.** A row still claimed by a relay process that is gone (its
+//!    [owner lock](super::owner) no longer in `pg_locks`), or still claimed after its lease
+//!    ran out (a relay that froze or stalled), belongs to a relay that died between
+//!    publishing and marking it sent. The broker may or may not have it. It is handed back
+//!    (attempts + 1, backed-off next attempt, or `dead`): publishing it again is safe
+//!    because the consumer's inbox drops the duplicate. No look-back window guesses what
+//!    is "stuck": only a released lock or an expired lease says so. A dead relay's rows
+//!    come back within a tick (at most the poll interval), a frozen one's after the lease.
 //! 2. **Expired messages.** An unsent row past its `expires_at` becomes `dead`:
 //!    kept, visible, re-queueable with [`super::requeue_dead`], never silently dropped.
 //! 3. **Due retries.** When a backed-off row falls due, the relay is woken right away
@@ -22,16 +25,22 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{Failure, OutboxConfig, OutboxStatus, record_failures};
+use super::{Failure, OutboxConfig, OutboxStatus, owner, record_failures};
 use crate::status::{CLAIMABLE, IN_FLIGHT, WAITING};
 
 pub const LEASE_EXPIRED: &str =
     "lease expired before the publish was confirmed (relay crashed or stalled); publishing again";
 
+pub const OWNER_GONE: &str =
+    "the relay process that claimed it is gone (its owner lock was released); publishing again";
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SchedulerReport {
-    /// Rows whose lease had expired, handed back for another publish.
+    /// Rows whose lease had expired or whose relay is gone, handed back for another publish.
     pub released: usize,
+    /// Of the rows handed back (or made dead), those whose relay process is gone: taken
+    /// back before their lease ran out.
+    pub orphaned: usize,
     /// Rows that became `dead` (expired lease with attempts exhausted, or past their TTL).
     pub dead: usize,
     /// Whether a due row was waiting and the relay was woken.
@@ -58,33 +67,39 @@ impl ResendScheduler {
     pub async fn tick(&self) -> sqlx::Result<SchedulerReport> {
         let mut report = SchedulerReport::default();
 
-        // 1. Expired leases: compare-and-set on the claim token, so a relay that settles
-        //    at the same moment wins or loses cleanly, never both.
-        let expired: Vec<(Uuid, Uuid, i32)> = sqlx::query_as(AssertSqlSafe(format!(
-            "SELECT id, claim_token, attempts FROM outbox
-             WHERE {IN_FLIGHT} AND lease_expires_at < now()
-             ORDER BY lease_expires_at LIMIT $1"
+        // 1. Leases over: expired, or held by a relay process that is gone (its owner lock
+        //    is no longer in pg_locks). Compare-and-set on the claim token, so a relay that
+        //    settles at the same moment wins or loses cleanly, never both.
+        let over: Vec<(Uuid, Uuid, i32, bool)> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT id, claim_token, attempts, lease_expires_at < now() FROM outbox
+             WHERE {IN_FLIGHT}
+               AND (lease_expires_at < now() OR claim_owner NOT IN ({live}))
+             ORDER BY lease_expires_at LIMIT $1",
+            live = owner::live_owners()
         )))
         .bind(self.cfg.batch_size)
         .fetch_all(&self.pool)
         .await?;
-        if !expired.is_empty() {
-            let failures: Vec<Failure> = expired
+        if !over.is_empty() {
+            let failures: Vec<Failure> = over
                 .iter()
-                .map(|(id, token, attempts)| Failure {
+                .map(|(id, token, attempts, expired)| Failure {
                     id: *id,
                     claim_token: *token,
                     attempts: *attempts,
-                    error: LEASE_EXPIRED.to_string(),
+                    error: if *expired { LEASE_EXPIRED } else { OWNER_GONE }.to_string(),
                 })
                 .collect();
             let dead = record_failures(&self.pool, &failures, &self.cfg.retry).await?;
+            let orphaned = over.iter().filter(|o| !o.3).count();
             tracing::warn!(
                 count = failures.len(),
+                orphaned,
                 dead = dead.len(),
-                "outbox leases expired; messages handed back"
+                "outbox claims over (lease expired or relay gone); messages handed back"
             );
             report.released = failures.len() - dead.len();
+            report.orphaned = orphaned;
             report.dead += dead.len();
         }
 

@@ -10,7 +10,7 @@ use lapin::{
 use message_table::outbox::{
     self, NewMessage, OutboxConfig, OutboxStatus,
     relay::{PublishOutcome, Relay, RelayReport, Relays},
-    resend_scheduler::{LEASE_EXPIRED, ResendScheduler},
+    resend_scheduler::{LEASE_EXPIRED, OWNER_GONE, ResendScheduler},
 };
 use serde_json::json;
 use sqlx::PgPool;
@@ -443,6 +443,111 @@ async fn an_expired_lease_is_handed_back_and_published_again() {
         vec![ids[0], ids[0]],
         "at-least-once: two copies"
     );
+}
+
+/// The relay publishes its window, then its process dies before settling: its owner lock's
+/// session ends with it. The next tick of another instance's scheduler hands the rows back
+/// while their lease still runs (the lease is the upper bound this beats), and a second
+/// relay publishes them.
+#[tokio::test]
+async fn a_dead_relays_window_is_taken_over_before_its_lease_runs_out() {
+    let db = TestDb::with_message_tables().await;
+    let amqp = test_kit::test_amqp();
+    let queue = TestQueue::bind(&amqp, &[KEY]).await;
+    let ids = enqueue(&db.pool, 3, Duration::from_secs(60)).await;
+    let cfg = test_kit::fast_outbox();
+    let mut dying = relay(&db, &amqp, cfg.clone());
+    let claim = dying.claim().await.unwrap();
+    assert_eq!(claim.rows.len(), 3);
+    assert_eq!(
+        dying.publish(&claim).await,
+        vec![PublishOutcome::Confirmed; 3]
+    );
+
+    let mut survivor = relay(&db, &amqp, cfg.clone());
+    let scheduler = ResendScheduler::new(db.pool.clone(), cfg, survivor.wake_handle());
+    assert_eq!(
+        scheduler.tick().await.unwrap().released,
+        0,
+        "a living relay keeps its rows"
+    );
+    drop(dying); // the process dies: no settle, its session closes
+
+    let tick = test_kit::eventually(
+        "the dead relay's rows are handed back",
+        Duration::from_secs(20),
+        || async {
+            let tick = scheduler.tick().await.unwrap();
+            (tick.released > 0).then_some(tick)
+        },
+    )
+    .await;
+    assert_eq!(
+        (tick.released, tick.orphaned),
+        (3, 3),
+        "handed back because the owner is gone, not because a lease expired"
+    );
+    for id in &ids {
+        let r = row(&db.pool, *id).await;
+        assert_eq!(
+            (r.status, r.attempts, r.claim_token),
+            (OutboxStatus::Pending, 1, None)
+        );
+        assert_eq!(r.last_error.as_deref(), Some(OWNER_GONE));
+    }
+    make_due(&db.pool).await;
+    assert_eq!(survivor.run_once().await.unwrap().sent, 3);
+    let delivered = message_ids(&queue.take_all().await);
+    assert_eq!(
+        delivered.len(),
+        6,
+        "at-least-once: the dead relay's copies and the survivor's"
+    );
+    assert_eq!(
+        delivered.into_iter().collect::<HashSet<_>>(),
+        ids.into_iter().collect()
+    );
+}
+
+/// A frozen relay (SIGSTOP) keeps its session and its owner lock, so only its lease frees its
+/// rows; once another relay has claimed and published them, the frozen one's late settle
+/// changes nothing: its claim token is gone (see also the expired-lease test above).
+#[tokio::test]
+async fn a_frozen_relays_late_settle_cannot_touch_rows_claimed_since() {
+    let db = TestDb::with_message_tables().await;
+    let amqp = test_kit::test_amqp();
+    let queue = TestQueue::bind(&amqp, &[KEY]).await;
+    let ids = enqueue(&db.pool, 1, Duration::from_secs(60)).await;
+    let cfg = test_kit::fast_outbox();
+    let mut frozen = relay(&db, &amqp, cfg.clone());
+    let claim = frozen.claim().await.unwrap();
+    let outcomes = frozen.publish(&claim).await;
+    let mut survivor = relay(&db, &amqp, cfg.clone());
+    let scheduler = ResendScheduler::new(db.pool.clone(), cfg, survivor.wake_handle());
+    assert_eq!(
+        scheduler.tick().await.unwrap().released,
+        0,
+        "its owner lock is held"
+    );
+    sqlx::query("UPDATE outbox SET lease_expires_at = now() - interval '1 second'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let tick = scheduler.tick().await.unwrap();
+    assert_eq!(
+        (tick.released, tick.orphaned),
+        (1, 0),
+        "the lease, not the owner"
+    );
+    make_due(&db.pool).await;
+    let again = survivor.claim().await.unwrap();
+    assert_eq!(again.rows.len(), 1);
+    // Thawed between the survivor's claim and its settle: the frozen relay's settle is late.
+    assert_eq!(frozen.settle(&claim, &outcomes).await.unwrap().sent, 0);
+    assert_eq!(row(&db.pool, ids[0]).await.claim_token, Some(again.token));
+    let outcomes = survivor.publish(&again).await;
+    assert_eq!(survivor.settle(&again, &outcomes).await.unwrap().sent, 1);
+    assert_eq!(message_ids(&queue.take_all().await), vec![ids[0], ids[0]]);
 }
 
 #[tokio::test]

@@ -12,4 +12,5 @@ mod metrics;
 mod openapi;
 mod readme;
 mod reconciler;
+mod takeover;
 mod trace;
