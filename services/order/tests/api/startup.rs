@@ -10,13 +10,13 @@ use service_kit::service::MessagingConfig;
 use service_kit::service::ServiceConfig;
 use test_kit::{TestDb, TestQueue};
 
-/// Builds order with the test messaging settings changed by `change`, which must make
-/// `Service::build` refuse it; the error.
-async fn refused_at_start_up(change: impl FnOnce(&mut MessagingConfig)) -> String {
+/// Builds order on `amqp` with the test messaging settings changed by `change`.
+async fn build(
+    amqp: &AmqpConfig,
+    change: impl FnOnce(&mut MessagingConfig),
+) -> anyhow::Result<service_kit::service::Service> {
     let db = TestDb::new(&order::MIGRATOR).await;
-    let amqp = test_kit::test_amqp();
-    let mut messaging =
-        test_kit::messaging(&amqp, "test.order", messages::ORDER_QUEUE.routing_keys);
+    let mut messaging = test_kit::messaging(amqp, "test.order", messages::ORDER_QUEUE.routing_keys);
     change(&mut messaging);
     let cfg = ServiceConfig {
         addr: "127.0.0.1:0".into(),
@@ -25,8 +25,14 @@ async fn refused_at_start_up(change: impl FnOnce(&mut MessagingConfig)) -> Strin
         admin: test_kit::admin(),
         messaging,
     };
-    match order::build(cfg, None).await {
-        Ok(_) => panic!("a configuration that can process a message twice started"),
+    order::build(cfg, None).await
+}
+
+/// [`build`] with a change that must make `Service::build` refuse the configuration; the
+/// error.
+async fn refused_at_start_up(change: impl FnOnce(&mut MessagingConfig)) -> String {
+    match build(&test_kit::test_amqp(), change).await {
+        Ok(_) => panic!("a configuration that must be refused started"),
         Err(e) => format!("{e:#}"),
     }
 }
@@ -85,18 +91,7 @@ async fn a_classic_queue_where_a_quorum_one_is_declared_stops_the_start_up_sayin
         "what to do: {err}"
     );
 
-    let db = TestDb::new(&order::MIGRATOR).await;
-    let mut messaging =
-        test_kit::messaging(&classic, "test.order", messages::ORDER_QUEUE.routing_keys);
-    messaging.queue = queue.clone();
-    let cfg = ServiceConfig {
-        addr: "127.0.0.1:0".into(),
-        database_url: db.url.clone(),
-        db_max_connections: 5,
-        admin: test_kit::admin(),
-        messaging,
-    };
-    order::build(cfg, None)
+    build(&classic, |messaging| messaging.queue = queue.clone())
         .await
         .expect("a classic queue declared classic starts");
 }
