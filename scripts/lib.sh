@@ -458,12 +458,25 @@ start_own_stack() {
     ensure_services
     drop_database "$ORDER_DATABASE_URL"
     drop_database "$PAY_DATABASE_URL"
+    delete_own_queues
     touch -d "@$(($(date +%s) - 1))" "$RUN_DIR/t0"
     log "starting the stack (gateway $GW, logs in $RUN_DIR)"
     OWN_STACK_STARTED=1
     "$LMT_ROOT/scripts/run-local.sh" start >"$RUN_DIR/start.out" 2>&1 && return 0
     tail -n 20 "$RUN_DIR/start.out" >&2
     return 1
+}
+
+# delete_own_queues: the queues of a throw-away stack (and their dead-letter queues) go
+# before it starts: a queue left by an earlier run (within its 10 minutes of expiry) may have
+# been declared with another type, and the broker refuses to redeclare it as a quorum queue.
+# Needs rabbitmqctl (a local broker); otherwise the queues simply expire.
+delete_own_queues() {
+    command -v rabbitmqctl >/dev/null 2>&1 || return 0
+    local queue
+    for queue in "$ORDER_QUEUE" "$PAY_QUEUE" "$ORDER_QUEUE.dead" "$PAY_QUEUE.dead"; do
+        as_root rabbitmqctl -q delete_queue "$queue" >/dev/null 2>&1 || true
+    done
 }
 
 # stop_own_stack [TAILS]: stops what start_own_stack started, once; TAILS=1 prints the end of

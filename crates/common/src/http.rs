@@ -301,12 +301,14 @@ pub async fn healthz() -> Response {
 }
 
 /// Answer for `GET /readyz` from named checks: 200 when all pass, 503 otherwise, with each
-/// check's result so an operator sees what is down.
-pub fn readiness(checks: &[(&str, bool)]) -> Response {
+/// check's result so an operator sees what is down, and which broker node each named
+/// connection is on (`null` while it is down).
+pub fn readiness(checks: &[(&str, bool)], broker_links: &[(String, Option<String>)]) -> Response {
     let ready = checks.iter().all(|(_, ok)| *ok);
     let body = json!({
         "status": if ready { "ready" } else { "not_ready" },
         "checks": checks.iter().map(|(name, ok)| (name.to_string(), json!(if *ok { "up" } else { "down" }))).collect::<serde_json::Map<_, _>>(),
+        "broker_links": broker_links.iter().map(|(name, node)| (name.clone(), json!(node))).collect::<serde_json::Map<_, _>>(),
     });
     let status = if ready {
         StatusCode::OK

@@ -67,6 +67,9 @@ pub struct Readiness {
     /// `ready` or `not_ready`.
     pub status: String,
     pub checks: BTreeMap<String, String>,
+    /// Each broker connection (`<service>/<role>`) and the node (`host:port`) it is on,
+    /// `null` while it is down.
+    pub broker_links: BTreeMap<String, Option<String>>,
 }
 
 /// The process is alive and serving HTTP.

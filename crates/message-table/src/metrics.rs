@@ -18,6 +18,7 @@ use prometheus_client::{
 use sqlx::PgPool;
 
 use crate::{
+    amqp::BrokerLink,
     inbox::Outcome,
     outbox::{self, relay::PublishOutcome},
 };
@@ -210,4 +211,24 @@ pub async fn outbox_gauges(pool: &PgPool, registry: &mut Registry) -> sqlx::Resu
         age,
     );
     Ok(())
+}
+
+/// `amqp_connection_up{link, node}`: 1 for each broker connection of the service that works,
+/// labelled with the node it is on; 0 with `node=""` for one that is down. Read at scrape
+/// time from the links themselves; a handful of series per service.
+pub fn broker_link_gauges(links: &[BrokerLink], registry: &mut Registry) {
+    let up = Family::<[(&'static str, String); 2], Gauge>::default();
+    for link in links {
+        let node = link.node();
+        up.get_or_create(&[
+            ("link", link.name().to_string()),
+            ("node", node.clone().unwrap_or_default()),
+        ])
+        .set(node.is_some().into());
+    }
+    registry.register(
+        "amqp_connection_up",
+        "Each broker connection of the service (link): 1 on the node it is on, 0 while down",
+        up,
+    );
 }

@@ -1,6 +1,7 @@
 //! `GET /metrics` of a service with message tables: its own registry (HTTP and message
 //! table families, see [`common::metrics`] for why there is no global one), plus the
-//! outbox gauges read from the database at each scrape.
+//! outbox gauges read from the database at each scrape and the node each broker
+//! connection is on.
 
 use std::sync::Arc;
 
@@ -8,10 +9,13 @@ use axum::{extract::State, http::HeaderMap, response::Response};
 use prometheus_client::registry::Registry;
 use sqlx::PgPool;
 
+use message_table::amqp::BrokerLink;
+
 #[derive(Clone)]
 pub struct MetricsState {
     pub registry: Arc<Registry>,
     pub pool: PgPool,
+    pub broker_links: Vec<BrokerLink>,
 }
 
 /// The registry, then the outbox gauges. A scrape whose query fails still answers with
@@ -22,6 +26,7 @@ pub async fn scrape(State(s): State<MetricsState>, headers: HeaderMap) -> Respon
         tracing::warn!(error = %e, "metrics scrape without the outbox gauges: the query failed");
         gauges = Registry::default();
     }
+    message_table::metrics::broker_link_gauges(&s.broker_links, &mut gauges);
     common::metrics::encode(
         common::metrics::Format::from_accept(&headers),
         &[&s.registry, &gauges],
@@ -45,6 +50,7 @@ mod tests {
         let state = MetricsState {
             registry: Arc::new(registry),
             pool,
+            broker_links: vec![BrokerLink::new("test/relay")],
         };
         let mut headers = HeaderMap::new();
         headers.insert(
@@ -60,6 +66,10 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("outbox_messages"), "{text}");
+        assert!(
+            text.contains("amqp_connection_up{link=\"test/relay\",node=\"\"} 0"),
+            "{text}"
+        );
         assert!(text.ends_with("# EOF\n"), "{text}");
     }
 }

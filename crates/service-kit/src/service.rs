@@ -22,7 +22,7 @@ use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use common::admin::AdminAuth;
 
 use message_table::{
-    amqp::{AmqpConfig, BrokerStatus},
+    amqp::{self, AmqpConfig, BrokerLink, DeclareError, QueueType},
     db,
     faults::Faults,
     inbox::{
@@ -75,6 +75,8 @@ struct Messaging {
     relays: Relays,
     scheduler: ResendScheduler,
     consumer: InboxConsumer,
+    /// The consumer of the dead-letter queue (quorum queues only).
+    dead_letters: Option<InboxConsumer>,
     sweeper: RetrySweeper,
     retention: RetentionRunner,
 }
@@ -84,27 +86,44 @@ struct Messaging {
 struct Readiness {
     pool: PgPool,
     /// One per relay.
-    publishers: Vec<BrokerStatus>,
-    consumer: BrokerStatus,
+    publishers: Vec<BrokerLink>,
+    consumer: BrokerLink,
+    /// Shown with its node, not a check: without it messages still flow.
+    dead_letters: Option<BrokerLink>,
 }
 
 impl Readiness {
-    /// 200 when the database answers and every broker connection is up, else 503.
+    /// 200 when the database answers and every broker connection is up, else 503; with the
+    /// node each connection is on.
     async fn respond(&self) -> Response {
         let database = db::ping(&self.pool).await;
-        common::http::readiness(&[
-            ("database", database),
-            (
-                "broker_publisher",
-                self.publishers.iter().all(BrokerStatus::is_connected),
-            ),
-            ("broker_consumer", self.consumer.is_connected()),
-        ])
+        common::http::readiness(
+            &[
+                ("database", database),
+                (
+                    "broker_publisher",
+                    self.publishers.iter().all(BrokerLink::is_connected),
+                ),
+                ("broker_consumer", self.consumer.is_connected()),
+            ],
+            &self
+                .links()
+                .map(|l| (l.name().to_string(), l.node()))
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    /// Every broker connection of the service.
+    fn links(&self) -> impl Iterator<Item = &BrokerLink> {
+        self.publishers
+            .iter()
+            .chain([&self.consumer])
+            .chain(self.dead_letters.as_ref())
     }
 }
 
 impl Messaging {
-    /// `name` labels the AMQP connections (`<name>-relay`, `<name>-consumer`). Every
+    /// `name` labels the AMQP connections (`<name>/relay`, `<name>/consumer`). Every
     /// worker counts into `metrics`. The relay and the resend scheduler work on
     /// `relay_pool` ([`db::relay_pool`]: asynchronous commit), everything else on `pool`.
     fn new(
@@ -124,7 +143,7 @@ impl Messaging {
             relay_pool.clone(),
             cfg.amqp.clone(),
             cfg.outbox.clone(),
-            format!("{name}-relay"),
+            format!("{name}/relay"),
         )
         .with_metrics(metrics.clone())
         .with_faults(faults.clone());
@@ -142,8 +161,10 @@ impl Messaging {
             cfg.amqp.clone(),
             cfg.queue.clone(),
             &keys,
-            format!("{name}-consumer"),
+            format!("{name}/consumer"),
         );
+        let dead_letters = (cfg.amqp.queue_type == QueueType::Quorum)
+            .then(|| consumer.dead_letters(format!("{name}/dead-letters")));
         let sweeper = RetrySweeper::new(&inbox);
         Self {
             counters: inbox.counters(),
@@ -151,6 +172,7 @@ impl Messaging {
             relays,
             scheduler,
             consumer,
+            dead_letters,
             sweeper,
             retention,
         }
@@ -163,8 +185,9 @@ impl Messaging {
     fn readiness(&self, pool: PgPool) -> Readiness {
         Readiness {
             pool,
-            publishers: self.relays.statuses(),
-            consumer: self.consumer.status(),
+            publishers: self.relays.broker_links(),
+            consumer: self.consumer.broker_link(),
+            dead_letters: self.dead_letters.as_ref().map(InboxConsumer::broker_link),
         }
     }
 
@@ -176,6 +199,9 @@ impl Messaging {
         set.spawn(self.relays.run(token.clone()));
         set.spawn(self.scheduler.run(token.clone()));
         set.spawn(self.consumer.run(token.clone()));
+        if let Some(dead_letters) = self.dead_letters {
+            set.spawn(dead_letters.run(token.clone()));
+        }
         set.spawn(self.sweeper.run(token.clone()));
         set.spawn(self.retention.run(token.clone()));
         set
@@ -210,6 +236,45 @@ async fn serve(
     }
     Ok(result?)
 }
+
+/// Declares the service's queue once before anything runs, so a queue that exists with
+/// other arguments (a classic one, where quorum is now the default) stops the start-up with
+/// what to do, instead of a consumer retrying a refused declaration for ever. A broker that
+/// cannot be reached is no reason not to start: the consumer declares the queue when it is
+/// back (and says so, as an error, if the declaration is refused then).
+async fn declare_at_start_up(cfg: &MessagingConfig, service: &str) -> anyhow::Result<()> {
+    let keys: Vec<&str> = cfg.routing_keys.iter().map(String::as_str).collect();
+    let declared = async {
+        let conn = amqp::connect(&cfg.amqp, &format!("{service}/declare")).await?;
+        let channel = conn.create_channel().await?;
+        let declared = amqp::declare_queue(&channel, &cfg.amqp, &cfg.queue, &keys).await;
+        let _ = conn.close(200, "declared".into()).await;
+        anyhow::Ok(declared?)
+    };
+    // A black-holed broker must not hold the start-up for a connect timeout per address.
+    let declared = tokio::time::timeout(START_UP_DECLARE_TIMEOUT, declared)
+        .await
+        .unwrap_or_else(|_| {
+            Err(anyhow::anyhow!(
+                "timed out after {START_UP_DECLARE_TIMEOUT:?}"
+            ))
+        });
+    match declared {
+        Ok(()) => Ok(()),
+        Err(e) if matches!(e.downcast_ref(), Some(DeclareError::Incompatible { .. })) => {
+            Err(anyhow::anyhow!("cannot start: {e}"))
+        }
+        Err(e) => {
+            tracing::warn!(
+                error = format!("{e:#}"),
+                "the broker is not reachable at start-up; the consumer declares the queue once it is"
+            );
+            Ok(())
+        }
+    }
+}
+
+const START_UP_DECLARE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What `GET /openapi.json` serves: the service's own document with what every service
 /// with message tables has, and the fault switches only when they exist.
@@ -297,6 +362,7 @@ impl Service {
         cfg.messaging
             .validate()
             .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        declare_at_start_up(&cfg.messaging, spec.name).await?;
         let pool =
             db::connect_and_migrate(&cfg.database_url, cfg.db_max_connections, spec.migrator)
                 .await?;
@@ -316,11 +382,12 @@ impl Service {
             .extras
             .map(|build| build(pool.clone(), &mut registry))
             .unwrap_or_default();
+        let readiness = messaging.readiness(pool.clone());
         let metrics = crate::metrics::MetricsState {
             registry: Arc::new(registry),
             pool: pool.clone(),
+            broker_links: readiness.links().cloned().collect(),
         };
-        let readiness = messaging.readiness(pool.clone());
         let admin = crate::admin::router(
             pool.clone(),
             messaging.inbox_counters(),

@@ -4,10 +4,13 @@
 //! docs/configuration.md's. Nothing is checked here: [`MessagingConfig::validate`] checks settings and
 //! configs built in code alike, when the service is built.
 
-use std::time::Duration;
+use std::{str::FromStr, time::Duration};
 
 use message_table::{
-    amqp::AmqpConfig, backoff::RetryPolicy, inbox::InboxConfig, outbox::OutboxConfig,
+    amqp::{AmqpConfig, QueueType},
+    backoff::RetryPolicy,
+    inbox::InboxConfig,
+    outbox::OutboxConfig,
     retention::RetentionConfig,
 };
 
@@ -16,7 +19,7 @@ use crate::service::MessagingConfig;
 #[derive(Debug, Clone, clap::Args)]
 #[command(next_help_heading = "Broker")]
 pub struct AmqpSettings {
-    /// The broker.
+    /// The broker: one address, or the nodes of one cluster, comma-separated (tried in turn).
     #[arg(
         long,
         env = "AMQP_URL",
@@ -26,6 +29,13 @@ pub struct AmqpSettings {
     /// The durable topic exchange every event goes through.
     #[arg(long, env = "AMQP_EXCHANGE", default_value = "lmt.events")]
     pub amqp_exchange: String,
+    /// How the service's queue is declared: `quorum` (replicated, with a delivery limit and
+    /// a dead-letter queue) or `classic`.
+    #[arg(long, env = "AMQP_QUEUE_TYPE", default_value = "quorum", value_parser = QueueType::from_str)]
+    pub amqp_queue_type: QueueType,
+    /// Quorum queues: deliveries of a message before the broker dead-letters it.
+    #[arg(long, env = "AMQP_DELIVERY_LIMIT", default_value_t = 20)]
+    pub amqp_delivery_limit: u32,
     /// `x-expires` of the service's queue, 0 for never (throw-away set-ups only).
     #[arg(long, env = "AMQP_QUEUE_EXPIRES_MS", default_value_t = 0)]
     pub amqp_queue_expires_ms: u64,
@@ -48,6 +58,8 @@ impl From<AmqpSettings> for AmqpConfig {
         Self {
             url: s.amqp_url,
             exchange: s.amqp_exchange,
+            queue_type: s.amqp_queue_type,
+            delivery_limit: s.amqp_delivery_limit,
             queue_expires: (expires > 0).then(|| Duration::from_millis(expires)),
             exchange_auto_delete: false,
             reconnect: RetryPolicy {
@@ -266,13 +278,17 @@ mod tests {
         assert_eq!(cfg.outbox.message_ttl, Duration::from_secs(86_400));
         assert_eq!(cfg.inbox.max_body_bytes, 1 << 20);
         assert_eq!(cfg.amqp.queue_expires, None);
+        assert_eq!(cfg.amqp.queue_type, QueueType::Quorum);
+        assert_eq!(cfg.amqp.delivery_limit, 20);
         assert_eq!(cfg.routing_keys, ["k"]);
         assert!(!cfg.demo_faults);
     }
 
     #[test]
     fn validation_covers_every_part() {
-        let cases: [(&str, Change); 12] = [
+        let cases: [(&str, Change); 14] = [
+            ("AMQP_URL", |c| c.amqp.url = "amqp://a,,amqp://b".into()),
+            ("AMQP_DELIVERY_LIMIT", |c| c.amqp.delivery_limit = 0),
             ("AMQP_RECONNECT_BASE_MS", |c| {
                 c.amqp.reconnect.base = Duration::ZERO
             }),

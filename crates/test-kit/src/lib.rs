@@ -85,6 +85,8 @@ pub fn test_amqp() -> AmqpConfig {
     AmqpConfig {
         url: amqp_url(),
         exchange: unique_name("test.events"),
+        queue_type: message_table::amqp::QueueType::Quorum,
+        delivery_limit: 20,
         queue_expires: Some(Duration::from_secs(120)),
         exchange_auto_delete: true,
         // Production doubles up to 5 s; tests recover within a second of the broker's return.
@@ -485,6 +487,17 @@ impl TestQueue {
             )
             .await
             .expect("exchange.delete");
+        // Its dead-letter exchange, declared with quorum queues (none with classic ones: the
+        // error then closes this channel, last).
+        let _ = self
+            .channel
+            .exchange_delete(
+                lapin::types::ShortString::from(
+                    message_table::amqp::dead_letter_exchange(amqp).as_str(),
+                ),
+                Default::default(),
+            )
+            .await;
     }
 
     pub async fn publish(
@@ -651,7 +664,7 @@ async fn http_status(url: &str) -> Option<u16> {
     Some(client.get(url).send().await.ok()?.status().as_u16())
 }
 
-/// Has RabbitMQ itself close the connection named `name` (as `rabbitmqctl close_connection`
+/// Has RabbitMQ itself close the connection of link `name` (as `rabbitmqctl close_connection`
 /// does for an operator, or the broker on a node restart), with an AMQP `connection.close`
 /// rather than a cut socket. Waits until the connection shows up first; needs `rabbitmqctl`
 /// (the broker runs on this machine). Returns how many connections were closed.
@@ -672,8 +685,9 @@ pub async fn broker_closes_connection(name: &str) -> usize {
                 .await
                 .expect("run rabbitmqctl (RabbitMQ must run on this machine)");
             let text = String::from_utf8_lossy(&out.stdout).into_owned();
-            // The name a client gives its connection is in its client properties.
-            let wanted = format!("{{\"connection_name\",\"{name}\"}}");
+            // The name a client gives its connection is in its client properties, with the
+            // node it connected to: `<name>@<host:port>`.
+            let wanted = format!("{{\"connection_name\",\"{name}@");
             let pids: Vec<String> = text
                 .lines()
                 .filter(|l| l.contains(&wanted))

@@ -4,7 +4,8 @@
 //!
 //! Sections, in order: ceilings; drain; steady; max; relay and inbox alone; gateway
 //! overhead (footprints come from the max scenario); takeover (an order instance killed
-//! mid-window while another runs). Every figure is reported with its ratio
+//! mid-window while another runs); queue_type (steady on classic against quorum queues,
+//! `queue_type.rs`). Every figure is reported with its ratio
 //! to the matching ceiling and the target; nothing is asserted, because the machine
 //! is shared and a wall-clock threshold would only make the run flaky. Compare the ratios:
 //! they are measured minutes apart on the same machine. The one failure is a scenario that
@@ -12,13 +13,15 @@
 //!
 //! `--smoke`: a few seconds per section, on whatever build it is run from, so the benchmark
 //! keeps working (scripts/test.sh runs it); its figures mean nothing.
-//! `BENCH_SECTIONS` (default all: `ceilings,drain,steady,max,halves,gateway,takeover`) picks
-//! sections.
+//! `BENCH_SECTIONS` (default all: `ceilings,drain,steady,max,halves,gateway,takeover,queue_type`)
+//! picks sections. Every section runs on quorum queues (the services' default) except where
+//! queue_type compares them with classic ones.
 //! `BENCH_OUT` is the results folder (scripts/bench.sh: `.run/bench/<timestamp>`).
 
 mod ceilings;
 mod gateway;
 mod generator;
+mod queue_type;
 mod report;
 mod scenarios;
 mod stack;
@@ -551,7 +554,7 @@ async fn main() {
     let smoke = std::env::args().any(|a| a == "--smoke");
     let plan = if smoke { Plan::smoke() } else { Plan::full() };
     let sections = std::env::var("BENCH_SECTIONS")
-        .unwrap_or_else(|_| "ceilings,drain,steady,max,halves,gateway,takeover".into());
+        .unwrap_or_else(|_| "ceilings,drain,steady,max,halves,gateway,takeover,queue_type".into());
     let wanted = |name: &str| sections.split(',').any(|s| s.trim() == name);
     let dir = PathBuf::from(std::env::var("BENCH_OUT").unwrap_or_else(|_| {
         let secs = std::time::SystemTime::now()
@@ -590,6 +593,9 @@ async fn main() {
     }
     if wanted("takeover") {
         takeover(&plan, &mut run).await;
+    }
+    if wanted("queue_type") {
+        queue_type::section(&plan, &mut run).await;
     }
 
     let series: Vec<report::Series> = run

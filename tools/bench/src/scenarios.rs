@@ -312,7 +312,7 @@ async fn relays_rate(relay: Relay, pool: &sqlx::PgPool, messages: usize) -> f64 
             .expect("count sent")
     };
     let relays = Relays::new(relay, RELAYS);
-    let links = relays.statuses();
+    let links = relays.broker_links();
     let shutdown = tokio_util::sync::CancellationToken::new();
     let running = tokio::spawn(relays.run(shutdown.clone()));
     let connecting = Instant::now();

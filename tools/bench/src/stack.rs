@@ -4,9 +4,12 @@
 //! generator (this process) apart from the services, so this process's CPU time is the
 //! generator's.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::Mutex,
+    time::{Duration, Instant},
+};
 
-use message_table::amqp::AmqpConfig;
+use message_table::amqp::{AmqpConfig, QueueType};
 use test_kit::{ServiceProcess, TestDb, TestQueue};
 
 use crate::{generator, stats};
@@ -17,6 +20,15 @@ pub struct Footprint {
     pub service: String,
     pub ready_ms: f64,
     pub peak_rss_mib: f64,
+}
+
+/// The queue type of the stacks started from now on (the services' default, quorum, unless
+/// the queue_type section asks otherwise).
+static QUEUE_TYPE: Mutex<QueueType> = Mutex::new(QueueType::Quorum);
+
+/// Makes the stacks started from now on declare `queue_type` queues.
+pub fn use_queue_type(queue_type: QueueType) {
+    *QUEUE_TYPE.lock().unwrap_or_else(|e| e.into_inner()) = queue_type;
 }
 
 /// Pay (with the benchmark's accounts), order and optionally the gateway, on a unique
@@ -42,6 +54,7 @@ impl Stack {
         let amqp = AmqpConfig {
             // The binaries declare a durable exchange; `finish` deletes it.
             exchange_auto_delete: false,
+            queue_type: *QUEUE_TYPE.lock().unwrap_or_else(|e| e.into_inner()),
             ..test_kit::test_amqp()
         };
         // Order's reply queue exists before pay replies: order's relay and consumer start
@@ -218,6 +231,7 @@ fn service_env(
         ("AMQP_URL", amqp.url.clone()),
         ("AMQP_EXCHANGE", amqp.exchange.clone()),
         ("AMQP_QUEUE_EXPIRES_MS", "120000".into()),
+        ("AMQP_QUEUE_TYPE", amqp.queue_type.to_string()),
         ("RUST_LOG", "warn".into()),
     ]
 }

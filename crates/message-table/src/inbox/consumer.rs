@@ -5,9 +5,15 @@
 //! waiting for more) and each batch is one inbox transaction ([`Inbox::receive_batch`]).
 //! Batches run concurrently, at most as many as the pool can serve while leaving a few
 //! connections to the rest of the service; the broker never has more than the prefetch
-//! count unacked on this channel. A delivery whose outcome could not be recorded (the
-//! database is down) is nacked with requeue after a pause, so the broker keeps it; the
-//! pause keeps a database outage from turning into a hot redelivery loop.
+//! count unacked on this channel (a per-consumer prefetch: quorum queues refuse a global
+//! one). A delivery whose outcome could not be recorded (the database is down) is nacked
+//! with requeue after a pause, so the broker keeps it; the pause keeps a database outage
+//! from turning into a hot redelivery loop, and it grows while the outage lasts, since
+//! every hand-back counts towards a quorum queue's delivery limit.
+//!
+//! The same consumer, built with [`InboxConsumer::dead_letters`], takes the service's
+//! dead-letter queue instead and records what is there through
+//! [`Inbox::receive_dead_letters`] ([`super::dead_letters`]); the rest is the same.
 //!
 //! Acks go through an [`AckWindow`]: one `basic.ack` with `multiple` settles every delivery
 //! up to a tag, so it is sent only when every earlier delivery on the channel is settled.
@@ -20,7 +26,11 @@
 //! data before [`Inbox::receive_batch`] sees it, so the inbox can be driven (and tested) without
 //! a broker.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::BTreeMap,
+    sync::atomic::{AtomicU32, Ordering},
+    time::Duration,
+};
 
 use futures::StreamExt;
 use lapin::{
@@ -34,8 +44,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Inbox, Outcome};
 use crate::{
-    amqp::{self, AmqpConfig, BrokerStatus},
-    faults::Switch,
+    amqp::{self, AmqpConfig, BrokerLink, DeclareError},
+    backoff::RetryPolicy,
+    faults::{Faults, Switch},
 };
 
 /// A delivery as it came off the wire, independent of the AMQP client.
@@ -86,6 +97,15 @@ fn amqp_to_json(v: &AMQPValue) -> Value {
         AMQPValue::LongInt(i) => Value::from(*i),
         AMQPValue::LongLongInt(i) => Value::from(*i),
         AMQPValue::Boolean(b) => Value::Bool(*b),
+        // The broker's `x-death`: an array of tables.
+        AMQPValue::FieldArray(a) => Value::Array(a.as_slice().iter().map(amqp_to_json).collect()),
+        AMQPValue::FieldTable(t) => Value::Object(
+            t.inner()
+                .iter()
+                .map(|(k, v)| (k.to_string(), amqp_to_json(v)))
+                .collect(),
+        ),
+        AMQPValue::Timestamp(t) => Value::from(*t),
         other => Value::String(format!("{other:?}")),
     }
 }
@@ -96,7 +116,21 @@ pub struct InboxConsumer {
     queue: String,
     routing_keys: Vec<String>,
     name: String,
-    status: BrokerStatus,
+    broker: BrokerLink,
+    role: Role,
+    /// Batches in a row whose outcomes could not be recorded: the pause before handing the
+    /// next one back grows with it.
+    unrecorded_in_a_row: AtomicU32,
+}
+
+/// What a consumer of the inbox takes from which queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// The service's queue, through [`Inbox::receive_batch`].
+    Messages,
+    /// Its dead-letter queue, through [`Inbox::receive_dead_letters`] (see
+    /// [`super::dead_letters`]).
+    DeadLetters,
 }
 
 impl InboxConsumer {
@@ -107,18 +141,38 @@ impl InboxConsumer {
         routing_keys: &[&str],
         name: impl Into<String>,
     ) -> Self {
+        let name = name.into();
         Self {
             inbox,
             amqp,
             queue: queue.into(),
             routing_keys: routing_keys.iter().map(|s| s.to_string()).collect(),
-            name: name.into(),
-            status: BrokerStatus::default(),
+            broker: BrokerLink::new(name.clone()),
+            name,
+            role: Role::Messages,
+            unrecorded_in_a_row: AtomicU32::new(0),
         }
     }
 
-    pub fn status(&self) -> BrokerStatus {
-        self.status.clone()
+    /// The consumer of this one's dead-letter queue ([`amqp::dead_letter_queue`]), named
+    /// `name`: it records what the broker dead-lettered as `dead` in the same inbox.
+    pub fn dead_letters(&self, name: impl Into<String>) -> Self {
+        let name = name.into();
+        Self {
+            inbox: self.inbox.clone(),
+            amqp: self.amqp.clone(),
+            queue: self.queue.clone(),
+            routing_keys: self.routing_keys.clone(),
+            broker: BrokerLink::new(name.clone()),
+            name,
+            role: Role::DeadLetters,
+            unrecorded_in_a_row: AtomicU32::new(0),
+        }
+    }
+
+    /// Broker connection state and node, for `/readyz` and `/metrics`.
+    pub fn broker_link(&self) -> BrokerLink {
+        self.broker.clone()
     }
 
     /// Consumes until `shutdown`, reconnecting with backoff whenever the broker goes away.
@@ -131,7 +185,7 @@ impl InboxConsumer {
             let result = self.consume_until_lost(&shutdown).await;
             // A connection that got as far as consuming was healthy: the next outage starts
             // its backoff from the beginning.
-            if self.status.is_connected() {
+            if self.broker.is_connected() {
                 failures = 0;
             }
             match result {
@@ -139,36 +193,48 @@ impl InboxConsumer {
                 Err(e) => {
                     failures += 1;
                     let delay = backoff.delay(failures);
-                    tracing::warn!(consumer = %self.name, error = format!("{e:#}"), retry_in = ?delay, "consumer lost the broker");
+                    if e.downcast_ref::<DeclareError>()
+                        .is_some_and(|d| matches!(d, DeclareError::Incompatible { .. }))
+                    {
+                        // Not the broker's hiccup: nothing changes until an operator acts.
+                        tracing::error!(consumer = %self.name, error = %e, retry_in = ?delay, "the queue cannot be declared");
+                    } else {
+                        tracing::warn!(consumer = %self.name, error = format!("{e:#}"), retry_in = ?delay, "consumer lost the broker");
+                    }
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
                         _ = shutdown.cancelled() => {}
                     }
                 }
             }
-            self.status.set(false);
+            self.broker.set_disconnected();
         }
         tracing::info!(consumer = %self.name, "consumer stopped");
     }
 
     async fn consume_until_lost(&self, shutdown: &CancellationToken) -> anyhow::Result<()> {
-        let conn = amqp::connect(&self.amqp, &self.name).await?;
+        let (conn, node) = amqp::connect_link(&self.amqp, &self.broker).await?;
         let channel = conn.create_channel().await?;
+        // Per consumer (`global: false`, the default): quorum queues refuse global QoS.
         channel
             .basic_qos(self.inbox.config().prefetch, BasicQosOptions::default())
             .await?;
         let keys: Vec<&str> = self.routing_keys.iter().map(String::as_str).collect();
         amqp::declare_queue(&channel, &self.amqp, &self.queue, &keys).await?;
+        let queue = match self.role {
+            Role::Messages => self.queue.clone(),
+            Role::DeadLetters => amqp::dead_letter_queue(&self.queue),
+        };
         let deliveries = channel
             .basic_consume(
-                ShortString::from(self.queue.as_str()),
+                ShortString::from(queue.as_str()),
                 ShortString::from(self.name.as_str()),
                 BasicConsumeOptions::default(), // no_ack = false: manual ack
                 FieldTable::default(),
             )
             .await?;
-        self.status.set(true);
-        tracing::info!(consumer = %self.name, queue = %self.queue, "consuming");
+        self.broker.set_connected(&node);
+        tracing::info!(consumer = %self.name, %queue, %node, "consuming");
 
         // Each delivery in progress holds a database connection; leave some for the relay,
         // the listener, the sweeper and HTTP, or deliveries would time out waiting for one.
@@ -178,7 +244,12 @@ impl InboxConsumer {
             .max(1);
         // A stream error means the channel or connection is gone.
         let stream_error = std::sync::Mutex::new(None);
-        let faults = self.inbox.faults();
+        // The teaching switches act on the service's queue, never on its dead letters.
+        let faults = match self.role {
+            Role::Messages => self.inbox.faults().clone(),
+            Role::DeadLetters => Faults::off(),
+        };
+        let faults = &faults;
         let acks = tokio::sync::Mutex::new(AckWindow::default());
         deliveries
             .take_until(shutdown.cancelled())
@@ -197,7 +268,7 @@ impl InboxConsumer {
                             Err(e) => *stream_error.lock().unwrap() = Some(e),
                         }
                     }
-                    handle_batch(&self.inbox, batch, acks).await;
+                    self.handle_batch(batch, acks, faults).await;
                 }
             })
             .await;
@@ -214,65 +285,75 @@ impl InboxConsumer {
             None => anyhow::bail!("the consumer's connection was closed"),
         }
     }
-}
 
-/// Receives a batch through the inbox, hands back what could not be recorded, and acks
-/// the rest through the window once its outcomes are committed.
-async fn handle_batch(
-    inbox: &Inbox,
-    mut batch: Vec<Delivery>,
-    acks: &tokio::sync::Mutex<AckWindow>,
-) {
-    if batch.is_empty() {
-        return;
-    }
-    let incoming = batch.iter_mut().map(Incoming::take_from).collect();
-    let outcomes = inbox.receive_batch(incoming).await;
-    // Teaching fault hold_ack: committed, then "crash" before the ack (the connection goes).
-    if outcomes.iter().any(Option::is_some) && inbox.faults().take_hold_ack() {
-        return;
-    }
-    let mut settled = Vec::with_capacity(batch.len());
-    let mut handed_back = Vec::new();
-    for (delivery, outcome) in batch.into_iter().zip(outcomes) {
-        match outcome {
-            Some(outcome) => {
-                if matches!(outcome, Outcome::Duplicate) && delivery.redelivered {
-                    tracing::debug!(
-                        delivery_tag = delivery.delivery_tag,
-                        "redelivered copy dropped"
-                    );
-                }
-                settled.push((delivery.delivery_tag, Some(delivery.acker)));
-            }
-            None => handed_back.push(delivery),
+    /// Receives a batch through the inbox (or records dead letters), hands back what could
+    /// not be recorded, and acks the rest through the window once its outcomes are
+    /// committed.
+    async fn handle_batch(
+        &self,
+        mut batch: Vec<Delivery>,
+        acks: &tokio::sync::Mutex<AckWindow>,
+        faults: &Faults,
+    ) {
+        if batch.is_empty() {
+            return;
         }
-    }
-    if !handed_back.is_empty() {
-        tokio::time::sleep(NACK_PAUSE).await;
-        let requeue = BasicNackOptions {
-            requeue: true,
-            ..Default::default()
+        let incoming = batch.iter_mut().map(Incoming::take_from).collect();
+        let outcomes = match self.role {
+            Role::Messages => self.inbox.receive_batch(incoming).await,
+            Role::DeadLetters => self.inbox.receive_dead_letters(incoming).await,
         };
-        for delivery in handed_back {
-            if let Err(e) = delivery.acker.nack(requeue).await {
-                tracing::warn!(delivery_tag = delivery.delivery_tag, error = %e, "nack failed; the broker requeues the delivery when the channel closes");
-            }
-            // Settled by the nack; no acker: a later `multiple` ack passes over it.
-            settled.push((delivery.delivery_tag, None));
+        // Teaching fault hold_ack: committed, then "crash" before the ack (the connection goes).
+        if outcomes.iter().any(Option::is_some) && faults.take_hold_ack() {
+            return;
         }
-    }
-    // Held while acking: acks go out in tag order, never one that an earlier ack covered.
-    let mut window = acks.lock().await;
-    let Acks { multiple, single } = window.settle(settled);
-    let sends = multiple
-        .map(|a| (a, true))
-        .into_iter()
-        .chain(single.into_iter().map(|a| (a, false)));
-    for (acker, multiple) in sends {
-        if let Err(e) = acker.ack(BasicAckOptions { multiple }).await {
-            // The outcomes are committed; redeliveries will be dropped as duplicates.
-            tracing::warn!(error = %e, "ack failed after commit");
+        let mut settled = Vec::with_capacity(batch.len());
+        let mut handed_back = Vec::new();
+        for (delivery, outcome) in batch.into_iter().zip(outcomes) {
+            match outcome {
+                Some(outcome) => {
+                    if matches!(outcome, Outcome::Duplicate) && delivery.redelivered {
+                        tracing::debug!(
+                            delivery_tag = delivery.delivery_tag,
+                            "redelivered copy dropped"
+                        );
+                    }
+                    settled.push((delivery.delivery_tag, Some(delivery.acker)));
+                }
+                None => handed_back.push(delivery),
+            }
+        }
+        if handed_back.is_empty() {
+            self.unrecorded_in_a_row.store(0, Ordering::Relaxed);
+        } else {
+            // Each hand-back counts towards a quorum queue's delivery limit: the pause grows
+            // while the database stays away, so a long outage spends few of them.
+            let in_a_row = self.unrecorded_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
+            tokio::time::sleep(NACK_PAUSE.delay(in_a_row as i32)).await;
+            let requeue = BasicNackOptions {
+                requeue: true,
+                ..Default::default()
+            };
+            for delivery in handed_back {
+                if let Err(e) = delivery.acker.nack(requeue).await {
+                    tracing::warn!(delivery_tag = delivery.delivery_tag, error = %e, "nack failed; the broker requeues the delivery when the channel closes");
+                }
+                // Settled by the nack; no acker: a later `multiple` ack passes over it.
+                settled.push((delivery.delivery_tag, None));
+            }
+        }
+        // Held while acking: acks go out in tag order, never one that an earlier ack covered.
+        let mut window = acks.lock().await;
+        let Acks { multiple, single } = window.settle(settled);
+        let sends = multiple
+            .map(|a| (a, true))
+            .into_iter()
+            .chain(single.into_iter().map(|a| (a, false)));
+        for (acker, multiple) in sends {
+            if let Err(e) = acker.ack(BasicAckOptions { multiple }).await {
+                // The outcomes are committed; redeliveries will be dropped as duplicates.
+                tracing::warn!(error = %e, "ack failed after commit");
+            }
         }
     }
 }
@@ -336,8 +417,13 @@ impl<A> AckWindow<A> {
 /// Database connections the consumer leaves to the service's other users.
 const RESERVED_CONNECTIONS: usize = 4;
 
-/// Pause before handing back a delivery that could not be recorded.
-const NACK_PAUSE: Duration = Duration::from_secs(1);
+/// Pause before handing back a delivery that could not be recorded: 1 s, doubling per batch
+/// in a row that could not be recorded, up to 30 s (with jitter).
+const NACK_PAUSE: RetryPolicy = RetryPolicy {
+    base: Duration::from_secs(1),
+    max: Duration::from_secs(30),
+    max_attempts: i32::MAX,
+};
 
 #[cfg(test)]
 mod tests {

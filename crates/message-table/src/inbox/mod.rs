@@ -14,7 +14,7 @@
 //!    message id, not JSON, wrong content type, too large) is *poison*: it is recorded
 //!    `dead` with its reason and raw body (`Inbox::record_poison`), acked, and the next
 //!    message goes on. Nothing loops, nothing blocks the queue. One created before the
-//!    inbox's memory is recorded `dead` too (`Inbox::record_too_old`, see below).
+//!    inbox's memory is recorded `dead` too (`Inbox::record_dead`, see below).
 //!
 //! Then ONE database transaction for the readable messages (`Inbox::run`):
 //!
@@ -56,6 +56,11 @@
 //! finished handler run into a failure in step 3, rolled back like any other; while it is
 //! armed, every message runs alone.
 //!
+//! What breaks the consumer *outside* this algorithm (the process crashes on a message, or
+//! the database cannot record it for long) is bounded by the broker: a quorum queue
+//! dead-letters a message handed back more than its delivery limit, and [`dead_letters`]
+//! records it here as `dead` with the broker's reason, requeueable like any dead row.
+//!
 //! The inbox remembers ids for `INBOX_RETENTION_SECS` (see [`crate::retention`]). A message
 //! created before that window (its AMQP `timestamp`) may be a copy of one already processed
 //! and forgotten: it is recorded `dead`, not processed, and an operator decides
@@ -64,6 +69,7 @@
 mod admin;
 pub mod consumer;
 mod counters;
+pub mod dead_letters;
 mod parse;
 mod receive;
 pub mod retry_sweeper;

@@ -43,13 +43,17 @@ impl Inbox {
             }
         };
         match self.older_than_memory(incoming) {
-            Some(reason) => self.record_too_old(&msg, reason).await.map(Read::Refused),
+            Some(reason) => self.record_dead(&msg, reason).await.map(Read::Refused),
             None => Ok(Read::Message(msg)),
         }
     }
 
     /// Reads the delivery; `Err` is why it is poison.
-    fn parse(&self, incoming: &Incoming, span: tracing::Span) -> Result<InboxMessage, String> {
+    pub(super) fn parse(
+        &self,
+        incoming: &Incoming,
+        span: tracing::Span,
+    ) -> Result<InboxMessage, String> {
         let id_text = incoming
             .message_id
             .as_deref()
@@ -84,7 +88,11 @@ impl Inbox {
         })
     }
 
-    async fn record_poison(&self, incoming: &Incoming, reason: String) -> sqlx::Result<Outcome> {
+    pub(super) async fn record_poison(
+        &self,
+        incoming: &Incoming,
+        reason: String,
+    ) -> sqlx::Result<Outcome> {
         // A readable id is kept (a redelivered copy is then a duplicate); otherwise a new one.
         let id = incoming
             .message_id
@@ -124,7 +132,14 @@ impl Inbox {
         })
     }
 
-    async fn record_too_old(&self, msg: &InboxMessage, reason: String) -> sqlx::Result<Outcome> {
+    /// Records a readable message `dead` without running it, with `reason` (too old, or
+    /// dead-lettered by the broker): requeueable like any dead row. `Duplicate` when the id
+    /// already has a row, which stays as it is.
+    pub(super) async fn record_dead(
+        &self,
+        msg: &InboxMessage,
+        reason: String,
+    ) -> sqlx::Result<Outcome> {
         let insert = sqlx::query(
             "INSERT INTO inbox (message_id, event_type, payload, headers, status, attempts, last_error)
              VALUES ($1, $2, $3, $4, $6, 0, $5)

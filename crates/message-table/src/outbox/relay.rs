@@ -55,7 +55,7 @@ use uuid::Uuid;
 
 use super::{Failure, NOTIFY_CHANNEL, OutboxConfig, OutboxStatus, owner::Owner, record_failures};
 use crate::{
-    amqp::{self, AmqpConfig, BrokerStatus},
+    amqp::{self, AmqpConfig, BrokerLink},
     faults::{Faults, Switch},
     metrics::MessageTableMetrics,
     status::CLAIMABLE,
@@ -203,7 +203,8 @@ pub struct Relay {
     /// Shown as the AMQP connection name and the messages' `app_id`.
     name: String,
     link: Option<(Connection, Channel)>,
-    status: BrokerStatus,
+    /// Which node `link` is on, for `/readyz` and `/metrics`.
+    broker: BrokerLink,
     wake: Arc<Notify>,
     metrics: Arc<MessageTableMetrics>,
     faults: Faults,
@@ -215,13 +216,14 @@ impl Relay {
     /// Claims and settles on `pool`: the services give it [`crate::db::relay_pool`], whose
     /// commits do not wait for the WAL flush (losing one only republishes a message).
     pub fn new(pool: PgPool, amqp: AmqpConfig, cfg: OutboxConfig, name: impl Into<String>) -> Self {
+        let name = name.into();
         Self {
             pool,
             amqp,
             cfg,
-            name: name.into(),
+            broker: BrokerLink::new(name.clone()),
+            name,
             link: None,
-            status: BrokerStatus::default(),
             wake: Arc::new(Notify::new()),
             metrics: Arc::default(),
             faults: Faults::off(),
@@ -241,9 +243,9 @@ impl Relay {
         self
     }
 
-    /// Broker connection state, for `/readyz`.
-    pub fn status(&self) -> BrokerStatus {
-        self.status.clone()
+    /// Broker connection state and node, for `/readyz` and `/metrics`.
+    pub fn broker_link(&self) -> BrokerLink {
+        self.broker.clone()
     }
 
     /// Notify this to make the relay run a round now (the resend scheduler does).
@@ -517,28 +519,28 @@ impl Relay {
             self.disconnect().await;
         }
         let connect = async {
-            let conn = amqp::connect(&self.amqp, &self.name).await?;
+            let (conn, node) = amqp::connect_link(&self.amqp, &self.broker).await?;
             let ch = conn.create_channel().await?;
             ch.confirm_select(ConfirmSelectOptions::default()).await?;
             amqp::declare_exchange(&ch, &self.amqp).await?;
-            anyhow::Ok((conn, ch))
+            anyhow::Ok((conn, ch, node))
         };
         match connect.await {
-            Ok((conn, ch)) => {
-                tracing::info!(relay = %self.name, "relay connected to the broker");
+            Ok((conn, ch, node)) => {
+                tracing::info!(relay = %self.name, %node, "relay connected to the broker");
                 self.link = Some((conn, ch.clone()));
-                self.status.set(true);
+                self.broker.set_connected(&node);
                 Ok(ch)
             }
             Err(e) => {
-                self.status.set(false);
+                self.broker.set_disconnected();
                 Err(RelayError::Broker(e))
             }
         }
     }
 
     async fn disconnect(&mut self) {
-        self.status.set(false);
+        self.broker.set_disconnected();
         if let Some((conn, _)) = self.link.take() {
             let _ = tokio::time::timeout(
                 Duration::from_secs(2),
@@ -561,8 +563,8 @@ impl Relay {
             amqp: self.amqp.clone(),
             cfg: self.cfg.clone(),
             name: format!("{}-{number}", self.name),
+            broker: BrokerLink::new(format!("{}-{number}", self.name)),
             link: None,
-            status: BrokerStatus::default(),
             wake: self.wake.clone(),
             metrics: self.metrics.clone(),
             faults: self.faults.clone(),
@@ -635,9 +637,9 @@ impl Relays {
         Self(std::iter::once(first).chain(siblings).collect())
     }
 
-    /// Each relay's broker connection state, for `/readyz`.
-    pub fn statuses(&self) -> Vec<BrokerStatus> {
-        self.0.iter().map(Relay::status).collect()
+    /// Each relay's broker connection state and node, for `/readyz` and `/metrics`.
+    pub fn broker_links(&self) -> Vec<BrokerLink> {
+        self.0.iter().map(Relay::broker_link).collect()
     }
 
     /// Notify this to make an idle relay run a round now (the resend scheduler does).

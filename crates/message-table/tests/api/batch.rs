@@ -335,7 +335,7 @@ async fn a_batch_that_finishes_first_does_not_ack_an_earlier_delivery_still_in_p
         &["k"],
         test_kit::unique_name("test-consumer"),
     );
-    let connected = consumer.status();
+    let connected = consumer.broker_link();
     let stop = CancellationToken::new();
     let task = tokio::spawn(consumer.run(stop.clone()));
     test_kit::eventually("consumer connected", Duration::from_secs(10), || async {

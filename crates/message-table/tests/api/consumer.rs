@@ -51,7 +51,7 @@ struct Running {
     queue: String,
     handled: Arc<AtomicUsize>,
     counters: Arc<InboxCounters>,
-    connected: message_table::amqp::BrokerStatus,
+    connected: message_table::amqp::BrokerLink,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
     publisher: TestQueue,
@@ -78,7 +78,7 @@ async fn start(
         &["k"],
         name.clone(),
     );
-    let connected = consumer.status();
+    let connected = consumer.broker_link();
     let stop = CancellationToken::new();
     let task = tokio::spawn(consumer.run(stop.clone()));
     test_kit::eventually("consumer connected", Duration::from_secs(10), || async {
@@ -354,7 +354,7 @@ async fn hold_ack_commits_then_loses_the_ack_and_the_redelivered_copy_is_dropped
         &["k"],
         test_kit::unique_name("test-consumer"),
     );
-    let connected = consumer.status();
+    let connected = consumer.broker_link();
     let stop = CancellationToken::new();
     let task = tokio::spawn(consumer.run(stop.clone()));
     test_kit::eventually("consumer connected", Duration::from_secs(10), || async {

@@ -3,6 +3,7 @@
 
 mod batch;
 mod consumer;
+mod dead_letters;
 mod inbox;
 mod metrics;
 mod outbox;

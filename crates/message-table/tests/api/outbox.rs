@@ -494,7 +494,7 @@ async fn without_a_broker_nothing_is_claimed_and_no_attempt_is_burnt() {
             Err(message_table::outbox::relay::RelayError::Broker(_))
         ));
     }
-    assert!(!relay.status().is_connected());
+    assert!(!relay.broker_link().is_connected());
     for id in ids {
         let r = row(&db.pool, id).await;
         assert_eq!(
@@ -988,7 +988,7 @@ async fn relays_side_by_side_publish_every_message_once_and_share_the_wake_up() 
     cfg.batch_size = 20;
     cfg.poll_interval = Duration::from_secs(60);
     let relays = Relays::new(relay(&db, &amqp, cfg), 3);
-    let statuses = relays.statuses();
+    let statuses = relays.broker_links();
     assert_eq!(statuses.len(), 3);
     let stop = tokio_util::sync::CancellationToken::new();
     let task = tokio::spawn(relays.run(stop.clone()));

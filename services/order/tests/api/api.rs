@@ -372,9 +372,16 @@ async fn bad_requests_are_refused_with_json_errors_and_write_nothing() {
     assert_eq!(app.count("outbox").await, 0);
 }
 
+/// Readiness, and which broker node each connection is on. `AMQP_URL` lists a dead address
+/// first: every connection passes over it to the live one, and `/readyz` and `/metrics` name
+/// that node for each.
 #[tokio::test]
 async fn health_and_readiness() {
-    let amqp = test_kit::test_amqp();
+    let live = test_kit::test_amqp();
+    let amqp = message_table::amqp::AmqpConfig {
+        url: format!("amqp://guest:guest@127.0.0.1:1/%2f,{}", live.url),
+        ..live
+    };
     let app = spawn_order(&amqp).await;
     let health = app
         .http
@@ -397,6 +404,36 @@ async fn health_and_readiness() {
     assert_eq!(ready["checks"]["database"], "up");
     assert_eq!(ready["checks"]["broker_publisher"], "up");
     assert_eq!(ready["checks"]["broker_consumer"], "up");
+    let node = test_kit::broker_addr().to_string();
+    for link in ["order/relay", "order/consumer", "order/dead-letters"] {
+        let on = test_kit::eventually(link, Duration::from_secs(10), || async {
+            let res = app
+                .http
+                .get(format!("{}/readyz", app.base))
+                .send()
+                .await
+                .ok()?;
+            let ready: Value = res.json().await.ok()?;
+            ready["broker_links"][link].as_str().map(str::to_string)
+        })
+        .await;
+        assert_eq!(on, node, "{link}");
+    }
+    let metrics = app
+        .http
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(&format!(
+            "amqp_connection_up{{link=\"order/consumer\",node=\"{node}\"}} 1"
+        )),
+        "{metrics}"
+    );
 }
 
 /// `GET /openapi.json` is an OpenAPI 3.1 document naming every route, admin ones included,

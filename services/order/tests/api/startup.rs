@@ -1,20 +1,22 @@
 //! Start-up checks of the order service on configs built in code: the inbox remembers message
 //! ids for as long as copies can arrive, and a lease outlasts the confirm window. A
-//! configuration that could process a message twice never starts.
+//! configuration that could process a message twice never starts, nor one whose queue the
+//! broker refuses to declare.
 
 use std::time::Duration;
 
+use message_table::amqp::{AmqpConfig, QueueType};
 use service_kit::service::MessagingConfig;
 use service_kit::service::ServiceConfig;
-use test_kit::TestDb;
+use test_kit::{TestDb, TestQueue};
 
-/// Builds order with the test messaging settings changed by `change`, which must make
-/// `Service::build` refuse it; the error.
-async fn refused_at_start_up(change: impl FnOnce(&mut MessagingConfig)) -> String {
+/// Builds order on `amqp` with the test messaging settings changed by `change`.
+async fn build(
+    amqp: &AmqpConfig,
+    change: impl FnOnce(&mut MessagingConfig),
+) -> anyhow::Result<service_kit::service::Service> {
     let db = TestDb::new(&order::MIGRATOR).await;
-    let amqp = test_kit::test_amqp();
-    let mut messaging =
-        test_kit::messaging(&amqp, "test.order", messages::ORDER_QUEUE.routing_keys);
+    let mut messaging = test_kit::messaging(amqp, "test.order", messages::ORDER_QUEUE.routing_keys);
     change(&mut messaging);
     let cfg = ServiceConfig {
         addr: "127.0.0.1:0".into(),
@@ -23,8 +25,14 @@ async fn refused_at_start_up(change: impl FnOnce(&mut MessagingConfig)) -> Strin
         admin: test_kit::admin(),
         messaging,
     };
-    match order::build(cfg, None).await {
-        Ok(_) => panic!("a configuration that can process a message twice started"),
+    order::build(cfg, None).await
+}
+
+/// [`build`] with a change that must make `Service::build` refuse the configuration; the
+/// error.
+async fn refused_at_start_up(change: impl FnOnce(&mut MessagingConfig)) -> String {
+    match build(&test_kit::test_amqp(), change).await {
+        Ok(_) => panic!("a configuration that must be refused started"),
         Err(e) => format!("{e:#}"),
     }
 }
@@ -56,4 +64,34 @@ async fn a_config_built_in_code_with_a_lease_too_short_is_refused_at_start_up() 
         err.contains("OUTBOX_LEASE_MS") && err.contains("OUTBOX_CONFIRM_TIMEOUT_MS"),
         "{err}"
     );
+}
+
+/// A queue an earlier run declared classic, where a quorum queue is now declared: the broker
+/// refuses (406 PRECONDITION_FAILED), and the service stops at start-up saying what to do,
+/// instead of a consumer retrying the refused declaration for ever. With
+/// `AMQP_QUEUE_TYPE=classic` the same queue is accepted.
+#[tokio::test]
+async fn a_classic_queue_where_a_quorum_one_is_declared_stops_the_start_up_saying_what_to_do() {
+    let classic = AmqpConfig {
+        queue_type: QueueType::Classic,
+        ..test_kit::test_amqp()
+    };
+    let queue = test_kit::unique_name("test.order");
+    let broker = TestQueue::bind(&classic, &[]).await;
+    broker.declare(&classic, &queue, &[]).await;
+
+    let err = refused_at_start_up(|messaging| messaging.queue = queue.clone()).await;
+    assert!(
+        err.contains("PRECONDITION_FAILED") && err.contains("inequivalent arg"),
+        "the broker's reply: {err}"
+    );
+    assert!(
+        err.contains(&format!("rabbitmqctl delete_queue {queue}"))
+            && err.contains("AMQP_QUEUE_TYPE"),
+        "what to do: {err}"
+    );
+
+    build(&classic, |messaging| messaging.queue = queue.clone())
+        .await
+        .expect("a classic queue declared classic starts");
 }
