@@ -2,8 +2,9 @@
 //!
 //! One round ([`Relay::run_once`]) is the whole algorithm:
 //!
-//! 1. **Connect first** (`Relay::channel`). Without a broker channel nothing is claimed, so
-//!    a broker outage does not burn the rows' attempts.
+//! 1. **Connect first** (`Relay::channel`, through [`amqp::connect_link`]: the addresses of
+//!    `AMQP_URL` in turn). Without a broker channel nothing is claimed, so a broker outage
+//!    does not burn the rows' attempts.
 //! 2. **Claim** ([`Relay::claim`]) up to `batch_size` due rows with `FOR UPDATE SKIP
 //!    LOCKED`, stamping each with this round's claim token and a lease, and **commit** the
 //!    claim before publishing.
@@ -29,7 +30,9 @@
 //!    or `dead` when exhausted — each update only applies while this round's claim token is
 //!    still on the row.
 //!
-//! A row is therefore `sent` only when the broker has taken responsibility for it.
+//! A row is therefore `sent` only when the broker has taken responsibility for it: on a
+//! quorum queue, when a majority of the queue's replicas has it. Without a majority the
+//! broker answers nothing, and the deadline of step 3 fails the window like a lost confirm.
 //!
 //! With `DEMO_FAULTS=1` the [teaching switches](crate::faults) act here, one line each:
 //! `pause_relay` and `drop_broker_connection` before step 1, `deliver_twice` in step 3,
@@ -200,7 +203,8 @@ pub struct Relay {
     pool: PgPool,
     amqp: AmqpConfig,
     cfg: OutboxConfig,
-    /// Shown as the AMQP connection name and the messages' `app_id`.
+    /// The link name (`<service>/relay`): the AMQP connection is named `<name>@<node>`, and
+    /// the messages carry it as their `app_id`.
     name: String,
     link: Option<(Connection, Channel)>,
     /// Which node `link` is on, for `/readyz` and `/metrics`.
