@@ -3,7 +3,8 @@
 # PostgreSQL and RabbitMQ), the benchmark's smoke run (scripts/bench.sh --smoke), the end-to-end
 # test of the running stack (scripts/e2e.sh), the short chaos run (scripts/chaos.sh),
 # schemathesis against the running stack (scripts/contract-test.sh), the failure scenarios
-# (scripts/scenarios/all.sh), the dashboard in headless Chromium (scripts/browser-test.sh) and
+# (scripts/scenarios/all.sh), the node faults on a three-node RabbitMQ cluster
+# (scripts/cluster-test.sh), the dashboard in headless Chromium (scripts/browser-test.sh) and
 # the real docker compose run (scripts/compose-test.sh).
 #
 # Starts PostgreSQL and RabbitMQ when they are installed here and not running, and leaves them
@@ -110,5 +111,6 @@ step "end-to-end (scripts/e2e.sh)" scripts/e2e.sh
 step "chaos, short (scripts/chaos.sh)" scripts/chaos.sh
 step "API contract (scripts/contract-test.sh)" scripts/contract-test.sh
 step "failure scenarios (scripts/scenarios/all.sh)" scripts/scenarios/all.sh
+step "cluster, node faults (scripts/cluster-test.sh)" scripts/cluster-test.sh
 step "browser (scripts/browser-test.sh)" scripts/browser-test.sh
 step "docker compose, for real (scripts/compose-test.sh)" scripts/compose-test.sh

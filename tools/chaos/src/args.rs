@@ -48,6 +48,11 @@ pub struct RunArgs {
     /// The short run (the default): about 80 s of load, every fault kind once.
     #[arg(long)]
     pub short: bool,
+    /// The cluster run: the services on the three-node cluster (`scripts/cluster.sh start`),
+    /// all three addresses in `AMQP_URL`, and the node faults (stop the node most links
+    /// are on, stop another, SIGKILL the leader of pay's queue, stop two of three).
+    #[arg(long, conflicts_with = "long")]
+    pub cluster: bool,
     /// Orders per second [short 30, long 35].
     #[arg(long, env = "CHAOS_RATE")]
     pub rate: Option<f64>,
@@ -58,13 +63,10 @@ pub struct RunArgs {
     /// goes on with more rounds while orders are still being placed.
     #[arg(long, env = "CHAOS_MIN_EACH")]
     pub min_each: Option<usize>,
-    /// The fault kinds, in order, space-separated.
-    #[arg(
-        long,
-        env = "CHAOS_FAULTS",
-        value_delimiter = ' ',
-        default_value = "kill-order kill-pay rolling-restart pg-terminate broker-restart"
-    )]
+    /// The fault kinds, in order, space-separated [kill-order kill-pay rolling-restart
+    /// pg-terminate broker-restart; cluster: stop-busiest-node stop-another-node
+    /// kill-pay-leader lose-majority].
+    #[arg(long, env = "CHAOS_FAULTS", value_delimiter = ' ')]
     pub faults: Vec<FaultKind>,
     /// 0 leaves out broker-restart.
     #[arg(long, env = "CHAOS_BROKER", default_value = "1", value_parser = BoolishValueParser::new(), action = ArgAction::Set)]
@@ -84,6 +86,9 @@ pub struct RunArgs {
     /// How long RabbitMQ's app stays stopped.
     #[arg(long, env = "CHAOS_BROKER_DOWN_SECS", default_value_t = 5)]
     pub broker_down_secs: u64,
+    /// Cluster run: how long a stopped or killed node stays down.
+    #[arg(long, env = "CHAOS_NODE_DOWN_SECS", default_value_t = 5)]
+    pub node_down_secs: u64,
     /// How long an instance may take to be ready again.
     #[arg(long, env = "CHAOS_READY_SECS", default_value_t = 90)]
     pub ready_secs: u64,
@@ -93,12 +98,12 @@ pub struct RunArgs {
     /// Deadline for convergence once the load has stopped.
     #[arg(long, env = "CHAOS_CONVERGE_SECS", default_value_t = 180)]
     pub converge_secs: u64,
-    /// Unreadable messages published to pay on purpose.
-    #[arg(long, env = "CHAOS_POISON", default_value_t = 2)]
-    pub poison: u32,
-    /// The ports: pay1 +2, order1 +3, order2 +4, pay2 +5, gateway +9.
-    #[arg(long, env = "CHAOS_PORT_BASE", default_value_t = 18760)]
-    pub port_base: u16,
+    /// Unreadable messages published to pay on purpose [2; cluster 0].
+    #[arg(long, env = "CHAOS_POISON")]
+    pub poison: Option<u32>,
+    /// The ports: pay1 +2, order1 +3, order2 +4, pay2 +5, gateway +9 [18760; cluster 18860].
+    #[arg(long, env = "CHAOS_PORT_BASE")]
+    pub port_base: Option<u16>,
     /// 1: the gateway has both instances of each service behind its routes and the orders all
     /// go through it; 0: its routes name the first instances only, and the orders alternate
     /// between the gateway and the second order instance directly.
@@ -107,9 +112,9 @@ pub struct RunArgs {
     /// Each instance's pool (four instances share the server).
     #[arg(long, env = "CHAOS_DB_MAX_CONNECTIONS", default_value_t = 8)]
     pub db_max_connections: u32,
-    /// Logs and results.
-    #[arg(long, env = "CHAOS_RUN_DIR", default_value = ".run/chaos")]
-    pub run_dir: PathBuf,
+    /// Logs and results [.run/chaos; cluster .run/chaos-cluster].
+    #[arg(long, env = "CHAOS_RUN_DIR")]
+    pub run_dir: Option<PathBuf>,
     /// Only its server is used: the run has its own databases on it.
     #[arg(
         long,
@@ -117,9 +122,13 @@ pub struct RunArgs {
         default_value = "postgres://postgres@127.0.0.1:5432/order_db"
     )]
     pub database_url: String,
-    /// The broker (`AMQP_URL`); the exchange is the run's own, whatever `AMQP_EXCHANGE` says.
+    /// The broker (`AMQP_URL`; the cluster run uses the cluster's three); the exchange is
+    /// the run's own, whatever `AMQP_EXCHANGE` says.
     #[command(flatten)]
     pub amqp: service_kit::settings::AmqpSettings,
+    /// Where the cluster is (the cluster run).
+    #[command(flatten)]
+    pub cluster_settings: cluster::Settings,
 }
 
 /// One kind of fault, as `CHAOS_FAULTS` names it.
@@ -130,6 +139,45 @@ pub enum FaultKind {
     PgTerminate,
     BrokerRestart,
     RollingRestart,
+    /// Cluster: stop the node most of the services' connections are on, start it again.
+    StopBusiestNode,
+    /// Cluster: stop another node, start it again.
+    StopAnotherNode,
+    /// Cluster: SIGKILL the node leading pay's queue, start it again.
+    KillPayLeader,
+    /// Cluster: stop two nodes of three at once (no majority), start them again.
+    LoseMajority,
+}
+
+impl FaultKind {
+    /// The kinds a run takes by default.
+    fn defaults(cluster: bool) -> Vec<FaultKind> {
+        use FaultKind::*;
+        if cluster {
+            vec![
+                StopBusiestNode,
+                StopAnotherNode,
+                KillPayLeader,
+                LoseMajority,
+            ]
+        } else {
+            vec![
+                KillOrder,
+                KillPay,
+                RollingRestart,
+                PgTerminate,
+                BrokerRestart,
+            ]
+        }
+    }
+
+    fn needs_cluster(self) -> bool {
+        use FaultKind::*;
+        matches!(
+            self,
+            StopBusiestNode | StopAnotherNode | KillPayLeader | LoseMajority
+        )
+    }
 }
 
 impl fmt::Display for FaultKind {
@@ -142,6 +190,12 @@ impl fmt::Display for FaultKind {
 /// The run's settings, each with its mode's default.
 pub struct Config {
     pub mode: &'static str,
+    /// `chaos` or `chaos-cluster`: the run's own databases (`lmt_chaos_cluster_order`…),
+    /// exchange (`lmt.chaos-cluster.events`), queues, lock, run directory.
+    pub name: &'static str,
+    pub run_dir: PathBuf,
+    pub port_base: u16,
+    pub poison: u32,
     pub rate: f64,
     pub orders: u64,
     pub min_each: usize,
@@ -159,17 +213,51 @@ impl Config {
         } else {
             (30.0, 0, 1, 10, 8)
         };
-        let kinds: Vec<FaultKind> = cli
-            .faults
-            .iter()
-            .copied()
+        let (interval_secs, tail_secs) = if cli.cluster {
+            // The cluster run must stay short (a node takes 10 to 30 s to come back).
+            (5, 5)
+        } else {
+            (interval_secs, tail_secs)
+        };
+        let kinds: Vec<FaultKind> = if cli.faults.is_empty() {
+            FaultKind::defaults(cli.cluster)
+        } else {
+            cli.faults.clone()
+        };
+        let kinds: Vec<FaultKind> = kinds
+            .into_iter()
             .filter(|k| cli.broker || *k != FaultKind::BrokerRestart)
             .collect();
         if kinds.is_empty() {
             return Err("CHAOS_FAULTS is empty".into());
         }
+        if let Some(k) = kinds.iter().find(|k| k.needs_cluster() != cli.cluster) {
+            return Err(if cli.cluster {
+                format!("{k} is not a fault of the cluster run")
+            } else {
+                format!("{k} needs the cluster run (--cluster)")
+            });
+        }
+        let name = if cli.cluster {
+            "chaos-cluster"
+        } else {
+            "chaos"
+        };
         Ok(Self {
-            mode: if cli.long { "long" } else { "short" },
+            mode: match (cli.cluster, cli.long) {
+                (true, _) => "cluster",
+                (false, true) => "long",
+                (false, false) => "short",
+            },
+            name,
+            run_dir: cli
+                .run_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(".run").join(name)),
+            port_base: cli
+                .port_base
+                .unwrap_or(if cli.cluster { 18860 } else { 18760 }),
+            poison: cli.poison.unwrap_or(if cli.cluster { 0 } else { 2 }),
             rate: cli.rate.unwrap_or(rate),
             orders: cli.orders.unwrap_or(orders),
             min_each: cli.min_each.unwrap_or(min_each),

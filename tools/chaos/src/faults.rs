@@ -24,6 +24,8 @@ pub struct Faults {
     pub kill_down: Duration,
     pub broker_down: Duration,
     pub injected: BTreeMap<FaultKind, usize>,
+    /// The cluster run's nodes (`None` in the other runs).
+    pub nodes: Option<crate::nodes::Nodes>,
 }
 
 /// Which instances a kill hits, in turn: order: the first (behind the gateway), the second,
@@ -61,6 +63,13 @@ impl Faults {
             FaultKind::PgTerminate => self.pg_terminate().await,
             FaultKind::BrokerRestart => self.broker_restart().await?,
             FaultKind::RollingRestart => self.rolling_restart(stack).await?,
+            FaultKind::StopBusiestNode
+            | FaultKind::StopAnotherNode
+            | FaultKind::KillPayLeader
+            | FaultKind::LoseMajority => {
+                let nodes = self.nodes.as_mut().ok_or("node faults need --cluster")?;
+                nodes.inject(kind).await?
+            }
         };
         self.record(start, kind, &detail)?;
         *self.injected.entry(kind).or_default() += 1;
@@ -157,17 +166,8 @@ impl Faults {
 /// `rabbitmqctl ARGS` (as root, through `sudo -n` when needed), at most 120 s: whether it
 /// succeeded. Blocking, so that [`BrokerStopped`]'s `drop` can run it too.
 fn rabbitmqctl_blocking(args: &[&str]) -> bool {
-    let is_root = std::fs::metadata("/proc/self").is_ok_and(|m| {
-        use std::os::unix::fs::MetadataExt as _;
-        m.uid() == 0
-    });
-    let mut cmd = std::process::Command::new(if is_root { "timeout" } else { "sudo" });
-    if !is_root {
-        cmd.args(["-n", "timeout"]);
-    }
-    cmd.args(["120", "rabbitmqctl"])
+    cluster::process::bounded("rabbitmqctl", Duration::from_secs(120), true)
         .args(args)
-        .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .status()

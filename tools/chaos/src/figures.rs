@@ -10,7 +10,7 @@ use sqlx::PgPool;
 
 use crate::{
     args::{Instance, service_of},
-    check::{Inputs, Snapshot, unanswered},
+    check::{Fault, Inputs, Snapshot, unanswered},
     now_ms, secs,
     stats::{self, Services},
 };
@@ -256,20 +256,74 @@ pub async fn print(
             secs((t - f.end_ms).max(0))
         );
     }
-    let mut recoveries = Vec::new();
+    fault_table(faults, order, pay).await;
+}
+
+/// One fault as the table shows it.
+#[derive(Default)]
+struct FaultFigures {
+    /// Orders committed while it lasted.
+    accepted: i64,
+    /// The longest commit → settled of the orders it could have caught.
+    longest_wait_ms: Option<i64>,
+    /// When the last of them was settled (epoch ms).
+    settled_ms: Option<i64>,
+    /// Publishes beyond the first, over both outboxes.
+    retried: i64,
+}
+
+/// Per fault: orders accepted during it, the longest time an order waited (commit →
+/// settled) among those it could have caught (committed from 2 s before it began until it
+/// ended), publishes retried (attempts beyond the first of the messages created from 2 s
+/// before it until those orders were settled, both services), and the recovery: from its
+/// end until those orders were all settled. From the databases' own timestamps.
+async fn fault_table(faults: &[Fault], order: &PgPool, pay: &PgPool) {
+    const CAUGHT_FROM_MS: i64 = 2000;
+    let ts = |ms: i64| ms as f64 / 1000.0;
+    println!("#   each fault (orders caught: committed from 2 s before it began until it ended):");
+    println!(
+        "#   | fault | lasted | orders accepted during it | longest wait, commit → settled | publishes retried | recovery after its end |"
+    );
+    println!("#   |---|---|---|---|---|---|");
     for f in faults {
-        let recovery = settled_by(f.start_ms - 2000, f.end_ms)
+        let from = f.start_ms - CAUGHT_FROM_MS;
+        let mut fig = FaultFigures::default();
+        if let Ok((accepted, longest, settled)) =
+            sqlx::query_as::<_, (i64, Option<i64>, Option<i64>)>(
+                "SELECT count(*) FILTER (WHERE created_at >= to_timestamp($1)),
+                    (extract(epoch FROM max(updated_at - created_at)) * 1000)::int8,
+                    (extract(epoch FROM max(updated_at)) * 1000)::int8
+             FROM orders WHERE created_at BETWEEN to_timestamp($2) AND to_timestamp($3)",
+            )
+            .bind(ts(f.start_ms))
+            .bind(ts(from))
+            .bind(ts(f.end_ms))
+            .fetch_one(order)
             .await
-            .map(|t| (t - f.end_ms).max(0));
-        recoveries.push(format!(
-            "{} {} → {}",
+        {
+            (fig.accepted, fig.longest_wait_ms, fig.settled_ms) = (accepted, longest, settled);
+        }
+        let until = fig.settled_ms.unwrap_or(f.end_ms).max(f.end_ms);
+        for pool in [order, pay] {
+            fig.retried += sqlx::query_scalar::<_, i64>(
+                "SELECT coalesce(sum(greatest(attempts - 1, 0)), 0)::int8 FROM outbox
+                 WHERE created_at BETWEEN to_timestamp($1) AND to_timestamp($2)",
+            )
+            .bind(ts(from))
+            .bind(ts(until))
+            .fetch_one(pool)
+            .await
+            .unwrap_or(-1);
+        }
+        println!(
+            "#   | {} | {} | {} | {} | {} | {} |",
             f.kind,
             secs(f.end_ms - f.start_ms),
-            recovery.map_or("-".into(), secs)
-        ));
+            fig.accepted,
+            fig.longest_wait_ms.map_or("-".into(), secs),
+            fig.retried,
+            fig.settled_ms
+                .map_or("-".into(), |t| secs((t - f.end_ms).max(0))),
+        );
     }
-    println!(
-        "#   each fault: how long it lasted → how long after its end the orders taken during it (from 2 s before) were all settled: {}",
-        recoveries.join(", ")
-    );
 }

@@ -26,6 +26,20 @@
 //!   1.5 minutes in all.
 //! * `chaos --long`: 20,000 orders at 35/s, every fault kind at least 3 times (7 in practice);
 //!   about 10 minutes.
+//! * `chaos --cluster` (`scripts/cluster-test.sh`): the services on the three-node RabbitMQ
+//!   cluster of `scripts/cluster.sh` (which must run), all three addresses in `AMQP_URL`,
+//!   quorum queues, no poison messages, and the node faults instead (module `nodes`):
+//!   `stop-busiest-node` (the node most connections are on, from the management API),
+//!   `stop-another-node`, `kill-pay-leader` (SIGKILL of the node leading pay's queue),
+//!   `lose-majority` (that leader and another node stopped at once: no majority, publishes
+//!   unconfirmed, kept by the outbox); each node down `CHAOS_NODE_DOWN_SECS`, then started
+//!   again. The checks add: the run's dead-letter queues are empty. Its own databases
+//!   `lmt_chaos_cluster_order`/`_pay`, exchange `lmt.chaos-cluster.events`, ports from
+//!   18860, `.run/chaos-cluster/`, its own lock: it can run beside a short run.
+//!
+//! Every run prints a table: for each fault, the orders accepted during it, the longest
+//! commit → settled wait of the orders it could have caught, the publishes retried, and the
+//! recovery after its end (figures.rs says exactly how each is counted).
 //!
 //! It owns its state: databases `lmt_chaos_order` and `lmt_chaos_pay` (recreated on every
 //! run, left for inspection), the exchange `lmt.chaos.events` with queues named per run
@@ -48,23 +62,25 @@
 //! | `CHAOS_RATE` | orders per second | 30 / 35 |
 //! | `CHAOS_ORDERS` | orders to place (0 = until the faults are done) | 0 / 20000 |
 //! | `CHAOS_MIN_EACH` | rounds of the fault list, i.e. injections per kind; the long run goes on with more rounds while orders are still being placed | 1 / 3 |
-//! | `CHAOS_FAULTS` | the fault kinds, in order | `kill-order kill-pay rolling-restart pg-terminate broker-restart` |
+//! | `CHAOS_FAULTS` | the fault kinds, in order | `kill-order kill-pay rolling-restart pg-terminate broker-restart` (cluster: `stop-busiest-node stop-another-node kill-pay-leader lose-majority`) |
 //! | `CHAOS_BROKER` | 0: leave out broker-restart | 1 |
 //! | `CHAOS_WARMUP_SECS` | load before the first fault | 5 |
-//! | `CHAOS_INTERVAL_SECS` | load between two faults | 10 / 15 |
-//! | `CHAOS_TAIL_SECS` | load after the last fault | 8 / 15 |
+//! | `CHAOS_INTERVAL_SECS` | load between two faults | 10 / 15 (cluster 5) |
+//! | `CHAOS_TAIL_SECS` | load after the last fault | 8 / 15 (cluster 5) |
 //! | `CHAOS_KILL_DOWN_SECS` | how long a killed instance stays down (4 more when both are) | 1 |
 //! | `CHAOS_BROKER_DOWN_SECS` | how long RabbitMQ's app stays stopped | 5 |
+//! | `CHAOS_NODE_DOWN_SECS` | cluster run: how long a stopped or killed node stays down | 5 |
 //! | `CHAOS_READY_SECS` | how long an instance may take to be ready again | 90 |
 //! | `CHAOS_STOP_SECS` | how long a graceful stop may take before SIGKILL | 30 |
 //! | `CHAOS_CONVERGE_SECS` | deadline for convergence once the load has stopped | 180 |
-//! | `CHAOS_POISON` | unreadable messages published to pay on purpose | 2 |
-//! | `CHAOS_PORT_BASE` | pay1 +2, order1 +3, order2 +4, pay2 +5, gateway +9 | 18760 |
+//! | `CHAOS_POISON` | unreadable messages published to pay on purpose | 2 (cluster 0) |
+//! | `CHAOS_PORT_BASE` | pay1 +2, order1 +3, order2 +4, pay2 +5, gateway +9 | 18760 (cluster 18860) |
 //! | `CHAOS_GATEWAY_MULTI` | 1: the gateway has both instances of each service behind its routes and the orders all go through it; 0: its routes name the first instances only, and the orders alternate between the gateway and the second order instance directly | 1 |
 //! | `CHAOS_DB_MAX_CONNECTIONS` | each instance's pool (four instances share the server) | 8 |
-//! | `CHAOS_RUN_DIR` | logs and results | `.run/chaos` |
+//! | `CHAOS_RUN_DIR` | logs and results | `.run/chaos` (cluster `.run/chaos-cluster`) |
 //! | `ORDER_DATABASE_URL` | only its server is used | the services' default |
-//! | `AMQP_URL` | the broker | the services' default |
+//! | `AMQP_URL` | the broker (the cluster run: the cluster's three nodes) | the services' default |
+//! | `CLUSTER_DIR`, `CLUSTER_*_PORT_BASE` | cluster run: where the nodes are (as `scripts/cluster.sh`) | `.run/cluster`, 5700, 15700, 25700 |
 //! | `ADMIN_TOKEN` | the services' admin token (the checks read `/admin/stats` with it) | kept in `<run dir>/admin-token` |
 //!
 //! `RUST_LOG` and the rest of the environment go to the instances as they are.
@@ -78,6 +94,7 @@ mod check;
 mod drive;
 mod faults;
 mod figures;
+mod nodes;
 mod poison;
 mod run;
 mod stack;
@@ -92,7 +109,8 @@ use std::{
 use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
 
-type AnyResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+type AnyError = Box<dyn std::error::Error + Send + Sync>;
+type AnyResult<T> = Result<T, AnyError>;
 
 /// The checks' tally: one `ok - …` / `not ok - … (details)` line each.
 #[derive(Default)]
@@ -206,7 +224,7 @@ async fn main() -> ExitCode {
         code = status;
     }
     if report.failed() > 0 {
-        stack::print_logs(&config.cli.run_dir);
+        stack::print_logs(&config.run_dir);
         code = code.max(1);
     }
     println!(

@@ -22,13 +22,32 @@ use crate::{
     check::{self, CheckArgs},
     drive::{self, DriveArgs},
     faults::{self, Faults},
-    log, note, poison,
+    log,
+    nodes::Nodes,
+    note, poison,
     stack::{INSTANCES, ROLLING, Stack, StackSettings},
 };
 
-const ORDER_DB: &str = "lmt_chaos_order";
-const PAY_DB: &str = "lmt_chaos_pay";
-const EXCHANGE: &str = "lmt.chaos.events";
+/// What a run owns, named after it (`chaos`, `chaos-cluster`): two runs of different kinds
+/// can go on at once.
+struct Own {
+    order_db: String,
+    pay_db: String,
+    exchange: String,
+    lock: String,
+}
+
+impl Own {
+    fn of(name: &str) -> Self {
+        let db = name.replace('-', "_");
+        Self {
+            order_db: format!("lmt_{db}_order"),
+            pay_db: format!("lmt_{db}_pay"),
+            exchange: format!("lmt.{name}.events"),
+            lock: format!("lmt-{name}.lock"),
+        }
+    }
+}
 
 /// `url` with its database replaced by `database` (query parameters kept).
 fn with_database(url: &str, database: &str) -> String {
@@ -58,9 +77,9 @@ fn on_path(program: &str) -> bool {
         .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
 }
 
-/// One chaos run at a time on a machine: they share databases and ports.
-fn lock() -> AnyResult<File> {
-    let file = File::create(std::env::temp_dir().join("lmt-chaos.lock"))?;
+/// One chaos run of a kind at a time on a machine: they share databases and ports.
+fn lock(name: &str) -> AnyResult<File> {
+    let file = File::create(std::env::temp_dir().join(name))?;
     file.try_lock().map_err(
         |_| "another chaos run is going on on this machine (it uses the same databases and ports)",
     )?;
@@ -78,6 +97,27 @@ async fn broker_restart_possible(amqp_url: &str) -> AnyResult<()> {
         return Err("rabbitmqctl status fails (broker-restart needs rabbitmqctl, as root or through sudo); CHAOS_BROKER=0 leaves that fault out".into());
     }
     Ok(())
+}
+
+/// The cluster of the cluster run, with its three nodes running (it is not started here:
+/// `scripts/cluster-test.sh` starts and stops it).
+async fn running_cluster(settings: &cluster::Settings) -> AnyResult<cluster::Cluster> {
+    let cluster = cluster::Cluster::new(settings.clone())?;
+    let c = cluster.clone();
+    let running = tokio::task::spawn_blocking(move || {
+        cluster::Node::ALL
+            .iter()
+            .all(|&n| matches!(c.state(n), cluster::NodeState::Running(_)))
+            && c.running_nodes(cluster::Node::FIRST).len() == 3
+    })
+    .await?;
+    if !running {
+        return Err(
+            "the cluster run needs the three nodes running and clustered: scripts/cluster.sh start"
+                .into(),
+        );
+    }
+    Ok(cluster)
 }
 
 /// `ADMIN_TOKEN`, else the one kept in the run directory, else a new one kept there (only
@@ -127,10 +167,10 @@ fn bin_dir() -> AnyResult<PathBuf> {
 }
 
 /// Drops and creates the run's two databases (the services migrate them as they start).
-async fn recreate_databases(admin: &PgConnectOptions) -> AnyResult<()> {
+async fn recreate_databases(admin: &PgConnectOptions, own: &Own) -> AnyResult<()> {
     let mut conn = PgConnection::connect_with(admin).await?;
-    // DDL takes no bind parameters; the names are this file's constants.
-    for db in [ORDER_DB, PAY_DB] {
+    // DDL takes no bind parameters; the names are made in this file.
+    for db in [&own.order_db, &own.pay_db] {
         let drop = format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)");
         sqlx::raw_sql(AssertSqlSafe(drop))
             .execute(&mut conn)
@@ -148,13 +188,21 @@ async fn recreate_databases(admin: &PgConnectOptions) -> AnyResult<()> {
 /// still running are stopped at the end.
 pub async fn run(cfg: &Config, report: &Report) -> AnyResult<()> {
     let cli = &cfg.cli;
-    let _lock = lock()?;
+    let own = Own::of(cfg.name);
+    let _lock = lock(&own.lock)?;
     let mut amqp = AmqpConfig::from(cli.amqp.clone());
-    amqp.exchange = EXCHANGE.into();
+    amqp.exchange = own.exchange.clone();
     if cfg.kinds.contains(&FaultKind::BrokerRestart) {
         broker_restart_possible(&amqp.url).await?;
     }
-    let run_dir = cli.run_dir.clone();
+    let cluster = if cli.cluster {
+        let cluster = running_cluster(&cli.cluster_settings).await?;
+        amqp.url = cluster.urls();
+        Some(cluster)
+    } else {
+        None
+    };
+    let run_dir = cfg.run_dir.clone();
     std::fs::create_dir_all(&run_dir)?;
     let old = [
         "pay1.log",
@@ -180,8 +228,8 @@ pub async fn run(cfg: &Config, report: &Report) -> AnyResult<()> {
     let admin_token = admin_token(&run_dir)?;
     let bin_dir = bin_dir()?;
 
-    let order_url = with_database(&cli.database_url, ORDER_DB);
-    let pay_url = with_database(&cli.database_url, PAY_DB);
+    let order_url = with_database(&cli.database_url, &own.order_db);
+    let pay_url = with_database(&cli.database_url, &own.pay_db);
     let admin = PgConnectOptions::from_str(&cli.database_url)?.database("postgres");
     let run_id = format!(
         "{}-{}",
@@ -189,7 +237,9 @@ pub async fn run(cfg: &Config, report: &Report) -> AnyResult<()> {
         std::process::id()
     );
     let pool = cli.db_max_connections.to_string();
-    let env: Vec<(String, String)> = [
+    let queue_prefix = format!("{}.{run_id}", cfg.name);
+    let pay_queue = format!("{queue_prefix}.pay.order-created");
+    let mut env: Vec<(String, String)> = [
         ("ORDER_DATABASE_URL", order_url.clone()),
         ("PAY_DATABASE_URL", pay_url.clone()),
         ("AMQP_URL", amqp.url.clone()),
@@ -197,9 +247,9 @@ pub async fn run(cfg: &Config, report: &Report) -> AnyResult<()> {
         // Queues per run: whatever an aborted run left in its queues cannot reach this one.
         (
             "ORDER_QUEUE",
-            format!("chaos.{run_id}.order.payment-results"),
+            format!("{queue_prefix}.order.payment-results"),
         ),
-        ("PAY_QUEUE", format!("chaos.{run_id}.pay.order-created")),
+        ("PAY_QUEUE", pay_queue.clone()),
         ("AMQP_QUEUE_EXPIRES_MS", "600000".into()),
         ("ORDER_DB_MAX_CONNECTIONS", pool.clone()),
         ("PAY_DB_MAX_CONNECTIONS", pool),
@@ -209,11 +259,15 @@ pub async fn run(cfg: &Config, report: &Report) -> AnyResult<()> {
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
+    if cluster.is_some() {
+        // Replicated on the three nodes, whatever the services' default.
+        env.push(("AMQP_QUEUE_TYPE".into(), "quorum".into()));
+    }
     let mut stack = Stack::new(StackSettings {
         bin_dir,
         run_dir: run_dir.clone(),
         env,
-        port_base: cli.port_base,
+        port_base: cfg.port_base,
         gateway_multi: cli.gateway_multi,
         ready_within: Duration::from_secs(cli.ready_secs),
         stop_within: Duration::from_secs(cli.stop_secs),
@@ -226,17 +280,23 @@ pub async fn run(cfg: &Config, report: &Report) -> AnyResult<()> {
         )
         .into());
     }
-    recreate_databases(&admin).await?;
+    recreate_databases(&admin, &own).await?;
 
     let faults = Faults {
         file: run_dir.join("faults.txt"),
         run_dir: run_dir.clone(),
         admin_http: crate::stats::client(Duration::from_secs(2), &admin_token)?,
         admin,
-        databases: [ORDER_DB.into(), PAY_DB.into()],
+        databases: [own.order_db.clone(), own.pay_db.clone()],
         kill_down: Duration::from_secs(cli.kill_down_secs),
         broker_down: Duration::from_secs(cli.broker_down_secs),
         injected: BTreeMap::new(),
+        nodes: cluster
+            .map(|c| {
+                let down = Duration::from_secs(cli.node_down_secs);
+                Nodes::new(c, queue_prefix, pay_queue, down)
+            })
+            .transpose()?,
     };
     let checks = CheckArgs {
         dir: run_dir.clone(),
@@ -325,7 +385,7 @@ async fn under_load(
         targets.clone(),
         cfg.rate,
         cfg.orders,
-        cli.run_dir.clone(),
+        cfg.run_dir.clone(),
         format!("chaos-{run_id}"),
     );
     let driver = tokio::spawn({
@@ -342,18 +402,18 @@ async fn under_load(
             String::new()
         }
     ));
-    if cli.poison > 0 {
+    if cfg.poison > 0 {
         match poison::poison(
             amqp,
             poison::PAY_ROUTING_KEY,
-            cli.poison,
-            &cli.run_dir.join("poison.ids"),
+            cfg.poison,
+            &cfg.run_dir.join("poison.ids"),
         )
         .await
         {
             Ok(()) => note(&format!(
                 "published {} poison messages to pay (expected dead in pay's inbox)",
-                cli.poison
+                cfg.poison
             )),
             Err(e) => report.check(false, "poison messages published", || e.to_string()),
         }
@@ -397,7 +457,7 @@ async fn under_load(
         Ok(result) => result.map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),
     };
-    let driver_log = cli.run_dir.join("driver.log");
+    let driver_log = cfg.run_dir.join("driver.log");
     report.check(driven.is_ok(), "the load generator ran to the end", || {
         format!("{}; see {}", driven.unwrap_err(), driver_log.display())
     });
@@ -422,6 +482,19 @@ async fn under_load(
     ));
     if let Err(e) = check::check(&checks, report).await {
         report.check(false, "the invariant checks ran", || e.to_string());
+    }
+    if let Some(nodes) = &faults.nodes {
+        match nodes.dead_letters().await {
+            Ok(queues) => report.check(
+                !queues.is_empty() && queues.iter().all(|(_, n)| *n == 0),
+                &format!(
+                    "the dead-letter queues are empty ({} of them)",
+                    queues.len()
+                ),
+                || format!("{queues:?}"),
+            ),
+            Err(e) => report.check(false, "the dead-letter queues are read", || e.to_string()),
+        }
     }
 
     // The processes themselves.

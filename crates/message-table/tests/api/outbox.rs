@@ -9,7 +9,7 @@ use lapin::{
 };
 use message_table::outbox::{
     self, NewMessage, OutboxConfig, OutboxStatus,
-    relay::{PublishOutcome, Relay, RelayReport, Relays},
+    relay::{PublishFailure, PublishOutcome, Relay, RelayReport, Relays},
     resend_scheduler::{LEASE_EXPIRED, OWNER_GONE, ResendScheduler},
 };
 use serde_json::json;
@@ -366,6 +366,113 @@ async fn a_broker_lost_in_the_middle_of_a_window_leaves_every_row_to_retry() {
     }
     let delivered: HashSet<Uuid> = message_ids(&queue.take_all().await).into_iter().collect();
     assert_eq!(delivered, ids.iter().chain(&ids2).copied().collect());
+}
+
+/// One connection to the broker, forwarded; once frozen, the broker's bytes are no longer
+/// passed on (the client waits for confirms that never come, as behind a quorum queue that
+/// lost its leader's node), and `cut` then closes both sides (the node is gone).
+struct FreezingProxy {
+    addr: std::net::SocketAddr,
+    frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    cut: tokio_util::sync::CancellationToken,
+}
+
+impl FreezingProxy {
+    async fn start(target: std::net::SocketAddr) -> Self {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let frozen = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let cut = tokio_util::sync::CancellationToken::new();
+        let (frozen2, cut2) = (frozen.clone(), cut.clone());
+        tokio::spawn(async move {
+            let (inbound, _) = listener.accept().await.unwrap();
+            let outbound = tokio::net::TcpStream::connect(target).await.unwrap();
+            let (mut from_client, mut to_client) = inbound.into_split();
+            let (mut from_broker, mut to_broker) = outbound.into_split();
+            let up = tokio::io::copy(&mut from_client, &mut to_broker);
+            let down = async {
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    let n = from_broker.read(&mut buf).await?;
+                    if n == 0 {
+                        return Ok::<_, std::io::Error>(());
+                    }
+                    if !frozen2.load(Ordering::SeqCst) {
+                        to_client.write_all(&buf[..n]).await?;
+                    }
+                }
+            };
+            // Returning drops every half: both sockets close.
+            tokio::select! { _ = up => {}, _ = down => {}, _ = cut2.cancelled() => {} }
+        });
+        Self { addr, frozen, cut }
+    }
+
+    /// `amqp` with its connections through this proxy.
+    fn amqp(&self, amqp: &message_table::amqp::AmqpConfig) -> message_table::amqp::AmqpConfig {
+        let (credentials, rest) = amqp.url.split_once('@').unwrap();
+        let vhost = rest.split_once('/').map_or("", |(_, v)| v);
+        let mut through = amqp.clone();
+        through.url = format!("{credentials}@{}/{vhost}", self.addr);
+        through
+    }
+}
+
+#[tokio::test]
+async fn a_connection_that_dies_with_confirms_pending_fails_the_window_at_once() {
+    // The confirm timeout is far longer than the test may take: an outcome that waited for
+    // it would show as ConfirmTimedOut, and the guard below would fire first.
+    let cfg = OutboxConfig {
+        confirm_timeout: Duration::from_secs(300),
+        lease: Duration::from_secs(600),
+        ..test_kit::fast_outbox()
+    };
+    let db = TestDb::with_message_tables().await;
+    let amqp = test_kit::test_amqp();
+    let _queue = TestQueue::bind(&amqp, &[KEY]).await;
+    let proxy = FreezingProxy::start(test_kit::broker_addr()).await;
+    let mut relay = relay(&db, &proxy.amqp(&amqp), cfg);
+    relay.run_once().await.unwrap(); // connected
+    let ids = enqueue(&db.pool, 20, Duration::from_secs(60)).await;
+    let claim = relay.claim().await.unwrap();
+    assert_eq!(claim.rows.len(), 20);
+
+    // The broker's answers stop; once the window is out, the connection dies.
+    proxy
+        .frozen
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let cut = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        proxy.cut.cancel();
+        std::future::pending::<()>().await
+    };
+    let outcomes = tokio::time::timeout(Duration::from_secs(120), async {
+        tokio::select! { o = relay.publish(&claim) => o, _ = cut => unreachable!() }
+    })
+    .await
+    .expect("the window waits for its confirm timeout instead of failing when the connection dies");
+    assert!(
+        outcomes.iter().all(|o| matches!(
+            o,
+            PublishOutcome::Failed(
+                PublishFailure::ConfirmFailed(_) | PublishFailure::PublishFailed(_)
+            )
+        )),
+        "{outcomes:?}"
+    );
+
+    // Released for resend at once: pending, unclaimed, one attempt counted.
+    let report = relay.settle(&claim, &outcomes).await.unwrap();
+    assert_eq!((report.sent, report.retried), (0, 20));
+    for id in &ids {
+        let r = row(&db.pool, *id).await;
+        assert_eq!(
+            (r.status, r.attempts, r.claim_token),
+            (OutboxStatus::Pending, 1, None)
+        );
+    }
 }
 
 #[tokio::test]
