@@ -1,12 +1,8 @@
 #!/usr/bin/env bash
-# End to end, the README's way: starts the stack with scripts/run-local.sh (its ports, its own
-# databases, exchange and queues), runs crates/system-tests/tests/api/e2e.rs against its gateway
-# (that file lists the checks) and stops the stack at exit, whatever happens, with the end of
-# each service log when something failed. cargo test prints the outcome (`N passed; M failed`);
-# the exit status is non-zero when a test failed.
-#
-# Environment: the services' variables, as for run-local.sh; E2E_PAYMENT_DEADLINE_SECS (how
-# long an order may take to settle, default 15).
+# End to end, the README's way: crates/system-tests/tests/api/e2e.rs (which lists the checks)
+# against a stack scripts/run-local.sh starts (its ports, its own databases, exchange and
+# queues), stopped at exit whatever happens, with the end of each service log on failure.
+# Environment: the services' variables; E2E_PAYMENT_DEADLINE_SECS (an order settling, 15).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."

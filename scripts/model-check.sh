@@ -1,19 +1,15 @@
 #!/usr/bin/env bash
-# Model-checks the protocol with spin: model/local_message_table.pml (see docs/model.md).
+# Model-checks the protocol with spin: model/local_message_table.pml (docs/model.md).
 #
 # 1. The full model must pass: every safety assertion in every reachable state (exhaustive,
-#    at most 2 faults per run), then each liveness claim under weak fairness (`pan -a -f`,
-#    at most 1 fault per run: the fair search costs about ten times more per state).
-# 2. Each variant, the model with one part of the mechanism removed (a -D macro), must FAIL,
-#    and with the expected assertion: the trail's "text of failed assertion" is checked. The
-#    search is breadth-first, so the trail is a shortest one: replay it with
-#    `cd .run/model/variant-NAME && spin -t -p -DMACRO model.pml`.
+#    at most MODEL_MAXF_SAFETY=2 faults per run), then each liveness claim under weak
+#    fairness (`pan -a -f`, at most MODEL_MAXF_LIVENESS=1 fault: it costs ten times more).
+# 2. Each variant, the model with one part of the mechanism removed (a -D macro), must FAIL
+#    with the expected assertion (the trail's "text of failed assertion"); breadth-first, so
+#    the trail is a shortest one: `cd .run/model/variant-NAME && spin -t -p -DMACRO model.pml`.
 #
-# Prints one line per check (states explored, seconds as pan measured them) and exits non-zero
-# on any unexpected result. Installs spin and gcc from the distribution's packages when
-# missing. Work files (generated verifiers, trails) go to .run/model/, which git ignores.
-#
-# Environment: MODEL_MAXF_SAFETY (default 2), MODEL_MAXF_LIVENESS (default 1): faults per run.
+# One line per check (states, seconds as pan measured them); exits non-zero on any unexpected
+# result. Installs spin and gcc when missing. Work files: .run/model/ (git-ignored).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -25,107 +21,62 @@ WORK=".run/model"
 MAXF_SAFETY="${MODEL_MAXF_SAFETY:-2}"
 MAXF_LIVENESS="${MODEL_MAXF_LIVENESS:-1}"
 
-# spin and a C compiler, from the distribution: `apt-get update` once, then one install.
-install_tools() {
-    local missing=() tool
-    for tool in spin gcc; do
-        command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
-    done
-    ((${#missing[@]} == 0)) && return 0
-    command -v apt-get >/dev/null 2>&1 || die "missing ${missing[*]} and apt-get is not available: install them"
-    log "installing ${missing[*]}"
-    # Another apt-get may hold the lock for a while (a shared machine): wait for it.
-    as_root apt-get update -qq -o DPkg::Lock::Timeout=300 >/dev/null ||
-        die "apt-get update failed (needed for ${missing[*]})"
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=300 \
-        "${missing[@]}" >/dev/null || die "could not install ${missing[*]}"
-    for tool in "${missing[@]}"; do
-        command -v "$tool" >/dev/null 2>&1 || die "installed $tool but it is still missing"
-    done
-}
-
 UNEXPECTED=0
-
-# row CHECK EXPECTED RESULT STATES SECONDS: one line of the table.
-row() {
-    printf '%-40s %-30s %-8s %10s %8s\n' "$@"
-}
 
 # verifier DIR CC_FLAGS SPIN_FLAGS...: generates and compiles pan in DIR (a copy of the model
 # sits there too, so a trail can be replayed next to it).
 verifier() {
     local dir="$1" cc_flags="$2"
     shift 2
-    rm -rf "$dir"
-    mkdir -p "$dir"
-    cp "$MODEL" "$dir/model.pml"
-    (cd "$dir" && spin "$@" -a model.pml >spin.out 2>&1) || {
-        cat "$dir/spin.out" >&2
-        die "spin could not generate a verifier for $* (see above)"
-    }
+    rm -rf "$dir" && mkdir -p "$dir" && cp "$MODEL" "$dir/model.pml"
+    (cd "$dir" && spin "$@" -a model.pml >spin.out 2>&1) || die "spin could not generate a verifier for $*: $(cat "$dir/spin.out")"
     # shellcheck disable=SC2086 # cc_flags holds several flags
     (cd "$dir" && gcc -w $cc_flags -o pan pan.c) || die "gcc could not compile the verifier in $dir"
 }
 
-# figures OUT: "states seconds errors" from pan's report.
-figures() {
-    local out="$1" states seconds errors
-    states="$(grep -oE '^ *[0-9]+ states, stored' "$out" | grep -oE '[0-9]+' | head -1)"
-    seconds="$(grep -oE 'pan: elapsed time [0-9.e+]+' "$out" | grep -oE '[0-9.e+]+$' | head -1)"
-    errors="$(grep -oE 'errors: [0-9]+' "$out" | grep -oE '[0-9]+' | head -1)"
-    printf '%s %s %s\n' "${states:-?}" "${seconds:-?}" "${errors:-?}"
-}
-
-# must_pass NAME DIR PAN_FLAGS...: runs pan; any error is unexpected.
-must_pass() {
-    local name="$1" dir="$2" states seconds errors
-    shift 2
+# run_pan NAME EXPECTED DIR PAN_FLAGS...: runs pan in DIR and prints the table's row (states
+# explored, seconds as pan measured them). RESULT: pass, or the assertion that failed
+# (variants) or FAIL; anything but EXPECTED is unexpected.
+run_pan() {
+    local name="$1" expected="$2" dir="$3" f states seconds errors result
+    shift 3
     (cd "$dir" && ./pan "$@" >pan.out 2>&1) || true
-    read -r states seconds errors < <(figures "$dir/pan.out")
-    if [[ "$errors" == "0" ]]; then
-        row "$name" "pass" "pass" "$states" "${seconds}s"
-    else
-        UNEXPECTED=$((UNEXPECTED + 1))
-        row "$name" "pass" "FAIL" "$states" "${seconds}s"
-        grep -E 'pan:[0-9]+:|violated|cycle' "$dir/pan.out" | head -5 >&2 || true
-        warn "the trail: (cd $dir && spin -t -p model.pml)"
+    read -r states seconds errors < <(for f in '^ *[0-9]+ states, stored' 'pan: elapsed time [0-9.e+]+' 'errors: [0-9]+'; do
+        grep -oE "$f" "$dir/pan.out" | grep -oE '[0-9][0-9.e+]*' | head -1 | grep . || echo '?'
+    done | paste -sd' ' -)
+    result=pass
+    if [[ "$errors" != 0 && "$expected" == pass ]]; then
+        result=FAIL
+    elif [[ "$errors" != 0 ]]; then
+        result="$(cd "$dir" && spin -t "${SPIN_FLAGS[@]}" model.pml 2>&1 | sed -n 's/^spin: text of failed assertion: assert(!(\(.*\)))$/fails: \1/p' | head -1)"
     fi
+    printf '%-40s %-30s %-30s %10s %8s\n' "$name" "$expected" "$result" "$states" "${seconds}s"
+    [[ "$result" != "$expected" ]] || return 0
+    UNEXPECTED=$((UNEXPECTED + 1))
+    grep -E 'pan:[0-9]+:|violated|cycle' "$dir/pan.out" | head -5 >&2 || true
+    warn "the trail: (cd $dir && spin -t -p ${SPIN_FLAGS[*]} model.pml)"
 }
 
 # variant NAME EXPECTED_FLAG DEFINES...: the model without one part must fail with
-# `assert(!(EXPECTED_FLAG))`.
+# `assert(!(EXPECTED_FLAG))`. Breadth-first: the shortest counterexample, found after few
+# states. -O0: such a short search gains less from an optimised verifier than it costs.
 variant() {
-    local name="$1" expected="$2" dir="$WORK/variant-$1" states seconds errors failed
-    shift 2
-    # Breadth-first: the shortest counterexample, found after few states. -O0: such a short
-    # search gains less from an optimised verifier than it costs to compile one.
-    verifier "$dir" "-O0 -DBFS -DNOCLAIM" "$@"
-    (cd "$dir" && ./pan >pan.out 2>&1) || true
-    read -r states seconds errors < <(figures "$dir/pan.out")
-    failed=""
-    if [[ "$errors" != "0" && -e "$dir/model.pml.trail" ]]; then
-        failed="$(cd "$dir" && spin -t "$@" model.pml 2>&1 |
-            sed -n 's/^spin: text of failed assertion: assert(!(\(.*\)))$/\1/p' | head -1)"
-    fi
-    if [[ "$failed" == "$expected" ]]; then
-        row "variant $name" "fails: $expected" "fails" "$states" "${seconds}s"
-    else
-        UNEXPECTED=$((UNEXPECTED + 1))
-        row "variant $name" "fails: $expected" "${failed:-passes}" "$states" "${seconds}s"
-        warn "variant $name ($*): expected assert(!($expected)) to fail, got: ${failed:-no assertion violated}"
-    fi
+    SPIN_FLAGS=("${@:3}")
+    verifier "$WORK/variant-$1" "-O0 -DBFS -DNOCLAIM" "${SPIN_FLAGS[@]}"
+    run_pan "variant $1" "fails: $2" "$WORK/variant-$1"
 }
 
-install_tools
+ensure_tool spin
+ensure_tool gcc
 mkdir -p "$WORK"
-row "check" "expected" "result" "states" "time"
-
-verifier "$WORK/safety" "-O2 -DNOCLAIM" "-DMAXF=$MAXF_SAFETY"
-must_pass "safety assertions (<= $MAXF_SAFETY faults)" "$WORK/safety"
-
-verifier "$WORK/liveness" "-O2 -DNFAIR=3" -DLIVENESS "-DMAXF=$MAXF_LIVENESS"
+printf '%-40s %-30s %-30s %10s %8s\n' check expected result states time
+SPIN_FLAGS=("-DMAXF=$MAXF_SAFETY")
+verifier "$WORK/safety" "-O2 -DNOCLAIM" "${SPIN_FLAGS[@]}"
+run_pan "safety assertions (<= $MAXF_SAFETY faults)" pass "$WORK/safety"
+SPIN_FLAGS=(-DLIVENESS "-DMAXF=$MAXF_LIVENESS")
+verifier "$WORK/liveness" "-O2 -DNFAIR=3" "${SPIN_FLAGS[@]}"
 for claim in every_order_settled nothing_claimed_forever; do
-    must_pass "$claim (<= $MAXF_LIVENESS faults)" "$WORK/liveness" -a -f -N "$claim"
+    run_pan "$claim (<= $MAXF_LIVENESS faults)" pass "$WORK/liveness" -a -f -N "$claim"
 done
 
 variant no_token sent_overwritten -DNO_TOKEN

@@ -1,49 +1,23 @@
 #!/usr/bin/env bash
-# The project's test command: formatting, lints, the cargo test suite (which talks to the real
-# PostgreSQL and RabbitMQ), the benchmark's smoke run (scripts/bench.sh --smoke), the end-to-end
-# test of the running stack (scripts/e2e.sh), the short chaos run (scripts/chaos.sh),
-# schemathesis against the running stack (scripts/contract-test.sh), the failure scenarios
-# (scripts/scenarios/all.sh), the node faults on a three-node RabbitMQ cluster
-# (scripts/cluster-test.sh), the dashboard in headless Chromium (scripts/browser-test.sh) and
-# the real docker compose run (scripts/compose-test.sh).
-#
-# Starts PostgreSQL and RabbitMQ when they are installed here and not running, and leaves them
-# running. Installs the tools it needs (curl, jq, psql, rustfmt, clippy) when missing. Stops at
-# the first failing step and says which one; prints each step's duration at the end.
+# The project's test command (docs/layout.md, "Tests"): the steps below, stopping at the first
+# failing one; each step's duration at the end. Starts PostgreSQL and RabbitMQ when they are
+# installed here and not running, and leaves them running; installs the tools it needs.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
 
-STEP_NAMES=()
-STEP_RESULTS=()
-STEP_SECS=()
-CURRENT_STEP=""
-CURRENT_START=0
-
-summary() {
-    local i
-    printf '\n==> summary\n'
-    for i in "${!STEP_NAMES[@]}"; do
-        printf '  %-6s %-45s %5ss\n' "${STEP_RESULTS[$i]}" "${STEP_NAMES[$i]}" "${STEP_SECS[$i]}"
-    done
-}
-
+# SUMMARY: one line per step that ran (result, name, seconds); printed at exit, with the step
+# that was interrupted (ABORT), if any.
+SUMMARY=() CURRENT_STEP=""
+summarize() { SUMMARY+=("$(printf '  %-6s %-45s %5ss' "$1" "$CURRENT_STEP" "$((SECONDS - CURRENT_START))")"); }
 on_exit() {
     local rc=$?
-    if [[ -n "$CURRENT_STEP" ]]; then
-        # Interrupted in the middle of a step.
-        STEP_NAMES+=("$CURRENT_STEP")
-        STEP_RESULTS+=("ABORT")
-        STEP_SECS+=("$((SECONDS - CURRENT_START))")
-    fi
-    if ((${#STEP_NAMES[@]} > 0)); then summary; fi
-    if ((rc == 0)); then
-        printf '\nall steps passed (%ss)\n' "$SECONDS"
-    elif [[ -n "$CURRENT_STEP" ]]; then
-        printf '\nFAILED: interrupted during step "%s"\n' "$CURRENT_STEP" >&2
-    fi
+    [[ -z "$CURRENT_STEP" ]] || summarize ABORT
+    ((${#SUMMARY[@]} == 0)) || printf '\n==> summary\n%s\n' "$(printf '%s\n' "${SUMMARY[@]}")"
+    if ((rc == 0)); then printf '\nall steps passed (%ss)\n' "$SECONDS"; fi
+    [[ -z "$CURRENT_STEP" ]] || printf '\nFAILED: interrupted during step "%s"\n' "$CURRENT_STEP" >&2
     exit "$rc"
 }
 trap on_exit EXIT
@@ -52,33 +26,25 @@ trap 'exit 130' INT TERM
 # step NAME COMMAND...: runs COMMAND (in a subshell, so a `die` inside ends only the step);
 # stops everything at the first failure.
 step() {
-    local name="$1" rc=0
+    local rc=0
+    CURRENT_STEP="$1" CURRENT_START=$SECONDS
     shift
-    printf '\n==> [%s] %s\n' "$name" "$*"
-    CURRENT_STEP="$name"
-    CURRENT_START=$SECONDS
+    printf '\n==> [%s] %s\n' "$CURRENT_STEP" "$*"
     ("$@") || rc=$?
-    STEP_NAMES+=("$name")
-    STEP_SECS+=("$((SECONDS - CURRENT_START))")
+    if ((rc == 0)); then summarize ok; else summarize FAIL; fi
+    ((rc == 0)) || printf '\nFAILED: step "%s" (%s) exited with status %s\n' "$CURRENT_STEP" "$*" "$rc" >&2
     CURRENT_STEP=""
-    if ((rc != 0)); then
-        STEP_RESULTS+=("FAIL")
-        printf '\nFAILED: step "%s" (%s) exited with status %s\n' "$name" "$*" "$rc" >&2
-        exit "$rc"
-    fi
-    STEP_RESULTS+=("ok")
+    ((rc == 0)) || exit "$rc"
 }
 
 preflight() {
-    local running
-    running="$(running_services | paste -sd, - || true)"
-    [[ -z "$running" ]] ||
-        die "the local stack is running ($running); the end-to-end step starts its own: scripts/run-local.sh stop"
+    local running component
+    running="$(running_services)"
+    [[ -z "$running" ]] || die "the local stack is running ($running); the end-to-end step starts its own: scripts/run-local.sh stop"
     ensure_tool curl
     ensure_tool jq
     ensure_tool psql postgresql-client
     command -v cargo >/dev/null 2>&1 || die "cargo is missing: install Rust with rustup (https://rustup.rs)"
-    local component
     for component in rustfmt clippy; do
         if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
             command -v rustup >/dev/null 2>&1 || die "cargo $component is missing and rustup is not available"

@@ -1,15 +1,10 @@
 #!/usr/bin/env bash
-# Scenario 02: the transaction commits, then the send fails.
-#
-# A naive service commits, then publishes; when the publish fails (or the process dies in
-# between) the order waits forever. Here the message is a committed row: a publish the broker
-# does not confirm leaves it `pending` with its error and a backed-off next attempt, and the
-# resend scheduler wakes the relay when that attempt is due. The script makes RabbitMQ refuse
-# every message for pay's queue (a policy on that queue only: max-length 0, reject-publish,
-# so each publish is nacked), buys, shows the row pending and retried, lifts the policy, and
-# shows it sent and paid once.
+# Scenario 02: the transaction commits, then the send fails (docs/scenarios.md, "02 Transaction
+# committed, but the send failed"). The script makes RabbitMQ refuse every message for pay's
+# queue (a policy on that queue only: max-length 0, reject-publish, so each publish is
+# nacked), buys, shows the row pending and retried, lifts the policy, and shows it sent and
+# paid once.
 . "$(dirname "$0")/scenario.sh"
-command -v rabbitmqctl >/dev/null 2>&1 || die "this scenario needs rabbitmqctl (a local RabbitMQ)"
 
 POLICY="scenario-02-refuse"
 PATTERN="^${PAY_QUEUE//./\\.}\$"
@@ -23,7 +18,7 @@ buy alice 2200
 refused_twice() {
     (($(order_value "SELECT count(*) FROM outbox WHERE aggregate_id = '$ORDER_ID' AND attempts >= 2 AND last_error LIKE '%nack%'") == 1))
 }
-wait_for 15 refused_twice || true
+wait_until 15 refused_twice || true
 
 step "while the broker refuses: the row is pending, with attempts, its error and the next attempt"
 show_order "$ORDER_ID"
@@ -34,10 +29,7 @@ expect "the order waits (PENDING_PAYMENT)" is_status "$ORDER_ID" PENDING_PAYMENT
 
 step "the broker accepts again (policy cleared); the resend scheduler brings the next attempt"
 rmq -q clear_policy "$POLICY" >/dev/null
-wait_for 20 is_status "$ORDER_ID" PAID || true
-
-step "after"
-show_order "$ORDER_ID"
+after 20 "$ORDER_ID"
 expect "the message is sent" is_outbox "$ORDER_ID" sent
 expect_paid_once "$ORDER_ID"
 

@@ -1,13 +1,10 @@
 #!/usr/bin/env bash
-# Scenario 04: the relay dies between the broker's confirm and marking the row sent.
-#
-# The broker has the message (pay may even have paid), but the row still says pending, held
-# by the dead relay's claim. Nothing is lost: the claim has a lease; when it runs out the
-# resend scheduler hands the row back and the relay publishes it again with the same message
-# id, and pay's inbox drops the copy. To stop the relay at exactly that point, the script
-# makes the "mark sent" UPDATE of this scenario's order hang (a trigger that sleeps), waits
-# until pay has the message, SIGKILLs order, ends the hanging statement, removes the trigger
-# and starts order again.
+# Scenario 04: the relay dies between the broker's confirm and marking the row sent
+# (docs/scenarios.md, "04 The relay dies between publish and mark-sent"). To stop the relay at
+# exactly that point, the script makes the "mark sent" UPDATE of this scenario's order hang (a
+# trigger that sleeps), waits until pay has the message, SIGKILLs order, ends the hanging
+# statement, removes the trigger and starts order again: after the lease the row is
+# published again and pay's inbox drops the copy.
 . "$(dirname "$0")/scenario.sh"
 
 ITEM="scenario $SCENARIO"
@@ -19,13 +16,12 @@ order_sql "CREATE TRIGGER scenario_04_hang BEFORE UPDATE ON outbox FOR EACH ROW
   WHEN (NEW.status = 'sent' AND OLD.status <> 'sent' AND NEW.payload->>'item' = '$ITEM')
   EXECUTE FUNCTION scenario_04_hang()"
 on_exit_do order_sql "'DROP TRIGGER IF EXISTS scenario_04_hang ON outbox'"
-DUPS_BEFORE="$(duplicates "$PAY_URL")"
+DUPS_BEFORE="$(duplicates)"
 
 step "POST /buy; the relay publishes, RabbitMQ confirms, pay processes; 'mark sent' hangs"
 buy alice 4400
 MID="$(message_of "$ORDER_ID")"
-pay_has_it() { [[ "$(pay_value "SELECT status FROM inbox WHERE message_id = '$MID'")" == processed ]]; }
-wait_for 15 pay_has_it || die "pay never processed the message"
+wait_until 15 inbox_is "$MID" processed || die "pay never processed the message"
 
 step "SIGKILL order: the relay dies holding the claim, before marking the row sent"
 kill_service order
@@ -40,14 +36,10 @@ expect "the dead relay's claim is still on it" \
 
 step "start order again; after the lease (OUTBOX_LEASE_MS=$OUTBOX_LEASE_MS) the scheduler hands the row back"
 restart_service order
-wait_for 30 is_outbox "$ORDER_ID" sent || true
-wait_for 20 is_status "$ORDER_ID" PAID || true
-dups_grew() { (($(duplicates "$PAY_URL") > DUPS_BEFORE)); }
-wait_for 10 dups_grew || true
-
-step "after"
-show_order "$ORDER_ID"
-note "pay's inbox dropped $(($(duplicates "$PAY_URL") - DUPS_BEFORE)) duplicate(s) during this scenario"
+wait_until 30 is_outbox "$ORDER_ID" sent || true
+wait_until 10 dups_grew || true
+after 20 "$ORDER_ID"
+note "pay's inbox dropped $(($(duplicates) - DUPS_BEFORE)) duplicate(s) during this scenario"
 expect "the row was published again and is sent" is_outbox "$ORDER_ID" sent
 expect "pay's inbox dropped the second copy" dups_grew
 expect_paid_once "$ORDER_ID"

@@ -3,6 +3,8 @@
 //! so it links once.
 
 mod compose;
+mod compose_stack;
+mod contract;
 mod docs;
 mod e2e;
 mod faults;

@@ -1,0 +1,116 @@
+//! After the contract run: the invariants across order's and pay's databases of the stack
+//! `scripts/contract-test.sh` started, once the orders schemathesis placed have settled.
+//!
+//! Ignored in a plain `cargo test` (it needs that stack); the script runs it with
+//! `--ignored`, after schemathesis, with the stack's `ORDER_DATABASE_URL` and
+//! `PAY_DATABASE_URL`, `CONTRACT_BALANCES_BEFORE` (the sum of pay's balances before
+//! schemathesis ran) and `CONTRACT_SETTLE_SECS` (how long the orders may take to settle).
+//!
+//! The two databases are compared here, never by a query that crosses them: every order has
+//! its outbox row; every payment's order exists in order's database; every order settled,
+//! with its payment, `PAID` exactly when that payment is `COMPLETED`; money is conserved.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use messages::PaymentStatus;
+use order::OrderStatus;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("{name} must be set (scripts/contract-test.sh)"))
+}
+
+async fn pending(order_db: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM orders WHERE status = $1")
+        .bind(OrderStatus::PendingPayment)
+        .fetch_one(order_db)
+        .await
+        .expect("count pending orders")
+}
+
+#[tokio::test]
+#[ignore = "run by scripts/contract-test.sh against its stack"]
+async fn the_two_databases_agree_after_the_contract_run() {
+    let order_db = PgPool::connect(&env("ORDER_DATABASE_URL"))
+        .await
+        .expect("order_db");
+    let pay_db = PgPool::connect(&env("PAY_DATABASE_URL"))
+        .await
+        .expect("pay_db");
+    let balances_before: i64 = env("CONTRACT_BALANCES_BEFORE").parse().expect("cents");
+    let settle: u64 = env("CONTRACT_SETTLE_SECS").parse().expect("seconds");
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(settle);
+    while pending(&order_db).await > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(
+        pending(&order_db).await,
+        0,
+        "every order is settled within {settle} s"
+    );
+
+    let orders: BTreeMap<Uuid, OrderStatus> =
+        sqlx::query_as::<_, (Uuid, OrderStatus)>("SELECT id, status FROM orders")
+            .fetch_all(&order_db)
+            .await
+            .expect("orders")
+            .into_iter()
+            .collect();
+    assert!(!orders.is_empty(), "schemathesis placed orders");
+    let without_outbox: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM orders o WHERE NOT EXISTS (SELECT 1 FROM outbox x WHERE x.id = o.message_id)",
+    )
+    .fetch_one(&order_db)
+    .await
+    .expect("orders without their outbox row");
+    assert_eq!(without_outbox, 0, "no order without its outbox row");
+
+    let payments: BTreeMap<Uuid, PaymentStatus> =
+        sqlx::query_as::<_, (Uuid, PaymentStatus)>("SELECT order_id, status FROM payments")
+            .fetch_all(&pay_db)
+            .await
+            .expect("payments")
+            .into_iter()
+            .collect();
+    let orphans: Vec<_> = payments
+        .keys()
+        .filter(|id| !orders.contains_key(id))
+        .collect();
+    assert!(
+        orphans.is_empty(),
+        "no payment without an order: {orphans:?}"
+    );
+    for (id, status) in &orders {
+        let payment = payments.get(id);
+        assert!(
+            payment.is_some(),
+            "every settled order has its payment in pay: {id}"
+        );
+        assert_eq!(
+            *status == OrderStatus::Paid,
+            payment == Some(&PaymentStatus::Completed),
+            "an order is PAID exactly when its payment COMPLETED: {id} is {status}, its payment {payment:?}"
+        );
+    }
+
+    let balances: i64 =
+        sqlx::query_scalar("SELECT coalesce(sum(balance_cents), 0)::bigint FROM accounts")
+            .fetch_one(&pay_db)
+            .await
+            .expect("balances");
+    let completed: i64 = sqlx::query_scalar(
+        "SELECT coalesce(sum(amount_cents), 0)::bigint FROM payments WHERE status = $1",
+    )
+    .bind(PaymentStatus::Completed)
+    .fetch_one(&pay_db)
+    .await
+    .expect("completed payments");
+    assert_eq!(
+        balances + completed,
+        balances_before,
+        "money is conserved: balances + completed payments = the balances before"
+    );
+}
