@@ -107,7 +107,7 @@ const adminCall = (service, path, options = {}) =>
 
 /// The message of an error body (`{"error": {"code", "message"}}`), or the status.
 function problem(res) {
-  if (res.status === 0) return `the gateway did not answer (${res.error})`;
+  if (res.status === 0) return t('the gateway did not answer ({0})', res.error);
   const err = res.data && res.data.error;
   return err ? `${err.message} (HTTP ${res.status} ${err.code})` : `HTTP ${res.status}`;
 }
@@ -215,7 +215,7 @@ async function pollOrders() {
     state.orders = res.data.orders;
     state.ordersError = '';
   } else {
-    state.ordersError = `Orders could not be read: ${problem(res)}`;
+    state.ordersError = t('Orders could not be read: {0}', problem(res));
   }
 }
 
@@ -318,27 +318,27 @@ function step(done, title, when, from, ...details) {
     { class: done ? 'done' : 'waiting' },
     badge(t(done ? 'done' : 'waiting'), done ? 'ok' : 'wait'),
     ` ${title}`,
-    when ? el('span', { class: 'when' }, ` at ${time(when)}${after(when, from)}`) : null,
+    when ? el('span', { class: 'when' }, ` ${t('at {0}', time(when))}${after(when, from)}`) : null,
     details.filter(Boolean).length ? ` — ${details.filter(Boolean).join('; ')}` : null,
   );
 }
 
 function rowDetails(row, kind) {
   return [
-    `status: ${row.status}`,
-    `${kind} attempts: ${row.attempts}`,
-    row.status === 'failed' && row.next_attempt_at ? `next attempt at ${time(row.next_attempt_at)}` : null,
-    row.last_error ? `last error: ${row.last_error}` : null,
+    t('status: {0}', row.status),
+    t(kind === 'publish' ? 'publish attempts: {0}' : 'handler attempts: {0}', row.attempts),
+    row.status === 'failed' && row.next_attempt_at ? t('next attempt at {0}', time(row.next_attempt_at)) : null,
+    row.last_error ? t('last error: {0}', row.last_error) : null,
   ];
 }
 
 /// The order's story: order's rows and pay's, in the order they happen.
 function story(o) {
   if (state.admin !== 'ok') {
-    return el('p', {}, 'The story needs the admin token (each service shows its message rows only to the operator).');
+    return el('p', {}, t('The story needs the admin token (each service shows its message rows only to the operator).'));
   }
   const told = state.stories.get(o.order_id);
-  if (!told) return el('p', {}, 'Reading the story…');
+  if (!told) return el('p', {}, t('Reading the story…'));
   const from = o.created_at;
   const parts = [];
   if (!told.order.ok) parts.push(el('p', { class: 'state problem' }, `order: ${problem(told.order)}`));
@@ -348,36 +348,38 @@ function story(o) {
   const order = mine.order;
   const out = mine.order_created;
   const steps = [
-    step(true, `Order committed (${o.status === 'PENDING_PAYMENT' ? 'PENDING_PAYMENT' : 'was PENDING_PAYMENT'}) with its OrderCreated outbox row, in one transaction`, order.created_at, null),
+    step(true, t(o.status === 'PENDING_PAYMENT'
+      ? 'Order committed (PENDING_PAYMENT) with its OrderCreated outbox row, in one transaction'
+      : 'Order committed (was PENDING_PAYMENT) with its OrderCreated outbox row, in one transaction'), order.created_at, null),
     out
-      ? step(true, "OrderCreated in order's outbox", out.created_at, from, ...rowDetails(out, 'publish'))
-      : step(false, "OrderCreated in order's outbox", null, null, 'row not found (retention deleted it?)'),
-    step(Boolean(out && out.sent_at), 'Published, confirmed by the broker', out && out.sent_at, from,
-      out && !out.sent_at && out.in_flight ? 'a relay holds it now' : null),
+      ? step(true, t("OrderCreated in order's outbox"), out.created_at, from, ...rowDetails(out, 'publish'))
+      : step(false, t("OrderCreated in order's outbox"), null, null, t('row not found (retention deleted it?)')),
+    step(Boolean(out && out.sent_at), t('Published, confirmed by the broker'), out && out.sent_at, from,
+      out && !out.sent_at && out.in_flight ? t('a relay holds it now') : null),
   ];
   const inbox = theirs.order_created;
-  if (inbox.length === 0) steps.push(step(false, "In pay's inbox", null, null, 'pay has not received it'));
+  if (inbox.length === 0) steps.push(step(false, t("In pay's inbox"), null, null, t('pay has not received it')));
   for (const row of inbox) {
-    steps.push(step(row.status === 'processed', "In pay's inbox (deduplicated by message id)", row.received_at, from,
+    steps.push(step(row.status === 'processed', t("In pay's inbox (deduplicated by message id)"), row.received_at, from,
       ...rowDetails(row, 'handler')));
   }
   const p = theirs.payment;
   steps.push(p
-    ? step(true, `Payment ${p.status}${p.failure_reason ? ` (${p.failure_reason})` : ''}`, p.created_at, from,
-      `payments for this order: 1 (payments.order_id is unique)`)
-    : step(false, 'Payment', null, null, 'payments for this order: 0'));
-  if (theirs.replies.length === 0) steps.push(step(false, "Reply in pay's outbox", null, null));
+    ? step(true, t('Payment {0}', `${p.status}${p.failure_reason ? ` (${p.failure_reason})` : ''}`), p.created_at, from,
+      t('payments for this order: 1 (payments.order_id is unique)'))
+    : step(false, t('Payment'), null, null, t('payments for this order: {0}', 0)));
+  if (theirs.replies.length === 0) steps.push(step(false, t("Reply in pay's outbox"), null, null));
   for (const r of theirs.replies) {
-    steps.push(step(true, `${r.event_type} in pay's outbox`, r.created_at, from, ...rowDetails(r, 'publish')));
-    steps.push(step(Boolean(r.sent_at), `${r.event_type} published, confirmed by the broker`, r.sent_at, from));
+    steps.push(step(true, t("{0} in pay's outbox", r.event_type), r.created_at, from, ...rowDetails(r, 'publish')));
+    steps.push(step(Boolean(r.sent_at), t('{0} published, confirmed by the broker', r.event_type), r.sent_at, from));
   }
-  if (mine.replies.length === 0) steps.push(step(false, "Reply in order's inbox", null, null));
+  if (mine.replies.length === 0) steps.push(step(false, t("Reply in order's inbox"), null, null));
   for (const row of mine.replies) {
-    steps.push(step(row.status === 'processed', `${row.event_type} in order's inbox`, row.received_at, from,
+    steps.push(step(row.status === 'processed', t("{0} in order's inbox", row.event_type), row.received_at, from,
       ...rowDetails(row, 'handler')));
   }
   const settled = order.status !== 'PENDING_PAYMENT';
-  steps.push(step(settled, settled ? `Order settled: ${order.status}` : 'Order settled', settled ? order.updated_at : null, from));
+  steps.push(step(settled, settled ? t('Order settled: {0}', order.status) : t('Order settled'), settled ? order.updated_at : null, from));
   parts.push(el('ol', { 'aria-label': `Story of order ${o.order_id}` }, steps));
   return parts;
 }
@@ -395,7 +397,7 @@ async function buy(event) {
   if (key) headers['idempotency-key'] = key;
   const button = form.querySelector('button[type="submit"]');
   button.disabled = true;
-  out.textContent = 'Sending…';
+  out.textContent = t('Sending…');
   const res = await call('/order/buy', {
     method: 'POST',
     headers,
@@ -408,13 +410,13 @@ async function buy(event) {
   button.disabled = false;
   if (res.ok) {
     const replayed = res.headers.get('idempotent-replayed') === 'true';
-    out.textContent = `Order ${res.data.order_id} ${replayed ? 'replayed (same Idempotency-Key): ' : 'taken: '}${res.data.status}`;
+    out.textContent = t(replayed ? 'Order {0} replayed (same Idempotency-Key): {1}' : 'Order {0} taken: {1}', res.data.order_id, res.data.status);
     out.dataset.orderId = res.data.order_id;
     state.open.add(res.data.order_id);
     state.lane = res.data.order_id;
     await tick();
   } else {
-    out.textContent = `Refused: ${problem(res)}`;
+    out.textContent = t('Refused: {0}', problem(res));
   }
 }
 
@@ -490,16 +492,16 @@ function chart(service, title, a, b, unit) {
   const last = history[history.length - 1] || {};
   const fmt = (v) => (v === undefined ? '–' : Number.isInteger(v) ? v : v.toFixed(1));
   const svg = svgEl('svg', { class: 'chart', viewBox: `0 0 ${w} ${h}`, preserveAspectRatio: 'none', role: 'img', 'aria-label': `${title}, last five minutes` });
-  const t = svgEl('title');
-  t.textContent = `${title}: ${a.name} ${fmt(last[a.field])}, ${b.name} ${fmt(last[b.field])} ${unit}`;
-  svg.append(t);
+  const tip = svgEl('title');
+  tip.textContent = `${title}: ${a.name} ${fmt(last[a.field])}, ${b.name} ${fmt(last[b.field])} ${unit}`;
+  svg.append(tip);
   if (history.length > 1) {
     svg.append(svgEl('path', { class: 'a', d: line(a.field) }), svgEl('path', { class: 'b', d: line(b.field) }));
   }
   return [
     el('h4', {}, title),
     svg,
-    el('p', { class: 'legend' }, `solid: ${a.name} ${fmt(last[a.field])}; dashed: ${b.name} ${fmt(last[b.field])} (${unit}, now); top of the chart: ${fmt(max)}`),
+    el('p', { class: 'legend' }, t('solid: {0} {1}; dashed: {2} {3} ({4}, now); top of the chart: {5}', a.name, fmt(last[a.field]), b.name, fmt(last[b.field]), unit, fmt(max))),
   ];
 }
 
@@ -514,24 +516,24 @@ function drawTables() {
     } else {
       const s = res.data;
       parts.push(
-        ...counts('Outbox (messages it sends)', [
+        ...counts(t('Outbox (messages it sends)'), [
           ['pending', s.outbox.pending],
-          ['in flight', s.outbox.in_flight],
+          [t('in flight'), s.outbox.in_flight],
           ['sent', s.outbox.sent],
           ['dead', s.outbox.dead],
-          ['oldest pending', `${s.outbox_oldest_pending_age_seconds.toFixed(1)} s`],
+          [t('oldest pending'), t('{0} s', s.outbox_oldest_pending_age_seconds.toFixed(1))],
         ]),
-        ...counts('Inbox (messages it received)', [
+        ...counts(t('Inbox (messages it received)'), [
           ['processed', s.inbox.processed],
-          ['failed (to retry)', s.inbox.failed],
+          [t('failed (to retry)'), s.inbox.failed],
           ['dead', s.inbox.dead],
-          ['duplicates dropped*', s.inbox_since_start.duplicates],
-          ['handler failures*', s.inbox_since_start.failed],
-          ['poison*', s.inbox_since_start.poison],
+          [t('duplicates dropped*'), s.inbox_since_start.duplicates],
+          [t('handler failures*'), s.inbox_since_start.failed],
+          [t('poison*'), s.inbox_since_start.poison],
         ]),
-        el('p', { class: 'hint' }, '* since this process started'),
-        ...chart(service, 'Throughput', { field: 'published', name: 'published' }, { field: 'handled', name: 'processed' }, 'messages/s'),
-        ...chart(service, 'Backlog', { field: 'outboxBacklog', name: 'outbox pending' }, { field: 'inboxBacklog', name: 'inbox awaiting retry' }, 'rows'),
+        el('p', { class: 'hint' }, t('* since this process started')),
+        ...chart(service, t('Throughput'), { field: 'published', name: t('published') }, { field: 'handled', name: t('processed') }, t('messages/s')),
+        ...chart(service, t('Backlog'), { field: 'outboxBacklog', name: t('outbox pending') }, { field: 'inboxBacklog', name: t('inbox awaiting retry') }, t('rows')),
       );
     }
     return el('div', { class: 'service', dataset: { service } }, parts);
@@ -542,7 +544,7 @@ function drawTables() {
 async function requeue(service, table, id) {
   const res = await adminCall(service, `/${table}/${id}/requeue`, { method: 'POST' });
   const out = document.getElementById('dead-result');
-  if (out) out.textContent = res.ok ? `Requeued ${table} message ${id} on ${service}.` : `Requeue refused: ${problem(res)}`;
+  if (out) out.textContent = res.ok ? t('Requeued {0} message {1} on {2}.', table, id, service) : t('Requeue refused: {0}', problem(res));
   await tick();
 }
 
@@ -550,9 +552,9 @@ function deadList(service, table, res) {
   const title = `${service} ${table}`;
   if (!res || !res.ok) return [el('h4', {}, title), el('p', { class: 'state problem' }, res ? problem(res) : t('Reading…'))];
   const rows = res.data.dead;
-  if (rows.length === 0) return [el('h4', {}, `${title}: none dead`)];
+  if (rows.length === 0) return [el('h4', {}, t('{0}: none dead', title))];
   return [
-    el('h4', {}, `${title}: ${rows.length} dead`),
+    el('h4', {}, t('{0}: {1} dead', title, rows.length)),
     el(
       'ul',
       { class: 'dead-list', dataset: { service, table } },
@@ -564,8 +566,8 @@ function deadList(service, table, res) {
           { dataset: { messageId: id } },
           badge('dead', 'bad'),
           el('span', { class: 'id', title: id }, short(id)),
-          el('span', {}, `${row.event_type}, attempts: ${row.attempts}`),
-          el('span', { class: 'reason' }, `reason: ${row.last_error || 'none recorded'}`),
+          el('span', {}, t('{0}, attempts: {1}', row.event_type, row.attempts)),
+          el('span', { class: 'reason' }, t('reason: {0}', row.last_error || t('none recorded'))),
           el(
             'button',
             {
@@ -575,7 +577,7 @@ function deadList(service, table, res) {
               dataset: { key: `requeue-${service}-${table}-${id}` },
               onclick: () => requeue(service, table, id),
             },
-            can ? 'Requeue' : 'Poison: cannot requeue',
+            t(can ? 'Requeue' : 'Poison: cannot requeue'),
           ),
         );
       }),
@@ -621,8 +623,8 @@ async function turn(service, sw, on) {
   const out = document.getElementById('faults-result');
   if (out) {
     out.textContent = res.ok
-      ? `${service}: ${sw.switch} ${res.data.active ? 'on' : 'off'}.`
-      : `${service}: ${sw.switch} refused: ${problem(res)}`;
+      ? t(res.data.active ? '{0}: {1} on.' : '{0}: {1} off.', service, sw.switch)
+      : t('{0}: {1} refused: {2}', service, sw.switch, problem(res));
   }
   await pollFaults();
   drawFaults();
@@ -637,8 +639,27 @@ function remaining(sw) {
   return t('active');
 }
 
+/// Each scenario's title, as its heading in docs/scenarios.md (translated through `t`).
+const SCENARIO_TITLES = {
+  '01': 'Message sent, local transaction rolled back',
+  '02': 'Transaction committed, but the send failed',
+  '03': 'The broker is down when the order is taken',
+  '04': 'The relay dies between publish and mark-sent',
+  '05': 'A lost confirm',
+  '06': 'An unroutable message (no queue bound)',
+  '07': 'The consumer dies between its commit and its ack',
+  '08': 'The same message twice, and concurrently',
+  '09': 'A poison message',
+  '10': 'The handler fails, then succeeds',
+  '11': 'Attempts exhausted, dead, requeued',
+  '12': 'The database goes down under pay',
+  '13': 'A message lost outside the mechanism: the reconciler',
+};
+
 function scenarioTitle(name) {
-  return `${t('Scenario {0}', name.slice(0, 2))}: ${name.slice(3).replaceAll('-', ' ')}`;
+  const number = name.slice(0, 2);
+  const title = SCENARIO_TITLES[number] ? t(SCENARIO_TITLES[number]) : name.slice(3).replaceAll('-', ' ');
+  return `${t('Scenario {0}', number)}: ${title}`;
 }
 
 function switchItem(service, sw) {
@@ -674,7 +695,7 @@ function drawFaults() {
     const parts = [el('h3', {}, service)];
     if (state.admin !== 'ok') parts.push(el('p', { class: 'hint' }, t('Needs the admin token.')));
     else if (res && res.status === 404) {
-      parts.push(el('p', { class: 'state problem' }, `The teaching switches are off on ${service}: it runs without DEMO_FAULTS=1.`));
+      parts.push(el('p', { class: 'state problem' }, t('The teaching switches are off on {0}: it runs without DEMO_FAULTS=1.', service)));
     } else if (!res || !res.ok) parts.push(el('p', { class: 'state problem' }, res ? problem(res) : t('Reading…')));
     else parts.push(el('ul', { class: 'switches' }, res.data.switches.map((sw) => switchItem(service, sw))));
     return el('div', { class: 'service', dataset: { service } }, parts);
