@@ -10,26 +10,19 @@
 #   scripts/bench.sh --smoke   a few seconds per section on the dev build (scripts/test.sh runs
 #                              it so the benchmark keeps working); its figures mean nothing
 #
-# BENCH_SECTIONS (ceilings,drain,steady,max,halves,gateway,takeover) picks sections. Results (JSON,
+# BENCH_SECTIONS picks sections (ceilings,drain,steady,max,halves,gateway,takeover,queue_type); results (JSON,
 # markdown report, latency plot) go to .run/bench/<UTC timestamp>/ (git-ignored), or BENCH_OUT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+mode=()
+case "${1:-}" in
+    # The dev build `cargo test` has just made: no release build inside scripts/test.sh.
+    --smoke) mode=(--smoke) RUN_LOCAL_PROFILE=dev ;;
+    "") ;;
+    *) echo "usage: scripts/bench.sh [--smoke]" >&2 && exit 2 ;;
+esac
 # shellcheck source=scripts/lib.sh
 source scripts/lib.sh
-
-mode=()
-profile=(--release)
-bin_dir="${CARGO_TARGET_DIR:-target}/release"
-case "${1:-}" in
-    --smoke)
-        mode=(--smoke)
-        # The dev build `cargo test` has just made: no release build inside scripts/test.sh.
-        profile=()
-        bin_dir="${CARGO_TARGET_DIR:-target}/debug"
-        ;;
-    "") ;;
-    *) die "usage: scripts/bench.sh [--smoke]" ;;
-esac
 
 ensure_services
 # nginx is the gateway section's reference (one worker, keepalive upstreams); the section runs
@@ -40,8 +33,8 @@ if ((${#mode[@]} == 0)) && [[ ",${BENCH_SECTIONS:-gateway}," == *,gateway,* ]] &
     (ensure_tool nginx 2>/dev/null) || [[ -x /usr/sbin/nginx ]] ||
         warn "nginx could not be installed: the gateway section runs without its reference"
 fi
-log "building the benchmark and the services' binaries (${profile[*]:-dev})"
-cargo build "${profile[@]}" --quiet -p bench -p order -p pay -p gateway
+log "${BUILD[*]} -p bench -p order -p pay -p gateway"
+"${BUILD[@]}" --quiet -p bench -p order -p pay -p gateway
 export BENCH_OUT="${BENCH_OUT:-.run/bench/$(date -u +%Y%m%dT%H%M%SZ)}"
 log "running on $(nproc) cores; every figure below is from this run"
-RUST_LOG="${RUST_LOG:-warn}" "$bin_dir/bench" "${mode[@]}"
+RUST_LOG="${RUST_LOG:-warn}" "$BIN_DIR/bench" "${mode[@]}"

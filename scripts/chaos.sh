@@ -14,8 +14,5 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 ensure_services
-if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
-    log "cargo build --release -p order -p pay -p gateway -p chaos"
-    cargo build --release --quiet -p order -p pay -p gateway -p chaos
-fi
+[[ "${SKIP_BUILD:-0}" == 1 ]] || cargo build --release --quiet -p order -p pay -p gateway -p chaos
 exec "${CARGO_TARGET_DIR:-target}/release/chaos" "$@"

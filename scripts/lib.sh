@@ -279,16 +279,12 @@ start_own_stack() {
     return 1
 }
 
-# delete_own_queues: the queues of a throw-away stack (and their dead-letter queues) go
-# before it starts: a queue left by an earlier run (within its 10 minutes of expiry) may have
-# been declared with another type, and the broker refuses to redeclare it as a quorum queue.
-# Needs rabbitmqctl (a local broker); otherwise the queues simply expire.
+# delete_own_queues: an earlier run's queues (and dead-letter queues) may have another type, which
+# the broker refuses to redeclare (a quorum queue over a classic one). Needs a local rabbitmqctl.
 delete_own_queues() {
     command -v rabbitmqctl >/dev/null 2>&1 || return 0
-    local queue
-    for queue in "$ORDER_QUEUE" "$PAY_QUEUE" "$ORDER_QUEUE.dead" "$PAY_QUEUE.dead"; do
-        as_root rabbitmqctl -q delete_queue "$queue" >/dev/null 2>&1 || true
-    done
+    local q
+    for q in "$ORDER_QUEUE" "$PAY_QUEUE" "$ORDER_QUEUE.dead" "$PAY_QUEUE.dead"; do as_root rabbitmqctl -q delete_queue "$q" >/dev/null 2>&1 || true; done
 }
 
 # stop_own_stack [TAILS]: stops what start_own_stack started, once; TAILS=1 prints the end of
