@@ -4,7 +4,7 @@
 //!
 //! Sections, in order: ceilings; drain; steady; max; relay and inbox alone; gateway
 //! overhead (footprints come from the max scenario); takeover (an order instance killed
-//! mid-window while another runs). Every figure is reported with its ratio
+//! mid-window while another runs); cpu (each process's CPU per order at a steady rate). Every figure is reported with its ratio
 //! to the matching ceiling and the target; nothing is asserted, because the machine
 //! is shared and a wall-clock threshold would only make the run flaky. Compare the ratios:
 //! they are measured minutes apart on the same machine. The one failure is a scenario that
@@ -12,11 +12,12 @@
 //!
 //! `--smoke`: a few seconds per section, on whatever build it is run from, so the benchmark
 //! keeps working (scripts/test.sh runs it); its figures mean nothing.
-//! `BENCH_SECTIONS` (default all: `ceilings,drain,steady,max,halves,gateway,takeover`) picks
+//! `BENCH_SECTIONS` (default all: `ceilings,drain,steady,max,halves,gateway,takeover,cpu`) picks
 //! sections.
 //! `BENCH_OUT` is the results folder (scripts/bench.sh: `.run/bench/<timestamp>`).
 
 mod ceilings;
+mod cpu;
 mod gateway;
 mod generator;
 mod report;
@@ -551,7 +552,7 @@ async fn main() {
     let smoke = std::env::args().any(|a| a == "--smoke");
     let plan = if smoke { Plan::smoke() } else { Plan::full() };
     let sections = std::env::var("BENCH_SECTIONS")
-        .unwrap_or_else(|_| "ceilings,drain,steady,max,halves,gateway,takeover".into());
+        .unwrap_or_else(|_| "ceilings,drain,steady,max,halves,gateway,takeover,cpu".into());
     let wanted = |name: &str| sections.split(',').any(|s| s.trim() == name);
     let dir = PathBuf::from(std::env::var("BENCH_OUT").unwrap_or_else(|_| {
         let secs = std::time::SystemTime::now()
@@ -590,6 +591,9 @@ async fn main() {
     }
     if wanted("takeover") {
         takeover(&plan, &mut run).await;
+    }
+    if wanted("cpu") {
+        cpu::section(smoke, &mut run).await;
     }
 
     let series: Vec<report::Series> = run
