@@ -10,7 +10,7 @@
 #   scripts/bench.sh --smoke   a few seconds per section on the dev build (scripts/test.sh runs
 #                              it so the benchmark keeps working); its figures mean nothing
 #
-# BENCH_SECTIONS (ceilings,drain,steady,max,halves,gateway,takeover) picks sections. Results (JSON,
+# BENCH_SECTIONS (ceilings,drain,steady,max,halves,gateway,takeover,cpu) picks sections. Results (JSON,
 # markdown report, latency plot) go to .run/bench/<UTC timestamp>/ (git-ignored), or BENCH_OUT.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,17 +1,19 @@
 //! What an order costs in CPU, per process: PostgreSQL, RabbitMQ, order, pay and the gateway,
 //! at a steady rate through `POST /order/buy` on the gateway. These are the figures a
-//! capacity plan multiplies (docs/scaling.md): a rate alone says what this machine carries,
-//! the cost per order says what each part needs anywhere.
+//! capacity plan multiplies: a rate alone says what this machine carries, the cost per order
+//! says what each part needs anywhere.
 //!
 //! Steps, per rate: [`measure`] starts the stack with the gateway and snapshots every process's
 //! CPU ([`Snapshot::take`]), waits [`IDLE`] and snapshots again (the broker and the database
 //! server are shared: their idle rate is subtracted), writes orders at the rate for the
 //! section's seconds, waits until each is settled ([`scenarios::watch`]), snapshots a last
-//! time and divides each process's CPU over the load by the orders settled ([`Costs::of`]).
+//! time and divides what each part used over the load ([`used`]) by the orders settled
+//! ([`Costs::of`]).
 //!
 //! CPU is user + system time from `/proc/<pid>/stat` (every thread of the process), read
 //! directly: two fields of one line, no crate needed. PostgreSQL is a process per connection:
-//! the backends of the two databases are found by the database name in their process title,
+//! the backends of order's and of pay's database are told apart by the database name in their
+//! process title,
 //! and the rest of the server (WAL writer, checkpointer, other databases, connections that
 //! ended: the postmaster's reaped children) is what the postmaster's tree used besides them.
 
