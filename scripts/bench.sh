@@ -10,8 +10,8 @@
 #   scripts/bench.sh --smoke   a few seconds per section on the dev build (scripts/test.sh runs
 #                              it so the benchmark keeps working); its figures mean nothing
 #
-# BENCH_SECTIONS picks sections (ceilings,drain,steady,max,halves,gateway,takeover,queue_type); results (JSON,
-# markdown report, latency plot) go to .run/bench/<UTC timestamp>/ (git-ignored), or BENCH_OUT.
+# BENCH_SECTIONS picks sections (ceilings,drain,steady,max,halves,gateway,takeover,queue_type,cpu);
+# results (JSON, markdown report, latency plot) go to .run/bench/<UTC timestamp>/, or BENCH_OUT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=()

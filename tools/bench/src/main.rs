@@ -5,7 +5,8 @@
 //! Sections, in order: ceilings; drain; steady; max; relay and inbox alone; gateway
 //! overhead (footprints come from the max scenario); takeover (an order instance killed
 //! mid-window while another runs); queue_type (steady on classic against quorum queues,
-//! `queue_type.rs`). Every figure is reported with its ratio
+//! `queue_type.rs`); cpu (each process's CPU per order at a steady rate, `cpu.rs`). Every
+//! figure is reported with its ratio
 //! to the matching ceiling and the target; nothing is asserted, because the machine
 //! is shared and a wall-clock threshold would only make the run flaky. Compare the ratios:
 //! they are measured minutes apart on the same machine. The one failure is a scenario that
@@ -13,12 +14,13 @@
 //!
 //! `--smoke`: a few seconds per section, on whatever build it is run from, so the benchmark
 //! keeps working (scripts/test.sh runs it); its figures mean nothing.
-//! `BENCH_SECTIONS` (default all: `ceilings,drain,steady,max,halves,gateway,takeover,queue_type`)
+//! `BENCH_SECTIONS` (default all: `ceilings,drain,steady,max,halves,gateway,takeover,queue_type,cpu`)
 //! picks sections. Every section runs on quorum queues (the services' default) except where
 //! queue_type compares them with classic ones.
 //! `BENCH_OUT` is the results folder (scripts/bench.sh: `.run/bench/<timestamp>`).
 
 mod ceilings;
+mod cpu;
 mod gateway;
 mod generator;
 mod queue_type;
@@ -553,8 +555,9 @@ async fn machine(smoke: bool) -> report::Machine {
 async fn main() {
     let smoke = std::env::args().any(|a| a == "--smoke");
     let plan = if smoke { Plan::smoke() } else { Plan::full() };
-    let sections = std::env::var("BENCH_SECTIONS")
-        .unwrap_or_else(|_| "ceilings,drain,steady,max,halves,gateway,takeover,queue_type".into());
+    let sections = std::env::var("BENCH_SECTIONS").unwrap_or_else(|_| {
+        "ceilings,drain,steady,max,halves,gateway,takeover,queue_type,cpu".into()
+    });
     let wanted = |name: &str| sections.split(',').any(|s| s.trim() == name);
     let dir = PathBuf::from(std::env::var("BENCH_OUT").unwrap_or_else(|_| {
         let secs = std::time::SystemTime::now()
@@ -596,6 +599,9 @@ async fn main() {
     }
     if wanted("queue_type") {
         queue_type::section(&plan, &mut run).await;
+    }
+    if wanted("cpu") {
+        cpu::section(smoke, &mut run).await;
     }
 
     let series: Vec<report::Series> = run

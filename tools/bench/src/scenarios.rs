@@ -69,7 +69,7 @@ impl Reached {
 /// Polls pay's payments and order's settled orders (every 100 ms: little load on the
 /// database under test) until both reach `total`, printing the progress every second; gives
 /// up after [`STALL`] without progress.
-async fn watch(stack: &Stack, label: &str, total: usize, since: Instant) -> Reached {
+pub async fn watch(stack: &Stack, label: &str, total: usize, since: Instant) -> Reached {
     let total = total as i64;
     let mut reached = Reached::default();
     let (mut last, mut last_change, mut last_print) = (-1, Instant::now(), Instant::now());

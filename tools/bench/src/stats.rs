@@ -1,4 +1,4 @@
-//! Small statistics and the process's own CPU time: enough to turn samples into the figures
+//! Small statistics, the process's own CPU time and its peak RSS: enough to turn samples into the figures
 //! the report prints, without a dependency.
 
 use std::time::Duration;
@@ -34,20 +34,7 @@ pub fn median(samples: &[f64]) -> f64 {
 /// services run as child processes, so this is the load generator's (and the bench's
 /// bookkeeping's) CPU alone: the evidence that the generator is not what limits a figure.
 pub fn own_cpu() -> Duration {
-    let ticks = std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|stat| {
-            // The command name (field 2) may hold spaces; the fields after it are plain.
-            let rest = stat.rsplit_once(')')?.1.to_string();
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            // Fields 14 (utime) and 15 (stime), counted from 1; `rest` starts at field 3.
-            let utime: u64 = fields.get(11)?.parse().ok()?;
-            let stime: u64 = fields.get(12)?.parse().ok()?;
-            Some(utime + stime)
-        })
-        .unwrap_or(0);
-    // USER_HZ is 100 on every Linux the project targets.
-    Duration::from_millis(ticks * 10)
+    crate::cpu::read("self").map_or(Duration::ZERO, |c| c.own)
 }
 
 /// A process's peak resident set (`VmHWM`) in MiB, from `/proc/<pid>/status`.
