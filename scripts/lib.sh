@@ -113,8 +113,10 @@ start_local_postgres() {
         [[ -d "$dir" ]] || continue
         IFS=/ read -r version cluster _ <<<"${dir#/etc/postgresql/}"
         log "starting PostgreSQL cluster $version/$cluster"
-        # setsid: the server must not die with this script's process group.
-        as_root setsid pg_ctlcluster --skip-systemctl-redirect "$version" "$cluster" start >/dev/null 2>&1 && started=0
+        # setsid: the server must not die with this script's process group. One that runs already
+        # (systemd started it on install) reloads, so a pg_hba.conf just written applies.
+        { as_root setsid pg_ctlcluster --skip-systemctl-redirect "$version" "$cluster" start ||
+            as_root pg_ctlcluster --skip-systemctl-redirect "$version" "$cluster" reload; } >/dev/null 2>&1 && started=0
     done
     return "$started"
 }
