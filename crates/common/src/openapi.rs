@@ -68,8 +68,8 @@ pub struct Readiness {
     pub status: String,
     pub checks: BTreeMap<String, String>,
     /// Each broker connection (`<service>/<role>`) and the node (`host:port`) it is on,
-    /// `null` while it is down.
-    pub broker_links: BTreeMap<String, Option<String>>,
+    /// `null` while it is down. Order and pay only: the gateway holds no broker connection.
+    pub broker_links: Option<BTreeMap<String, Option<String>>>,
 }
 
 /// The process is alive and serving HTTP.
