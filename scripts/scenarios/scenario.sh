@@ -21,6 +21,8 @@ SCENARIOS_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$LMT_ROOT"
 
 own_stack scenarios "${SCENARIO_PORT_BASE:-19760}"
+# Classic: a quorum queue admits one message past max-length 0, which scenario 02 needs refused.
+export AMQP_QUEUE_TYPE="${AMQP_QUEUE_TYPE:-classic}"
 ORDER_URL="http://$ORDER_ADDR" PAY_URL="http://$PAY_ADDR"
 # Recoveries in seconds, not minutes: retries, leases, reconnects and the reconciler.
 export DEMO_FAULTS=1 OUTBOX_RETRY_BASE_MS=200 OUTBOX_RETRY_MAX_MS=1000 OUTBOX_CONFIRM_TIMEOUT_MS=1000
