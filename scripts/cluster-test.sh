@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
-# The cluster run (docs/cluster.md): starts the three-node cluster (scripts/cluster.sh), runs
-# `chaos --cluster` (the services on quorum queues with the three nodes' addresses, orders through
-# the gateway, then four node faults) and stops the cluster whatever happened. The chaos binary's
-# `--help` lists its CHAOS_* variables. RUN_LOCAL_PROFILE=dev runs the dev build; SKIP_BUILD=1
-# the binaries already built.
+# The cluster run (docs/cluster.md): starts the three-node cluster, runs `chaos --cluster` (the
+# services on quorum queues with the three nodes' addresses, orders through the gateway, four node
+# faults; `chaos --help` lists its CHAOS_* variables) and stops the cluster whatever happened.
+# RUN_LOCAL_PROFILE=dev runs the dev build; SKIP_BUILD=1 the binaries already built.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
