@@ -65,7 +65,7 @@ impl Cluster {
 
     /// The nodes' HOME: a link to the main node's cookie (no copy of the secret). Without a
     /// main cookie, Erlang writes a new one there on first start.
-    fn prepare_home(&self) -> Result<()> {
+    fn prepare_home(&self, n: Node) -> Result<()> {
         let home = self.home();
         fs::create_dir_all(&home)?;
         let caller =
@@ -74,9 +74,11 @@ impl Cluster {
             .chain(caller)
             .find(|f: &std::path::PathBuf| fs::File::open(f).is_ok());
         if let Some(cookie) = main {
-            let link = home.join(".erlang.cookie");
-            let _ = fs::remove_file(&link);
-            std::os::unix::fs::symlink(cookie, link)?;
+            // Made under X's own name, then renamed over: nodes started at once don't race.
+            let tmp = home.join(format!(".erlang.cookie.{n}"));
+            let _ = fs::remove_file(&tmp);
+            std::os::unix::fs::symlink(cookie, &tmp)?;
+            fs::rename(tmp, home.join(".erlang.cookie"))?;
         }
         Ok(())
     }
@@ -120,7 +122,7 @@ impl Cluster {
                 "port {taken:?} (for {n}) is taken by another process: pick other CLUSTER_*_PORT_BASE values"
             )));
         }
-        self.prepare_home()?;
+        self.prepare_home(n)?;
         self.prepare_node(n)?;
         log(&format!(
             "starting {n} (AMQP {}, management {}, distribution {})",
