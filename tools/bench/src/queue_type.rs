@@ -22,7 +22,7 @@ const RATE: f64 = 200.0;
 
 /// One round on one queue type: (hop p50, hop p99, round trip p50, round trip p99) in ms.
 async fn once(queue_type: QueueType, secs: u64) -> ([f64; 4], generator::Generated) {
-    stack::use_queue_type(queue_type);
+    stack::use_queue_type(Some(queue_type));
     let s = scenarios::steady(RATE, Duration::from_secs(secs)).await;
     let pct = |ms: &[f64], p| percentile(ms, p);
     let figures = [
@@ -59,8 +59,8 @@ pub async fn section(plan: &Plan, run: &mut Run) {
             }
         }
     }
-    // The other sections run on the default again.
-    stack::use_queue_type(QueueType::default());
+    // The other sections run on the run's queue type again.
+    stack::use_queue_type(None);
     let medians = |runs: &[([f64; 4], generator::Generated)]| -> [f64; 4] {
         std::array::from_fn(|i| median(&runs.iter().map(|(f, _)| f[i]).collect::<Vec<_>>()))
     };

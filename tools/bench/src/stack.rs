@@ -22,13 +22,25 @@ pub struct Footprint {
     pub peak_rss_mib: f64,
 }
 
-/// The queue type of the stacks started from now on (the services' default, quorum, unless
-/// the queue_type section asks otherwise).
-static QUEUE_TYPE: Mutex<QueueType> = Mutex::new(QueueType::Quorum);
+/// The queue type the queue_type section asks for; otherwise the run's own.
+static QUEUE_TYPE: Mutex<Option<QueueType>> = Mutex::new(None);
 
-/// Makes the stacks started from now on declare `queue_type` queues.
-pub fn use_queue_type(queue_type: QueueType) {
+/// Makes the stacks started from now on declare `queue_type` queues (`None`: the run's own).
+pub fn use_queue_type(queue_type: Option<QueueType>) {
     *QUEUE_TYPE.lock().unwrap_or_else(|e| e.into_inner()) = queue_type;
+}
+
+/// The run's queue type: `AMQP_QUEUE_TYPE`, read as the services read it (quorum when unset),
+/// so `AMQP_QUEUE_TYPE=classic scripts/bench.sh` measures every section on classic queues.
+fn queue_type() -> QueueType {
+    QUEUE_TYPE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .unwrap_or_else(|| {
+            std::env::var("AMQP_QUEUE_TYPE")
+                .map_or(Ok(QueueType::default()), |v| v.parse())
+                .unwrap_or_else(|e| panic!("AMQP_QUEUE_TYPE: {e}"))
+        })
 }
 
 /// Pay (with the benchmark's accounts), order and optionally the gateway, on a unique
@@ -54,7 +66,7 @@ impl Stack {
         let amqp = AmqpConfig {
             // The binaries declare a durable exchange; `finish` deletes it.
             exchange_auto_delete: false,
-            queue_type: *QUEUE_TYPE.lock().unwrap_or_else(|e| e.into_inner()),
+            queue_type: queue_type(),
             ..test_kit::test_amqp()
         };
         // Order's reply queue exists before pay replies: order's relay and consumer start
