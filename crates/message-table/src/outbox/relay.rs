@@ -29,6 +29,15 @@
 //! 6. **Settle** ([`Relay::settle`]): confirmed rows become `sent`, the others are retried
 //!    or `dead` when exhausted — each update only applies while this round's claim token is
 //!    still on the row.
+//! 7. **After a refusal, catch up** ([`Relay::catch_up`]): a window the broker refused as a
+//!    whole (nothing confirmed: nacks, timeouts, a broken channel) is the broker's trouble,
+//!    not its rows'. While a quorum queue elects a new leader every publish is nacked, and
+//!    each nack doubles its row's backoff, so a row refused four times would wait 8 s more
+//!    after the broker recovered. The relay remembers the rows refused in such windows; the
+//!    first window it gets confirmed again proves the broker back, and those rows still
+//!    pending are made due at once. Each is brought forward once per refusal, keeps its
+//!    attempts (the limit still makes a row that keeps failing `dead`), and a window only
+//!    partly refused (a full queue, one bad route) starts nothing: its rows keep their backoff.
 //!
 //! A row is therefore `sent` only when the broker has taken responsibility for it: on a
 //! quorum queue, when a majority of the queue's replicas has it. Without a majority the
@@ -214,7 +223,12 @@ pub struct Relay {
     faults: Faults,
     /// This process's relay owner, taken at the first claim and shared by the siblings.
     owner: Arc<OnceCell<Owner>>,
+    /// Rows of the windows the broker refused as a whole since it last confirmed one.
+    refused: Vec<Uuid>,
 }
+
+/// At most this many refused rows are remembered for step 7; the rest wait their backoff.
+const REFUSED_REMEMBERED: usize = 10_000;
 
 impl Relay {
     /// Claims and settles on `pool`: the services give it [`crate::db::relay_pool`], whose
@@ -232,6 +246,7 @@ impl Relay {
             metrics: Arc::default(),
             faults: Faults::off(),
             owner: Arc::default(),
+            refused: Vec::new(),
         }
     }
 
@@ -282,6 +297,7 @@ impl Relay {
             .observe(claim.rows.len() as f64);
         let outcomes = self.publish(&claim).await;
         let report = self.settle(&claim, &outcomes).await?;
+        self.catch_up(&claim, &outcomes).await?;
         self.metrics
             .relay_round_duration
             .observe(started.elapsed().as_secs_f64());
@@ -481,6 +497,41 @@ impl Relay {
         })
     }
 
+    /// Step 7: remembers the rows of a window refused as a whole; once a window is confirmed
+    /// again, makes those still pending due now, and wakes the relays to send them.
+    pub async fn catch_up(
+        &mut self,
+        claim: &Claim,
+        outcomes: &[PublishOutcome],
+    ) -> sqlx::Result<()> {
+        match refusal(outcomes) {
+            Refusal::Whole => {
+                let room = REFUSED_REMEMBERED.saturating_sub(self.refused.len());
+                self.refused
+                    .extend(claim.rows.iter().take(room).map(|row| row.id));
+                return Ok(());
+            }
+            Refusal::NoneConfirmed => return Ok(()),
+            Refusal::SomeConfirmed if self.refused.is_empty() => return Ok(()),
+            Refusal::SomeConfirmed => {}
+        }
+        let refused = std::mem::take(&mut self.refused);
+        let due = sqlx::query(
+            "UPDATE outbox SET next_attempt_at = now()
+             WHERE id = ANY($1) AND status = $2 AND claim_token IS NULL AND next_attempt_at > now()",
+        )
+        .bind(&refused)
+        .bind(OutboxStatus::Pending)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if due > 0 {
+            tracing::info!(relay = %self.name, rows = due, "the broker confirms again: rows it refused are due now");
+            self.wake.notify_one();
+        }
+        Ok(())
+    }
+
     fn properties(&self, row: &OutboxRow) -> BasicProperties {
         let mut headers = FieldTable::default();
         if let Value::Object(map) = &row.headers {
@@ -573,6 +624,7 @@ impl Relay {
             metrics: self.metrics.clone(),
             faults: self.faults.clone(),
             owner: self.owner.clone(),
+            refused: Vec::new(),
         }
     }
 
@@ -728,6 +780,43 @@ pub fn classify(
 
 /// The `lose_confirms` teaching switch: each confirmed outcome it takes becomes a failure,
 /// retried like a timeout, so the row is published again (it was delivered already).
+/// How much of a window the broker refused, for [`Relay::catch_up`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// At least one row confirmed: the broker takes messages.
+    SomeConfirmed,
+    /// Nothing confirmed, and every row refused for a reason that is the broker's, not the
+    /// row's: nacked, timed out, the channel broken or missing.
+    Whole,
+    /// Nothing confirmed, but some row was returned (no queue bound to its key) or lost to a
+    /// teaching fault: not a broker-wide refusal.
+    NoneConfirmed,
+}
+
+pub fn refusal(outcomes: &[PublishOutcome]) -> Refusal {
+    if outcomes.contains(&PublishOutcome::Confirmed) {
+        return Refusal::SomeConfirmed;
+    }
+    let brokers = |o: &PublishOutcome| {
+        matches!(
+            o,
+            PublishOutcome::Failed(
+                PublishFailure::Nacked
+                    | PublishFailure::ConfirmTimedOut
+                    | PublishFailure::PublishBlocked
+                    | PublishFailure::PublishFailed(_)
+                    | PublishFailure::ConfirmFailed(_)
+                    | PublishFailure::NoChannel(_)
+            )
+        )
+    };
+    if !outcomes.is_empty() && outcomes.iter().all(brokers) {
+        Refusal::Whole
+    } else {
+        Refusal::NoneConfirmed
+    }
+}
+
 fn lose_confirms(faults: &Faults, outcomes: &mut [PublishOutcome]) {
     for outcome in outcomes {
         if *outcome == PublishOutcome::Confirmed && faults.take(Switch::LoseConfirms) {

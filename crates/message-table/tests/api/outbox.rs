@@ -130,41 +130,7 @@ async fn confirms_are_pipelined_and_each_row_is_matched_to_its_own_confirm() {
     let db = TestDb::with_message_tables().await;
     let amqp = test_kit::test_amqp();
     let queue = TestQueue::bind(&amqp, &[KEY]).await;
-    // Nacked: a queue that is always full and rejects what comes (`x-max-length` 0 with
-    // `x-overflow` reject-publish): RabbitMQ answers basic.nack.
-    let full = test_kit::unique_name("test.full");
-    let mut args = FieldTable::default();
-    args.insert(ShortString::from("x-max-length"), AMQPValue::LongLongInt(0));
-    args.insert(
-        ShortString::from("x-overflow"),
-        AMQPValue::LongString(LongString::from("reject-publish")),
-    );
-    args.insert(
-        ShortString::from("x-expires"),
-        AMQPValue::LongLongInt(120_000),
-    );
-    let conn = message_table::amqp::connect(&amqp, "test-full-queue")
-        .await
-        .unwrap();
-    let channel = conn.create_channel().await.unwrap();
-    channel
-        .queue_declare(
-            ShortString::from(full.as_str()),
-            QueueDeclareOptions::default(),
-            args,
-        )
-        .await
-        .unwrap();
-    channel
-        .queue_bind(
-            ShortString::from(full.as_str()),
-            ShortString::from(amqp.exchange.as_str()),
-            ShortString::from(NACKED_KEY),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let (full, _conn) = refusing_queue(&amqp, NACKED_KEY).await;
 
     // 250 rows in creation order: every 5th is nacked, every 7th (not 5th) returned.
     #[derive(Debug, Clone, Copy, PartialEq)]
@@ -248,6 +214,146 @@ async fn confirms_are_pipelined_and_each_row_is_matched_to_its_own_confirm() {
         0,
         "the full queue took nothing"
     );
+}
+
+/// A queue that is always full and rejects what comes (`x-max-length` 0 with `x-overflow`
+/// reject-publish), bound to `key` on the test's exchange (declared already): RabbitMQ nacks every message routed to it. Its name and
+/// the connection that declared it (deleting the queue lifts the refusal).
+async fn refusing_queue(
+    amqp: &message_table::amqp::AmqpConfig,
+    key: &str,
+) -> (String, lapin::Connection) {
+    let full = test_kit::unique_name("test.full");
+    let mut args = FieldTable::default();
+    args.insert(ShortString::from("x-max-length"), AMQPValue::LongLongInt(0));
+    args.insert(
+        ShortString::from("x-overflow"),
+        AMQPValue::LongString(LongString::from("reject-publish")),
+    );
+    args.insert(
+        ShortString::from("x-expires"),
+        AMQPValue::LongLongInt(120_000),
+    );
+    let conn = message_table::amqp::connect(amqp, "test-full-queue")
+        .await
+        .unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    channel
+        .queue_declare(
+            ShortString::from(full.as_str()),
+            QueueDeclareOptions::default(),
+            args,
+        )
+        .await
+        .unwrap();
+    channel
+        .queue_bind(
+            ShortString::from(full.as_str()),
+            ShortString::from(amqp.exchange.as_str()),
+            ShortString::from(key),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    (full, conn)
+}
+
+/// Whether the row's next attempt is due (its backoff over or brought forward).
+async fn is_due(pool: &PgPool, id: Uuid) -> bool {
+    sqlx::query_scalar("SELECT next_attempt_at <= now() FROM outbox WHERE id = $1")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// While the broker refuses every publish (a quorum queue electing a new leader nacks them
+/// all), each refusal backs its row off; the first window confirmed again proves the broker
+/// back, and the rows it refused are due at once instead of waiting out their backoff
+/// (here ten minutes), with their attempts kept.
+#[tokio::test]
+async fn once_the_broker_confirms_again_the_rows_it_refused_are_due_at_once() {
+    let db = TestDb::with_message_tables().await;
+    let amqp = test_kit::test_amqp();
+    // Declares the exchange, with nothing bound yet but the refusing queue.
+    let _exchange = TestQueue::bind(&amqp, &[]).await;
+    let (full, conn) = refusing_queue(&amqp, KEY).await;
+    let refused = enqueue(&db.pool, 3, Duration::from_secs(60)).await;
+    let mut cfg = test_kit::fast_outbox();
+    cfg.retry.base = Duration::from_secs(600);
+    cfg.retry.max = Duration::from_secs(600);
+    let mut relay = relay(&db, &amqp, cfg);
+    let report = relay.run_once().await.unwrap();
+    assert_eq!((report.claimed, report.sent, report.retried), (3, 0, 3));
+    for id in &refused {
+        let r = row(&db.pool, *id).await;
+        assert_eq!((r.status, r.attempts), (OutboxStatus::Pending, 1), "{id}");
+        assert!(r.last_error.unwrap_or_default().contains("nacked"), "{id}");
+        assert!(!is_due(&db.pool, *id).await, "{id} backed off");
+    }
+
+    // The broker accepts again; a new message is confirmed.
+    let channel = conn.create_channel().await.unwrap();
+    channel
+        .queue_delete(ShortString::from(full.as_str()), Default::default())
+        .await
+        .unwrap();
+    let queue = TestQueue::bind(&amqp, &[KEY]).await;
+    let fresh = enqueue(&db.pool, 1, Duration::from_secs(60)).await;
+    let report = relay.run_once().await.unwrap();
+    assert_eq!(
+        (report.claimed, report.sent),
+        (1, 1),
+        "only the new row was due"
+    );
+    for id in &refused {
+        assert!(is_due(&db.pool, *id).await, "{id} brought forward");
+    }
+
+    let report = relay.run_once().await.unwrap();
+    assert_eq!((report.claimed, report.sent), (3, 3));
+    for id in &refused {
+        let r = row(&db.pool, *id).await;
+        assert_eq!(
+            (r.status, r.attempts),
+            (OutboxStatus::Sent, 2),
+            "{id}: attempts kept"
+        );
+    }
+    let mut delivered = message_ids(&queue.take_all().await);
+    delivered.sort();
+    let mut expected = [fresh, refused].concat();
+    expected.sort();
+    assert_eq!(delivered, expected, "each published once after the refusal");
+}
+
+/// A window the broker refused only in part (a full queue behind one key) is no broker-wide
+/// refusal: its refused row keeps its backoff when later windows are confirmed.
+#[tokio::test]
+async fn a_row_refused_beside_confirmed_ones_keeps_its_backoff() {
+    let db = TestDb::with_message_tables().await;
+    let amqp = test_kit::test_amqp();
+    let _queue = TestQueue::bind(&amqp, &[KEY]).await;
+    let (_full, _conn) = refusing_queue(&amqp, NACKED_KEY).await;
+    let mut tx = db.pool.begin().await.unwrap();
+    let nacked = NewMessage::new(Uuid::now_v7(), "TestEvent", NACKED_KEY, json!({}));
+    outbox::enqueue(&mut tx, &nacked, Duration::from_secs(60))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    enqueue(&db.pool, 1, Duration::from_secs(60)).await;
+    let mut cfg = test_kit::fast_outbox();
+    cfg.retry.base = Duration::from_secs(600);
+    cfg.retry.max = Duration::from_secs(600);
+    let mut relay = relay(&db, &amqp, cfg);
+    let report = relay.run_once().await.unwrap();
+    assert_eq!((report.claimed, report.sent, report.retried), (2, 1, 1));
+    enqueue(&db.pool, 1, Duration::from_secs(60)).await;
+    let report = relay.run_once().await.unwrap();
+    assert_eq!((report.claimed, report.sent), (1, 1));
+    assert!(!is_due(&db.pool, nacked.id).await, "still backed off");
+    assert_eq!(row(&db.pool, nacked.id).await.attempts, 1);
 }
 
 #[tokio::test]
