@@ -3,10 +3,6 @@
 
 use std::{collections::HashSet, time::Duration};
 
-use lapin::{
-    options::{QueueBindOptions, QueueDeclareOptions},
-    types::{AMQPValue, FieldTable, LongString, ShortString},
-};
 use message_table::outbox::{
     self, NewMessage, OutboxConfig, OutboxStatus,
     relay::{PublishFailure, PublishOutcome, Relay, RelayReport, Relays},
@@ -133,36 +129,12 @@ async fn confirms_are_pipelined_and_each_row_is_matched_to_its_own_confirm() {
     // Nacked: a queue that is always full and rejects what comes (`x-max-length` 0 with
     // `x-overflow` reject-publish): RabbitMQ answers basic.nack.
     let full = test_kit::unique_name("test.full");
-    let mut args = FieldTable::default();
-    args.insert(ShortString::from("x-max-length"), AMQPValue::LongLongInt(0));
-    args.insert(
-        ShortString::from("x-overflow"),
-        AMQPValue::LongString(LongString::from("reject-publish")),
-    );
-    args.insert(
-        ShortString::from("x-expires"),
-        AMQPValue::LongLongInt(120_000),
-    );
     let conn = message_table::amqp::connect(&amqp, "test-full-queue")
         .await
         .unwrap();
     let channel = conn.create_channel().await.unwrap();
-    channel
-        .queue_declare(
-            ShortString::from(full.as_str()),
-            QueueDeclareOptions::default(),
-            args,
-        )
-        .await
-        .unwrap();
-    channel
-        .queue_bind(
-            ShortString::from(full.as_str()),
-            ShortString::from(amqp.exchange.as_str()),
-            ShortString::from(NACKED_KEY),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
+    let args = message_table::amqp::refusing_queue_arguments(&amqp);
+    message_table::amqp::declare_queue_with(&channel, &amqp, &full, &[NACKED_KEY], args)
         .await
         .unwrap();
 
