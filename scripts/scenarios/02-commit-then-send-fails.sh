@@ -1,17 +1,16 @@
 #!/usr/bin/env bash
 # Scenario 02: the transaction commits, then the send fails (docs/scenarios.md, "02 Transaction
-# committed, but the send failed"). The script makes RabbitMQ refuse every message for pay's
-# queue (a policy on that queue only: max-length 0, reject-publish, so each publish is
-# nacked), buys, shows the row pending and retried, lifts the policy, and shows it sent and
-# paid once.
+# committed, but the send failed"). The script makes RabbitMQ refuse every message for pay
+# (the chaos tool's `refuse`: a classic queue with max-length 0 and reject-publish takes the
+# binding of pay's queue, so each publish is nacked), buys, shows the row pending and
+# retried, binds pay's queue again (`accept`), and shows it sent and paid once.
 . "$(dirname "$0")/scenario.sh"
 
-POLICY="scenario-02-refuse"
-PATTERN="^${PAY_QUEUE//./\\.}\$"
-step "RabbitMQ refuses messages for $PAY_QUEUE (policy $POLICY: max-length 0, overflow reject-publish)"
-rmq -q set_policy --apply-to queues "$POLICY" "$PATTERN" '{"max-length":0,"overflow":"reject-publish"}' >/dev/null
-on_exit_do "rmq -q clear_policy $POLICY >/dev/null 2>&1"
-sleep 1
+REFUSER="$PAY_QUEUE.refuser"
+step "RabbitMQ refuses messages for pay: $REFUSER (max-length 0, overflow reject-publish) is bound instead of $PAY_QUEUE"
+note "(RabbitMQ nacks a message any of its queues refuses, yet delivers it to the others: so $PAY_QUEUE is unbound meanwhile)"
+chaos refuse 2>"$TMP/chaos.log" || die "could not make RabbitMQ refuse: $(cat "$TMP/chaos.log")"
+on_exit_do "chaos accept >/dev/null 2>&1"
 
 step "POST /buy: the order and its message commit; the publish is nacked"
 buy alice 2200
@@ -27,8 +26,8 @@ expect "the committed message is still pending (never sent while refused)" is_ou
 expect "it was tried and refused (nacked) at least twice" refused_twice
 expect "the order waits (PENDING_PAYMENT)" is_status "$ORDER_ID" PENDING_PAYMENT
 
-step "the broker accepts again (policy cleared); the resend scheduler brings the next attempt"
-rmq -q clear_policy "$POLICY" >/dev/null
+step "the broker accepts again ($PAY_QUEUE bound again, $REFUSER deleted); the resend scheduler brings the next attempt"
+chaos accept 2>"$TMP/chaos.log" || die "could not make RabbitMQ accept again: $(cat "$TMP/chaos.log")"
 after 20 "$ORDER_ID"
 expect "the message is sent" is_outbox "$ORDER_ID" sent
 expect_paid_once "$ORDER_ID"

@@ -21,8 +21,6 @@ SCENARIOS_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$LMT_ROOT"
 
 own_stack scenarios "${SCENARIO_PORT_BASE:-19760}"
-# Classic: a quorum queue admits one message past max-length 0, which scenario 02 needs refused.
-export AMQP_QUEUE_TYPE="${AMQP_QUEUE_TYPE:-classic}"
 ORDER_URL="http://$ORDER_ADDR" PAY_URL="http://$PAY_ADDR"
 # Recoveries in seconds, not minutes: retries, leases, reconnects and the reconciler.
 export DEMO_FAULTS=1 OUTBOX_RETRY_BASE_MS=200 OUTBOX_RETRY_MAX_MS=1000 OUTBOX_CONFIRM_TIMEOUT_MS=1000
@@ -81,6 +79,9 @@ kill_service() {
 # stop_pay: pay stopped (SIGTERM); started again at exit if the scenario did not.
 stop_pay() { on_exit_do "service_pid pay >/dev/null || restart_service pay" && scripts/run-local.sh stop-one pay >/dev/null 2>&1; }
 
+# chaos ARGS...: the chaos tool (built with the services), for what it does to the broker.
+chaos() { [[ -x "$BIN_DIR/chaos" ]] || { echo "$BIN_DIR/chaos is missing: ${BUILD[*]}" >&2 && return 1; } && "$BIN_DIR/chaos" "$@"; }
+
 # rmq ARGS...: rabbitmqctl (as root when needed); the scenarios that use it need a local RabbitMQ.
 rmq() { command -v rabbitmqctl >/dev/null || die "this scenario needs rabbitmqctl (a local RabbitMQ)" && as_root rabbitmqctl "$@"; }
 
@@ -97,6 +98,8 @@ queue_counts() {
     rmq -q list_queues name messages_ready messages_unacknowledged 2>/dev/null |
         awk -v q="$PAY_QUEUE" '$1 == q { printf "ready=%s unacked=%s\n", $2, $3 }'
 }
+# queue_drained: pay's queue holds nothing (a quorum queue reports its counts every few seconds: wait_until it).
+queue_drained() { [[ "$(queue_counts)" == "ready=0 unacked=0" ]]; }
 
 # step TEXT: what the scenario does next.
 step() { printf '\n--- %s\n' "$*"; }

@@ -310,7 +310,27 @@ pub async fn declare_queue(
         declare_one(channel, &dead_letters, dead_letter_queue_arguments(cfg)).await?;
         bind(channel, &dead_letters, &exchange, queue).await?;
     }
-    declare_one(channel, queue, queue_arguments(cfg, queue)).await?;
+    declare_queue_with(
+        channel,
+        cfg,
+        queue,
+        routing_keys,
+        queue_arguments(cfg, queue),
+    )
+    .await
+}
+
+/// Declares a durable `queue` with `args`, bound to the exchange for each routing key: what
+/// [`declare_queue`] does for a service's queue, for a queue of other arguments (a test's
+/// control, [`refusing_queue_arguments`]).
+pub async fn declare_queue_with(
+    channel: &Channel,
+    cfg: &AmqpConfig,
+    queue: &str,
+    routing_keys: &[&str],
+    args: FieldTable,
+) -> Result<(), DeclareError> {
+    declare_one(channel, queue, args).await?;
     for key in routing_keys {
         bind(channel, queue, &cfg.exchange, key).await?;
     }
@@ -371,6 +391,20 @@ pub fn queue_arguments(cfg: &AmqpConfig, queue: &str) -> FieldTable {
         args.insert("x-dead-letter-strategy".into(), text("at-least-once"));
         args.insert("x-overflow".into(), text("reject-publish"));
     }
+    args
+}
+
+/// The arguments of a queue that refuses every message, so that RabbitMQ nacks each publish
+/// routed to it (the tests' and the failure scenarios' broker that says no): a classic queue
+/// with `x-max-length` 0 and `x-overflow: reject-publish`. Classic, because a quorum queue
+/// admits one message into an empty queue before it refuses. Expires as the services'
+/// queues do ([`AmqpConfig::queue_expires`]).
+pub fn refusing_queue_arguments(cfg: &AmqpConfig) -> FieldTable {
+    let mut args = expiry(cfg);
+    let text = |s: &str| AMQPValue::LongString(LongString::from(s));
+    args.insert("x-queue-type".into(), text("classic"));
+    args.insert("x-max-length".into(), AMQPValue::LongLongInt(0));
+    args.insert("x-overflow".into(), text("reject-publish"));
     args
 }
 

@@ -673,18 +673,14 @@ pub async fn broker_closes_connection(name: &str) -> usize {
         &format!("RabbitMQ lists connection {name}"),
         Duration::from_secs(20),
         || async {
-            let out = tokio::process::Command::new("rabbitmqctl")
-                .args([
-                    "list_connections",
-                    "-q",
-                    "--no-table-headers",
-                    "pid",
-                    "client_properties",
-                ])
-                .output()
-                .await
-                .expect("run rabbitmqctl (RabbitMQ must run on this machine)");
-            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let text = rabbitmqctl(&[
+                "list_connections",
+                "-q",
+                "--no-table-headers",
+                "pid",
+                "client_properties",
+            ])
+            .await;
             // The name a client gives its connection is in its client properties, with the
             // node it connected to: `<name>@<host:port>`.
             let wanted = format!("{{\"connection_name\",\"{name}@");
@@ -699,15 +695,23 @@ pub async fn broker_closes_connection(name: &str) -> usize {
     )
     .await;
     for pid in &pids {
-        let status = tokio::process::Command::new("rabbitmqctl")
-            .args(["close_connection", pid, "closed by a test"])
-            .status()
-            .await
-            .expect("run rabbitmqctl");
-        assert!(
-            status.success(),
-            "rabbitmqctl close_connection {pid} failed"
-        );
+        rabbitmqctl(&["close_connection", pid, "closed by a test"]).await;
     }
     pids.len()
+}
+
+/// `rabbitmqctl ARGS` (the broker runs on this machine): its output; panics when it fails.
+pub async fn rabbitmqctl(args: &[&str]) -> String {
+    let out = tokio::process::Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .await
+        .expect("run rabbitmqctl (RabbitMQ must run on this machine)");
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }

@@ -23,6 +23,23 @@ pub enum Command {
     /// Publish unreadable messages to pay's routing key, nothing else (the poison-message
     /// scenario uses it on a running stack).
     Poison(PoisonArgs),
+    /// Make RabbitMQ nack every message for pay's queue: a queue that refuses them takes
+    /// that queue's binding (the commit-then-send-fails scenario).
+    Refuse(QueueArgs),
+    /// Undo `refuse`: pay's queue bound again, the refusing queue deleted.
+    Accept(QueueArgs),
+}
+
+#[derive(Args)]
+pub struct QueueArgs {
+    /// pay's queue, as pay reads it.
+    #[arg(long, env = "PAY_QUEUE", default_value = messages::PAY_QUEUE.default_name)]
+    pub queue: String,
+    #[arg(long, default_value = crate::poison::PAY_ROUTING_KEY)]
+    pub routing_key: String,
+    /// The broker, exchange and queue settings (`AMQP_*`), as the services read them.
+    #[command(flatten)]
+    pub amqp: service_kit::settings::AmqpSettings,
 }
 
 #[derive(Args)]

@@ -87,7 +87,9 @@
 //!
 //! `chaos poison --count N --out FILE` only publishes N unreadable messages to pay's routing
 //! key (on `AMQP_URL`, `AMQP_EXCHANGE`) and writes their ids to FILE: the poison-message
-//! scenario uses it on a running stack.
+//! scenario uses it on a running stack. `chaos refuse` has RabbitMQ nack every message for
+//! pay's queue (`PAY_QUEUE`) until `chaos accept` (module `refuse`): the commit-then-send-fails
+//! scenario.
 
 mod args;
 mod check;
@@ -96,6 +98,7 @@ mod faults;
 mod figures;
 mod nodes;
 mod poison;
+mod refuse;
 mod run;
 mod stack;
 mod stats;
@@ -197,11 +200,45 @@ async fn poison(a: args::PoisonArgs) -> ExitCode {
     }
 }
 
+/// `chaos refuse` and `chaos accept`: the bindings changed, and a line on stderr.
+async fn refuse_or_accept(refuse: bool, a: args::QueueArgs) -> ExitCode {
+    let amqp = message_table::amqp::AmqpConfig::from(a.amqp);
+    let (queue, key, refuser) = (&a.queue, &a.routing_key, refuse::refuser_of(&a.queue));
+    let (verb, done, what) = if refuse {
+        let done = refuse::refuse(&amqp, queue, key).await;
+        (
+            "refuse",
+            done,
+            format!("{refuser} bound to {key} instead of {queue}"),
+        )
+    } else {
+        let done = refuse::accept(&amqp, queue, key).await;
+        (
+            "accept",
+            done,
+            format!("{queue} bound to {key}, {refuser} deleted"),
+        )
+    };
+    match done {
+        Ok(()) => {
+            eprintln!("chaos {verb}: {what}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("chaos {verb}: error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = args::Cli::parse();
-    if let Some(args::Command::Poison(a)) = cli.command {
-        return poison(a).await;
+    match cli.command {
+        Some(args::Command::Poison(a)) => return poison(a).await,
+        Some(args::Command::Refuse(a)) => return refuse_or_accept(true, a).await,
+        Some(args::Command::Accept(a)) => return refuse_or_accept(false, a).await,
+        None => {}
     }
     let config = match args::Config::resolve(cli.run) {
         Ok(config) => config,

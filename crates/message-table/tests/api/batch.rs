@@ -20,7 +20,6 @@ use serde_json::json;
 use sqlx::{PgConnection, PgPool};
 use support::{RecordingHandler, effects, id_of, inbox_row, incoming, props};
 use test_kit::{TcpProxy, TestQueue};
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::support;
@@ -335,13 +334,7 @@ async fn a_batch_that_finishes_first_does_not_ack_an_earlier_delivery_still_in_p
         &["k"],
         test_kit::unique_name("test-consumer"),
     );
-    let connected = consumer.broker_link();
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(consumer.run(stop.clone()));
-    test_kit::eventually("consumer connected", Duration::from_secs(10), || async {
-        connected.is_connected().then_some(())
-    })
-    .await;
+    let (_, stop, task) = support::run_connected(consumer).await;
     let publisher = TestQueue::bind(&amqp, &["unused"]).await;
 
     publisher

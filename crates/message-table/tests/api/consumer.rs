@@ -9,39 +9,16 @@ use std::{
     time::Duration,
 };
 
-use async_trait::async_trait;
 use lapin::{BasicProperties, types::ShortString};
 use message_table::inbox::{
-    HandlerError, Inbox, InboxCounters, InboxMessage, InboxStatus, MessageHandler,
-    consumer::InboxConsumer, retry_sweeper::RetrySweeper,
+    Inbox, InboxCounters, InboxStatus, consumer::InboxConsumer, retry_sweeper::RetrySweeper,
 };
-use sqlx::PgConnection;
 use support::props;
 use test_kit::{TcpProxy, TestDb, TestQueue};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::support;
-
-/// Counts messages; panics on a payload `{"boom": true}`.
-struct Handler(Arc<AtomicUsize>);
-
-#[async_trait]
-impl MessageHandler for Handler {
-    async fn handle(
-        &self,
-        _tx: &mut PgConnection,
-        msgs: &[&InboxMessage],
-    ) -> Result<(), HandlerError> {
-        for msg in msgs {
-            if msg.payload["boom"] == true {
-                panic!("handler bug");
-            }
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-        Ok(())
-    }
-}
 
 struct Running {
     _db: TestDb,
@@ -62,12 +39,7 @@ async fn start(
     consumer_amqp: message_table::amqp::AmqpConfig,
 ) -> Running {
     let db = TestDb::with_message_tables().await;
-    let handled = Arc::new(AtomicUsize::new(0));
-    let inbox = Inbox::new(
-        db.pool.clone(),
-        Arc::new(Handler(handled.clone())),
-        test_kit::fast_inbox(),
-    );
+    let (inbox, handled) = support::counting_inbox(&db.pool);
     let counters = inbox.counters();
     let queue = test_kit::unique_name("test.q");
     let name = test_kit::unique_name("test-consumer");
@@ -78,13 +50,7 @@ async fn start(
         &["k"],
         name.clone(),
     );
-    let connected = consumer.broker_link();
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(consumer.run(stop.clone()));
-    test_kit::eventually("consumer connected", Duration::from_secs(10), || async {
-        connected.is_connected().then_some(())
-    })
-    .await;
+    let (connected, stop, task) = support::run_connected(consumer).await;
     let publisher = TestQueue::bind(amqp, &["unused"]).await;
     Running {
         _db: db,
@@ -337,14 +303,9 @@ async fn poison_is_recorded_dead_with_its_reason_and_raw_body_and_does_not_block
 async fn hold_ack_commits_then_loses_the_ack_and_the_redelivered_copy_is_dropped() {
     let amqp = test_kit::test_amqp();
     let db = TestDb::with_message_tables().await;
-    let handled = Arc::new(AtomicUsize::new(0));
     let faults = message_table::faults::Faults::on();
-    let inbox = Inbox::new(
-        db.pool.clone(),
-        Arc::new(Handler(handled.clone())),
-        test_kit::fast_inbox(),
-    )
-    .with_faults(faults.clone());
+    let (inbox, handled) = support::counting_inbox(&db.pool);
+    let inbox = inbox.with_faults(faults.clone());
     let counters = inbox.counters();
     let queue = test_kit::unique_name("test.q");
     let consumer = InboxConsumer::new(
@@ -354,13 +315,7 @@ async fn hold_ack_commits_then_loses_the_ack_and_the_redelivered_copy_is_dropped
         &["k"],
         test_kit::unique_name("test-consumer"),
     );
-    let connected = consumer.broker_link();
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(consumer.run(stop.clone()));
-    test_kit::eventually("consumer connected", Duration::from_secs(10), || async {
-        connected.is_connected().then_some(())
-    })
-    .await;
+    let (_, stop, task) = support::run_connected(consumer).await;
     let publisher = TestQueue::bind(&amqp, &["unused"]).await;
 
     faults.set(message_table::faults::Switch::HoldAck, 1);

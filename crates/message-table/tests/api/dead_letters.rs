@@ -10,42 +10,19 @@ use std::{
     time::Duration,
 };
 
-use async_trait::async_trait;
 use futures::StreamExt;
 use lapin::{
-    options::{
-        BasicConsumeOptions, BasicNackOptions, BasicQosOptions, QueueDeclareOptions,
-        QueueDeleteOptions,
-    },
+    options::{BasicConsumeOptions, BasicNackOptions, BasicQosOptions, QueueDeleteOptions},
     types::{FieldTable, ShortString},
 };
 use message_table::{
     amqp::{self, AmqpConfig},
-    inbox::{
-        self, HandlerError, Inbox, InboxMessage, InboxStatus, MessageHandler,
-        consumer::InboxConsumer, retry_sweeper::RetrySweeper,
-    },
+    inbox::{self, InboxStatus, consumer::InboxConsumer, retry_sweeper::RetrySweeper},
 };
-use sqlx::PgConnection;
 use test_kit::{TestDb, TestQueue};
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::support::props;
-
-struct Counting(Arc<AtomicUsize>);
-
-#[async_trait]
-impl MessageHandler for Counting {
-    async fn handle(
-        &self,
-        _tx: &mut PgConnection,
-        msgs: &[&InboxMessage],
-    ) -> Result<(), HandlerError> {
-        self.0.fetch_add(msgs.len(), Ordering::SeqCst);
-        Ok(())
-    }
-}
+use crate::support::{self, props};
 
 /// A consumer that crashes on every message: takes it and hands it back, each time, and
 /// counts the deliveries.
@@ -85,12 +62,7 @@ async fn a_message_over_the_delivery_limit_ends_dead_with_the_brokers_reason_and
         ..test_kit::test_amqp()
     };
     let db = TestDb::with_message_tables().await;
-    let handled = Arc::new(AtomicUsize::new(0));
-    let inbox = Inbox::new(
-        db.pool.clone(),
-        Arc::new(Counting(handled.clone())),
-        test_kit::fast_inbox(),
-    );
+    let (inbox, handled) = support::counting_inbox(&db.pool);
     let queue = test_kit::unique_name("test.q");
     let consumer = InboxConsumer::new(
         inbox.clone(),
@@ -101,13 +73,7 @@ async fn a_message_over_the_delivery_limit_ends_dead_with_the_brokers_reason_and
     );
     // Only the dead-letter consumer runs: the service's queue is taken by one that crashes.
     let dead_letters = consumer.dead_letters(test_kit::unique_name("test/dead-letters"));
-    let link = dead_letters.broker_link();
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(dead_letters.run(stop.clone()));
-    test_kit::eventually("dead letters consumed", Duration::from_secs(10), || async {
-        link.is_connected().then_some(())
-    })
-    .await;
+    let (_, stop, task) = support::run_connected(dead_letters).await;
     let deliveries = Arc::new(AtomicUsize::new(0));
     crashing_consumer(&amqp, &queue, deliveries.clone()).await;
 
@@ -174,25 +140,7 @@ async fn dead_lettering_is_at_least_once_a_dead_letter_with_nowhere_to_go_is_kep
             args.insert(k.clone(), v.clone());
         }
     }
-    channel
-        .queue_declare(
-            ShortString::from(control.as_str()),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            args,
-        )
-        .await
-        .unwrap();
-    channel
-        .queue_bind(
-            ShortString::from(control.as_str()),
-            ShortString::from(amqp.exchange.as_str()),
-            ShortString::from("c"),
-            Default::default(),
-            FieldTable::default(),
-        )
+    amqp::declare_queue_with(&channel, &amqp, &control, &["c"], args)
         .await
         .unwrap();
     // The dead-letter exchange now routes nowhere, for either queue.
@@ -265,19 +213,15 @@ async fn broker_log() -> String {
 
 /// (ready, messages) of `queue` as `rabbitmqctl list_queues` reports them.
 async fn queue_counts(queue: &str) -> (u64, u64) {
-    let out = tokio::process::Command::new("rabbitmqctl")
-        .args([
-            "list_queues",
-            "-q",
-            "--no-table-headers",
-            "name",
-            "messages_ready",
-            "messages",
-        ])
-        .output()
-        .await
-        .expect("run rabbitmqctl (RabbitMQ must run on this machine)");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let text = test_kit::rabbitmqctl(&[
+        "list_queues",
+        "-q",
+        "--no-table-headers",
+        "name",
+        "messages_ready",
+        "messages",
+    ])
+    .await;
     text.lines()
         .filter_map(|l| {
             let mut cols = l.split('\t');

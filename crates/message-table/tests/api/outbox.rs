@@ -3,10 +3,6 @@
 
 use std::{collections::HashSet, time::Duration};
 
-use lapin::{
-    options::{QueueBindOptions, QueueDeclareOptions},
-    types::{AMQPValue, FieldTable, LongString, ShortString},
-};
 use message_table::outbox::{
     self, NewMessage, OutboxConfig, OutboxStatus,
     relay::{PublishFailure, PublishOutcome, Relay, RelayReport, Relays},
@@ -224,36 +220,12 @@ async fn refusing_queue(
     key: &str,
 ) -> (String, lapin::Connection) {
     let full = test_kit::unique_name("test.full");
-    let mut args = FieldTable::default();
-    args.insert(ShortString::from("x-max-length"), AMQPValue::LongLongInt(0));
-    args.insert(
-        ShortString::from("x-overflow"),
-        AMQPValue::LongString(LongString::from("reject-publish")),
-    );
-    args.insert(
-        ShortString::from("x-expires"),
-        AMQPValue::LongLongInt(120_000),
-    );
     let conn = message_table::amqp::connect(amqp, "test-full-queue")
         .await
         .unwrap();
     let channel = conn.create_channel().await.unwrap();
-    channel
-        .queue_declare(
-            ShortString::from(full.as_str()),
-            QueueDeclareOptions::default(),
-            args,
-        )
-        .await
-        .unwrap();
-    channel
-        .queue_bind(
-            ShortString::from(full.as_str()),
-            ShortString::from(amqp.exchange.as_str()),
-            ShortString::from(key),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
+    let args = message_table::amqp::refusing_queue_arguments(amqp);
+    message_table::amqp::declare_queue_with(&channel, amqp, &full, &[key], args)
         .await
         .unwrap();
     (full, conn)
@@ -296,7 +268,7 @@ async fn once_the_broker_confirms_again_the_rows_it_refused_are_due_at_once() {
     // The broker accepts again; a new message is confirmed.
     let channel = conn.create_channel().await.unwrap();
     channel
-        .queue_delete(ShortString::from(full.as_str()), Default::default())
+        .queue_delete(full.as_str().into(), Default::default())
         .await
         .unwrap();
     let queue = TestQueue::bind(&amqp, &[KEY]).await;

@@ -1,16 +1,28 @@
 //! What the mechanism's tests share: a database with the message tables the crate creates,
-//! plus one small business table of the tests' own, and a handler whose effect is a row in it.
+//! plus one small business table of the tests' own, a handler whose effect is a row in it,
+//! one that only counts, and a consumer started on its own task.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicU32, Ordering},
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU32, AtomicUsize, Ordering},
+    },
+    time::Duration,
 };
 
 use async_trait::async_trait;
-use message_table::inbox::{HandlerError, InboxMessage, InboxStatus, Incoming, MessageHandler};
+use message_table::{
+    amqp::BrokerLink,
+    inbox::{
+        HandlerError, Inbox, InboxMessage, InboxStatus, Incoming, MessageHandler,
+        consumer::InboxConsumer,
+    },
+};
 use serde_json::{Value, json};
 use sqlx::{PgConnection, PgPool};
 use test_kit::TestDb;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 /// The tests' business table: one row per handled message (`effects`), and `notes`, a table
@@ -80,6 +92,51 @@ impl MessageHandler for RecordingHandler {
         }
         Ok(())
     }
+}
+
+/// Counts the messages it handles; panics on a payload `{"boom": true}` (a handler bug).
+struct CountingHandler(Arc<AtomicUsize>);
+
+#[async_trait]
+impl MessageHandler for CountingHandler {
+    async fn handle(
+        &self,
+        _tx: &mut PgConnection,
+        msgs: &[&InboxMessage],
+    ) -> Result<(), HandlerError> {
+        for msg in msgs {
+            if msg.payload["boom"] == true {
+                panic!("handler bug");
+            }
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+}
+
+/// An inbox on `pool` whose handler is a [`CountingHandler`], and its count.
+pub fn counting_inbox(pool: &PgPool) -> (Inbox, Arc<AtomicUsize>) {
+    let handled = Arc::new(AtomicUsize::new(0));
+    let handler = Arc::new(CountingHandler(handled.clone()));
+    (
+        Inbox::new(pool.clone(), handler, test_kit::fast_inbox()),
+        handled,
+    )
+}
+
+/// Runs `consumer` on its own task and returns once it is connected: its link, the token
+/// that stops it, and its task.
+pub async fn run_connected(
+    consumer: InboxConsumer,
+) -> (BrokerLink, CancellationToken, JoinHandle<()>) {
+    let link = consumer.broker_link();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(consumer.run(stop.clone()));
+    test_kit::eventually("consumer connected", Duration::from_secs(10), || async {
+        link.is_connected().then_some(())
+    })
+    .await;
+    (link, stop, task)
 }
 
 /// A well-formed delivery with a fresh message id.

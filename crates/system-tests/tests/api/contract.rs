@@ -30,6 +30,19 @@ async fn pending(order_db: &PgPool) -> i64 {
         .expect("count pending orders")
 }
 
+/// The (id, status) rows `sql` selects, by id.
+async fn statuses<S>(db: &PgPool, sql: &'static str) -> BTreeMap<Uuid, S>
+where
+    S: Send + Unpin + for<'r> sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
+{
+    sqlx::query_as::<_, (Uuid, S)>(sql)
+        .fetch_all(db)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .into_iter()
+        .collect()
+}
+
 #[tokio::test]
 #[ignore = "run by scripts/contract-test.sh against its stack"]
 async fn the_two_databases_agree_after_the_contract_run() {
@@ -53,12 +66,7 @@ async fn the_two_databases_agree_after_the_contract_run() {
     );
 
     let orders: BTreeMap<Uuid, OrderStatus> =
-        sqlx::query_as::<_, (Uuid, OrderStatus)>("SELECT id, status FROM orders")
-            .fetch_all(&order_db)
-            .await
-            .expect("orders")
-            .into_iter()
-            .collect();
+        statuses(&order_db, "SELECT id, status FROM orders").await;
     assert!(!orders.is_empty(), "schemathesis placed orders");
     let without_outbox: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM orders o WHERE NOT EXISTS (SELECT 1 FROM outbox x WHERE x.id = o.message_id)",
@@ -69,12 +77,7 @@ async fn the_two_databases_agree_after_the_contract_run() {
     assert_eq!(without_outbox, 0, "no order without its outbox row");
 
     let payments: BTreeMap<Uuid, PaymentStatus> =
-        sqlx::query_as::<_, (Uuid, PaymentStatus)>("SELECT order_id, status FROM payments")
-            .fetch_all(&pay_db)
-            .await
-            .expect("payments")
-            .into_iter()
-            .collect();
+        statuses(&pay_db, "SELECT order_id, status FROM payments").await;
     let orphans: Vec<_> = payments
         .keys()
         .filter(|id| !orders.contains_key(id))

@@ -34,6 +34,11 @@ impl TestApp {
         req.send().await.expect("POST /buy")
     }
 
+    /// `GET path` on the service.
+    async fn get(&self, path: &str) -> reqwest::Result<reqwest::Response> {
+        self.http.get(format!("{}{path}", self.base)).send().await
+    }
+
     async fn count(&self, table: &str) -> i64 {
         sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
             .fetch_one(&self.db.pool)
@@ -60,9 +65,7 @@ async fn buy_writes_the_order_and_its_message_and_the_relay_publishes_it() {
     let message_id = body["message_id"].as_str().unwrap().to_string();
 
     let order: Value = app
-        .http
-        .get(format!("{}/orders/{order_id}", app.base))
-        .send()
+        .get(&format!("/orders/{order_id}"))
         .await
         .unwrap()
         .json()
@@ -358,12 +361,7 @@ async fn bad_requests_are_refused_with_json_errors_and_write_nothing() {
         ),
         ("/no/such/route", StatusCode::NOT_FOUND, "not_found"),
     ] {
-        let res = app
-            .http
-            .get(format!("{}{path}", app.base))
-            .send()
-            .await
-            .unwrap();
+        let res = app.get(path).await.unwrap();
         assert_eq!(res.status(), status, "{path}");
         let err: Value = res.json().await.unwrap();
         assert_eq!(err["error"]["code"], code, "{path}");
@@ -383,20 +381,10 @@ async fn health_and_readiness() {
         ..live
     };
     let app = spawn_order(&amqp).await;
-    let health = app
-        .http
-        .get(format!("{}/healthz", app.base))
-        .send()
-        .await
-        .unwrap();
+    let health = app.get("/healthz").await.unwrap();
     assert_eq!(health.status(), StatusCode::OK);
     let ready: Value = test_kit::eventually("order ready", Duration::from_secs(10), || async {
-        let res = app
-            .http
-            .get(format!("{}/readyz", app.base))
-            .send()
-            .await
-            .ok()?;
+        let res = app.get("/readyz").await.ok()?;
         (res.status() == StatusCode::OK).then_some(())?;
         res.json().await.ok()
     })
@@ -407,27 +395,14 @@ async fn health_and_readiness() {
     let node = test_kit::broker_addr().to_string();
     for link in ["order/relay", "order/consumer", "order/dead-letters"] {
         let on = test_kit::eventually(link, Duration::from_secs(10), || async {
-            let res = app
-                .http
-                .get(format!("{}/readyz", app.base))
-                .send()
-                .await
-                .ok()?;
+            let res = app.get("/readyz").await.ok()?;
             let ready: Value = res.json().await.ok()?;
             ready["broker_links"][link].as_str().map(str::to_string)
         })
         .await;
         assert_eq!(on, node, "{link}");
     }
-    let metrics = app
-        .http
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.get("/metrics").await.unwrap().text().await.unwrap();
     assert!(
         metrics.contains(&format!(
             "amqp_connection_up{{link=\"order/consumer\",node=\"{node}\"}} 1"
