@@ -778,8 +778,6 @@ pub fn classify(
         .collect()
 }
 
-/// The `lose_confirms` teaching switch: each confirmed outcome it takes becomes a failure,
-/// retried like a timeout, so the row is published again (it was delivered already).
 /// How much of a window the broker refused, for [`Relay::catch_up`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
@@ -793,6 +791,7 @@ pub enum Refusal {
     NoneConfirmed,
 }
 
+/// Reads a window's outcomes as a [`Refusal`].
 pub fn refusal(outcomes: &[PublishOutcome]) -> Refusal {
     if outcomes.contains(&PublishOutcome::Confirmed) {
         return Refusal::SomeConfirmed;
@@ -817,6 +816,8 @@ pub fn refusal(outcomes: &[PublishOutcome]) -> Refusal {
     }
 }
 
+/// The `lose_confirms` teaching switch: each confirmed outcome it takes becomes a failure,
+/// retried like a timeout, so the row is published again (it was delivered already).
 fn lose_confirms(faults: &Faults, outcomes: &mut [PublishOutcome]) {
     for outcome in outcomes {
         if *outcome == PublishOutcome::Confirmed && faults.take(Switch::LoseConfirms) {
