@@ -796,18 +796,13 @@ pub fn refusal(outcomes: &[PublishOutcome]) -> Refusal {
     if outcomes.contains(&PublishOutcome::Confirmed) {
         return Refusal::SomeConfirmed;
     }
-    let brokers = |o: &PublishOutcome| {
-        matches!(
-            o,
-            PublishOutcome::Failed(
-                PublishFailure::Nacked
-                    | PublishFailure::ConfirmTimedOut
-                    | PublishFailure::PublishBlocked
-                    | PublishFailure::PublishFailed(_)
-                    | PublishFailure::ConfirmFailed(_)
-                    | PublishFailure::NoChannel(_)
-            )
-        )
+    // The broker's trouble: a suspect channel, a nack, or no channel at all.
+    let brokers = |o: &PublishOutcome| match o {
+        PublishOutcome::Failed(f) => {
+            f.must_drop_channel()
+                || matches!(f, PublishFailure::Nacked | PublishFailure::NoChannel(_))
+        }
+        PublishOutcome::Confirmed => false,
     };
     if !outcomes.is_empty() && outcomes.iter().all(brokers) {
         Refusal::Whole
