@@ -63,7 +63,7 @@ pub(crate) async fn pool(cfg: &Config) -> anyhow::Result<PgPool> {
 /// app down gracefully (handlers in flight finish, their deliveries are acked).
 pub(crate) async fn serve(cfg: &Config, running: RunningApp) -> anyhow::Result<()> {
     let router = Router::new()
-        .route("/readyz", get(readyz))
+        .route("/readyz", get(readyz).fallback(method_not_allowed))
         .fallback(not_found)
         .with_state(running.health());
     let listener = TcpListener::bind(cfg.addr).await?;
@@ -102,6 +102,14 @@ async fn readyz(State(health): State<HealthProbe>) -> (StatusCode, Json<Value>) 
 
 fn unavailable(message: String) -> (StatusCode, Json<Value>) {
     error(StatusCode::SERVICE_UNAVAILABLE, "not_ready", message)
+}
+
+async fn method_not_allowed() -> (StatusCode, Json<Value>) {
+    error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "GET only".into(),
+    )
 }
 
 async fn not_found() -> (StatusCode, Json<Value>) {

@@ -295,10 +295,35 @@ async fn every_order_is_paid_once_and_a_duplicate_delivery_changes_nothing() {
     assert_paid_once(&peer, &written).await;
 }
 
+/// `GET` `path` (or `POST` when `post`) on `base`: the status and the JSON body.
+async fn call(base: &str, path: &str, post: bool) -> (u16, serde_json::Value) {
+    let client = reqwest::Client::new();
+    let url = format!("{base}{path}");
+    let request = if post {
+        client.post(url)
+    } else {
+        client.get(url)
+    };
+    let response = request.send().await.expect("the peer answers");
+    let status = response.status().as_u16();
+    (status, response.json().await.expect("a JSON body"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn classic_queues_carry_the_same_flow() {
     let _pair = ONE_PAIR.lock().await;
     let mut peer = Peer::start("classic").await;
+    for process in [&peer.pay, &peer.order] {
+        let (status, body) = call(&process.base, "/readyz", false).await;
+        assert_eq!((status, &body["status"]), (200, &"ready".into()));
+        let (status, body) = call(&process.base, "/readyz", true).await;
+        assert_eq!(
+            (status, &body["error"]["code"]),
+            (405, &"method_not_allowed".into())
+        );
+        let (status, body) = call(&process.base, "/nothing", false).await;
+        assert_eq!((status, &body["error"]["code"]), (404, &"not_found".into()));
+    }
     let written = peer.write(40).await;
     peer.settled().await;
     peer.stop().await;
