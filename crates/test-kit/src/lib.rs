@@ -477,6 +477,14 @@ impl TestQueue {
         }
     }
 
+    /// Deletes `queue` (gone already is fine): for queues declared without an expiry.
+    pub async fn delete_queue(&self, queue: &str) {
+        let _ = self
+            .channel
+            .queue_delete(queue.into(), Default::default())
+            .await;
+    }
+
     /// Deletes the exchange: for tests whose services (real binaries) declare a durable
     /// exchange that the broker would otherwise keep.
     pub async fn delete_exchange(&self, amqp: &AmqpConfig) {

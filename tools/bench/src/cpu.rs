@@ -29,7 +29,7 @@ use crate::{
     generator::{self, Generated, Writer},
     report::{Row, share},
     scenarios,
-    stack::Stack,
+    stack::{Stack, System},
 };
 
 /// The quiet window before the load: the shared processes' rate without this stack's work.
@@ -290,7 +290,7 @@ impl Costs {
 /// order is settled: every part's CPU per order.
 pub async fn measure(rate: f64, duration: Duration) -> Costs {
     let label = format!("cpu {rate}/s");
-    let mut stack = Stack::running().await;
+    let mut stack = Stack::running(System::This).await;
     stack.start_gateway().await;
     let writer = Writer::http(&format!("{}/order", stack.gateway_url()));
     let port = |url: &str, default| {
@@ -335,7 +335,7 @@ pub async fn measure(rate: f64, duration: Duration) -> Costs {
     tokio::time::sleep(IDLE).await;
     let start = Snapshot::take(&watched, &stack.order_db.pool).await;
     eprintln!("    [{label}] {:.0} s of load", duration.as_secs_f64());
-    let load = generator::at_rate(&writer, rate, duration).await;
+    let load = generator::at_rate(&writer, rate, duration, generator::Arrivals::from_env()).await;
     scenarios::watch(&stack, &label, load.written, Instant::now()).await;
     let end = Snapshot::take(&watched, &stack.order_db.pool).await;
     stack.finish().await;

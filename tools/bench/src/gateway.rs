@@ -11,7 +11,11 @@ use std::{
 
 use futures::StreamExt;
 
-use crate::{generator::Writer, stack::Stack, stats};
+use crate::{
+    generator::Writer,
+    stack::{Stack, System},
+    stats,
+};
 
 /// One way in, its rates per round and its latencies over all rounds.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -41,7 +45,7 @@ impl Overhead {
 
 /// `rounds` rounds of `requests` GETs at `concurrency` through each way in.
 pub async fn overhead(rounds: usize, requests: usize, concurrency: usize, dir: &Path) -> Overhead {
-    let mut stack = Stack::running().await;
+    let mut stack = Stack::running(System::This).await;
     stack.start_gateway().await;
     let writer = Writer::http(stack.order_url());
     writer.write(0).await;

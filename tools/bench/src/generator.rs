@@ -45,6 +45,8 @@ pub async fn seed_accounts(pay: &PgPool) {
 pub enum Writer {
     /// order's own transaction, run by the generator on order's database.
     Direct(PgPool, Wakeup),
+    /// The peer's order transaction (RustStream's outbox), on the peer's order database.
+    Peer(PgPool),
     /// `POST {base}/buy` (order itself, or `/order` through a proxy).
     Http {
         client: reqwest::Client,
@@ -55,11 +57,7 @@ pub enum Writer {
 impl Writer {
     /// A direct writer with a pool big enough for `producers` at once.
     pub async fn direct(database_url: &str, producers: usize) -> Self {
-        let pool = PgPoolOptions::new()
-            .max_connections(producers as u32)
-            .connect(database_url)
-            .await
-            .expect("connect to order's database");
+        let pool = pool(database_url, producers).await;
         // BENCH_NOTIFY_INSIDE=1: every direct writer NOTIFYs inside its transaction, to
         // compare whole scenarios with and without that (`POST /buy` is not affected).
         let wakeup = match std::env::var("BENCH_NOTIFY_INSIDE").as_deref() {
@@ -78,6 +76,11 @@ impl Writer {
         }
     }
 
+    /// A writer of the peer's orders with a pool big enough for `producers` at once.
+    pub async fn peer(database_url: &str, producers: usize) -> Self {
+        Writer::Peer(pool(database_url, producers).await)
+    }
+
     pub fn http(base: &str) -> Self {
         Writer::Http {
             client: reqwest::Client::new(),
@@ -87,7 +90,7 @@ impl Writer {
 
     pub fn label(&self) -> &'static str {
         match self {
-            Writer::Direct(..) => "into the database",
+            Writer::Direct(..) | Writer::Peer(_) => "into the database",
             Writer::Http { .. } => "POST /buy",
         }
     }
@@ -101,6 +104,9 @@ impl Writer {
             Writer::Direct(pool, wakeup) => order_transaction(pool, *wakeup, &user, amount)
                 .await
                 .is_ok(),
+            Writer::Peer(pool) => peer_ruststream::write_order(pool, &user, amount)
+                .await
+                .is_ok(),
             Writer::Http { client, url } => client
                 .post(url)
                 .json(&json!({ "user_id": user, "item": "bench", "amount_cents": amount }))
@@ -109,6 +115,14 @@ impl Writer {
                 .is_ok_and(|r| r.status() == reqwest::StatusCode::CREATED),
         }
     }
+}
+
+async fn pool(database_url: &str, producers: usize) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(producers as u32)
+        .connect(database_url)
+        .await
+        .expect("connect to order's database")
 }
 
 /// A new order's id and its `OrderCreated` message, as `POST /buy` writes it.
@@ -236,18 +250,72 @@ pub async fn backlog(writer: &Writer, producers: usize, total: usize) -> Generat
     .await
 }
 
-/// One order every `1/rate` s for `duration`, each in its own task, so a slow write does not
-/// delay the next one (an open-loop load: the schedule, not the system, sets the pace).
-pub async fn at_rate(writer: &Writer, rate: f64, duration: Duration) -> Generated {
+/// How the orders of a rate are spread in time.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub enum Arrivals {
+    /// Independent arrivals (exponential gaps of mean `1/rate`), as real traffic comes: bursts
+    /// and lulls. The default.
+    Poisson,
+    /// One order every `1/rate` s exactly (`BENCH_ARRIVALS=even`).
+    Even,
+}
+
+impl Arrivals {
+    /// `BENCH_ARRIVALS` (`poisson`, the default, or `even`).
+    pub fn from_env() -> Self {
+        match std::env::var("BENCH_ARRIVALS").as_deref() {
+            Ok("even") => Arrivals::Even,
+            Ok("poisson") | Err(_) => Arrivals::Poisson,
+            Ok(other) => panic!("BENCH_ARRIVALS={other}: poisson or even"),
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Arrivals::Poisson => "Poisson",
+            Arrivals::Even => "even",
+        }
+    }
+
+    /// When each of the orders of `rate` over `duration` is written, as offsets from the
+    /// start. The same rate and duration give the same schedule in every run (a fixed
+    /// seed), so two systems measured one after the other get the same timestamps.
+    pub fn schedule(self, rate: f64, duration: Duration) -> Vec<Duration> {
+        use rand::{Rng, SeedableRng};
+        let total = (rate * duration.as_secs_f64()).round() as usize;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(rate.to_bits());
+        let mut at = 0.0;
+        (0..total)
+            .map(|i| match self {
+                Arrivals::Even => Duration::from_secs_f64(i as f64 / rate),
+                Arrivals::Poisson => {
+                    let offset = Duration::from_secs_f64(at);
+                    // Inverse transform: 1 - U is in (0, 1], so the log is finite.
+                    at += -(1.0 - rng.random::<f64>()).ln() / rate;
+                    offset
+                }
+            })
+            .collect()
+    }
+}
+
+/// Orders on `arrivals`' schedule at `rate` for `duration`, each in its own task, so a slow
+/// write does not delay the next one (an open-loop load: the schedule, not the system, sets
+/// the pace).
+pub async fn at_rate(
+    writer: &Writer,
+    rate: f64,
+    duration: Duration,
+    arrivals: Arrivals,
+) -> Generated {
     run(writer, Some(rate), |writer, failed| {
         let writer = writer.clone();
         async move {
-            let total = (rate * duration.as_secs_f64()).round() as usize;
-            let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let schedule = arrivals.schedule(rate, duration);
+            let start = tokio::time::Instant::now();
             let mut tasks = tokio::task::JoinSet::new();
-            for i in 0..total {
-                tick.tick().await;
+            for (i, offset) in schedule.iter().enumerate() {
+                tokio::time::sleep_until(start + *offset).await;
                 let (writer, failed) = (writer.clone(), failed.clone());
                 tasks.spawn(async move {
                     if !writer.write(i).await {
@@ -256,7 +324,7 @@ pub async fn at_rate(writer: &Writer, rate: f64, duration: Duration) -> Generate
                 });
             }
             tasks.join_all().await;
-            total
+            schedule.len()
         }
     })
     .await
@@ -306,5 +374,37 @@ where
         secs,
         achieved_per_sec: written as f64 / secs,
         cpu_share_of_one_core: cpu / secs,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn poisson_arrivals_keep_the_rate_and_are_the_same_in_every_run() {
+        let (rate, duration) = (200.0, Duration::from_secs(50));
+        let schedule = Arrivals::Poisson.schedule(rate, duration);
+        assert_eq!(schedule.len(), 10_000);
+        assert_eq!(schedule, Arrivals::Poisson.schedule(rate, duration));
+        assert!(schedule.windows(2).all(|w| w[0] <= w[1]));
+        let gaps: Vec<f64> = schedule
+            .windows(2)
+            .map(|w| (w[1] - w[0]).as_secs_f64())
+            .collect();
+        let mean = gaps.iter().sum::<f64>() / gaps.len() as f64;
+        // 10,000 exponential gaps: the mean is within 5% of 1/rate (its standard error is 1%).
+        assert!((mean * rate - 1.0).abs() < 0.05, "mean gap {mean}");
+        // Bursty: exponential gaps have a standard deviation equal to their mean; even ones 0.
+        let sd = (gaps.iter().map(|g| (g - mean).powi(2)).sum::<f64>() / gaps.len() as f64).sqrt();
+        assert!((sd / mean - 1.0).abs() < 0.1, "sd/mean {}", sd / mean);
+    }
+
+    #[test]
+    fn even_arrivals_are_evenly_spaced() {
+        let schedule = Arrivals::Even.schedule(100.0, Duration::from_secs(1));
+        assert_eq!(schedule.len(), 100);
+        assert_eq!(schedule[1], Duration::from_millis(10));
+        assert_eq!(schedule[99], Duration::from_millis(990));
     }
 }

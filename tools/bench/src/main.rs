@@ -17,6 +17,9 @@
 //! `BENCH_SECTIONS` (default all: `ceilings,drain,steady,max,halves,gateway,takeover,queue_type,cpu`)
 //! picks sections. Every section runs on quorum queues (the services' default) except where
 //! queue_type compares them with classic ones.
+//! `BENCH_PEERS=none` leaves the peer (RustStream) out; `BENCH_RATES` (comma-separated orders
+//! per second) replaces the sweep's rates; `BENCH_ARRIVALS=even` spaces orders evenly instead
+//! of Poisson arrivals.
 //! `BENCH_OUT` is the results folder (scripts/bench.sh: `.run/bench/<timestamp>`).
 
 mod ceilings;
@@ -33,6 +36,7 @@ use std::{path::PathBuf, time::Duration};
 
 use report::{Row, share};
 use scenarios::{Entry, PRODUCERS};
+use stack::System;
 use serde_json::{Value, json};
 
 /// Sizes of one run.
@@ -42,8 +46,10 @@ struct Plan {
     ceiling_secs: u64,
     broker_messages: usize,
     broker_window: usize,
-    /// The first size is the headline (`rounds` rounds); the others run once.
+    /// The first size is the headline (`rounds` rounds, both systems); the others run once,
+    /// on this system: how the cost of a message grows with the backlog.
     drain: Vec<usize>,
+    /// The sweep's rates, lowest first.
     steady: Vec<f64>,
     steady_secs: u64,
     max_secs: u64,
@@ -60,8 +66,8 @@ impl Plan {
             ceiling_secs: 5,
             broker_messages: 20_000,
             broker_window: 256,
-            drain: vec![20_000, 100_000],
-            steady: vec![200.0, 1_000.0],
+            drain: vec![20_000, 200_000, 1_000_000],
+            steady: vec![100.0, 200.0, 500.0, 1_000.0, 2_000.0],
             steady_secs: 20,
             max_secs: 20,
             halves_messages: 5_000,
@@ -195,35 +201,86 @@ async fn ceilings(plan: &Plan, run: &mut Run) {
     );
 }
 
+/// `ours / theirs` as "1.23× RustStream's".
+fn versus(ours: f64, theirs: f64) -> String {
+    format!("{:.2}× {}'s", ours / theirs, System::RustStream.name())
+}
+
 async fn drain(plan: &Plan, run: &mut Run) {
+    let mut headline = None;
     for (i, &orders) in plan.drain.iter().enumerate() {
-        let rounds = if i == 0 { plan.rounds } else { 1 };
+        // The first size is measured on both systems, round after round, the order
+        // alternating; the larger ones on this system alone, once: how the cost of a
+        // message grows with the backlog.
+        let (rounds, systems) = if i == 0 {
+            (plan.rounds, System::measured(2))
+        } else {
+            (1, System::measured(1))
+        };
         section(&format!(
-            "drain: {orders} orders written into order's database, then order (relay + inbox) started; {rounds} round(s)"
+            "drain: {orders} orders written into order's database, then order (relay + inbox) started; {rounds} round(s) of {}",
+            systems.iter().map(|s| s.name()).collect::<Vec<_>>().join(", ")
         ));
-        let mut results = Vec::new();
-        for _ in 0..rounds {
-            results.push(scenarios::drain(orders).await);
+        let mut results: Vec<scenarios::Drain> = Vec::new();
+        for round in 0..rounds {
+            for k in 0..systems.len() {
+                let system = systems[(k + round) % systems.len()];
+                results.push(scenarios::drain(system, orders).await);
+            }
         }
-        let hop = stats::median(&results.iter().map(|d| d.hop_per_sec).collect::<Vec<_>>());
-        let rt = stats::median(
-            &results
-                .iter()
-                .map(|d| d.round_trip_per_sec)
-                .collect::<Vec<_>>(),
-        );
+        let medians = |system: System| {
+            let of = |f: fn(&scenarios::Drain) -> f64| {
+                let v: Vec<f64> = results.iter().filter(|d| d.system == system).map(f).collect();
+                stats::median(&v)
+            };
+            (of(|d| d.hop_per_sec), of(|d| d.round_trip_per_sec))
+        };
         let broker = run.broker();
         let label = |s: &str| format!("{orders} orders, {s} (median of {rounds})");
-        run.rows.push(
-            Row::new("drain", label("one hop"), per_sec(hop))
-                .ratio(Run::of(broker, hop, "broker ceiling"))
-                .target("≥ 2,500/s", hop >= 2_500.0),
-        );
-        run.rows.push(
-            Row::new("drain", label("round trip (PAID)"), per_sec(rt))
-                .ratio(Run::of(broker, rt, "broker ceiling"))
-                .target("≥ 1,500/s", rt >= 1_500.0),
-        );
+        let (hop, rt) = medians(System::This);
+        let peer = systems
+            .contains(&System::RustStream)
+            .then(|| medians(System::RustStream));
+        let mut hop_row = Row::new("drain", label("one hop"), per_sec(hop))
+            .ratio(Run::of(broker, hop, "broker ceiling"));
+        let mut rt_row = Row::new("drain", label("round trip (PAID)"), per_sec(rt))
+            .ratio(Run::of(broker, rt, "broker ceiling"));
+        match (headline, peer) {
+            (None, Some((peer_hop, peer_rt))) => {
+                hop_row = hop_row
+                    .ratio(versus(hop, peer_hop))
+                    .target("≥ 2× RustStream", hop >= 2.0 * peer_hop);
+                rt_row = rt_row
+                    .ratio(versus(rt, peer_rt))
+                    .target("≥ 2× RustStream", rt >= 2.0 * peer_rt);
+                run.rows.push(hop_row);
+                run.rows.push(rt_row);
+                let label = |s: &str| format!("{orders} orders, RustStream, {s} (median of {rounds})");
+                run.rows.push(
+                    Row::new("drain", label("one hop"), per_sec(peer_hop))
+                        .ratio(Run::of(broker, peer_hop, "broker ceiling")),
+                );
+                run.rows.push(
+                    Row::new("drain", label("round trip (PAID)"), per_sec(peer_rt))
+                        .ratio(Run::of(broker, peer_rt, "broker ceiling")),
+                );
+            }
+            (Some((first, first_hop)), _) => {
+                // The backlog's growth: the rate kept against the smallest backlog's.
+                let kept = hop / first_hop;
+                hop_row = hop_row.ratio(format!("{:.2}× the {first} backlog's rate", kept));
+                if orders >= 1_000_000 {
+                    hop_row = hop_row.target("≥ 0.8× the smallest backlog's", kept >= 0.8);
+                }
+                run.rows.push(hop_row);
+                run.rows.push(rt_row);
+            }
+            (None, None) => {
+                run.rows.push(hop_row);
+                run.rows.push(rt_row);
+            }
+        }
+        headline = headline.or(Some((orders, hop)));
         let backlog = &results[0].backlog;
         run.rows.push(generator_row(
             &format!("drain {orders}: backlog writer"),
@@ -252,96 +309,247 @@ fn generator_row(what: &str, g: &generator::Generated) -> Row {
     ))
 }
 
+/// The steady rate whose figures are the headline: its rounds' median, and its latency plot.
+const HEADLINE_RATE: f64 = 200.0;
+
+/// The sweep: each rate on each system (the headline rate `plan.rounds` times, alternating
+/// which system goes first; the others once), until a system falls behind (it then skips the
+/// higher rates). Every order's latency, read from the databases.
 async fn steady(plan: &Plan, run: &mut Run) {
+    let arrivals = generator::Arrivals::from_env();
+    let mut saturated_at: Vec<(System, f64)> = Vec::new();
     for &rate in &plan.steady {
-        section(&format!(
-            "steady: {rate:.0} orders/s into order's database for {} s; latency of every order",
-            plan.steady_secs
-        ));
-        let s = scenarios::steady(rate, Duration::from_secs(plan.steady_secs)).await;
-        let pct = |ms: &[f64], p| stats::percentile(ms, p);
-        let (hop50, hop99) = (pct(&s.hop_ms, 50.0), pct(&s.hop_ms, 99.0));
-        let (rt50, rt99) = (pct(&s.round_trip_ms, 50.0), pct(&s.round_trip_ms, 99.0));
-        let load = Run::of(run.order_tx, rate, "order-transaction ceiling");
-        let headline = rate == 200.0;
-        let mut hop = Row::new(
-            "steady",
-            format!("{rate:.0}/s: one hop p50 / p99"),
-            format!("{hop50:.1} / {hop99:.1} ms"),
-        )
-        .ratio(format!("load {load}"));
-        let mut rt = Row::new(
-            "steady",
-            format!("{rate:.0}/s: round trip p50 / p99"),
-            format!("{rt50:.1} / {rt99:.1} ms"),
-        );
-        if headline {
-            hop = hop.target("p99 ≤ 5 ms", hop99 <= 5.0);
-            rt = rt.target("p99 ≤ 15 ms", rt99 <= 15.0);
+        let systems: Vec<System> = System::measured(2)
+            .into_iter()
+            .filter(|s| !saturated_at.iter().any(|(t, _)| t == s))
+            .collect();
+        if systems.is_empty() {
+            break;
         }
-        run.rows.push(hop);
-        run.rows.push(rt);
-        run.rows
-            .push(generator_row(&format!("steady {rate:.0}/s"), &s.load));
+        let rounds = if rate == HEADLINE_RATE { plan.rounds } else { 1 };
+        section(&format!(
+            "steady: {rate:.0} orders/s ({} arrivals) into order's database for {} s; latency of every order; {rounds} round(s) of {}",
+            arrivals.label(),
+            plan.steady_secs,
+            systems.iter().map(|s| s.name()).collect::<Vec<_>>().join(", ")
+        ));
+        let mut results: Vec<scenarios::Steady> = Vec::new();
+        for round in 0..rounds {
+            for k in 0..systems.len() {
+                let system = systems[(k + round) % systems.len()];
+                let duration = Duration::from_secs(plan.steady_secs);
+                results.push(scenarios::steady(system, rate, duration, arrivals).await);
+            }
+        }
+        let figures = |system: System| -> Option<[f64; 4]> {
+            let mine: Vec<&scenarios::Steady> =
+                results.iter().filter(|s| s.system == system).collect();
+            if mine.is_empty() {
+                return None;
+            }
+            let med = |ms: fn(&scenarios::Steady) -> &[f64], p: f64| {
+                let v: Vec<f64> = mine.iter().map(|s| stats::percentile(ms(s), p)).collect();
+                stats::median(&v)
+            };
+            Some([
+                med(|s| &s.hop_ms, 50.0),
+                med(|s| &s.hop_ms, 99.0),
+                med(|s| &s.round_trip_ms, 50.0),
+                med(|s| &s.round_trip_ms, 99.0),
+            ])
+        };
+        let peer = figures(System::RustStream);
+        let load = Run::of(run.order_tx, rate, "order-transaction ceiling");
+        for system in &systems {
+            let Some(f) = figures(*system) else { continue };
+            let fell_behind = results
+                .iter()
+                .any(|s| s.system == *system && s.saturated());
+            let what = |s: &str| {
+                format!(
+                    "{rate:.0}/s {}, {}: {s} (median of {rounds}){}",
+                    arrivals.label(),
+                    system.name(),
+                    if fell_behind { ", fell behind" } else { "" }
+                )
+            };
+            let mut hop = Row::new(
+                "steady",
+                what("one hop p50 / p99"),
+                format!("{:.1} / {:.1} ms", f[0], f[1]),
+            );
+            let mut rt = Row::new(
+                "steady",
+                what("round trip p50 / p99"),
+                format!("{:.1} / {:.1} ms", f[2], f[3]),
+            );
+            match (system, peer) {
+                (System::This, Some(p)) => {
+                    hop = hop.ratio(format!(
+                        "p50 {}, p99 {}",
+                        versus(f[0], p[0]),
+                        versus(f[1], p[1])
+                    ));
+                    rt = rt.ratio(format!(
+                        "p50 {}, p99 {}",
+                        versus(f[2], p[2]),
+                        versus(f[3], p[3])
+                    ));
+                    hop = if rate == HEADLINE_RATE {
+                        hop.target("p99 ≤ ½ RustStream's", f[1] <= p[1] / 2.0)
+                    } else {
+                        hop.target("p99 ≤ RustStream's", f[1] <= p[1])
+                    };
+                }
+                (System::This, None) => hop = hop.ratio(format!("load {load}")),
+                _ => {}
+            }
+            if *system == System::This && rate == 1_000.0 {
+                hop = hop.target("p99 ≤ 20 ms", f[1] <= 20.0);
+            }
+            run.rows.push(hop);
+            run.rows.push(rt);
+            if fell_behind {
+                saturated_at.push((*system, rate));
+            }
+        }
+        run.rows.push(generator_row(
+            &format!("steady {rate:.0}/s"),
+            &results[0].load,
+        ));
         run.raw(
             &format!("steady_{rate:.0}"),
-            json!({ "load": s.load, "hop_ms": { "p50": hop50, "p99": hop99 }, "round_trip_ms": { "p50": rt50, "p99": rt99 } }),
+            results
+                .iter()
+                .map(|s| {
+                    let pct = |ms: &[f64], p| stats::percentile(ms, p);
+                    json!({
+                        "system": s.system, "arrivals": s.arrivals, "load": s.load, "reached": s.reached,
+                        "hop_ms": { "p50": pct(&s.hop_ms, 50.0), "p99": pct(&s.hop_ms, 99.0) },
+                        "round_trip_ms": { "p50": pct(&s.round_trip_ms, 50.0), "p99": pct(&s.round_trip_ms, 99.0) },
+                    })
+                })
+                .collect::<Vec<_>>(),
         );
-        run.steady.push(s);
+        run.steady.extend(results);
+    }
+    for (system, rate) in saturated_at {
+        run.rows.push(Row::new(
+            "steady",
+            format!("{}: fell behind at", system.name()),
+            format!("{rate:.0}/s (higher rates skipped)"),
+        ));
     }
 }
 
 async fn max(plan: &Plan, run: &mut Run) {
-    for entry in [Entry::Database, Entry::Gateway] {
+    // Into the database on both systems, alternating; through the gateway once, on this
+    // system: it is there for the footprint of every service.
+    for (entry, systems) in [
+        (Entry::Database, System::measured(2)),
+        (Entry::Gateway, System::measured(1)),
+    ] {
         let how = match entry {
             Entry::Database => "into the database",
             Entry::Gateway => "POST /buy via the gateway",
         };
-        section(&format!(
-            "max: {PRODUCERS} producers flat out for {} s ({how}), then until drained",
-            plan.max_secs
-        ));
-        // Through the gateway once: it is there for the footprint of every service.
         let rounds = match entry {
             Entry::Database => plan.rounds,
             Entry::Gateway => 1,
         };
-        let mut results = Vec::new();
-        for _ in 0..rounds {
-            results.push(scenarios::max(entry, Duration::from_secs(plan.max_secs)).await);
+        section(&format!(
+            "max: {PRODUCERS} producers flat out for {} s ({how}), then until drained; {rounds} round(s) of {}",
+            plan.max_secs,
+            systems.iter().map(|s| s.name()).collect::<Vec<_>>().join(", ")
+        ));
+        let mut results: Vec<scenarios::Max> = Vec::new();
+        for round in 0..rounds {
+            for k in 0..systems.len() {
+                let system = systems[(k + round) % systems.len()];
+                let secs = Duration::from_secs(plan.max_secs);
+                results.push(scenarios::max(system, entry, secs).await);
+            }
         }
-        let handled = stats::median(
-            &results
-                .iter()
-                .map(|m| m.handled_per_sec)
-                .collect::<Vec<_>>(),
-        );
-        let e2e = stats::median(
-            &results
-                .iter()
-                .map(|m| m.end_to_end_per_sec)
-                .collect::<Vec<_>>(),
-        );
-        let label = |s: &str| format!("{how}: {s} (median of {rounds})");
+        let medians = |system: System| {
+            let of = |f: fn(&scenarios::Max) -> f64| {
+                let v: Vec<f64> = results.iter().filter(|m| m.system == system).map(f).collect();
+                stats::median(&v)
+            };
+            (of(|m| m.handled_per_sec), of(|m| m.end_to_end_per_sec))
+        };
+        let (handled, e2e) = medians(System::This);
+        let peer = systems
+            .contains(&System::RustStream)
+            .then(|| medians(System::RustStream));
         let ceiling = run.order_tx;
-        run.rows.push(
-            Row::new("max", label("handled while loaded"), per_sec(handled))
-                .ratio(Run::of(ceiling, handled, "order-transaction ceiling"))
-                .target("≥ 1,500/s", handled >= 1_500.0),
-        );
-        let drained = results.iter().all(|m| m.reached.round_trip_secs.is_some());
-        run.rows.push(
-            Row::new("max", label("end to end until drained"), per_sec(e2e))
-                .ratio(Run::of(ceiling, e2e, "order-transaction ceiling"))
-                .target("drains, ≥ 1,700/s", drained && e2e >= 1_700.0),
-        );
-        let last = results.last().expect("one round");
+        let drained = |system: System| {
+            results
+                .iter()
+                .filter(|m| m.system == system)
+                .all(|m| m.reached.round_trip_secs.is_some())
+        };
+        let label = |system: System, s: &str| {
+            format!("{how}, {}: {s} (median of {rounds})", system.name())
+        };
+        let mut handled_row = Row::new(
+            "max",
+            label(System::This, "handled while loaded"),
+            per_sec(handled),
+        )
+        .ratio(Run::of(ceiling, handled, "order-transaction ceiling"));
+        let mut e2e_row = Row::new(
+            "max",
+            label(System::This, "end to end until drained"),
+            per_sec(e2e),
+        )
+        .ratio(Run::of(ceiling, e2e, "order-transaction ceiling"));
+        if let Some((peer_handled, peer_e2e)) = peer {
+            let half_ceiling = ceiling.is_some_and(|c| handled >= 0.5 * c);
+            let of_ceiling = Run::of(ceiling, handled, "order-transaction ceiling");
+            let ratios = [versus(handled, peer_handled), of_ceiling];
+            handled_row = handled_row
+                .ratio(ratios.into_iter().filter(|r| !r.is_empty()).collect::<Vec<_>>().join(", "))
+                .target(
+                    "≥ 1.5× RustStream's and ≥ 50% of the ceiling",
+                    handled >= 1.5 * peer_handled && half_ceiling,
+                );
+            e2e_row = e2e_row
+                .ratio(versus(e2e, peer_e2e))
+                .target(
+                    "drains, ≥ 1.5× RustStream's",
+                    drained(System::This) && e2e >= 1.5 * peer_e2e,
+                );
+        }
+        run.rows.push(handled_row);
+        run.rows.push(e2e_row);
+        if let Some((peer_handled, peer_e2e)) = peer {
+            let rs = System::RustStream;
+            run.rows.push(
+                Row::new("max", label(rs, "handled while loaded"), per_sec(peer_handled))
+                    .ratio(Run::of(ceiling, peer_handled, "order-transaction ceiling")),
+            );
+            let drains = if drained(rs) { "" } else { ", did not drain" };
+            run.rows.push(
+                Row::new(
+                    "max",
+                    label(rs, &format!("end to end until drained{drains}")),
+                    per_sec(peer_e2e),
+                )
+                .ratio(Run::of(ceiling, peer_e2e, "order-transaction ceiling")),
+            );
+        }
+        let last = results
+            .iter()
+            .rfind(|m| m.system == System::This)
+            .expect("one round of this system");
         run.rows.push(generator_row(
             &format!("max, {entry:?}").to_lowercase(),
             &last.load,
         ));
         if matches!(entry, Entry::Gateway) {
             footprint_rows(run, &last.footprints);
+        } else if let Some(peer) = results.iter().rfind(|m| m.system == System::RustStream) {
+            footprint_rows(run, &peer.footprints);
         }
         run.raw(&format!("max_{entry:?}").to_lowercase(), &results);
     }
@@ -349,22 +557,23 @@ async fn max(plan: &Plan, run: &mut Run) {
 
 fn footprint_rows(run: &mut Run, footprints: &[stack::Footprint]) {
     for f in footprints {
-        run.rows.push(
-            Row::new(
-                "footprint",
-                format!("{}: peak RSS under max", f.service),
-                format!("{:.1} MiB", f.peak_rss_mib),
-            )
-            .target("≤ 50 MB", f.peak_rss_mib * 1.048_576 <= 50.0),
+        let ours = !f.service.starts_with(System::RustStream.name());
+        let mut rss = Row::new(
+            "footprint",
+            format!("{}: peak RSS under max", f.service),
+            format!("{:.1} MiB", f.peak_rss_mib),
         );
-        run.rows.push(
-            Row::new(
-                "footprint",
-                format!("{}: spawn to ready", f.service),
-                format!("{:.0} ms", f.ready_ms),
-            )
-            .target("< 1 s", f.ready_ms < 1_000.0),
+        let mut ready = Row::new(
+            "footprint",
+            format!("{}: spawn to ready", f.service),
+            format!("{:.0} ms", f.ready_ms),
         );
+        if ours {
+            rss = rss.target("≤ 50 MB", f.peak_rss_mib * 1.048_576 <= 50.0);
+            ready = ready.target("< 1 s", f.ready_ms < 1_000.0);
+        }
+        run.rows.push(rss);
+        run.rows.push(ready);
     }
 }
 
@@ -554,7 +763,14 @@ async fn machine(smoke: bool) -> report::Machine {
 #[tokio::main]
 async fn main() {
     let smoke = std::env::args().any(|a| a == "--smoke");
-    let plan = if smoke { Plan::smoke() } else { Plan::full() };
+    let mut plan = if smoke { Plan::smoke() } else { Plan::full() };
+    // BENCH_RATES=200,1000: the sweep's rates, for a run that needs only those.
+    if let Ok(rates) = std::env::var("BENCH_RATES") {
+        plan.steady = rates
+            .split(',')
+            .map(|r| r.trim().parse().expect("BENCH_RATES: orders per second, comma-separated"))
+            .collect();
+    }
     let sections = std::env::var("BENCH_SECTIONS").unwrap_or_else(|_| {
         "ceilings,drain,steady,max,halves,gateway,takeover,queue_type,cpu".into()
     });
@@ -604,20 +820,50 @@ async fn main() {
         cpu::section(smoke, &mut run).await;
     }
 
-    let series: Vec<report::Series> = run
-        .steady
-        .iter()
+    // The headline rate's percentiles (each system's first round), and the sweep's curve.
+    let headline = |system: System| {
+        run.steady
+            .iter()
+            .find(|s| s.system == system && s.rate == HEADLINE_RATE)
+    };
+    let series: Vec<report::Series> = System::ALL
+        .into_iter()
+        .filter_map(headline)
         .flat_map(|s| {
             [
                 report::Series {
-                    name: format!("{:.0}/s one hop", s.rate),
+                    name: format!("{}: one hop", s.system.name()),
                     ms: &s.hop_ms,
                 },
                 report::Series {
-                    name: format!("{:.0}/s round trip", s.rate),
+                    name: format!("{}: round trip", s.system.name()),
                     ms: &s.round_trip_ms,
                 },
             ]
+        })
+        .collect();
+    let sweeps: Vec<report::Sweep> = System::ALL
+        .into_iter()
+        .map(|system| report::Sweep {
+            name: system.name().into(),
+            // Each rate's median over its rounds, as in the table.
+            points: plan
+                .steady
+                .iter()
+                .filter_map(|&rate| {
+                    let runs: Vec<&scenarios::Steady> = run
+                        .steady
+                        .iter()
+                        .filter(|s| s.system == system && s.rate == rate)
+                        .collect();
+                    let med = |p| {
+                        let v: Vec<f64> =
+                            runs.iter().map(|s| stats::percentile(&s.hop_ms, p)).collect();
+                        stats::median(&v)
+                    };
+                    (!runs.is_empty()).then(|| (rate, med(50.0), med(99.0)))
+                })
+                .collect(),
         })
         .collect();
     let command = if smoke {
@@ -628,9 +874,9 @@ async fn main() {
     println!("\n== summary (targets are the issue's; reported, never asserted)\n");
     print!("{}", report::table(&run.rows));
     let raw = Value::Object(run.raw.clone());
-    match report::write(&dir, &machine, command, &run.rows, &raw, &series) {
+    match report::write(&dir, &machine, command, &run.rows, &raw, &series, &sweeps) {
         Ok(()) => println!(
-            "\nwritten: {0}/results.json, {0}/report.md, {0}/latency.svg",
+            "\nwritten: {0}/results.json, {0}/report.md, {0}/latency.svg, {0}/sweep.svg",
             dir.display()
         ),
         Err(e) => eprintln!("could not write the results to {}: {e}", dir.display()),

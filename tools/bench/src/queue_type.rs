@@ -23,7 +23,8 @@ const RATE: f64 = 200.0;
 /// One round on one queue type: (hop p50, hop p99, round trip p50, round trip p99) in ms.
 async fn once(queue_type: QueueType, secs: u64) -> ([f64; 4], generator::Generated) {
     stack::use_queue_type(Some(queue_type));
-    let s = scenarios::steady(RATE, Duration::from_secs(secs)).await;
+    let arrivals = generator::Arrivals::from_env();
+    let s = scenarios::steady(stack::System::This, RATE, Duration::from_secs(secs), arrivals).await;
     let pct = |ms: &[f64], p| percentile(ms, p);
     let figures = [
         pct(&s.hop_ms, 50.0),

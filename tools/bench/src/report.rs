@@ -1,7 +1,7 @@
 //! What a run leaves behind: the summary table on the terminal, and in the results folder
 //! `results.json` (every figure, raw rounds included), `report.md` (the table, the machine,
-//! the plot) and `latency.svg` (the steady scenarios' latency percentiles, drawn by hand:
-//! no plotting or font dependency).
+//! the plots), `latency.svg` (the headline rate's latency percentiles) and `sweep.svg` (one-hop
+//! latency against the rate, each system), drawn by hand: no plotting or font dependency.
 
 use std::{fmt::Write as _, path::Path};
 
@@ -108,7 +108,13 @@ pub fn table(rows: &[Row]) -> String {
     out
 }
 
-/// Writes `results.json`, `report.md` and `latency.svg` into `dir`.
+/// One system's one-hop latency at each rate of the sweep: (rate, p50 ms, p99 ms).
+pub struct Sweep {
+    pub name: String,
+    pub points: Vec<(f64, f64, f64)>,
+}
+
+/// Writes `results.json`, `report.md`, `latency.svg` and `sweep.svg` into `dir`.
 pub fn write(
     dir: &Path,
     machine: &Machine,
@@ -116,6 +122,7 @@ pub fn write(
     rows: &[Row],
     raw: &serde_json::Value,
     series: &[Series],
+    sweeps: &[Sweep],
 ) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let json =
@@ -124,7 +131,8 @@ pub fn write(
         dir.join("results.json"),
         serde_json::to_string_pretty(&json)?,
     )?;
-    std::fs::write(dir.join("latency.svg"), svg(series))?;
+    std::fs::write(dir.join("latency.svg"), percentiles_svg(series))?;
+    std::fs::write(dir.join("sweep.svg"), sweep_svg(sweeps))?;
     let mut md = String::from("# Benchmark run\n\n");
     let _ = writeln!(
         md,
@@ -133,33 +141,70 @@ pub fn write(
     );
     md += &table(rows);
     md += "\n![steady latency percentiles](latency.svg)\n";
+    md += "\n![one-hop latency against the rate](sweep.svg)\n";
     std::fs::write(dir.join("report.md"), md)
 }
 
-/// Latency by percentile (x: p0–p99.9 in nines, y: ms on a log scale), one polyline per
-/// series.
-fn svg(series: &[Series]) -> String {
-    const COLORS: [&str; 6] = [
-        "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b",
-    ];
-    let (w, h, left, bottom, top, right) = (720.0, 420.0, 60.0, 40.0, 20.0, 200.0);
+/// Latency by percentile (x: p0–p99.9 in nines, so the tail is visible), one line per series.
+fn percentiles_svg(series: &[Series]) -> String {
     let percentiles: Vec<f64> = (0..=999).map(|i| i as f64 / 10.0).collect();
-    let curves: Vec<Vec<(f64, f64)>> = series
+    let lines = series
         .iter()
         .map(|s| {
             let mut sorted = s.ms.to_vec();
             sorted.sort_by(f64::total_cmp);
-            percentiles
+            let points = percentiles
                 .iter()
                 .map(|&p| (p, stats::percentile_sorted(&sorted, p)))
-                .collect()
+                .collect();
+            (s.name.clone(), points)
         })
-        .collect();
-    // A log scale: an overloaded run's seconds and a quiet one's milliseconds on one plot.
+        .collect::<Vec<_>>();
+    // p90 = 1, p99 = 2, p99.9 = 3 nines.
+    let nines = |p: f64| -(1.0 - p / 100.0).log10() / 3.0;
+    let ticks = [0.0, 50.0, 90.0, 99.0, 99.9].map(|p| (p, format!("p{p}")));
+    plot(&lines, "percentile", &nines, &ticks)
+}
+
+/// The latency-against-load curve: each system's one-hop p50 and p99 at each rate (x on a
+/// log scale).
+fn sweep_svg(sweeps: &[Sweep]) -> String {
+    let mut lines = Vec::new();
+    for s in sweeps {
+        lines.push((
+            format!("{} p50", s.name),
+            s.points.iter().map(|&(r, p50, _)| (r, p50)).collect(),
+        ));
+        lines.push((
+            format!("{} p99", s.name),
+            s.points.iter().map(|&(r, _, p99)| (r, p99)).collect(),
+        ));
+    }
+    let rates = || sweeps.iter().flat_map(|s| s.points.iter().map(|p| p.0));
+    let lo = rates().fold(f64::INFINITY, f64::min).min(100.0).log10();
+    let hi = rates().fold(0.0, f64::max).max(10f64.powf(lo + 1.0)).log10();
+    let at = move |rate: f64| (rate.log10() - lo) / (hi - lo);
+    let ticks: Vec<(f64, String)> = rates().map(|r| (r, format!("{r:.0}"))).collect();
+    plot(&lines, "orders per second (log scale)", &at, &ticks)
+}
+
+/// A plot of named lines of (x, ms) points: `at` places an x between 0 and 1 on the axis,
+/// `ticks` label it; the y axis is ms on a log scale, so an overloaded run's seconds and a
+/// quiet one's milliseconds fit on one plot. Drawn by hand: no plotting or font dependency.
+fn plot(
+    lines: &[(String, Vec<(f64, f64)>)],
+    x_label: &str,
+    at: &dyn Fn(f64) -> f64,
+    ticks: &[(f64, String)],
+) -> String {
+    const COLORS: [&str; 6] = [
+        "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b",
+    ];
+    let (w, h, left, bottom, top, right) = (720.0, 420.0, 60.0, 40.0, 20.0, 200.0);
     let finite = || {
-        curves
+        lines
             .iter()
-            .flatten()
+            .flat_map(|(_, points)| points)
             .map(|(_, y)| *y)
             .filter(|y| y.is_finite() && *y > 0.0)
     };
@@ -173,8 +218,7 @@ fn svg(series: &[Series]) -> String {
         .log10()
         .ceil()
         .max(decade_min + 1.0);
-    // The percentile axis in "nines" (p90 = 1, p99 = 2, p99.9 = 3), so the tail is visible.
-    let x = |p: f64| left + -(1.0 - p / 100.0).log10() / 3.0 * (w - left - right);
+    let x = |v: f64| left + at(v) * (w - left - right);
     let y = |ms: f64| {
         let at = (ms.max(10f64.powf(decade_min)).log10() - decade_min) / (decade_max - decade_min);
         h - bottom - at * (h - bottom - top)
@@ -184,7 +228,7 @@ fn svg(series: &[Series]) -> String {
 <rect width="100%" height="100%" fill="white"/>
 <line x1="{left}" y1="{b}" x2="{xr}" y2="{b}" stroke="black"/>
 <line x1="{left}" y1="{top}" x2="{left}" y2="{b}" stroke="black"/>
-<text x="{xm}" y="{h1}" text-anchor="middle">percentile</text>
+<text x="{xm}" y="{h1}" text-anchor="middle">{x_label}</text>
 <text x="14" y="{ym}" transform="rotate(-90 14 {ym})" text-anchor="middle">latency (ms, log scale)</text>
 "#,
         b = h - bottom,
@@ -193,11 +237,11 @@ fn svg(series: &[Series]) -> String {
         h1 = h - 8.0,
         ym = (top + h - bottom) / 2.0,
     );
-    for tick in [0.0, 50.0, 90.0, 99.0, 99.9] {
+    for (v, label) in ticks {
         let _ = writeln!(
             out,
-            r#"<text x="{}" y="{}" text-anchor="middle">p{tick}</text>"#,
-            x(tick),
+            r#"<text x="{}" y="{}" text-anchor="middle">{label}</text>"#,
+            x(*v),
             h - bottom + 15.0
         );
     }
@@ -209,12 +253,12 @@ fn svg(series: &[Series]) -> String {
             r##"<text x="{tx}" y="{ty}" text-anchor="end">{ms}</text><line x1="{left}" y1="{gy}" x2="{xr}" y2="{gy}" stroke="#ddd"/>"##,
         );
     }
-    for (i, (s, curve)) in series.iter().zip(&curves).enumerate() {
+    for (i, (name, points)) in lines.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
-        let points: Vec<String> = curve
+        let points: Vec<String> = points
             .iter()
             .filter(|(_, ms)| ms.is_finite())
-            .map(|(p, ms)| format!("{:.1},{:.1}", x(*p), y(*ms)))
+            .map(|(v, ms)| format!("{:.1},{:.1}", x(*v), y(*ms)))
             .collect();
         let _ = writeln!(
             out,
@@ -224,12 +268,11 @@ fn svg(series: &[Series]) -> String {
         let ly = top + 16.0 * i as f64 + 10.0;
         let _ = writeln!(
             out,
-            r#"<line x1="{}" y1="{ly}" x2="{}" y2="{ly}" stroke="{color}" stroke-width="3"/><text x="{}" y="{}">{}</text>"#,
+            r#"<line x1="{}" y1="{ly}" x2="{}" y2="{ly}" stroke="{color}" stroke-width="3"/><text x="{}" y="{}">{name}</text>"#,
             w - right + 10.0,
             w - right + 30.0,
             w - right + 35.0,
             ly + 4.0,
-            s.name
         );
     }
     out + "</svg>\n"
@@ -268,9 +311,27 @@ mod tests {
                 ms: &[],
             },
         ];
-        let svg = svg(&series);
+        let svg = percentiles_svg(&series);
         assert!(svg.starts_with("<svg") && svg.ends_with("</svg>\n"));
         assert_eq!(svg.matches("<polyline").count(), 2);
         assert!(!svg.contains("NaN"));
+    }
+
+    #[test]
+    fn the_sweep_draws_a_p50_and_a_p99_line_per_system_on_the_rates() {
+        let sweeps = [
+            Sweep {
+                name: "a".into(),
+                points: vec![(100.0, 2.0, 5.0), (1_000.0, 4.0, 40.0)],
+            },
+            Sweep {
+                name: "b".into(),
+                points: vec![(100.0, 3.0, 8.0)],
+            },
+        ];
+        let svg = sweep_svg(&sweeps);
+        assert_eq!(svg.matches("<polyline").count(), 4);
+        assert!(svg.contains(">a p99<") && svg.contains(">b p50<"));
+        assert!(svg.contains(">1000<") && !svg.contains("NaN"));
     }
 }

@@ -19,8 +19,8 @@ use message_table::outbox::{
 };
 
 use crate::{
-    generator::{self, Generated, Writer},
-    stack::{Footprint, Stack},
+    generator::{self, Arrivals, Generated, Writer},
+    stack::{Footprint, Stack, System},
 };
 
 /// Producers of every backlog and of the flat-out scenario (the 16).
@@ -101,6 +101,7 @@ pub async fn watch(stack: &Stack, label: &str, total: usize, since: Instant) -> 
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Drain {
+    pub system: System,
     pub orders: usize,
     pub backlog: Generated,
     pub reached: Reached,
@@ -111,10 +112,10 @@ pub struct Drain {
 /// `orders` written straight into order's database with order stopped, then order (its
 /// relay, its inbox) started: how fast the stack works through the backlog. The time runs
 /// from order's start, so its time to ready is included.
-pub async fn drain(orders: usize) -> Drain {
-    let label = format!("drain {orders}");
-    let mut stack = Stack::with_pay().await;
-    let writer = Writer::direct(&stack.order_db.url, PRODUCERS).await;
+pub async fn drain(system: System, orders: usize) -> Drain {
+    let label = format!("drain {orders}, {}", system.name());
+    let mut stack = Stack::with_pay(system).await;
+    let writer = stack.writer(PRODUCERS).await;
     eprintln!("    [{label}] writing the backlog");
     let backlog = generator::backlog(&writer, PRODUCERS, orders).await;
     let since = Instant::now();
@@ -122,6 +123,7 @@ pub async fn drain(orders: usize) -> Drain {
     let reached = watch(&stack, &label, backlog.written, since).await;
     stack.finish().await;
     Drain {
+        system,
         orders,
         hop_per_sec: reached.hop_rate(backlog.written),
         round_trip_per_sec: reached.round_trip_rate(backlog.written),
@@ -132,27 +134,48 @@ pub async fn drain(orders: usize) -> Drain {
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Steady {
+    pub system: System,
     pub rate: f64,
+    pub arrivals: Arrivals,
     pub load: Generated,
+    /// From the end of the load: a system that keeps up is done within moments.
+    pub reached: Reached,
     #[serde(skip)]
     pub hop_ms: Vec<f64>,
     #[serde(skip)]
     pub round_trip_ms: Vec<f64>,
 }
 
-/// Orders at a fixed `rate` for `duration` into order's database; every order's latency.
-pub async fn steady(rate: f64, duration: Duration) -> Steady {
-    let label = format!("steady {rate}/s");
-    let stack = Stack::running().await;
-    let writer = Writer::direct(&stack.order_db.url, PRODUCERS).await;
-    eprintln!("    [{label}] {:.0} s of load", duration.as_secs_f64());
-    let load = generator::at_rate(&writer, rate, duration).await;
-    watch(&stack, &label, load.written, Instant::now()).await;
+impl Steady {
+    /// Whether the system fell behind: work left 2 s (or a tenth of the load's length) after
+    /// the last order was written, or a stall.
+    pub fn saturated(&self) -> bool {
+        let grace = (self.load.secs / 10.0).max(2.0);
+        self.reached.hop_secs.is_none_or(|s| s > grace)
+    }
+}
+
+/// Orders at `rate` for `duration` into order's database, on `arrivals`' schedule; every
+/// order's latency.
+pub async fn steady(system: System, rate: f64, duration: Duration, arrivals: Arrivals) -> Steady {
+    let label = format!("steady {rate}/s, {}", system.name());
+    let stack = Stack::running(system).await;
+    let writer = stack.writer(PRODUCERS).await;
+    eprintln!(
+        "    [{label}] {:.0} s of load, {} arrivals",
+        duration.as_secs_f64(),
+        arrivals.label()
+    );
+    let load = generator::at_rate(&writer, rate, duration, arrivals).await;
+    let reached = watch(&stack, &label, load.written, Instant::now()).await;
     let (hop_ms, round_trip_ms) = latencies(&stack).await;
     stack.finish().await;
     Steady {
+        system,
         rate,
+        arrivals,
         load,
+        reached,
         hop_ms,
         round_trip_ms,
     }
@@ -162,6 +185,13 @@ pub async fn steady(rate: f64, duration: Duration) -> Steady {
 /// on the same server, so on one clock). Each timestamp is its transaction's start, a little
 /// before its commit, on both ends alike.
 async fn latencies(stack: &Stack) -> (Vec<f64>, Vec<f64>) {
+    if stack.system == System::RustStream {
+        let (order, pay) = (&stack.order_db.pool, &stack.pay_db.pool);
+        return (
+            peer_ruststream::hop_ms(order, pay).await,
+            peer_ruststream::round_trip_ms(order).await,
+        );
+    }
     let hop = test_kit::takeover::commit_to_payment_ms(&stack.order_db.pool, &stack.pay_db.pool)
         .await
         .into_iter()
@@ -180,6 +210,7 @@ async fn latencies(stack: &Stack) -> (Vec<f64>, Vec<f64>) {
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Max {
+    pub system: System,
     pub load: Generated,
     /// Payments committed while the producers ran, per second of load.
     pub handled_per_sec: f64,
@@ -198,16 +229,16 @@ pub enum Entry {
 }
 
 /// [`PRODUCERS`] flat out for `duration`, then the wait until every order is settled.
-pub async fn max(entry: Entry, duration: Duration) -> Max {
-    let mut stack = Stack::running().await;
+pub async fn max(system: System, entry: Entry, duration: Duration) -> Max {
+    let mut stack = Stack::running(system).await;
     let writer = match entry {
-        Entry::Database => Writer::direct(&stack.order_db.url, PRODUCERS).await,
+        Entry::Database => stack.writer(PRODUCERS).await,
         Entry::Gateway => {
             stack.start_gateway().await;
             Writer::http(&format!("{}/order", stack.gateway_url()))
         }
     };
-    let label = format!("max, {}", writer.label());
+    let label = format!("max, {}, {}", writer.label(), system.name());
     eprintln!(
         "    [{label}] {PRODUCERS} producers for {:.0} s",
         duration.as_secs_f64()
@@ -219,6 +250,7 @@ pub async fn max(entry: Entry, duration: Duration) -> Max {
     let footprints = stack.footprints();
     stack.finish().await;
     Max {
+        system,
         handled_per_sec: handled as f64 / load.secs,
         end_to_end_per_sec: reached.round_trip_rate(load.written),
         load,
@@ -245,7 +277,7 @@ pub struct Halves {
 /// both into pay's queue while pay is stopped; then pay started on the full queue.
 pub async fn halves(messages: usize) -> Halves {
     let label = format!("relay and inbox, {messages} messages");
-    let mut stack = Stack::with_pay().await;
+    let mut stack = Stack::with_pay(System::This).await;
     stack.stop_pay().await;
     let writer = Writer::direct(&stack.order_db.url, PRODUCERS).await;
     eprintln!("    [{label}] writing the outbox");
@@ -410,7 +442,7 @@ pub struct Takeover {
 /// commit-to-payment delay, and the taken-over ones apart.
 pub async fn takeover(rate: f64, kills: usize) -> Takeover {
     let label = "takeover";
-    let mut stack = Stack::running().await;
+    let mut stack = Stack::running(System::This).await;
     let mut instances = [
         stack.order.take().expect("order is running"),
         stack.another_order().await,
@@ -420,7 +452,8 @@ pub async fn takeover(rate: f64, kills: usize) -> Takeover {
     let secs = 2.0 * kills as f64 + 2.0;
     eprintln!("    [{label}] {rate:.0} orders/s for {secs:.0} s, {kills} kill(s)");
     let load = tokio::spawn(async move {
-        generator::at_rate(&writer, rate, Duration::from_secs_f64(secs)).await
+        let arrivals = generator::Arrivals::from_env();
+        generator::at_rate(&writer, rate, Duration::from_secs_f64(secs), arrivals).await
     });
     let mut held = Vec::new();
     for k in 0..kills {
