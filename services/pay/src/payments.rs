@@ -65,15 +65,6 @@ enum Request {
     Undo(OrderCancelled),
 }
 
-impl Request {
-    fn user_id(&self) -> &str {
-        match self {
-            Request::Pay(o) => &o.user_id,
-            Request::Undo(c) => &c.user_id,
-        }
-    }
-}
-
 /// What a message asks; `Permanent` when it cannot be a request pay knows.
 fn read_request(msg: &InboxMessage) -> Result<Request, HandlerError> {
     let invalid = |e: serde_json::Error| {
@@ -103,10 +94,10 @@ fn read_request(msg: &InboxMessage) -> Result<Request, HandlerError> {
 #[async_trait]
 impl MessageHandler for PaymentHandler {
     /// Pays the orders of the batch (`pay_all`), then undoes the cancelled ones
-    /// (`undo_all`); a single message is a batch of one. Payments first: an order and its
-    /// cancellation in one batch come in that order in the lock-key order too (same
-    /// account, and the cancellation's id is the younger), so a batch does what its
-    /// messages do one by one.
+    /// (`undo_all`); a single message is a batch of one. Within one account the order of
+    /// the messages matters (a refund may fund the next payment; an order and its
+    /// cancellation), so a batch in which one account has both goes one message at a time,
+    /// in the inbox's order: a batch does what its messages do one by one.
     async fn handle(
         &self,
         tx: &mut PgConnection,
@@ -116,9 +107,6 @@ impl MessageHandler for PaymentHandler {
             .iter()
             .map(|m| read_request(m))
             .collect::<Result<Vec<_>, _>>()?;
-        let users: Vec<&str> = requests.iter().map(Request::user_id).collect();
-        let mut balances = lock_accounts(tx, &users).await?;
-
         let mut pays = (Vec::new(), Vec::new());
         let mut undos = (Vec::new(), Vec::new());
         for (msg, request) in msgs.iter().zip(requests) {
@@ -133,6 +121,17 @@ impl MessageHandler for PaymentHandler {
                 }
             }
         }
+        let paying: HashSet<&str> = pays.1.iter().map(|o| o.user_id.as_str()).collect();
+        if undos.1.iter().any(|c| paying.contains(c.user_id.as_str())) {
+            return Err(HandlerError::OneAtATime(
+                "a payment and a cancellation of one account",
+            ));
+        }
+        let users: Vec<&str> = paying
+            .into_iter()
+            .chain(undos.1.iter().map(|c| c.user_id.as_str()))
+            .collect();
+        let mut balances = lock_accounts(tx, &users).await?;
         let mut replies = Vec::with_capacity(msgs.len());
         if !pays.1.is_empty() {
             self.pay_all(tx, &pays.0, &pays.1, &mut balances, &mut replies)

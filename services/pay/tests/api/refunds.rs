@@ -306,23 +306,31 @@ async fn state(pool: &PgPool, orders: &[Uuid]) -> Vec<String> {
         answers.sort();
         out.extend(answers);
     }
-    for user in ["alice", "bob", "carol"] {
+    for user in ["alice", "bob", "carol", "dave"] {
         out.push(format!("{user}: {}", balance(pool, user).await));
     }
     out
 }
 
 /// A batch mixing orders and cancellations does what its messages do one by one (in the
-/// inbox's order): a paid order refunded, an order and its cancellation in the same batch
-/// (charged, then refunded), a cancellation before its order (tombstone, then nothing), a
-/// failed payment cancelled. Two cancellations of one order in a batch go one at a time.
+/// inbox's order). Of different accounts, in one transaction: an order paid, another
+/// failed, a cancellation before its order (a tombstone). Then, with an account that has
+/// both a payment and a cancellation (an order and its cancellation: charged, then
+/// refunded), one at a time: the paid order refunded, the failed one cancelled, the order
+/// after its tombstone never charged. Two copies of a cancellation: one effect.
 #[tokio::test]
 async fn a_batch_of_orders_and_cancellations_does_what_they_do_one_by_one() {
     let batched = TestDb::new(&pay::MIGRATOR).await;
     let one_by_one = TestDb::new(&pay::MIGRATOR).await;
+    for db in [&batched, &one_by_one] {
+        sqlx::query("INSERT INTO accounts (user_id, balance_cents) VALUES ('dave', 1000)")
+            .execute(&db.pool)
+            .await
+            .unwrap();
+    }
     let (paid, paid_created, paid_cancelled) = order("alice", 500);
     let (same, same_created, same_cancelled) = order("bob", 700);
-    let (early, early_created, early_cancelled) = order("alice", 200);
+    let (early, early_created, early_cancelled) = order("dave", 200);
     let (poor, poor_created, poor_cancelled) = order("carol", 100);
     let mut twice = paid_cancelled.clone();
     twice.message_id = Some(Uuid::now_v7().to_string());
@@ -340,8 +348,19 @@ async fn a_batch_of_orders_and_cancellations_does_what_they_do_one_by_one() {
 
     let inbox_b = inbox(&batched);
     let mut batch_outcomes = Vec::new();
-    for batch in batches.clone() {
+    for (i, batch) in batches.clone().into_iter().enumerate() {
         batch_outcomes.extend(inbox_b.receive_batch(batch).await);
+        if i == 0 {
+            // Distinct accounts: the batch was one transaction.
+            let writers: i64 = sqlx::query_scalar(
+                "SELECT count(DISTINCT xmin::text) FROM payments WHERE order_id = ANY($1)",
+            )
+            .bind([paid, poor, early])
+            .fetch_one(&batched.pool)
+            .await
+            .unwrap();
+            assert_eq!(writers, 1);
+        }
     }
     let mut cfg = test_kit::fast_inbox();
     cfg.batch_size = 1;
@@ -385,7 +404,7 @@ async fn a_batch_of_orders_and_cancellations_does_what_they_do_one_by_one() {
         ]
         .map(|s| s.map(str::to_string))
     );
-    for user in ["alice", "bob"] {
-        assert_eq!(balance(&batched.pool, user).await, START, "{user}");
+    for (user, start) in [("alice", START), ("bob", START), ("dave", 1000)] {
+        assert_eq!(balance(&batched.pool, user).await, start, "{user}");
     }
 }
