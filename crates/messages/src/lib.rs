@@ -1,9 +1,13 @@
 //! The contract between order and pay: the messages they exchange and the payment states
 //! pay reports.
 //!
+//! Two conversations go through the same outbox and inbox: an order and its payment
+//! (`OrderCreated` → `PaymentCompleted` | `PaymentFailed`), and the compensation of a
+//! cancelled order (`OrderCancelled` → `PaymentRefunded` | `PaymentCancelled`).
+//!
 //! # Why one crate
-//! Order writes `OrderCreated` and reads pay's answers; pay reads `OrderCreated` and writes
-//! the answers; order's reconciler reads pay's lookup. When each side spelt the names, keys
+//! Order writes `OrderCreated` and `OrderCancelled` and reads pay's answers; pay reads them
+//! and writes the answers; order's reconciler reads pay's lookup. When each side spelt the names, keys
 //! and fields itself, a rename on one side was a message the other side refused, found at
 //! run time. Here each is written once and both services use it. The test at the bottom
 //! serializes every payload and compares it with the JSON examples of `docs/messages.md`
@@ -46,6 +50,37 @@ pub const PAYMENT_FAILED: Event = Event {
     routing_key: "payment.failed",
 };
 
+/// order → pay: the client cancelled the order; pay undoes what it did about it (refunds a
+/// charge, or remembers never to make one). Payload: [`OrderCancelled`].
+pub const ORDER_CANCELLED: Event = Event {
+    name: "OrderCancelled",
+    routing_key: "order.cancelled",
+};
+
+/// pay → order: the cancelled order's charge was credited back. Payload:
+/// [`PaymentRefunded`].
+pub const PAYMENT_REFUNDED: Event = Event {
+    name: "PaymentRefunded",
+    routing_key: "payment.refunded",
+};
+
+/// pay → order: the cancelled order was never charged, and never will be (pay refuses its
+/// `OrderCreated` from now on). Payload: [`PaymentCancelled`].
+pub const PAYMENT_CANCELLED: Event = Event {
+    name: "PaymentCancelled",
+    routing_key: "payment.cancelled",
+};
+
+/// Every event, in the order the docs list them.
+pub const EVENTS: [Event; 6] = [
+    ORDER_CREATED,
+    PAYMENT_COMPLETED,
+    PAYMENT_FAILED,
+    ORDER_CANCELLED,
+    PAYMENT_REFUNDED,
+    PAYMENT_CANCELLED,
+];
+
 /// A queue a service consumes: its default name (the service's `*_QUEUE` setting) and the
 /// routing keys bound to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,16 +89,23 @@ pub struct Queue {
     pub routing_keys: &'static [&'static str],
 }
 
-/// Pay's queue: the orders to pay.
+/// Pay's queue: the orders to pay and the orders to undo. One queue, so one consumer and
+/// one inbox see both; the handler is correct in whatever order they arrive. (The name is
+/// the one it had before cancellations existed: a queue is renamed only by draining it.)
 pub const PAY_QUEUE: Queue = Queue {
     default_name: "pay.order-created",
-    routing_keys: &[ORDER_CREATED.routing_key],
+    routing_keys: &[ORDER_CREATED.routing_key, ORDER_CANCELLED.routing_key],
 };
 
 /// Order's queue: pay's answers.
 pub const ORDER_QUEUE: Queue = Queue {
     default_name: "order.payment-results",
-    routing_keys: &[PAYMENT_COMPLETED.routing_key, PAYMENT_FAILED.routing_key],
+    routing_keys: &[
+        PAYMENT_COMPLETED.routing_key,
+        PAYMENT_FAILED.routing_key,
+        PAYMENT_REFUNDED.routing_key,
+        PAYMENT_CANCELLED.routing_key,
+    ],
 };
 
 /// [`ORDER_CREATED`]'s payload: what pay needs to debit the account, and the item for the
@@ -91,6 +133,33 @@ pub struct PaymentResult {
     /// completed. Order stores it as the order's `failure_reason`.
     #[serde(default)]
     pub reason: Option<String>,
+}
+
+/// [`ORDER_CANCELLED`]'s payload: the order being undone, and its account (pay locks the
+/// account before it looks at the order, as a payment does: see pay's `payments` module).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderCancelled {
+    pub order_id: Uuid,
+    /// The account the order is paid from (and refunded to).
+    pub user_id: String,
+    /// The order's amount, positive. A refund credits what the payment debited, not this.
+    pub amount_cents: i64,
+}
+
+/// [`PAYMENT_REFUNDED`]'s payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentRefunded {
+    pub order_id: Uuid,
+    /// The payment that was refunded.
+    pub payment_id: Uuid,
+    /// What was credited back: the payment's amount.
+    pub amount_cents: i64,
+}
+
+/// [`PAYMENT_CANCELLED`]'s payload: nothing was charged for the order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentCancelled {
+    pub order_id: Uuid,
 }
 
 /// `payload` as the outbox stores and the relay publishes it.
@@ -134,6 +203,26 @@ mod tests {
             (
                 PAYMENT_FAILED.name,
                 to_json(&answer(Some("insufficient_funds"))),
+            ),
+            (
+                ORDER_CANCELLED.name,
+                to_json(&OrderCancelled {
+                    order_id,
+                    user_id: "alice".into(),
+                    amount_cents: 1200,
+                }),
+            ),
+            (
+                PAYMENT_REFUNDED.name,
+                to_json(&PaymentRefunded {
+                    order_id,
+                    payment_id,
+                    amount_cents: 1200,
+                }),
+            ),
+            (
+                PAYMENT_CANCELLED.name,
+                to_json(&PaymentCancelled { order_id }),
             ),
         ]
     }
@@ -189,6 +278,21 @@ mod tests {
     }
 
     #[test]
+    fn every_event_has_its_example_and_a_name_and_key_of_its_own() {
+        let examples: Vec<&str> = examples().into_iter().map(|(name, _)| name).collect();
+        let names: Vec<&str> = EVENTS.iter().map(|e| e.name).collect();
+        assert_eq!(examples, names);
+        for (i, a) in EVENTS.iter().enumerate() {
+            for b in &EVENTS[i + 1..] {
+                assert!(
+                    a.name != b.name && a.routing_key != b.routing_key,
+                    "{a:?} {b:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn the_docs_table_names_every_event_its_key_and_its_queue() {
         let queue_of = |event: Event| {
             [PAY_QUEUE, ORDER_QUEUE]
@@ -197,7 +301,7 @@ mod tests {
                 .expect("every event is bound to a queue")
         };
         for (path, doc) in docs() {
-            for event in [ORDER_CREATED, PAYMENT_COMPLETED, PAYMENT_FAILED] {
+            for event in EVENTS {
                 let row = format!(
                     "| `{}` | `{}` | `{}` |",
                     event.name,

@@ -4,6 +4,16 @@
 //! [`PaymentStatus`], bound as a query parameter. Pay's lookup answers one more state for
 //! an order it has no payment for, [`LookupStatus::Unknown`], which is never stored: that
 //! is why it is a type of its own. Order's reconciler reads the lookup with the same type.
+//!
+//! A payment row is written once per order (`payments.order_id` is unique) and moves at most
+//! once more:
+//!
+//! ```text
+//!   (no row) ──OrderCreated, debited──────────► COMPLETED ──OrderCancelled──► REFUNDED
+//!            ──OrderCreated, refused──────────► FAILED
+//!            ──OrderCancelled, before any──────► CANCELLED (the tombstone: a later
+//!              OrderCreated finds the row and charges nothing)
+//! ```
 
 use std::fmt;
 
@@ -21,6 +31,11 @@ pub enum PaymentStatus {
     Completed,
     /// Refused: unknown user or insufficient funds (`failure_reason` says which).
     Failed,
+    /// No payment: the order was cancelled before pay charged it. The row is a tombstone
+    /// that keeps any later `OrderCreated` for the order from charging.
+    Cancelled,
+    /// Was [`Self::Completed`]; the amount was credited back (a `refunds` row says when).
+    Refunded,
 }
 
 /// What pay knows about an order, as `POST /payments/lookup` answers it (read from the
@@ -33,18 +48,42 @@ pub enum LookupStatus {
     Completed,
     /// Its payment is [`PaymentStatus::Failed`].
     Failed,
+    /// Its payment is [`PaymentStatus::Cancelled`] (never charged).
+    Cancelled,
+    /// Its payment is [`PaymentStatus::Refunded`].
+    Refunded,
     /// Pay has no payment for the order: it never saw (or never handled) its `OrderCreated`.
     Unknown,
 }
 
 impl PaymentStatus {
-    pub const ALL: [Self; 2] = [Self::Completed, Self::Failed];
+    pub const ALL: [Self; 4] = [
+        Self::Completed,
+        Self::Failed,
+        Self::Cancelled,
+        Self::Refunded,
+    ];
 
     /// The text stored in the `status` column.
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::Completed => "COMPLETED",
             Self::Failed => "FAILED",
+            Self::Cancelled => "CANCELLED",
+            Self::Refunded => "REFUNDED",
+        }
+    }
+}
+
+impl LookupStatus {
+    /// The text the lookup answers.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Completed => PaymentStatus::Completed.as_str(),
+            Self::Failed => PaymentStatus::Failed.as_str(),
+            Self::Cancelled => PaymentStatus::Cancelled.as_str(),
+            Self::Refunded => PaymentStatus::Refunded.as_str(),
+            Self::Unknown => "UNKNOWN",
         }
     }
 }
@@ -54,6 +93,8 @@ impl From<PaymentStatus> for LookupStatus {
         match status {
             PaymentStatus::Completed => Self::Completed,
             PaymentStatus::Failed => Self::Failed,
+            PaymentStatus::Cancelled => Self::Cancelled,
+            PaymentStatus::Refunded => Self::Refunded,
         }
     }
 }
@@ -68,7 +109,8 @@ impl fmt::Display for PaymentStatus {
 mod tests {
     use super::*;
 
-    const SCHEMA: &str = include_str!("../../../sql/pay/0001_accounts_payments.sql");
+    /// The migration that last set the states' `CHECK`.
+    const SCHEMA: &str = include_str!("../../../sql/pay/0002_cancel_refund.sql");
 
     #[test]
     fn the_schema_allows_exactly_the_payment_states() {
@@ -89,10 +131,12 @@ mod tests {
                 serde_json::to_value(LookupStatus::from(status)).unwrap(),
                 json
             );
+            assert_eq!(LookupStatus::from(status).as_str(), status.as_str());
         }
         assert_eq!(
             serde_json::to_value(LookupStatus::Unknown).unwrap(),
             "UNKNOWN"
         );
+        assert_eq!(LookupStatus::Unknown.as_str(), "UNKNOWN");
     }
 }

@@ -162,7 +162,15 @@ function badge(text, kind) {
   return el('span', { class: `status ${kind}` }, text);
 }
 
-const ORDER_KIND = { PAID: 'ok', PENDING_PAYMENT: 'wait', PAYMENT_FAILED: 'bad' };
+// Every order status (services/order/src/status.rs): settled ok, on its way, or refused.
+const ORDER_KIND = {
+  PENDING_PAYMENT: 'wait',
+  PAID: 'ok',
+  PAYMENT_FAILED: 'bad',
+  CANCEL_REQUESTED: 'wait',
+  CANCELLED: 'ok',
+  REFUNDED: 'ok',
+};
 const ROW_KIND = { sent: 'ok', processed: 'ok', pending: 'wait', failed: 'wait', dead: 'bad' };
 
 function time(iso) {

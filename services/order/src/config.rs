@@ -27,7 +27,8 @@ pub struct OrderSettings {
     /// Pool size.
     #[arg(long, env = "ORDER_DB_MAX_CONNECTIONS", default_value_t = 10)]
     pub order_db_max_connections: u32,
-    /// The queue order consumes (bound to payment.completed, payment.failed).
+    /// The queue order consumes (bound to payment.completed, payment.failed, payment.refunded,
+    /// payment.cancelled).
     #[arg(long, env = "ORDER_QUEUE", default_value = ORDER_QUEUE.default_name)]
     pub order_queue: String,
     #[command(flatten)]

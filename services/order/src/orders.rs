@@ -1,9 +1,15 @@
-//! `POST /buy`, `GET /orders/{id}` and `GET /orders` (the newest, for the dashboard).
+//! `POST /buy`, `POST /orders/{id}/cancel`, `GET /orders/{id}` and `GET /orders` (the
+//! newest, for the dashboard).
 //!
 //! The order row and its `OrderCreated` message are written in ONE transaction. That is the
 //! whole point of the local message table: there is no moment at which the order exists and
 //! its message does not (or the reverse). The broker is not touched here, so an order can
 //! be taken while RabbitMQ is down; the relay delivers the message when it is back.
+//!
+//! A cancel is the same again: the order's new state (`crate::transition`, guarded in SQL),
+//! the cancellation row (its `Idempotency-Key`) and the `OrderCancelled` message, in one
+//! transaction. Pay answers it with a refund or with "nothing was charged", and that answer
+//! finishes the order (`crate::payment_results`).
 
 use axum::{
     extract::State,
@@ -13,19 +19,22 @@ use axum::{
 use chrono::{DateTime, Utc};
 use common::http::{ApiError, Json, Path, Query, limit_param, text_field};
 use message_table::outbox::{self, NewMessage};
-use messages::{ORDER_CREATED, OrderCreated};
+use messages::{ORDER_CANCELLED, ORDER_CREATED, OrderCancelled, OrderCreated};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use sqlx::FromRow;
 use uuid::Uuid;
 
-use crate::{startup::AppState, status::OrderStatus};
+use crate::{
+    idempotency::{self, IdempotencyHeaders},
+    startup::AppState,
+    status::{OrderEvent, OrderStatus},
+    transition::{self, Applied, TransitionError},
+};
 
 /// Limits that keep garbage out of the database.
 const MAX_USER_ID: usize = 64;
 const MAX_ITEM: usize = 200;
 const MAX_AMOUNT_CENTS: i64 = 1_000_000_000_000; // ten billion in currency units
-const MAX_IDEMPOTENCY_KEY: usize = 255;
 
 #[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -84,63 +93,15 @@ impl BuyRequest {
 
     /// Fingerprint of the request, to tell a retry from a different request reusing a key.
     fn fingerprint(&self) -> String {
-        let fields = serde_json::to_vec(&(&self.user_id, &self.item, self.amount_cents))
-            .expect("two strings and a number always serialize");
-        let digest = Sha256::digest(fields);
-        digest.iter().map(|b| format!("{b:02x}")).collect()
+        idempotency::fingerprint(&(&self.user_id, &self.item, self.amount_cents))
     }
-}
-
-/// `POST /buy`'s header, as the document shows it.
-#[derive(utoipa::IntoParams)]
-#[into_params(parameter_in = Header)]
-#[allow(dead_code)]
-struct BuyHeaders {
-    /// 1 to 255 visible ASCII characters (inner spaces allowed); a retry with the same key
-    /// and body returns the same order.
-    #[param(rename = "Idempotency-Key", schema_with = idempotency_key_schema)]
-    idempotency_key: Option<String>,
-}
-
-fn idempotency_key_schema() -> utoipa::openapi::Object {
-    utoipa::openapi::ObjectBuilder::new()
-        .schema_type(utoipa::openapi::Type::String)
-        .min_length(Some(1))
-        .max_length(Some(MAX_IDEMPOTENCY_KEY))
-        .pattern(Some(r"^[!-~]([ -~]*[!-~])?$"))
-        .build()
-}
-
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(value) = headers.get("idempotency-key") else {
-        return Ok(None);
-    };
-    // Visible ASCII and inner spaces only (the HTTP stack already dropped the outer ones).
-    let key = value
-        .to_str()
-        .ok()
-        .map(str::trim)
-        .filter(|k| {
-            !k.is_empty()
-                && k.len() <= MAX_IDEMPOTENCY_KEY
-                && k.bytes().all(|b| (b' '..=b'~').contains(&b))
-        })
-        .ok_or_else(|| {
-            ApiError::bad_request(
-                "invalid_idempotency_key",
-                format!(
-                    "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"
-                ),
-            )
-        })?;
-    Ok(Some(key.to_string()))
 }
 
 /// `POST /buy`: 201 with the order id, its message id and status. With an
 /// `Idempotency-Key`, a retry of the same request returns the same order (and the header
 /// `idempotent-replayed: true`); the same key with another body is refused with 422.
 #[utoipa::path(post, path = "/buy", tag = "orders", request_body = BuyRequest,
-    params(BuyHeaders),
+    params(IdempotencyHeaders),
     responses(
         (status = 201, description = "order taken (or replayed)", body = BuyResponse,
             headers(("location" = String, description = "/orders/{order_id}"),
@@ -159,7 +120,7 @@ pub async fn buy(
     Json(body): Json<BuyRequest>,
 ) -> Result<Response, ApiError> {
     let req = body.validate()?;
-    let key = idempotency_key(&headers)?;
+    let key = idempotency::key(&headers)?;
     let fingerprint = req.fingerprint();
 
     let order_id = Uuid::now_v7();
@@ -229,13 +190,7 @@ async fn replay(state: &AppState, key: &str, fingerprint: &str) -> Result<Respon
         .bind(key)
         .fetch_one(&state.pool)
         .await?;
-    if hash.as_deref() != Some(fingerprint) {
-        return Err(ApiError::BadRequest {
-            status: StatusCode::UNPROCESSABLE_ENTITY,
-            code: "idempotency_key_reused",
-            message: "this Idempotency-Key was already used with a different request body".into(),
-        });
-    }
+    idempotency::same_request(hash.as_deref(), fingerprint)?;
     Ok(created(
         BuyResponse {
             order_id,
@@ -254,7 +209,146 @@ fn created(body: BuyResponse, replayed: bool) -> Response {
         headers.insert(header::LOCATION, v);
     }
     if replayed {
-        headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
+        idempotency::mark_replayed(&mut response);
+    }
+    response
+}
+
+/// `POST /orders/{id}/cancel`: 202 with the order in its new state, `CANCELLED` (it was
+/// waiting for its payment) or `CANCEL_REQUESTED` (it was paid: pay refunds it, then it is
+/// `REFUNDED`). With an `Idempotency-Key`, a retry gets the first answer again (and the
+/// header `idempotent-replayed: true`), with the order as it is now.
+#[utoipa::path(post, path = "/orders/{id}/cancel", tag = "orders",
+    params(("id" = Uuid, Path, description = "the order id"), IdempotencyHeaders),
+    responses(
+        (status = 202, description = "cancellation accepted (or replayed): the order, whose status pay's answer finishes", body = Order,
+            headers(("idempotent-replayed" = String, description = "`true` when this answers an earlier request with the same Idempotency-Key"))),
+        (status = 400, description = "id is not a UUID, or a bad Idempotency-Key", body = common::openapi::ErrorBody),
+        (status = 404, description = "no such order", body = common::openapi::ErrorBody),
+        (status = 409, description = "`order_not_cancellable`: the order's status does not allow a cancel (nothing written)", body = common::openapi::ErrorBody),
+        (status = 422, description = "Idempotency-Key already used for another request", body = common::openapi::ErrorBody),
+        (status = 503, description = "database unavailable", body = common::openapi::ErrorBody)))]
+pub async fn cancel_order(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<Uuid>,
+) -> Result<Response, ApiError> {
+    let key = idempotency::key(&headers)?;
+    let fingerprint = idempotency::fingerprint(&("cancel", id));
+    if let Some(key) = &key
+        && let Some(answer) = replay_cancel(&state, key, &fingerprint).await?
+    {
+        return Ok(answer);
+    }
+
+    let mut tx = state.pool.begin().await?;
+    let status = match transition::apply(&mut tx, id, OrderEvent::Cancel, None).await {
+        Ok(Applied::Moved(status)) => status,
+        Ok(Applied::Kept { status, .. })
+        | Err(TransitionError::Refused {
+            current: status, ..
+        }) => {
+            tx.rollback().await?;
+            // A request with the same key may have cancelled it a moment ago: its answer.
+            if let Some(key) = &key
+                && let Some(answer) = replay_cancel(&state, key, &fingerprint).await?
+            {
+                return Ok(answer);
+            }
+            return Err(not_cancellable(id, status));
+        }
+        Err(TransitionError::NoOrder(_)) => {
+            return Err(ApiError::NotFound(format!("order {id} not found")));
+        }
+        Err(TransitionError::Database(e)) => return Err(e.into()),
+    };
+    // Locked by the move: as it is now, for the message and the answer.
+    let order = find(&mut *tx, id).await?;
+    let message = NewMessage::new(
+        id,
+        ORDER_CANCELLED.name,
+        ORDER_CANCELLED.routing_key,
+        messages::to_json(&OrderCancelled {
+            order_id: id,
+            user_id: order.user_id.clone(),
+            amount_cents: order.amount_cents,
+        }),
+    );
+    let trace = common::trace::outgoing(common::trace::from_http(&headers).as_ref());
+    let message = message.with_header(common::trace::TRACEPARENT, trace.to_string());
+    // One cancellation per order (the move above lets only one through); a key already
+    // taken by another order's cancel, even one committing concurrently, inserts nothing.
+    let inserted: Option<Uuid> = sqlx::query_scalar(
+        "INSERT INTO order_cancellations (order_id, message_id, idempotency_key, request_hash)
+         VALUES ($1, $2, $3, $4)
+         ON CONFLICT DO NOTHING
+         RETURNING order_id",
+    )
+    .bind(id)
+    .bind(message.id)
+    .bind(&key)
+    .bind(key.as_ref().map(|_| &fingerprint))
+    .fetch_optional(&mut *tx)
+    .await?;
+    if inserted.is_none() {
+        tx.rollback().await?;
+        if let Some(key) = &key
+            && let Some(answer) = replay_cancel(&state, key, &fingerprint).await?
+        {
+            return Ok(answer);
+        }
+        return Err(ApiError::Internal(anyhow::anyhow!(
+            "order {id} moved to {status} but its cancellation conflicts with nothing known"
+        )));
+    }
+    let wake = outbox::enqueue_quiet(&mut tx, &message, state.message_ttl).await?;
+    tx.commit().await?;
+    wake.send(&state.pool).await;
+
+    tracing::info!(order_id = %id, message_id = %message.id, %status, "order cancelled");
+    Ok(accepted(order, false))
+}
+
+/// The answer to a cancel whose key is already taken, if it is: the order as it is now,
+/// or 422 when the key was used for another order.
+async fn replay_cancel(
+    state: &AppState,
+    key: &str,
+    fingerprint: &str,
+) -> Result<Option<Response>, ApiError> {
+    let stored: Option<(Uuid, Option<String>)> = sqlx::query_as(
+        "SELECT order_id, request_hash FROM order_cancellations WHERE idempotency_key = $1",
+    )
+    .bind(key)
+    .fetch_optional(&state.pool)
+    .await?;
+    let Some((order_id, hash)) = stored else {
+        return Ok(None);
+    };
+    idempotency::same_request(hash.as_deref(), fingerprint)?;
+    Ok(Some(accepted(find(&state.pool, order_id).await?, true)))
+}
+
+/// 409 `order_not_cancellable`, naming the order's status and the ones a cancel leaves.
+fn not_cancellable(id: Uuid, status: OrderStatus) -> ApiError {
+    let from: Vec<&str> = OrderEvent::Cancel
+        .moves()
+        .into_iter()
+        .map(|(from, _)| from.as_str())
+        .collect();
+    ApiError::Conflict {
+        code: "order_not_cancellable",
+        message: format!(
+            "order {id} is {status}; only an order that is {} can be cancelled",
+            from.join(" or ")
+        ),
+    }
+}
+
+fn accepted(order: Order, replayed: bool) -> Response {
+    let mut response = (StatusCode::ACCEPTED, Json(order)).into_response();
+    if replayed {
+        idempotency::mark_replayed(&mut response);
     }
     response
 }
@@ -275,13 +369,13 @@ pub async fn get_order(
 }
 
 /// Order `id`, or 404.
-pub(crate) async fn find(pool: &sqlx::PgPool, id: Uuid) -> Result<Order, ApiError> {
+pub(crate) async fn find(db: impl sqlx::PgExecutor<'_>, id: Uuid) -> Result<Order, ApiError> {
     sqlx::query_as(
         "SELECT id, user_id, item, amount_cents, status, failure_reason, message_id, created_at, updated_at
          FROM orders WHERE id = $1",
     )
     .bind(id)
-    .fetch_optional(pool)
+    .fetch_optional(db)
     .await?
     .ok_or_else(|| ApiError::NotFound(format!("order {id} not found")))
 }
@@ -340,9 +434,9 @@ pub async fn list_orders(
 #[openapi(
     info(
         title = "order",
-        description = "The order service: takes orders (`POST /buy`) and shows them. The operator routes under `/admin/*` need `Authorization: Bearer <ADMIN_TOKEN>` and answer 404 when `ADMIN_TOKEN` is unset. Every error is `{\"error\": {\"code\", \"message\"}}`; an unknown route is 404, a wrong method 405."
+        description = "The order service: takes orders (`POST /buy`), cancels them (`POST /orders/{id}/cancel`) and shows them. The operator routes under `/admin/*` need `Authorization: Bearer <ADMIN_TOKEN>` and answer 404 when `ADMIN_TOKEN` is unset. Every error is `{\"error\": {\"code\", \"message\"}}`; an unknown route is 404, a wrong method 405."
     ),
-    paths(buy, get_order, list_orders),
+    paths(buy, cancel_order, get_order, list_orders),
     components(schemas(BuyRequest, BuyResponse, Order, OrderList))
 )]
 pub struct ApiDoc;

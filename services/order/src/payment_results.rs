@@ -1,36 +1,46 @@
-//! Pay's answers, received through the order service's inbox, and [`settle`], the one
-//! place an order leaves `PENDING_PAYMENT` (with its batch form, `settle_all`, below).
+//! Pay's answers, received through the order service's inbox: `PaymentCompleted` and
+//! `PaymentFailed` about a payment, `PaymentRefunded` and `PaymentCancelled` about the
+//! compensation of a cancelled order. Each moves the order through
+//! [`transition::apply`](crate::transition::apply), the one place an order changes state,
+//! or leaves it as the state machine says (`crate::status`); [`settle`] is the same for the
+//! reconciler, which settles an order whose answer never arrived from what pay says over
+//! HTTP.
 //!
 //! The inbox has already deduplicated the message and runs this handler in the transaction
-//! that marks it processed. The reconciler ([`crate::reconciler`]) settles an order whose
-//! answer never arrived through the same [`settle`], from what pay says over HTTP. Moving
-//! the order is guarded by `status = 'PENDING_PAYMENT'`: an order changes state once,
-//! whatever arrives later.
+//! that marks it processed. The answers may arrive in any order: a `PaymentCompleted` that
+//! finds its order cancelled changes nothing (pay refunds that charge when the
+//! `OrderCancelled` reaches it, and its `PaymentRefunded` moves the order on); only an
+//! answer that contradicts the order's history is refused, and recorded `dead`.
 //!
 //! # Batches
 //! Under load the inbox hands over a batch of answers in one transaction
-//! ([`MessageHandler::handle`]). Settled one by one, a batch of N costs N `UPDATE`s;
-//! `settle_all` settles it in two statements: it locks the orders in id order (the
-//! [`MessageHandler::lock_key`], so concurrent batches do not deadlock), then moves them all
-//! in one `UPDATE`, under the same guard. That is only the common case, every answer about
-//! its own order still `PENDING_PAYMENT`. Anything else (an answer [`settle`] would refuse
-//! or find already applied, two answers about one order) is not decided there: the handler
-//! says [`HandlerError::OneAtATime`], the inbox rolls the batch back and hands each answer
-//! over alone, and [`settle`] decides it as it always does. A single answer goes to
-//! [`settle`] directly: the per-message path stays the reference.
+//! ([`MessageHandler::handle`]). Applied one by one, a batch of N costs N `UPDATE`s;
+//! `apply_all` applies it in two statements: it locks the orders in id order (the
+//! [`MessageHandler::lock_key`], so concurrent batches do not deadlock) and reads their
+//! states, then moves them all in one `UPDATE`, each guarded by the state it was read in.
+//! That is only the common case, every answer about its own order and moving it. Anything
+//! else (an answer the machine keeps or refuses, an unknown order, two answers about one
+//! order) is not decided there: the handler says [`HandlerError::OneAtATime`], the inbox
+//! rolls the batch back and hands each answer over alone, and [`transition::apply`] decides
+//! it as it always does. A single answer goes to it directly: the per-message path stays
+//! the reference.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
 use message_table::inbox::{HandlerError, InboxMessage, MessageHandler};
-use messages::{PAYMENT_COMPLETED, PAYMENT_FAILED, PaymentResult};
+use messages::{PaymentCancelled, PaymentRefunded, PaymentResult};
+use serde::de::DeserializeOwned;
 use sqlx::PgConnection;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::status::OrderStatus;
+use crate::{
+    status::{OrderEvent, OrderStatus, Step},
+    transition::{self, Applied, TransitionError},
+};
 
-/// What pay decided about an order.
+/// What pay decided about an order's payment (the reconciler reads it from pay's lookup).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PaymentOutcome {
     Completed,
@@ -38,113 +48,85 @@ pub enum PaymentOutcome {
 }
 
 impl PaymentOutcome {
-    /// The order status it leads to.
-    pub fn status(&self) -> OrderStatus {
+    /// The event it is for the order.
+    pub fn event(&self) -> OrderEvent {
         match self {
-            Self::Completed => OrderStatus::Paid,
-            Self::Failed { .. } => OrderStatus::PaymentFailed,
+            Self::Completed => OrderEvent::PaymentCompleted,
+            Self::Failed { .. } => OrderEvent::PaymentFailed,
+        }
+    }
+
+    fn reason(&self) -> Option<&str> {
+        match self {
+            Self::Completed => None,
+            Self::Failed { reason } => reason.as_deref(),
         }
     }
 }
 
-/// What [`settle`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Settled {
-    /// The order left `PENDING_PAYMENT` now.
-    Now,
-    /// It already had this outcome (a duplicate answer): nothing to do.
-    Already,
-}
-
-/// Why [`settle`] refused.
-#[derive(Debug, thiserror::Error)]
-pub enum SettleError {
-    #[error("order {0} does not exist")]
-    NoOrder(Uuid),
-    /// The order is already settled the other way: a contradicting late answer.
-    #[error("order {order_id} is already {current}; refusing {wanted}")]
-    Contradiction {
-        order_id: Uuid,
-        current: OrderStatus,
-        wanted: OrderStatus,
-    },
-    #[error(transparent)]
-    Database(#[from] sqlx::Error),
-}
-
-/// Moves order `order_id` from `PENDING_PAYMENT` to what `outcome` says, in the caller's
-/// transaction.
+/// Applies pay's decision about order `order_id`'s payment, in the caller's transaction:
+/// the same [`transition::apply`] the answer message runs.
 pub async fn settle(
     tx: &mut PgConnection,
     order_id: Uuid,
     outcome: &PaymentOutcome,
-) -> Result<Settled, SettleError> {
-    let new_status = outcome.status();
-    let reason = match outcome {
-        PaymentOutcome::Completed => None,
-        PaymentOutcome::Failed { reason } => reason.as_deref(),
-    };
-    let updated = sqlx::query(
-        "UPDATE orders SET status = $2, failure_reason = $3, updated_at = now()
-         WHERE id = $1 AND status = $4",
-    )
-    .bind(order_id)
-    .bind(new_status)
-    .bind(reason)
-    .bind(OrderStatus::PendingPayment)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if updated == 1 {
-        tracing::info!(%order_id, status = %new_status, "order settled");
-        return Ok(Settled::Now);
-    }
+) -> Result<Applied, TransitionError> {
+    let applied = transition::apply(tx, order_id, outcome.event(), outcome.reason()).await?;
+    log_applied(order_id, outcome.event(), &applied);
+    Ok(applied)
+}
 
-    let current: Option<OrderStatus> =
-        sqlx::query_scalar("SELECT status FROM orders WHERE id = $1")
-            .bind(order_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-    match current {
-        None => Err(SettleError::NoOrder(order_id)),
-        Some(s) if s == new_status => Ok(Settled::Already),
-        Some(current) => Err(SettleError::Contradiction {
-            order_id,
-            current,
-            wanted: new_status,
-        }),
+fn log_applied(order_id: Uuid, event: OrderEvent, applied: &Applied) {
+    match applied {
+        Applied::Moved(status) => tracing::info!(%order_id, %event, %status, "order settled"),
+        Applied::Kept { status, why } => {
+            tracing::info!(%order_id, %event, %status, why, "answer changes nothing")
+        }
     }
 }
 
 pub struct PaymentResultHandler;
 
-/// The order an answer is about and what pay decided; `Permanent` when it is not an answer
-/// this handler can settle.
-fn read_answer(msg: &InboxMessage) -> Result<(Uuid, PaymentOutcome), HandlerError> {
-    let event = msg.event_type.as_str();
-    let completed = event == PAYMENT_COMPLETED.name;
-    if !completed && event != PAYMENT_FAILED.name {
-        return Err(HandlerError::Permanent(format!(
-            "unexpected event type {event:?}"
-        )));
-    }
-    let answer: PaymentResult = serde_json::from_value(msg.payload.clone())
-        .map_err(|e| HandlerError::Permanent(format!("invalid {event} payload: {e}")))?;
-    let outcome = if completed {
-        PaymentOutcome::Completed
-    } else {
-        PaymentOutcome::Failed {
-            reason: answer.reason,
+/// One answer: the order it is about, what it is for the order, and pay's reason for a
+/// failed payment.
+#[derive(Debug)]
+struct Answer {
+    order_id: Uuid,
+    event: OrderEvent,
+    reason: Option<String>,
+}
+
+fn payload<T: DeserializeOwned>(msg: &InboxMessage) -> Result<T, HandlerError> {
+    serde_json::from_value(msg.payload.clone())
+        .map_err(|e| HandlerError::Permanent(format!("invalid {} payload: {e}", msg.event_type)))
+}
+
+/// The answer a message carries; `Permanent` when it is not one this handler knows.
+fn read_answer(msg: &InboxMessage) -> Result<Answer, HandlerError> {
+    let event = OrderEvent::of_answer(&msg.event_type).ok_or_else(|| {
+        HandlerError::Permanent(format!("unexpected event type {:?}", msg.event_type))
+    })?;
+    let (order_id, reason) = match event {
+        OrderEvent::PaymentCompleted => (payload::<PaymentResult>(msg)?.order_id, None),
+        OrderEvent::PaymentFailed => {
+            let answer: PaymentResult = payload(msg)?;
+            (answer.order_id, answer.reason)
         }
+        OrderEvent::PaymentRefunded => (payload::<PaymentRefunded>(msg)?.order_id, None),
+        OrderEvent::PaymentCancelled => (payload::<PaymentCancelled>(msg)?.order_id, None),
+        OrderEvent::Cancel => unreachable!("of_answer gives pay's answers only"),
     };
-    Ok((answer.order_id, outcome))
+    Ok(Answer {
+        order_id,
+        event,
+        reason,
+    })
 }
 
 #[async_trait]
 impl MessageHandler for PaymentResultHandler {
-    /// One answer: [`settle`]. Several: `settle_all`, when each is about its own order
-    /// and that order is still `PENDING_PAYMENT`; otherwise [`HandlerError::OneAtATime`]
-    /// (see the module docs).
+    /// One answer: [`transition::apply`]. Several: `apply_all`, when each is about its own
+    /// order and moves it; otherwise [`HandlerError::OneAtATime`] (see the module docs).
     async fn handle(
         &self,
         tx: &mut PgConnection,
@@ -154,23 +136,32 @@ impl MessageHandler for PaymentResultHandler {
             .iter()
             .map(|m| read_answer(m))
             .collect::<Result<Vec<_>, _>>()?;
-        if let [(order_id, outcome)] = answers.as_slice() {
-            let span = tracing::info_span!("settle", %order_id);
-            return match settle(tx, *order_id, outcome).instrument(span).await {
+        if let [answer] = answers.as_slice() {
+            let span = tracing::info_span!("settle", order_id = %answer.order_id);
+            let applied = async {
+                let applied =
+                    transition::apply(tx, answer.order_id, answer.event, answer.reason.as_deref())
+                        .await?;
+                log_applied(answer.order_id, answer.event, &applied);
+                Ok::<_, TransitionError>(applied)
+            }
+            .instrument(span)
+            .await;
+            return match applied {
                 Ok(_) => Ok(()),
-                Err(SettleError::Database(e)) => Err(e.into()),
-                // A contradicting late answer or an unknown order: recorded dead.
+                Err(TransitionError::Database(e)) => Err(e.into()),
+                // A contradicting answer or an unknown order: recorded dead.
                 Err(e) => Err(HandlerError::Permanent(e.to_string())),
             };
         }
-        let orders: HashSet<Uuid> = answers.iter().map(|(id, _)| *id).collect();
+        let orders: HashSet<Uuid> = answers.iter().map(|a| a.order_id).collect();
         if orders.len() < answers.len() {
             return Err(HandlerError::OneAtATime("two answers about one order"));
         }
-        settle_all(tx, msgs, &answers).await
+        apply_all(tx, msgs, &answers).await
     }
 
-    /// The order the answer settles: a batch locks its orders in id order. The id is
+    /// The order the answer moves: a batch locks its orders in id order. The id is
     /// written in its one canonical form, whose string order is PostgreSQL's `uuid` order.
     fn lock_key(&self, msg: &InboxMessage) -> Option<String> {
         let id = msg.payload.get("order_id")?.as_str()?;
@@ -178,52 +169,68 @@ impl MessageHandler for PaymentResultHandler {
     }
 }
 
-/// [`settle`] for answers about distinct orders, all at once: `Ok` only when every order
-/// left `PENDING_PAYMENT` now. What [`settle`] does when an order was not moved (already
-/// settled, unknown, contradicted) is left to it: [`HandlerError::OneAtATime`], and the
-/// inbox hands each answer over alone.
-async fn settle_all(
+/// [`transition::apply`] for answers about distinct orders, all at once: `Ok` only when
+/// every answer moves its order. Anything else is left to [`transition::apply`]:
+/// [`HandlerError::OneAtATime`], and the inbox hands each answer over alone.
+async fn apply_all(
     tx: &mut PgConnection,
     msgs: &[&InboxMessage],
-    answers: &[(Uuid, PaymentOutcome)],
+    answers: &[Answer],
 ) -> Result<(), HandlerError> {
-    let ids: Vec<Uuid> = answers.iter().map(|(id, _)| *id).collect();
+    let ids: Vec<Uuid> = answers.iter().map(|a| a.order_id).collect();
     // Locked first, in id order (ORDER BY runs before FOR UPDATE locks each row it
     // returns): concurrent batches over the same orders queue instead of deadlocking.
-    sqlx::query("SELECT id FROM orders WHERE id = ANY($1) ORDER BY id FOR UPDATE")
-        .bind(&ids)
-        .execute(&mut *tx)
-        .await?;
-    let statuses: Vec<OrderStatus> = answers.iter().map(|(_, o)| o.status()).collect();
-    let reasons: Vec<Option<&str>> = answers
-        .iter()
-        .map(|(_, o)| match o {
-            PaymentOutcome::Completed => None,
-            PaymentOutcome::Failed { reason } => reason.as_deref(),
-        })
-        .collect();
-    let moved: HashSet<Uuid> = sqlx::query_scalar(
-        "UPDATE orders o SET status = a.status, failure_reason = a.reason, updated_at = now()
-         FROM unnest($1::uuid[], $2::text[], $3::text[]) AS a(id, status, reason)
-         WHERE o.id = a.id AND o.status = $4
-         RETURNING o.id",
+    let current: HashMap<Uuid, OrderStatus> =
+        sqlx::query_as("SELECT id, status FROM orders WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+            .bind(&ids)
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .collect();
+    let mut moves = Vec::with_capacity(answers.len());
+    for answer in answers {
+        match current
+            .get(&answer.order_id)
+            .map(|s| (*s, answer.event.at(*s)))
+        {
+            Some((from, Step::Move(to))) => moves.push((from, to)),
+            _ => {
+                return Err(HandlerError::OneAtATime(
+                    "an answer that does not move its order",
+                ));
+            }
+        }
+    }
+    let (from, to): (Vec<OrderStatus>, Vec<OrderStatus>) = moves.iter().copied().unzip();
+    let reasons: Vec<Option<&str>> = answers.iter().map(|a| a.reason.as_deref()).collect();
+    // Each order guarded by the state it was read in (and is locked in).
+    let moved = sqlx::query(
+        "UPDATE orders o SET status = a.to_status,
+                failure_reason = coalesce(a.reason, o.failure_reason), updated_at = now()
+         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[])
+              AS a(id, from_status, to_status, reason)
+         WHERE o.id = a.id AND o.status = a.from_status",
     )
     .bind(&ids)
-    .bind(&statuses)
+    .bind(&from)
+    .bind(&to)
     .bind(&reasons)
-    .bind(OrderStatus::PendingPayment)
-    .fetch_all(&mut *tx)
+    .execute(&mut *tx)
     .await?
-    .into_iter()
-    .collect();
-    if moved.len() < ids.len() {
-        return Err(HandlerError::OneAtATime("an order was not pending"));
+    .rows_affected();
+    if moved != ids.len() as u64 {
+        // The rows are locked since they were read: this cannot happen, and if it did,
+        // nothing of this batch may commit.
+        return Err(HandlerError::Transient(anyhow::anyhow!(
+            "{moved} of {} orders moved under their locks",
+            ids.len()
+        )));
     }
-    // The lines settle writes, each in its message's span.
-    for (msg, (order_id, outcome)) in msgs.iter().zip(answers) {
+    // The lines apply writes, each in its message's span.
+    for (msg, (answer, to)) in msgs.iter().zip(answers.iter().zip(&to)) {
         let _in_message = msg.span.enter();
-        let _in_settle = tracing::info_span!("settle", %order_id).entered();
-        tracing::info!(%order_id, status = %outcome.status(), "order settled");
+        let _in_settle = tracing::info_span!("settle", order_id = %answer.order_id).entered();
+        log_applied(answer.order_id, answer.event, &Applied::Moved(*to));
     }
     Ok(())
 }

@@ -18,6 +18,8 @@
 //! - **pay settled it but the answer never arrived**: the order is settled from pay's
 //!   answer through [`payment_results::settle`], the very code the answer message runs,
 //!   state guard included. If the message turns up later, it finds the order settled.
+//!   An order the client cancelled meanwhile is never settled as paid: the state machine
+//!   keeps it cancelled, and pay's compensation answers for any charge.
 //!
 //! What it cannot repair (the outbox row is gone, pay's payment is not this order's user
 //! or amount, the order changed the other way meanwhile) it reports and leaves alone.
@@ -49,8 +51,9 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::{
-    payment_results::{self, PaymentOutcome, SettleError, Settled},
-    status::PENDING,
+    payment_results::{self, PaymentOutcome},
+    status::{OrderStatus, PENDING},
+    transition::{Applied, TransitionError},
 };
 
 /// The advisory lock key of a reconciliation pass (per database, like retention's).
@@ -469,6 +472,9 @@ impl Reconciler {
                 report.found.unknown_to_pay += 1;
                 return self.republish(order, report).await;
             }
+            Some((_, undone @ (LookupStatus::Cancelled | LookupStatus::Refunded))) => {
+                return self.undone_by_pay(order, undone, report).await;
+            }
         };
         report.found.settled_by_pay += 1;
         if answer.user_id.as_deref() != Some(&order.user_id)
@@ -485,13 +491,41 @@ impl Reconciler {
         }
         let mut tx = self.pool.begin().await?;
         match payment_results::settle(&mut tx, order.id, &outcome).await {
-            Ok(Settled::Now) => {
+            Ok(Applied::Moved(_)) => {
                 tx.commit().await?;
                 report.fixed.settled += 1;
             }
-            Ok(Settled::Already) => {} // the answer arrived meanwhile
-            Err(SettleError::Database(e)) => return Err(e.into()),
+            // The answer arrived meanwhile, or the client cancelled the order meanwhile
+            // (never PAID then: pay's compensation answers for the charge).
+            Ok(Applied::Kept { .. }) => {}
+            Err(TransitionError::Database(e)) => return Err(e.into()),
             Err(e) => report.cannot_fix(order.id, e.to_string()),
+        }
+        Ok(())
+    }
+
+    /// Pay undid the order (a tombstone or a refund): it does that only for an order the
+    /// client cancelled, so the order was cancelled after this pass read it, and pay's
+    /// answer settles it. Still pending here, it is something nobody here can explain.
+    async fn undone_by_pay(
+        &self,
+        order: &StaleOrder,
+        undone: LookupStatus,
+        report: &mut Report,
+    ) -> anyhow::Result<()> {
+        let status: Option<OrderStatus> =
+            sqlx::query_scalar("SELECT status FROM orders WHERE id = $1")
+                .bind(order.id)
+                .fetch_optional(&self.pool)
+                .await?;
+        if status == Some(OrderStatus::PendingPayment) {
+            report.cannot_fix(
+                order.id,
+                format!(
+                    "pay has undone it ({}) but the order was never cancelled",
+                    undone.as_str()
+                ),
+            );
         }
         Ok(())
     }

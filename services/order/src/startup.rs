@@ -69,6 +69,7 @@ pub async fn build(
             .route("/buy", post(orders::buy))
             .route("/orders", get(orders::list_orders))
             .route("/orders/{id}", get(orders::get_order))
+            .route("/orders/{id}/cancel", post(orders::cancel_order))
             .with_state(AppState { pool, message_ttl })
     })
     .await

@@ -14,7 +14,9 @@ use common::{
     openapi::AdminErrors,
 };
 use message_table::admin::{self, InboxRow, OutboxRow};
-use messages::{ORDER_CREATED, PAYMENT_COMPLETED, PAYMENT_FAILED};
+use messages::{
+    ORDER_CREATED, PAYMENT_CANCELLED, PAYMENT_COMPLETED, PAYMENT_FAILED, PAYMENT_REFUNDED,
+};
 use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -36,7 +38,8 @@ pub struct OrderStory {
     /// Its `OrderCreated` message: `attempts` publishes, `sent_at` when the broker
     /// confirmed it. `null` once retention deleted it.
     pub order_created: Option<OutboxRow>,
-    /// Pay's answers as this inbox received them (normally one), oldest first.
+    /// Pay's answers as this inbox received them (normally one; a cancelled order's
+    /// refund or cancellation is one more), oldest first.
     pub replies: Vec<InboxRow>,
 }
 
@@ -62,7 +65,12 @@ async fn order_story(
         &pool,
         "order_id",
         &aggregate,
-        &[PAYMENT_COMPLETED.name, PAYMENT_FAILED.name],
+        &[
+            PAYMENT_COMPLETED.name,
+            PAYMENT_FAILED.name,
+            PAYMENT_REFUNDED.name,
+            PAYMENT_CANCELLED.name,
+        ],
     )
     .await?;
     Ok(Json(OrderStory {

@@ -22,7 +22,7 @@ pub struct PaySettings {
     /// Pool size.
     #[arg(long, env = "PAY_DB_MAX_CONNECTIONS", default_value_t = 10)]
     pub pay_db_max_connections: u32,
-    /// The queue pay consumes (bound to order.created).
+    /// The queue pay consumes (bound to order.created and order.cancelled).
     #[arg(long, env = "PAY_QUEUE", default_value = PAY_QUEUE.default_name)]
     pub pay_queue: String,
     #[command(flatten)]

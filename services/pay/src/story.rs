@@ -12,7 +12,9 @@ use common::{
     openapi::AdminErrors,
 };
 use message_table::admin::{self, InboxRow, OutboxRow};
-use messages::{ORDER_CREATED, PAYMENT_COMPLETED, PAYMENT_FAILED};
+use messages::{
+    ORDER_CREATED, PAYMENT_CANCELLED, PAYMENT_COMPLETED, PAYMENT_FAILED, PAYMENT_REFUNDED,
+};
 use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -34,7 +36,8 @@ pub struct PaymentStory {
     pub order_created: Vec<InboxRow>,
     /// `null` until the handler committed.
     pub payment: Option<Payment>,
-    /// The answer to order, from pay's outbox: `attempts` publishes, `sent_at` confirmed.
+    /// The answers to order, from pay's outbox (a cancelled order's refund or cancellation
+    /// is one more): `attempts` publishes, `sent_at` confirmed.
     pub replies: Vec<OutboxRow>,
 }
 
@@ -58,7 +61,12 @@ async fn payment_story(
         replies: admin::outbox_about(
             &pool,
             &aggregate,
-            &[PAYMENT_COMPLETED.name, PAYMENT_FAILED.name],
+            &[
+                PAYMENT_COMPLETED.name,
+                PAYMENT_FAILED.name,
+                PAYMENT_REFUNDED.name,
+                PAYMENT_CANCELLED.name,
+            ],
         )
         .await?,
     }))

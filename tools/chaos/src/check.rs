@@ -316,7 +316,7 @@ fn check_payments(r: &Report, snap: &Snapshot) {
     for p in &snap.payments {
         payments.entry(p.0).or_default().push(p);
     }
-    let (mut bad_paid, mut bad_failed) = (Vec::new(), Vec::new());
+    let (mut bad_paid, mut bad_failed, mut cancelled) = (Vec::new(), Vec::new(), Vec::new());
     for (id, user, amount, status, reason) in &snap.orders {
         let found = payments.get(id).map(Vec::as_slice).unwrap_or_default();
         let describe = || {
@@ -334,8 +334,17 @@ fn check_payments(r: &Report, snap: &Snapshot) {
             }
             (OrderStatus::PaymentFailed, _) => bad_failed.push(describe()),
             (OrderStatus::PendingPayment, _) => {}
+            // The run cancels nothing: an order undone is one nobody asked to undo.
+            (OrderStatus::CancelRequested | OrderStatus::Cancelled | OrderStatus::Refunded, _) => {
+                cancelled.push(describe())
+            }
         }
     }
+    r.check(
+        cancelled.is_empty(),
+        "no order cancelled or refunded (the run cancels none)",
+        || some(&cancelled),
+    );
     r.check(
         bad_paid.is_empty(),
         "exactly one COMPLETED payment for each PAID order, same user and amount",

@@ -2,6 +2,7 @@
 //! the docs, the README and docker-compose.yml agree with the code. One binary (modules below)
 //! so it links once.
 
+mod cancel;
 mod compose;
 mod compose_stack;
 mod contract;

@@ -60,6 +60,7 @@ async fn the_gateway_serves_both_documents_under_their_prefixes() {
         .chain(["get", "get", "get"]);
     let mut operations: Vec<(&str, &str)> = vec![
         ("/order/buy", "post"),
+        ("/order/orders/{id}/cancel", "post"),
         ("/order/orders/{id}", "get"),
         ("/order/orders", "get"),
         ("/order/openapi.json", "get"),

@@ -424,6 +424,7 @@ async fn openapi_document_names_every_route() {
     let doc: Value = res.json().await.unwrap();
     let operations: Vec<(&str, &str)> = [
         ("/buy", "post"),
+        ("/orders/{id}/cancel", "post"),
         ("/orders/{id}", "get"),
         ("/orders", "get"),
         ("/admin/reconciliation", "get"),
@@ -436,6 +437,14 @@ async fn openapi_document_names_every_route() {
     test_kit::openapi::assert_documents(&doc, &operations);
     let created = &doc["paths"]["/buy"]["post"]["responses"]["201"];
     assert!(created["headers"]["idempotent-replayed"].is_object());
+    let cancel = &doc["paths"]["/orders/{id}/cancel"]["post"];
+    assert!(cancel["responses"]["202"]["headers"]["idempotent-replayed"].is_object());
+    assert!(cancel["responses"]["409"].is_object());
+    let statuses = &doc["components"]["schemas"]["OrderStatus"]["enum"];
+    assert_eq!(
+        statuses.as_array().map(Vec::len),
+        Some(order::OrderStatus::ALL.len())
+    );
     let props = &doc["components"]["schemas"]["BuyResponse"]["properties"];
     for field in ["order_id", "message_id", "status"] {
         assert!(props[field].is_object(), "BuyResponse.{field}");

@@ -123,7 +123,7 @@ async fn answers_about_unknown_orders_or_of_unknown_types_are_dead() {
     );
     let order_id = new_order(&db.pool).await;
     let odd = inbox
-        .receive(answer("PaymentRefunded", order_id))
+        .receive(answer("PaymentDisputed", order_id))
         .await
         .unwrap();
     assert!(matches!(odd, Outcome::Dead { .. }), "{odd:?}");
@@ -253,7 +253,7 @@ async fn a_batch_settles_exactly_as_its_answers_one_by_one() {
         vec![
             completed(p[7]),
             message("PaymentCompleted", json!({ "order_id": "not-a-uuid" })),
-            message("PaymentRefunded", json!({ "order_id": p[7] })),
+            message("PaymentDisputed", json!({ "order_id": p[7] })),
         ],
         vec![completed(p[8]), completed(p[8])],
     ];

@@ -1,6 +1,6 @@
-//! Pay's integration tests, on a real database (fresh per test) and broker: its inbox, its
-//! read and admin APIs, database outages, shutdown, and the real binary killed and restarted.
-//! One binary (modules below) so it links once.
+//! Pay's integration tests, on a real database (fresh per test) and broker: its inbox (refunds
+//! included), its read and admin APIs, database outages, shutdown, and the real binary killed
+//! and restarted. One binary (modules below) so it links once.
 
 mod admin;
 mod admin_api;
@@ -8,6 +8,7 @@ mod api;
 mod faults;
 mod inbox;
 mod kill;
+mod refunds;
 mod settings;
 mod shutdown;
 mod support;
