@@ -1,17 +1,15 @@
 #!/usr/bin/env bash
-# The benchmark: the machine's ceilings (PostgreSQL's order transaction, RabbitMQ's publish
-# with confirms and consume + ack) and the system on the same scenarios (drain, steady, max,
-# the relay and the inbox alone, the gateway's overhead, each service's footprint), measured
-# side by side in one run on the local PostgreSQL and RabbitMQ, with the services as their own
-# release binaries (the bench, tools/bench, runs them from the same target/ directory). It
-# reports figures with their ratios and targets; it asserts nothing.
+# The benchmark (tools/bench; docs/benchmarks.md): the machine's ceilings, the system and a
+# peer (RustStream) on the same scenarios, one after the other in one run on the local
+# PostgreSQL and RabbitMQ, the services as their own release binaries. It reports figures
+# with their ratios and targets; it asserts nothing.
 #
-#   scripts/bench.sh           the full run (about 7 minutes on 2 cores)
+#   scripts/bench.sh           the full run (long: the 1,000,000-order backlog alone is minutes)
 #   scripts/bench.sh --smoke   a few seconds per section on the dev build (scripts/test.sh runs
 #                              it so the benchmark keeps working); its figures mean nothing
 #
-# BENCH_SECTIONS picks sections (ceilings,drain,steady,max,halves,gateway,takeover,queue_type,cpu);
-# results (JSON, markdown report, latency plot) go to .run/bench/<UTC timestamp>/, or BENCH_OUT.
+# BENCH_SECTIONS picks sections, BENCH_PEERS=none leaves the peer out (docs/benchmarks.md has
+# the rest); results (JSON, markdown report, plots) go to .run/bench/<UTC timestamp>/, or BENCH_OUT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=()
@@ -33,8 +31,8 @@ if ((${#mode[@]} == 0)) && [[ ",${BENCH_SECTIONS:-gateway}," == *,gateway,* ]] &
     (ensure_tool nginx 2>/dev/null) || [[ -x /usr/sbin/nginx ]] ||
         warn "nginx could not be installed: the gateway section runs without its reference"
 fi
-log "${BUILD[*]} -p bench -p order -p pay -p gateway"
-"${BUILD[@]}" --quiet -p bench -p order -p pay -p gateway
+log "${BUILD[*]} -p bench -p peer-ruststream -p order -p pay -p gateway"
+"${BUILD[@]}" --quiet -p bench -p peer-ruststream -p order -p pay -p gateway
 export BENCH_OUT="${BENCH_OUT:-.run/bench/$(date -u +%Y%m%dT%H%M%SZ)}"
 log "running on $(nproc) cores; every figure below is from this run"
 RUST_LOG="${RUST_LOG:-warn}" "$BIN_DIR/bench" "${mode[@]}"

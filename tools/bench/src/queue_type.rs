@@ -24,7 +24,13 @@ const RATE: f64 = 200.0;
 async fn once(queue_type: QueueType, secs: u64) -> ([f64; 4], generator::Generated) {
     stack::use_queue_type(Some(queue_type));
     let arrivals = generator::Arrivals::from_env();
-    let s = scenarios::steady(stack::System::This, RATE, Duration::from_secs(secs), arrivals).await;
+    let s = scenarios::steady(
+        stack::System::This,
+        RATE,
+        Duration::from_secs(secs),
+        arrivals,
+    )
+    .await;
     let pct = |ms: &[f64], p| percentile(ms, p);
     let figures = [
         pct(&s.hop_ms, 50.0),

@@ -182,9 +182,14 @@ fn sweep_svg(sweeps: &[Sweep]) -> String {
     }
     let rates = || sweeps.iter().flat_map(|s| s.points.iter().map(|p| p.0));
     let lo = rates().fold(f64::INFINITY, f64::min).min(100.0).log10();
-    let hi = rates().fold(0.0, f64::max).max(10f64.powf(lo + 1.0)).log10();
+    let hi = rates()
+        .fold(0.0, f64::max)
+        .max(10f64.powf(lo + 1.0))
+        .log10();
     let at = move |rate: f64| (rate.log10() - lo) / (hi - lo);
-    let ticks: Vec<(f64, String)> = rates().map(|r| (r, format!("{r:.0}"))).collect();
+    let mut ticks: Vec<(f64, String)> = rates().map(|r| (r, format!("{r:.0}"))).collect();
+    ticks.sort_by(|a, b| a.0.total_cmp(&b.0));
+    ticks.dedup_by(|a, b| a.0 == b.0);
     plot(&lines, "orders per second (log scale)", &at, &ticks)
 }
 
@@ -333,5 +338,7 @@ mod tests {
         assert_eq!(svg.matches("<polyline").count(), 4);
         assert!(svg.contains(">a p99<") && svg.contains(">b p50<"));
         assert!(svg.contains(">1000<") && !svg.contains("NaN"));
+        let tick = r#"text-anchor="middle">100<"#;
+        assert_eq!(svg.matches(tick).count(), 1, "one tick per rate");
     }
 }

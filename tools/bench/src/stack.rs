@@ -55,7 +55,11 @@ impl System {
 
     /// The first `n` of [`Self::ALL`] that this run measures.
     pub fn measured(n: usize) -> Vec<System> {
-        Self::ALL[..n].iter().copied().filter(|s| s.wanted()).collect()
+        Self::ALL[..n]
+            .iter()
+            .copied()
+            .filter(|s| s.wanted())
+            .collect()
     }
 }
 
