@@ -74,7 +74,12 @@ async fn deliveries_during_a_database_outage_are_not_acked_and_are_paid_once_it_
     .await
     .unwrap();
     assert_eq!((distinct, balance), (20, START - total));
-    let c = pay.counters.snapshot();
+    // The counters follow the commit that made the payments visible.
+    let c = test_kit::eventually("20 processed", Duration::from_secs(10), || async {
+        let c = pay.counters.snapshot();
+        (c.processed >= 20).then_some(c)
+    })
+    .await;
     assert_eq!(c.processed, 20, "{c:?}");
     assert_eq!((c.failed, c.dead, c.poison), (0, 0, 0), "{c:?}");
 }
