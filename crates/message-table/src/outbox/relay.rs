@@ -44,7 +44,7 @@
 //! broker answers nothing, and the deadline of step 3 fails the window like a lost confirm.
 //!
 //! With `DEMO_FAULTS=1` the [teaching switches](crate::faults) act here, one line each:
-//! `pause_relay` and `drop_broker_connection` before step 1, `deliver_twice` in step 3,
+//! `drop_broker_connection` before step 1, `pause_relay` between steps 1 and 2, `deliver_twice` in step 3,
 //! `lose_confirms` after step 5 (a lost confirm is a failure like a timeout).
 
 use std::{collections::HashMap, fmt, sync::Arc, time::Duration};
@@ -275,15 +275,18 @@ impl Relay {
     /// One full round: connect, claim, publish, await confirms, settle.
     #[tracing::instrument(name = "relay_round", skip(self), fields(relay = %self.name, claim_token, claimed))]
     pub async fn run_once(&mut self) -> Result<RelayReport, RelayError> {
-        // Teaching faults: a paused relay claims nothing, so committed rows wait as pending;
-        // a dropped connection is found broken by `channel` and replaced, as after an outage.
-        if !self.faults.remaining(Switch::PauseRelay).is_zero() {
-            return Ok(RelayReport::default());
-        }
+        // Teaching faults: a dropped connection is found broken by `channel` and replaced, as
+        // after an outage; a paused relay claims nothing, so committed rows wait as pending.
+        // The pause is read after connecting and taking the owner: either can outlast a pause
+        // switched on meanwhile, and the claim that follows would take rows committed since.
         if self.faults.take_relay_drop() {
             self.disconnect().await;
         }
         self.channel().await?;
+        self.owner().await;
+        if !self.faults.remaining(Switch::PauseRelay).is_zero() {
+            return Ok(RelayReport::default());
+        }
         let started = Instant::now();
         let claim = self.claim().await?;
         if claim.rows.is_empty() {
@@ -304,6 +307,14 @@ impl Relay {
         Ok(report)
     }
 
+    /// This process's owner id, taken (a lock session opened) the first time it is asked for.
+    async fn owner(&self) -> Option<i32> {
+        self.owner
+            .get_or_init(|| Owner::start(&self.pool))
+            .await
+            .id()
+    }
+
     /// Step 2: claim due rows under a fresh token and a lease, committed before publishing.
     ///
     /// The rows are looked up by id from an array, not joined: a prepared statement's generic
@@ -314,11 +325,7 @@ impl Relay {
     /// other instances take them back as soon as its lock session is gone.
     pub async fn claim(&self) -> sqlx::Result<Claim> {
         let token = Uuid::new_v4();
-        let owner = self
-            .owner
-            .get_or_init(|| Owner::start(&self.pool))
-            .await
-            .id();
+        let owner = self.owner().await;
         let mut rows: Vec<OutboxRow> = sqlx::query_as(AssertSqlSafe(format!(
             "WITH due AS (
                  SELECT id FROM outbox
