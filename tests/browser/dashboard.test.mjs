@@ -293,13 +293,30 @@ try {
     await screenshot(page, '05-lost-confirm-one-payment');
   });
 
+  await check('cancel a paid order from the page: the story tells the refund, the order ends REFUNDED, the money is back', async () => {
+    const before = await balance('alice');
+    const id = await buy(3100, 'bought, then cancelled');
+    await paid(id);
+    await row(id).getByRole('button', { name: `Cancel order ${id}` }).click();
+    await page.locator('#buy-result').filter({ hasText: /cancel accepted: CANCEL_REQUESTED/ }).waitFor({ timeout: 10_000 });
+    await row(id).locator('.order-status').filter({ hasText: 'REFUNDED' }).waitFor({ timeout: SETTLE_MS });
+    await storyOf(id).filter({ hasText: 'Cancellation finished: REFUNDED' }).waitFor({ timeout: SETTLE_MS });
+    const story = await storyOf(id).innerText();
+    for (const step of ["OrderCancelled in order's outbox", "OrderCancelled in pay's inbox", 'Refunded: 31.00 credited back to alice', "PaymentRefunded in order's inbox"]) {
+      if (!story.includes(step)) throw new Error(`the story lacks "${step}": ${oneLine(story)}`);
+    }
+    if (await row(id).getByRole('button', { name: `Cancel order ${id}` }).count()) throw new Error('a refunded order still offers Cancel');
+    if ((await balance('alice')) !== before) throw new Error('alice did not get her 3100 back');
+    await screenshot(page, '06-cancelled-and-refunded');
+  });
+
   await check('usable on a phone: nothing wider than the screen, the form and the switches reachable', async () => {
     await page.setViewportSize({ width: 390, height: 844 });
     await page.waitForTimeout(1_500);
     const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
     if (overflow > 0) throw new Error(`the page is ${overflow} px wider than the screen`);
     await page.locator('#buy-form button[type="submit"]').scrollIntoViewIfNeeded();
-    await screenshot(page, '06-phone');
+    await screenshot(page, '07-phone');
   });
 
   await check('the page logged no script errors', async () => {

@@ -284,6 +284,19 @@ function drawOrders() {
             },
             t('Watch'),
           ),
+          CANCELLABLE.includes(o.status) ? ' ' : null,
+          CANCELLABLE.includes(o.status)
+            ? el(
+              'button',
+              {
+                type: 'button',
+                'aria-label': `Cancel order ${o.order_id}`,
+                dataset: { key: `cancel-${o.order_id}` },
+                onclick: () => cancelOrder(o.order_id),
+              },
+              t('Cancel'),
+            )
+            : null,
         ),
       ),
     );
@@ -376,20 +389,69 @@ function story(o) {
     ? step(true, t('Payment {0}', `${p.status}${p.failure_reason ? ` (${p.failure_reason})` : ''}`), p.created_at, from,
       t('payments for this order: 1 (payments.order_id is unique)'))
     : step(false, t('Payment'), null, null, t('payments for this order: {0}', 0)));
-  if (theirs.replies.length === 0) steps.push(step(false, t("Reply in pay's outbox"), null, null));
-  for (const r of theirs.replies) {
+  const payReplies = theirs.replies.filter((r) => !UNDO_ANSWERS.includes(r.event_type));
+  const orderReplies = mine.replies.filter((r) => !UNDO_ANSWERS.includes(r.event_type));
+  if (payReplies.length === 0) steps.push(step(false, t("Reply in pay's outbox"), null, null));
+  steps.push(...answers(payReplies, orderReplies, from));
+  if (orderReplies.length === 0) steps.push(step(false, t("Reply in order's inbox"), null, null));
+  const cancel = mine.order_cancelled;
+  const settled = order.status !== 'PENDING_PAYMENT' && !(cancel && !orderReplies.length);
+  if (settled) steps.push(step(true, t('Order settled: {0}', cancel ? paidOrFailed(orderReplies) : order.status), orderReplies.length ? orderReplies[0].processed_at : order.updated_at, from));
+  else if (!cancel) steps.push(step(false, t('Order settled'), null, null));
+  if (cancel) steps.push(...undoing(order, cancel, theirs, mine, from));
+  parts.push(el('ol', { 'aria-label': `Story of order ${o.order_id}` }, steps));
+  return parts;
+}
+
+/// Pay's answers to the cancellation; the others answer the payment.
+const UNDO_ANSWERS = ['PaymentRefunded', 'PaymentCancelled'];
+
+/// What the first answer settled the order as, before it was cancelled.
+function paidOrFailed(replies) {
+  return replies.length && replies[0].event_type === 'PaymentFailed' ? 'PAYMENT_FAILED' : 'PAID';
+}
+
+/// Pay's answers: each in pay's outbox, published, then in order's inbox.
+function answers(outgoing, incoming, from) {
+  const steps = [];
+  for (const r of outgoing) {
     steps.push(step(true, t("{0} in pay's outbox", r.event_type), r.created_at, from, ...rowDetails(r, 'publish')));
     steps.push(step(Boolean(r.sent_at), t('{0} published, confirmed by the broker', r.event_type), r.sent_at, from));
   }
-  if (mine.replies.length === 0) steps.push(step(false, t("Reply in order's inbox"), null, null));
-  for (const row of mine.replies) {
+  for (const row of incoming) {
     steps.push(step(row.status === 'processed', t("{0} in order's inbox", row.event_type), row.received_at, from,
       ...rowDetails(row, 'handler')));
   }
-  const settled = order.status !== 'PENDING_PAYMENT';
-  steps.push(step(settled, settled ? t('Order settled: {0}', order.status) : t('Order settled'), settled ? order.updated_at : null, from));
-  parts.push(el('ol', { 'aria-label': `Story of order ${o.order_id}` }, steps));
-  return parts;
+  return steps;
+}
+
+/// The second half of a cancelled order's story: the compensation, through the same
+/// outbox and inbox (a refund of a charge, or a tombstone where there was none).
+function undoing(order, cancel, theirs, mine, from) {
+  const steps = [
+    step(true, t("Cancelled: OrderCancelled in order's outbox, in one transaction with the status change"), cancel.created_at, from,
+      ...rowDetails(cancel, 'publish')),
+    step(Boolean(cancel.sent_at), t('{0} published, confirmed by the broker', 'OrderCancelled'), cancel.sent_at, from),
+  ];
+  if (theirs.order_cancelled.length === 0) steps.push(step(false, t("OrderCancelled in pay's inbox"), null, null));
+  for (const row of theirs.order_cancelled) {
+    steps.push(step(row.status === 'processed', t("OrderCancelled in pay's inbox"), row.received_at, from, ...rowDetails(row, 'handler')));
+  }
+  const p = theirs.payment;
+  if (theirs.refund) {
+    steps.push(step(true, t('Refunded: {0} credited back to {1}', money(theirs.refund.amount_cents), theirs.refund.user_id),
+      theirs.refund.created_at, from, t('refunds for this order: 1 (refunds.order_id is unique)')));
+  } else if (p && p.status === 'CANCELLED') {
+    steps.push(step(true, t('Tombstone: pay will never charge this order'), p.created_at, from));
+  } else {
+    steps.push(step(false, t('Refund or tombstone'), null, null));
+  }
+  const undoOut = theirs.replies.filter((r) => UNDO_ANSWERS.includes(r.event_type));
+  const undoIn = mine.replies.filter((r) => UNDO_ANSWERS.includes(r.event_type));
+  steps.push(...answers(undoOut, undoIn, from));
+  const done = order.status === 'REFUNDED' || order.status === 'CANCELLED';
+  steps.push(step(done, done ? t('Cancellation finished: {0}', order.status) : t('Cancellation finished'), done ? order.updated_at : null, from));
+  return steps;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -425,6 +487,22 @@ async function buy(event) {
     await tick();
   } else {
     out.textContent = t('Refused: {0}', problem(res));
+  }
+}
+
+/// Orders a client may still cancel: waiting for the payment, or paid (then refunded).
+const CANCELLABLE = ['PENDING_PAYMENT', 'PAID'];
+
+/// `POST /order/orders/{id}/cancel`. The Idempotency-Key is the order's own, so a double
+/// click is one cancellation, replayed.
+async function cancelOrder(id) {
+  const out = document.getElementById('buy-result');
+  const res = await call(`/order/orders/${id}/cancel`, { method: 'POST', headers: { 'idempotency-key': `dashboard-cancel-${id}` } });
+  out.textContent = res.ok ? t('Order {0} cancel accepted: {1}', id, res.data.status) : t('Cancel refused: {0}', problem(res));
+  if (res.ok) {
+    state.open.add(id);
+    state.lane = id;
+    await tick();
   }
 }
 

@@ -15,7 +15,8 @@ use common::{
 };
 use message_table::admin::{self, InboxRow, OutboxRow};
 use messages::{
-    ORDER_CREATED, PAYMENT_CANCELLED, PAYMENT_COMPLETED, PAYMENT_FAILED, PAYMENT_REFUNDED,
+    ORDER_CANCELLED, ORDER_CREATED, PAYMENT_CANCELLED, PAYMENT_COMPLETED, PAYMENT_FAILED,
+    PAYMENT_REFUNDED,
 };
 use serde::Serialize;
 use sqlx::PgPool;
@@ -38,12 +39,16 @@ pub struct OrderStory {
     /// Its `OrderCreated` message: `attempts` publishes, `sent_at` when the broker
     /// confirmed it. `null` once retention deleted it.
     pub order_created: Option<OutboxRow>,
+    /// Its `OrderCancelled` message, once the client cancelled it; `null` before (or once
+    /// retention deleted it).
+    pub order_cancelled: Option<OutboxRow>,
     /// Pay's answers as this inbox received them (normally one; a cancelled order's
     /// refund or cancellation is one more), oldest first.
     pub replies: Vec<InboxRow>,
 }
 
-/// The order, its `OrderCreated` outbox row and the inbox rows of pay's answers.
+/// The order, its `OrderCreated` (and `OrderCancelled`) outbox rows and the inbox rows of
+/// pay's answers.
 #[utoipa::path(get, path = "/admin/orders/{id}/story", tag = "admin",
     security(("admin_token" = [])),
     params(("id" = Uuid, Path, description = "the order id")),
@@ -57,10 +62,17 @@ async fn order_story(
 ) -> Result<Json<OrderStory>, ApiError> {
     let order = orders::find(&pool, id).await?;
     let aggregate = id.to_string();
-    let order_created = admin::outbox_about(&pool, &aggregate, &[ORDER_CREATED.name])
-        .await?
-        .into_iter()
-        .find(|row| row.id == order.message_id);
+    let (created, cancelled): (Vec<_>, Vec<_>) = admin::outbox_about(
+        &pool,
+        &aggregate,
+        &[ORDER_CREATED.name, ORDER_CANCELLED.name],
+    )
+    .await?
+    .into_iter()
+    .partition(|row| row.event_type == ORDER_CREATED.name);
+    let order_created = created.into_iter().find(|row| row.id == order.message_id);
+    // One cancellation per order (a second is refused), so at most one row.
+    let order_cancelled = cancelled.into_iter().next();
     let replies = admin::inbox_about(
         &pool,
         "order_id",
@@ -76,6 +88,7 @@ async fn order_story(
     Ok(Json(OrderStory {
         order,
         order_created,
+        order_cancelled,
         replies,
     }))
 }

@@ -26,6 +26,18 @@ pub struct Payment {
     pub created_at: DateTime<Utc>,
 }
 
+/// The credit back of a cancelled order's charge (one per order, enforced by its key).
+#[derive(Debug, Serialize, FromRow, utoipa::ToSchema)]
+pub struct Refund {
+    pub order_id: Uuid,
+    pub payment_id: Uuid,
+    pub user_id: String,
+    pub amount_cents: i64,
+    /// The `OrderCancelled` message that caused it.
+    pub message_id: Uuid,
+    pub created_at: DateTime<Utc>,
+}
+
 #[derive(Debug, Serialize, FromRow, utoipa::ToSchema)]
 pub struct Account {
     pub user_id: String,
@@ -58,6 +70,17 @@ pub(crate) async fn payment_of(
     sqlx::query_as(
         "SELECT id, order_id, user_id, amount_cents, status, failure_reason, message_id, created_at
          FROM payments WHERE order_id = $1",
+    )
+    .bind(order_id)
+    .fetch_optional(pool)
+    .await
+}
+
+/// The refund of `order_id`'s charge, if pay made one.
+pub(crate) async fn refund_of(pool: &sqlx::PgPool, order_id: Uuid) -> sqlx::Result<Option<Refund>> {
+    sqlx::query_as(
+        "SELECT order_id, payment_id, user_id, amount_cents, message_id, created_at
+         FROM refunds WHERE order_id = $1",
     )
     .bind(order_id)
     .fetch_optional(pool)

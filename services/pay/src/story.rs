@@ -13,13 +13,14 @@ use common::{
 };
 use message_table::admin::{self, InboxRow, OutboxRow};
 use messages::{
-    ORDER_CREATED, PAYMENT_CANCELLED, PAYMENT_COMPLETED, PAYMENT_FAILED, PAYMENT_REFUNDED,
+    ORDER_CANCELLED, ORDER_CREATED, PAYMENT_CANCELLED, PAYMENT_COMPLETED, PAYMENT_FAILED,
+    PAYMENT_REFUNDED,
 };
 use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::accounts::{self, Payment};
+use crate::accounts::{self, Payment, Refund};
 
 /// The route, to be nested under `/admin` (behind the token).
 pub fn admin_routes(pool: PgPool) -> Router {
@@ -34,8 +35,13 @@ pub struct PaymentStory {
     /// The `OrderCreated` message as pay's inbox received it (normally one row; a duplicate
     /// delivery has the same message id, so still one): `attempts` handler runs.
     pub order_created: Vec<InboxRow>,
-    /// `null` until the handler committed.
+    /// `null` until the handler committed. A `CANCELLED` row is the tombstone of an order
+    /// cancelled before it was charged.
     pub payment: Option<Payment>,
+    /// The order's `OrderCancelled` as pay's inbox received it, once the client cancelled.
+    pub order_cancelled: Vec<InboxRow>,
+    /// The credit back of a charged order that was cancelled; `null` otherwise.
+    pub refund: Option<Refund>,
     /// The answers to order, from pay's outbox (a cancelled order's refund or cancellation
     /// is one more): `attempts` publishes, `sent_at` confirmed.
     pub replies: Vec<OutboxRow>,
@@ -58,6 +64,9 @@ async fn payment_story(
         order_created: admin::inbox_about(&pool, "order_id", &aggregate, &[ORDER_CREATED.name])
             .await?,
         payment: accounts::payment_of(&pool, order_id).await?,
+        order_cancelled: admin::inbox_about(&pool, "order_id", &aggregate, &[ORDER_CANCELLED.name])
+            .await?,
+        refund: accounts::refund_of(&pool, order_id).await?,
         replies: admin::outbox_about(
             &pool,
             &aggregate,
@@ -74,5 +83,5 @@ async fn payment_story(
 
 /// The story route, for pay's OpenAPI document.
 #[derive(utoipa::OpenApi)]
-#[openapi(paths(payment_story), components(schemas(PaymentStory)))]
+#[openapi(paths(payment_story), components(schemas(PaymentStory, Refund)))]
 pub struct StoryDoc;

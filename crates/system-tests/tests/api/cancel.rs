@@ -66,6 +66,41 @@ async fn a_paid_order_cancelled_is_refunded_and_the_balance_is_back() {
         })
         .await;
     }
+
+    // The dashboard's story of it: each side's rows about the cancellation.
+    let ours = story(&format!("{}/admin/orders/{id}/story", sys.order)).await;
+    assert_eq!(ours["order_cancelled"]["event_type"], "OrderCancelled");
+    assert_eq!(ours["order_cancelled"]["status"], "sent", "{ours}");
+    let answers: Vec<_> = ours["replies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["event_type"].clone())
+        .collect();
+    assert_eq!(answers, ["PaymentCompleted", "PaymentRefunded"], "{ours}");
+    let theirs = story(&format!("{}/admin/payments/{id}/story", sys.pay)).await;
+    assert_eq!(
+        theirs["order_cancelled"][0]["status"], "processed",
+        "{theirs}"
+    );
+    assert_eq!(theirs["payment"]["status"], "REFUNDED");
+    assert_eq!(theirs["refund"]["amount_cents"], 1299);
+    assert_eq!(
+        theirs["refund"]["message_id"],
+        theirs["order_cancelled"][0]["message_id"]
+    );
+}
+
+/// A service's story of one order, read with the operator's token.
+async fn story(url: &str) -> Value {
+    let res = reqwest::Client::new()
+        .get(url)
+        .header("authorization", test_kit::admin_bearer())
+        .send()
+        .await
+        .expect("GET story");
+    assert_eq!(res.status(), StatusCode::OK, "{url}");
+    res.json().await.unwrap()
 }
 
 /// Cancelled before pay saw the order: order's relay holds every OrderCreated back (a

@@ -15,7 +15,7 @@ use std::{
 };
 
 /// The scenario scripts the docs describe, used while `scripts/scenarios/` does not exist yet.
-const SCENARIOS: [&str; 13] = [
+const SCENARIOS: [&str; 14] = [
     "01-rollback-before-send.sh",
     "02-commit-then-send-fails.sh",
     "03-broker-down-at-order-time.sh",
@@ -29,6 +29,7 @@ const SCENARIOS: [&str; 13] = [
     "11-dead-then-requeued.sh",
     "12-database-down-under-pay.sh",
     "13-lost-message-reconciler.sh",
+    "14-cancel-after-payment.sh",
 ];
 
 /// Code-block lines that are commands, compared between the languages.

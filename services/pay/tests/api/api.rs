@@ -150,7 +150,7 @@ async fn the_story_of_an_order_is_pays_rows_about_it() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
         empty,
-        json!({"order_created": [], "payment": null, "replies": []})
+        json!({"order_created": [], "payment": null, "order_cancelled": [], "refund": null, "replies": []})
     );
 
     // Pay's answer is routed to a queue, so its relay can mark it sent.
@@ -185,6 +185,10 @@ async fn the_story_of_an_order_is_pays_rows_about_it() {
     assert_eq!(told["payment"]["message_id"], message_id.to_string());
     assert_eq!(told["replies"][0]["event_type"], "PaymentCompleted");
     assert!(told["replies"][0]["sent_at"].is_string(), "{told}");
+    assert_eq!(
+        (&told["order_cancelled"], &told["refund"]),
+        (&json!([]), &Value::Null)
+    );
 
     let (status, _) = support::admin_call(
         reqwest::Client::new().get(format!("{}/admin/payments/x/story", pay.base)),
