@@ -18,9 +18,11 @@
 //! `apply_all` applies it in two statements: it locks the orders in id order (the
 //! [`MessageHandler::lock_key`], so concurrent batches do not deadlock) and reads their
 //! states, then moves them all in one `UPDATE`, each guarded by the state it was read in.
-//! That is only the common case, every answer about its own order and moving it. Anything
-//! else (an answer the machine keeps or refuses, an unknown order, two answers about one
-//! order) is not decided there: the handler says [`HandlerError::OneAtATime`], the inbox
+//! That is the common case, every answer about its own order and moving it or kept (an
+//! order the reconciler settled first: after a backlog older than its threshold, most
+//! answers are such, and a batch that fell back for each would settle one order per
+//! commit). Anything else (an answer the machine refuses, an unknown order, two answers
+//! about one order) is not decided there: the handler says [`HandlerError::OneAtATime`], the inbox
 //! rolls the batch back and hands each answer over alone, and [`transition::apply`] decides
 //! it as it always does. A single answer goes to it directly: the per-message path stays
 //! the reference.
@@ -169,40 +171,51 @@ impl MessageHandler for PaymentResultHandler {
     }
 }
 
-/// [`transition::apply`] for answers about distinct orders, all at once: `Ok` only when
-/// every answer moves its order. Anything else is left to [`transition::apply`]:
-/// [`HandlerError::OneAtATime`], and the inbox hands each answer over alone.
+/// [`transition::apply`] for answers about distinct orders, all at once: `Ok` when every
+/// answer moves its order or is one the state machine keeps. Anything else is left to
+/// [`transition::apply`]: [`HandlerError::OneAtATime`], and the inbox hands each answer over
+/// alone.
 async fn apply_all(
     tx: &mut PgConnection,
     msgs: &[&InboxMessage],
     answers: &[Answer],
 ) -> Result<(), HandlerError> {
-    let ids: Vec<Uuid> = answers.iter().map(|a| a.order_id).collect();
+    let all: Vec<Uuid> = answers.iter().map(|a| a.order_id).collect();
     // Locked first, in id order (ORDER BY runs before FOR UPDATE locks each row it
     // returns): concurrent batches over the same orders queue instead of deadlocking.
     let current: HashMap<Uuid, OrderStatus> =
         sqlx::query_as("SELECT id, status FROM orders WHERE id = ANY($1) ORDER BY id FOR UPDATE")
-            .bind(&ids)
+            .bind(&all)
             .fetch_all(&mut *tx)
             .await?
             .into_iter()
             .collect();
+    // What the state machine says of each: a move, or nothing to do (an order the reconciler
+    // settled before its answer came, as after a backlog older than its threshold). Only a
+    // refusal or an unknown order needs the answer alone, to be recorded dead by itself.
     let mut moves = Vec::with_capacity(answers.len());
-    for answer in answers {
+    let mut kept = Vec::new();
+    for (i, answer) in answers.iter().enumerate() {
         match current
             .get(&answer.order_id)
             .map(|s| (*s, answer.event.at(*s)))
         {
-            Some((from, Step::Move(to))) => moves.push((from, to)),
-            _ => {
+            Some((from, Step::Move(to))) => moves.push((i, from, to)),
+            Some((status, Step::Keep(why))) => kept.push((i, Applied::Kept { status, why })),
+            Some((_, Step::Refuse)) | None => {
                 return Err(HandlerError::OneAtATime(
-                    "an answer that does not move its order",
+                    "an answer that contradicts its order, or about no order",
                 ));
             }
         }
     }
-    let (from, to): (Vec<OrderStatus>, Vec<OrderStatus>) = moves.iter().copied().unzip();
-    let reasons: Vec<Option<&str>> = answers.iter().map(|a| a.reason.as_deref()).collect();
+    let ids: Vec<Uuid> = moves.iter().map(|&(i, ..)| answers[i].order_id).collect();
+    let from: Vec<OrderStatus> = moves.iter().map(|&(_, from, _)| from).collect();
+    let to: Vec<OrderStatus> = moves.iter().map(|&(.., to)| to).collect();
+    let reasons: Vec<Option<&str>> = moves
+        .iter()
+        .map(|&(i, ..)| answers[i].reason.as_deref())
+        .collect();
     // Each order guarded by the state it was read in (and is locked in).
     let moved = sqlx::query(
         "UPDATE orders o SET status = a.to_status,
@@ -226,11 +239,16 @@ async fn apply_all(
             ids.len()
         )));
     }
+    let applied = moves
+        .into_iter()
+        .map(|(i, _, to)| (i, Applied::Moved(to)))
+        .chain(kept);
     // The lines apply writes, each in its message's span.
-    for (msg, (answer, to)) in msgs.iter().zip(answers.iter().zip(&to)) {
+    for (i, applied) in applied {
+        let (msg, answer) = (msgs[i], &answers[i]);
         let _in_message = msg.span.enter();
         let _in_settle = tracing::info_span!("settle", order_id = %answer.order_id).entered();
-        log_applied(answer.order_id, answer.event, &Applied::Moved(*to));
+        log_applied(answer.order_id, answer.event, &applied);
     }
     Ok(())
 }

@@ -9,7 +9,7 @@ use message_table::outbox::{
     resend_scheduler::{LEASE_EXPIRED, OWNER_GONE, ResendScheduler},
 };
 use serde_json::json;
-use sqlx::PgPool;
+use sqlx::{AssertSqlSafe, PgPool};
 use test_kit::{TcpProxy, TestDb, TestQueue};
 use uuid::Uuid;
 
@@ -1105,20 +1105,27 @@ async fn relays_side_by_side_publish_every_message_once_and_share_the_wake_up() 
     assert_eq!(distinct, ids.into_iter().collect());
 }
 
-/// The relay's pool (`db::relay_pool`) commits asynchronously; the pool it is made from,
-/// where the business transactions run, does not.
+/// The relay's pool (`db::relay_pool`) commits asynchronously and plans each statement when
+/// it runs (a generic plan made while the outbox was empty updates a claim's rows with a
+/// sequential scan of the whole outbox once it has grown); the pool it is made from, where
+/// the business transactions run, keeps PostgreSQL's defaults.
 #[tokio::test]
-async fn only_the_relay_pool_commits_asynchronously() {
+async fn only_the_relay_pool_commits_asynchronously_and_plans_every_statement() {
     let db = TestDb::with_message_tables().await;
     let relay_pool = message_table::db::relay_pool(&db.pool, 1);
-    let mode = |pool: PgPool| async move {
-        sqlx::query_scalar::<_, String>("SHOW synchronous_commit")
+    let show = |pool: PgPool, setting: &'static str| async move {
+        sqlx::query_scalar::<_, String>(AssertSqlSafe(format!("SHOW {setting}")))
             .fetch_one(&pool)
             .await
             .unwrap()
     };
-    assert_eq!(mode(relay_pool).await, "off");
-    assert_eq!(mode(db.pool.clone()).await, "on");
+    assert_eq!(show(relay_pool.clone(), "synchronous_commit").await, "off");
+    assert_eq!(
+        show(relay_pool, "plan_cache_mode").await,
+        "force_custom_plan"
+    );
+    assert_eq!(show(db.pool.clone(), "synchronous_commit").await, "on");
+    assert_eq!(show(db.pool.clone(), "plan_cache_mode").await, "auto");
 }
 
 #[test]

@@ -518,7 +518,11 @@ async fn the_story_of_an_order_is_orders_rows_about_it() {
     assert_eq!(told["order_created"]["attempts"], 1, "{told}");
     assert!(told["order_created"]["sent_at"].is_string(), "{told}");
     assert_eq!(told["replies"], json!([]));
-    assert_eq!(told["order_cancelled"], Value::Null, "not cancelled: {told}");
+    assert_eq!(
+        told["order_cancelled"],
+        Value::Null,
+        "not cancelled: {told}"
+    );
 
     let missing = story(Uuid::now_v7().to_string()).await.unwrap();
     assert_eq!(missing.status(), StatusCode::NOT_FOUND);

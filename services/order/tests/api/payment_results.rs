@@ -196,9 +196,10 @@ fn id_of(msg: &Incoming) -> Uuid {
 /// Order's batch handler settles in two statements what the handler settles message by
 /// message, with the same orders, inbox rows and outcomes: completed (a reason in the
 /// payload ignored), failed with and without a reason, a copy of a message in the same
-/// batch; and, each in a batch with an answer that would settle, what makes a batch go one
-/// by one: an answer for an order already settled that way, a contradicting one, an unknown
-/// order, an unreadable payload, an unexpected type, two answers about one order.
+/// batch; an answer for an order already settled that way (kept, in the batch); and, each in
+/// a batch with an answer that would settle, what makes a batch go one by one: a
+/// contradicting answer, an unknown order, an unreadable payload, an unexpected type, two
+/// answers about one order.
 #[tokio::test]
 async fn a_batch_settles_exactly_as_its_answers_one_by_one() {
     let batched = TestDb::new(&order::MIGRATOR).await;
@@ -239,9 +240,10 @@ async fn a_batch_settles_exactly_as_its_answers_one_by_one() {
         ),
         first,
     ];
+    let with_kept = vec![completed(p[4]), completed(paid)];
     let batches = vec![
         settling.clone(),
-        vec![completed(p[4]), completed(paid)],
+        with_kept.clone(),
         vec![
             completed(p[5]),
             message(
@@ -280,6 +282,9 @@ async fn a_batch_settles_exactly_as_its_answers_one_by_one() {
     // The settling batch took the batch path: one transaction wrote its orders and rows.
     let ids: Vec<Uuid> = settling.iter().map(id_of).collect();
     assert_eq!(writers(&batched.pool, &pending[..4], &ids).await, 1);
+    // So did the batch with an answer its order already had: kept, not redone one by one.
+    let kept_ids: Vec<Uuid> = with_kept.iter().map(id_of).collect();
+    assert_eq!(writers(&batched.pool, &pending[4..5], &kept_ids).await, 1);
     // (One by one: a transaction per message, and a savepoint around each handler.)
     assert!(writers(&one_by_one.pool, &pending[..4], &ids).await > 1);
     // And what both did, spelled out.
