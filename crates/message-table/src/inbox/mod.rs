@@ -70,6 +70,7 @@ mod admin;
 pub mod consumer;
 mod counters;
 pub mod dead_letters;
+mod order;
 mod parse;
 mod receive;
 pub mod retry_sweeper;
@@ -83,7 +84,7 @@ use uuid::Uuid;
 
 pub use crate::status::InboxStatus;
 use crate::{backoff::RetryPolicy, faults::Faults, metrics::MessageTableMetrics};
-pub use admin::{InboxStats, requeue_dead, stats, status_of};
+pub use admin::{InboxStats, parked, requeue_dead, stats, status_of};
 pub use consumer::Incoming;
 pub use counters::{InboxCounters, InboxCounts};
 
@@ -96,10 +97,21 @@ pub struct InboxMessage {
     pub headers: Value,
     /// 1 on the first delivery, then 2, 3… on the sweeper's retries.
     pub attempt: i32,
+    /// Its place among its aggregate's messages, when the sender numbered it (the
+    /// `aggregate_id` and `x-aggregate-seq` headers): applied in that order.
+    pub position: Option<Position>,
     /// The span of this message's handling (`inbox_receive`, or the sweeper's
     /// `inbox_retry`), which continues the sender's trace: a [`MessageHandler`] writes each
     /// message's log lines inside its own span.
     pub span: tracing::Span,
+}
+
+/// A message's place among the messages about one aggregate (see "Order per aggregate").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    pub aggregate_id: String,
+    /// 1 for the aggregate's first message, and so on.
+    pub seq: i64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -162,6 +174,9 @@ pub trait MessageHandler: Send + Sync + 'static {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Processed,
+    /// Arrived before its aggregate's previous message was applied: recorded `parked`,
+    /// applied right after that one.
+    Parked,
     /// The id was already in the inbox: no effect.
     Duplicate,
     /// A technical failure, recorded; the retry sweeper takes it from here.
@@ -184,6 +199,7 @@ impl Outcome {
     pub fn label(&self) -> &'static str {
         match self {
             Outcome::Processed => "processed",
+            Outcome::Parked => "parked",
             Outcome::Duplicate => "duplicate",
             Outcome::Failed { .. } => "failed",
             Outcome::Dead { .. } => "dead",
