@@ -1,7 +1,8 @@
 //! The receive algorithm, top to bottom in the order it runs (see the module docs of
 //! [`crate::inbox`] for the why): [`Inbox::receive_batch`] reads the deliveries
 //! (`Inbox::read`), then [`Inbox::run`] runs steps 1 to 4 in one transaction:
-//! `Inbox::remember`, `Inbox::process` (the handler, `record_failure`), commit.
+//! `Inbox::remember`, `Inbox::sort_out` (order per aggregate), `Inbox::process` (the
+//! handler, `record_failure`), `Inbox::advance` (parked successors), commit.
 
 use std::{
     collections::{BTreeMap, HashSet},

@@ -714,8 +714,9 @@ impl Relay {
 /// handled more (docs/benchmarks.md); the services run one by default. It needs nothing new for
 /// safety: each relay has its own connection, so confirms and returns never cross windows,
 /// and relays already share an outbox safely (`FOR UPDATE SKIP LOCKED`, each claim's token
-/// and lease), as several instances of a service do. Like several instances, they do not
-/// keep the order of messages.
+/// and lease), as several instances of a service do. Like several instances, they keep no
+/// order between unnumbered messages; numbered ones keep their aggregate's order, since the
+/// claim itself holds back a row whose predecessor is unsent (see [`Relay::claim`]).
 pub struct Relays(Vec<Relay>);
 
 impl Relays {
