@@ -160,7 +160,8 @@ impl Inbox {
                 if outcome == Outcome::Processed
                     && let Some(p) = &msgs[i].position
                 {
-                    applied.insert(p.aggregate_id.clone(), p.seq);
+                    let last = applied.entry(p.aggregate_id.clone()).or_insert(p.seq);
+                    *last = p.seq.max(*last);
                 }
                 outcomes[i] = outcome;
             }
