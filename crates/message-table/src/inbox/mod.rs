@@ -24,7 +24,8 @@
 //!    `ON CONFLICT … DO UPDATE`, so a person sees how many copies each message had. Two copies arriving
 //!    *concurrently* are serialised by the primary key: the second insert waits for the
 //!    first transaction and then sees the conflict.
-//!    **Put in order** (`Inbox::sort_out`, `order.rs`): when some new message is numbered
+//!
+//!    Then **put in order** (`Inbox::sort_out`, `order.rs`): when some new message is numbered
 //!    within its aggregate (headers `aggregate_id`, `x-aggregate-seq`), its aggregate's
 //!    `inbox_sequences` row is locked (`order::lock_positions`, sorted), and the message is
 //!    handled only in its turn (`order::turn`); one that came early is recorded `parked`
@@ -40,7 +41,8 @@
 //!    savepoints (optimistic); if its handler fails, the whole transaction is rolled back
 //!    and every message is run again alone, as a batch of one, so a failure is recorded
 //!    against its own message and the others are processed.
-//! 3b. **Go on in order** (`Inbox::advance`): the numbered messages handled move their
+//!
+//!    Then **go on in order** (`Inbox::advance`): the numbered messages handled move their
 //!    aggregates' positions, and the parked messages that are then next run, each alone,
 //!    in order, in the same transaction.
 //! 4. **Commit.** Only then does the consumer ack the deliveries.
