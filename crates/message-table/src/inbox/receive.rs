@@ -5,7 +5,7 @@
 //! handler, `record_failure`), `Inbox::advance` (parked successors), commit.
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     panic::AssertUnwindSafe,
 };
 
@@ -16,7 +16,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use super::{
-    HandlerError, Inbox, InboxMessage, InboxStatus, Incoming, Outcome,
+    HandlerError, Inbox, InboxMessage, InboxStatus, Incoming, Outcome, Position,
     order::{self, Turn},
     parse::Read,
 };
@@ -144,7 +144,7 @@ impl Inbox {
             }
         }
         // Step 1b: the numbered ones in their aggregate's order (see `order.rs`).
-        let (new, parked) = self.sort_out(&mut tx, msgs, new).await?;
+        let (new, parked, started) = self.sort_out(&mut tx, msgs, new).await?;
         let mut applied = BTreeMap::new();
         if !new.is_empty() {
             // Steps 2 and 3.
@@ -166,6 +166,17 @@ impl Inbox {
                 outcomes[i] = outcome;
             }
         }
+        // An aggregate started at 1 by `sort_out` is there already, and nothing is parked
+        // behind it; one whose first message failed is taken back.
+        for aggregate in &started {
+            match applied.get(aggregate) {
+                Some(1) => {
+                    applied.remove(aggregate);
+                }
+                Some(_) => {}
+                None => order::unstart(&mut tx, aggregate).await?,
+            }
+        }
         for i in parked {
             outcomes[i] = Outcome::Parked;
         }
@@ -183,24 +194,47 @@ impl Inbox {
     }
 
     /// Step 1b: of the new messages `new` (indexes into `msgs`, in handling order), those
-    /// to handle now, and those recorded `parked` (numbered, and early). Those whose number
-    /// was applied already are left `Duplicate`: not handled, noted on their rows. Locks the
+    /// to handle now, those recorded `parked` (numbered, and early), and the aggregates
+    /// started at 1 by this batch ([`order::start_positions`]). Those whose number was
+    /// applied already are left `Duplicate`: not handled, noted on their rows. Locks the
     /// aggregates' positions; nothing to do when no message is numbered.
     async fn sort_out(
         &self,
         tx: &mut PgConnection,
         msgs: &[&InboxMessage],
         new: Vec<usize>,
-    ) -> sqlx::Result<(Vec<usize>, Vec<usize>)> {
-        let aggregates: Vec<&str> = new
+    ) -> sqlx::Result<(Vec<usize>, Vec<usize>, HashSet<String>)> {
+        let positions: Vec<&Position> = new
             .iter()
             .filter_map(|&i| msgs[i].position.as_ref())
+            .collect();
+        if positions.is_empty() {
+            return Ok((new, Vec::new(), HashSet::new()));
+        }
+        let firsts: Vec<&str> = positions
+            .iter()
+            .filter(|p| p.seq == 1)
             .map(|p| p.aggregate_id.as_str())
             .collect();
-        if aggregates.is_empty() {
-            return Ok((new, Vec::new()));
+        let started = if firsts.is_empty() {
+            HashSet::new()
+        } else {
+            order::start_positions(tx, &firsts).await?
+        };
+        let others: Vec<&str> = positions
+            .iter()
+            .map(|p| p.aggregate_id.as_str())
+            .filter(|a| !started.contains(*a))
+            .collect();
+        let mut applied = if others.is_empty() {
+            HashMap::new()
+        } else {
+            order::lock_positions(tx, &others).await?
+        };
+        // Decided as from 0: the row's 1 is this batch's own, kept only if its message is.
+        for aggregate in &started {
+            applied.insert(aggregate.clone(), 0);
         }
-        let mut applied = order::lock_positions(tx, &aggregates).await?;
         let (mut now, mut parked, mut late) = (Vec::new(), Vec::new(), Vec::new());
         for i in new {
             let Some(p) = &msgs[i].position else {
@@ -220,7 +254,7 @@ impl Inbox {
         let ids = |is: &[usize]| is.iter().map(|&i| msgs[i].message_id).collect::<Vec<_>>();
         order::park(tx, &ids(&parked)).await?;
         order::drop_late(tx, &ids(&late)).await?;
-        Ok((now, parked))
+        Ok((now, parked, started))
     }
 
     /// Step 1: one insert of every id (sorted, so concurrent batches lock them in one

@@ -56,6 +56,21 @@ fn ids_and_seqs(deliveries: &[lapin::message::Delivery]) -> Vec<(Uuid, i64)> {
         .collect()
 }
 
+/// The ordering gauges of a scrape: blocked aggregates, parked inbox messages.
+async fn gauges(pool: &PgPool) -> (f64, f64) {
+    let mut registry = prometheus_client::registry::Registry::default();
+    message_table::metrics::outbox_gauges(pool, &mut registry)
+        .await
+        .unwrap();
+    let mut body = String::new();
+    prometheus_client::encoding::text::encode(&mut body, &registry).unwrap();
+    let m = test_kit::metrics::Metrics::parse(&body);
+    (
+        m.value("outbox_blocked_aggregates", &[]),
+        m.value("inbox_parked_messages", &[]),
+    )
+}
+
 async fn make_due(pool: &PgPool) {
     sqlx::query("UPDATE outbox SET next_attempt_at = now() WHERE status = 'pending'")
         .execute(pool)
@@ -126,6 +141,7 @@ async fn a_dead_message_blocks_its_own_aggregate_until_it_is_requeued() {
     assert_eq!(relay.run_once().await.unwrap().claimed, 0, "a2 waits");
     assert_eq!(status(&db.pool, a2).await, OutboxStatus::Pending);
     assert_eq!(outbox::stats(&db.pool).await.unwrap().blocked_aggregates, 1);
+    assert_eq!(gauges(&db.pool).await.0, 1.0);
     assert_eq!(ids_and_seqs(&queue.take_all().await), vec![(b1, 1)]);
 
     queue.declare(&amqp, &queue.name, &[LATE_KEY]).await;
@@ -180,6 +196,7 @@ async fn a_message_that_arrives_early_is_parked_and_applied_right_after_its_pred
         Some(InboxStatus::Parked)
     );
     assert_eq!(inbox::stats(&db.pool).await.unwrap().parked, 1);
+    assert_eq!(gauges(&db.pool).await.1, 1.0);
     assert!(applied(&db.pool).await.is_empty());
 
     assert_eq!(inbox.receive(one.clone()).await, Some(Outcome::Processed));
