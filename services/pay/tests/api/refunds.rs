@@ -216,7 +216,7 @@ async fn only_a_completed_payment_is_refunded_and_other_payments_are_left_untouc
             "{status}"
         );
     }
-    assert_eq!(balance(&db.pool, "alice").await, 0);
+    assert_eq!(balance(&db.pool, "carol").await, 0);
     assert_eq!(
         inbox.receive(ghost_cancelled).await,
         Some(Outcome::Processed)
