@@ -38,8 +38,9 @@ pub const PUBLISH_OUTCOMES: [&str; 7] = [
 ];
 
 /// `inbox_deliveries_total` outcomes.
-pub const DELIVERY_OUTCOMES: [&str; 6] = [
+pub const DELIVERY_OUTCOMES: [&str; 7] = [
     "processed",
+    "parked",
     "duplicate",
     "failed",
     "dead",
@@ -185,7 +186,9 @@ impl MessageTableMetrics {
 /// Registers, into `registry` (one built for this scrape), the outbox rows by status
 /// (`outbox_messages{status}`: pending, in_flight, sent, dead) and the age of the oldest
 /// row waiting to be published, not in flight (`outbox_oldest_pending_age_seconds`, 0
-/// when none): how far the relay is behind.
+/// when none): how far the relay is behind. Also the ordering gauges: aggregates blocked
+/// behind a dead message (`outbox_blocked_aggregates`) and parked inbox messages
+/// (`inbox_parked_messages`).
 pub async fn outbox_gauges(pool: &PgPool, registry: &mut Registry) -> sqlx::Result<()> {
     let stats = outbox::stats(pool).await?;
     let oldest = outbox::oldest_waiting_age(pool).await?;
@@ -205,6 +208,20 @@ pub async fn outbox_gauges(pool: &PgPool, registry: &mut Registry) -> sqlx::Resu
     );
     let age = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
     age.set(oldest);
+    let blocked = Gauge::<i64>::default();
+    blocked.set(stats.blocked_aggregates);
+    registry.register(
+        "outbox_blocked_aggregates",
+        "Aggregates whose oldest unsent message is dead: their later messages wait for its requeue",
+        blocked,
+    );
+    let parked = Gauge::<i64>::default();
+    parked.set(crate::inbox::parked(pool).await?);
+    registry.register(
+        "inbox_parked_messages",
+        "Inbox messages that arrived before their aggregate's previous one was applied, waiting for it",
+        parked,
+    );
     registry.register(
         "outbox_oldest_pending_age_seconds",
         "Age of the oldest pending outbox row not in flight, read at scrape time; 0 when none",

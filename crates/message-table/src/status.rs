@@ -62,10 +62,13 @@ pub enum InboxStatus {
     Failed,
     /// Permanent failure, attempts exhausted, poison or too old: waits for an operator.
     Dead,
+    /// Arrived before the message of its aggregate it follows was applied: applied right
+    /// after that one (see [`crate::inbox`], "Order per aggregate").
+    Parked,
 }
 
 impl InboxStatus {
-    pub const ALL: [Self; 3] = [Self::Processed, Self::Failed, Self::Dead];
+    pub const ALL: [Self; 4] = [Self::Processed, Self::Failed, Self::Dead, Self::Parked];
 
     /// The text stored in the `status` column.
     pub const fn as_str(self) -> &'static str {
@@ -73,6 +76,7 @@ impl InboxStatus {
             Self::Processed => "processed",
             Self::Failed => "failed",
             Self::Dead => "dead",
+            Self::Parked => "parked",
         }
     }
 }
@@ -111,6 +115,8 @@ mod tests {
     use super::*;
 
     const SCHEMA: &str = include_str!("../migrations/0001_outbox_inbox.sql");
+    /// Where the inbox's states were last widened (`parked`).
+    const ORDER: &str = include_str!("../migrations/0005_aggregate_order.sql");
 
     #[test]
     fn the_written_out_predicates_name_the_typed_states() {
@@ -142,7 +148,8 @@ mod tests {
             format!("CHECK (status IN ({}))", quoted.join(", "))
         };
         assert!(SCHEMA.contains(&list(&OutboxStatus::ALL.map(OutboxStatus::as_str))));
-        assert!(SCHEMA.contains(&list(&InboxStatus::ALL.map(InboxStatus::as_str))));
+        let inbox = list(&InboxStatus::ALL.map(InboxStatus::as_str));
+        assert!(ORDER.contains(&inbox));
     }
 
     #[test]

@@ -97,6 +97,16 @@ impl BuyRequest {
     }
 }
 
+/// The place of each of an order's messages among them (the outbox publishes them, and
+/// pay applies them, in this order). The order row is their version: its insert writes
+/// the first, and the one move to a cancelled state that writes a cancellation (one per
+/// order, `order_cancellations`' key) the second, both under that row's lock.
+#[derive(Debug, Clone, Copy)]
+enum MessageSeq {
+    Created = 1,
+    Cancelled = 2,
+}
+
 /// `POST /buy`: 201 with the order id, its message id and status. With an
 /// `Idempotency-Key`, a retry of the same request returns the same order (and the header
 /// `idempotent-replayed: true`); the same key with another body is refused with 422.
@@ -134,7 +144,8 @@ pub async fn buy(
             item: req.item.clone(),
             amount_cents: req.amount_cents,
         }),
-    );
+    )
+    .in_sequence(MessageSeq::Created as i64);
     // The request's trace (the gateway's, or the one its span started) goes on to pay.
     let trace = common::trace::outgoing(common::trace::from_http(&headers).as_ref());
     let message = message.with_header(common::trace::TRACEPARENT, trace.to_string());
@@ -273,7 +284,8 @@ pub async fn cancel_order(
             user_id: order.user_id.clone(),
             amount_cents: order.amount_cents,
         }),
-    );
+    )
+    .in_sequence(MessageSeq::Cancelled as i64);
     let trace = common::trace::outgoing(common::trace::from_http(&headers).as_ref());
     let message = message.with_header(common::trace::TRACEPARENT, trace.to_string());
     // One cancellation per order (the move above lets only one through); a key already

@@ -474,6 +474,7 @@ async fn undo_all(
             reply(
                 PAYMENT_REFUNDED,
                 order_id,
+                AnswerSeq::Second,
                 messages::to_json(&PaymentRefunded {
                     order_id,
                     payment_id: r.id,
@@ -484,9 +485,17 @@ async fn undo_all(
             || rest.get(&order_id) == Some(&PaymentStatus::Failed)
         {
             tracing::info!(%order_id, "order cancelled before any charge; it will not be charged");
+            // The tombstone is pay's first answer about the order; after a failed payment,
+            // its second.
+            let seq = if tombstoned.contains(&order_id) {
+                AnswerSeq::First
+            } else {
+                AnswerSeq::Second
+            };
             reply(
                 PAYMENT_CANCELLED,
                 order_id,
+                seq,
                 messages::to_json(&PaymentCancelled { order_id }),
             )
         } else {
@@ -505,8 +514,18 @@ fn traced(reply: NewMessage, msg: &InboxMessage) -> NewMessage {
     reply.with_header(common::trace::TRACEPARENT, trace.to_string())
 }
 
-fn reply(event: Event, order_id: Uuid, payload: serde_json::Value) -> NewMessage {
-    NewMessage::new(order_id, event.name, event.routing_key, payload)
+/// The place of pay's answers about one order among them (order applies them in this
+/// order). The payment row is their version: its insert (a payment or a tombstone) is
+/// answered first, and its one later move (a refund), or the cancellation of a failed
+/// payment, second; each under the row's lock, its insert's or its update's.
+#[derive(Debug, Clone, Copy)]
+enum AnswerSeq {
+    First = 1,
+    Second = 2,
+}
+
+fn reply(event: Event, order_id: Uuid, seq: AnswerSeq, payload: serde_json::Value) -> NewMessage {
+    NewMessage::new(order_id, event.name, event.routing_key, payload).in_sequence(seq as i64)
 }
 
 /// A payment's answer.
@@ -519,6 +538,7 @@ fn answer(
     reply(
         event,
         order.order_id,
+        AnswerSeq::First,
         messages::to_json(&PaymentResult {
             order_id: order.order_id,
             payment_id,

@@ -133,7 +133,8 @@ pub fn order_created(user: &str, amount: i64) -> (Uuid, NewMessage) {
         messages::ORDER_CREATED.name,
         messages::ORDER_CREATED.routing_key,
         json!({ "order_id": order_id, "user_id": user, "item": "bench", "amount_cents": amount }),
-    );
+    )
+    .in_sequence(1);
     (order_id, message)
 }
 

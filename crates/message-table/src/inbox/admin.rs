@@ -22,25 +22,38 @@ pub struct InboxStats {
     pub processed: i64,
     pub failed: i64,
     pub dead: i64,
+    /// Messages waiting for their aggregate's previous one ([`parked`]).
+    pub parked: i64,
 }
 
 pub async fn stats(db: impl PgExecutor<'_>) -> sqlx::Result<InboxStats> {
-    let (processed, failed, dead): (i64, i64, i64) = sqlx::query_as(
+    let (processed, failed, dead, parked): (i64, i64, i64, i64) = sqlx::query_as(
         "SELECT count(*) FILTER (WHERE status = $1),
                 count(*) FILTER (WHERE status = $2),
-                count(*) FILTER (WHERE status = $3)
+                count(*) FILTER (WHERE status = $3),
+                count(*) FILTER (WHERE status = $4)
          FROM inbox",
     )
     .bind(InboxStatus::Processed)
     .bind(InboxStatus::Failed)
     .bind(InboxStatus::Dead)
+    .bind(InboxStatus::Parked)
     .fetch_one(db)
     .await?;
     Ok(InboxStats {
         processed,
         failed,
         dead,
+        parked,
     })
+}
+
+/// Messages parked until their aggregate's previous one is applied, for the metrics (on
+/// the `inbox_parked` index).
+pub async fn parked(db: impl PgExecutor<'_>) -> sqlx::Result<i64> {
+    sqlx::query_scalar("SELECT count(*) FROM inbox WHERE status = 'parked'")
+        .fetch_one(db)
+        .await
 }
 
 /// The status of one message, `None` when the inbox has no row for it.

@@ -10,6 +10,7 @@ use super::{Inbox, Outcome};
 #[derive(Debug, Default)]
 pub struct InboxCounters {
     pub processed: AtomicU64,
+    pub parked: AtomicU64,
     pub duplicates: AtomicU64,
     pub failed: AtomicU64,
     pub dead: AtomicU64,
@@ -23,6 +24,7 @@ impl InboxCounters {
     pub(crate) fn count(&self, outcome: &Outcome) {
         let counter = match outcome {
             Outcome::Processed => &self.processed,
+            Outcome::Parked => &self.parked,
             Outcome::Duplicate => &self.duplicates,
             Outcome::Failed { .. } => &self.failed,
             Outcome::Dead { .. } => &self.dead,
@@ -36,6 +38,7 @@ impl InboxCounters {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         InboxCounts {
             processed: get(&self.processed),
+            parked: get(&self.parked),
             duplicates: get(&self.duplicates),
             failed: get(&self.failed),
             dead: get(&self.dead),
@@ -50,6 +53,7 @@ impl InboxCounters {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct InboxCounts {
     pub processed: u64,
+    pub parked: u64,
     pub duplicates: u64,
     pub failed: u64,
     pub dead: u64,

@@ -24,6 +24,13 @@
 //!    `ON CONFLICT … DO UPDATE`, so a person sees how many copies each message had. Two copies arriving
 //!    *concurrently* are serialised by the primary key: the second insert waits for the
 //!    first transaction and then sees the conflict.
+//!
+//!    Then **put in order** (`Inbox::sort_out`, `order.rs`): when some new message is numbered
+//!    within its aggregate (headers `aggregate_id`, `x-aggregate-seq`), its aggregate's
+//!    `inbox_sequences` row is locked (`order::lock_positions`, sorted), and the message is
+//!    handled only in its turn (`order::turn`); one that came early is recorded `parked`
+//!    (`order::park`) and acked, one whose number was applied already is a duplicate. See
+//!    "Order per aggregate" below.
 //! 2. **Handle** (`Inbox::process`): the service's [`MessageHandler`] runs over the new
 //!    messages on the same transaction, so the business effect (debit, payment, reply in
 //!    the outbox) commits together with the inbox rows or not at all.
@@ -34,10 +41,27 @@
 //!    savepoints (optimistic); if its handler fails, the whole transaction is rolled back
 //!    and every message is run again alone, as a batch of one, so a failure is recorded
 //!    against its own message and the others are processed.
+//!
+//!    Then **go on in order** (`Inbox::advance`): the numbered messages handled move their
+//!    aggregates' positions, and the parked messages that are then next run, each alone,
+//!    in order, in the same transaction.
 //! 4. **Commit.** Only then does the consumer ack the deliveries.
 //!
 //! The [`retry_sweeper`] re-runs `failed` rows through the same steps 2 to 4
 //! (`Inbox::process`, a batch of one): one code path decides what a run records.
+//!
+//! # Order per aggregate
+//! Messages about one aggregate (an order) are applied in the order their sender numbered
+//! them; different aggregates in parallel, and unnumbered messages as they come. The
+//! aggregate's `inbox_sequences` row lock serialises the transactions that decide about
+//! it, so a message parked by one is seen by the next one that applies its predecessor. A
+//! `failed` or `dead` message keeps its successors parked until it succeeds (the retry
+//! sweeper, or an operator's requeue); the sweeper then applies them, and each of its
+//! rounds also applies any parked message whose predecessor is applied
+//! (`Inbox::apply_stranded`), a safety net. The batch path hands the handler its messages
+//! by lock key, then by aggregate and number, so one aggregate's messages in a batch are
+//! applied in order; a handler's [`MessageHandler::lock_key`] should be the same for all
+//! messages of one aggregate.
 //!
 //! If even recording fails (the database is down), nothing was committed: the deliveries
 //! are not acked but handed back to the broker, which redelivers them later.
@@ -70,6 +94,7 @@ mod admin;
 pub mod consumer;
 mod counters;
 pub mod dead_letters;
+mod order;
 mod parse;
 mod receive;
 pub mod retry_sweeper;
@@ -83,7 +108,7 @@ use uuid::Uuid;
 
 pub use crate::status::InboxStatus;
 use crate::{backoff::RetryPolicy, faults::Faults, metrics::MessageTableMetrics};
-pub use admin::{InboxStats, requeue_dead, stats, status_of};
+pub use admin::{InboxStats, parked, requeue_dead, stats, status_of};
 pub use consumer::Incoming;
 pub use counters::{InboxCounters, InboxCounts};
 
@@ -96,10 +121,21 @@ pub struct InboxMessage {
     pub headers: Value,
     /// 1 on the first delivery, then 2, 3… on the sweeper's retries.
     pub attempt: i32,
+    /// Its place among its aggregate's messages, when the sender numbered it (the
+    /// `aggregate_id` and `x-aggregate-seq` headers): applied in that order.
+    pub position: Option<Position>,
     /// The span of this message's handling (`inbox_receive`, or the sweeper's
     /// `inbox_retry`), which continues the sender's trace: a [`MessageHandler`] writes each
     /// message's log lines inside its own span.
     pub span: tracing::Span,
+}
+
+/// A message's place among the messages about one aggregate (see "Order per aggregate").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    pub aggregate_id: String,
+    /// 1 for the aggregate's first message, and so on.
+    pub seq: i64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -162,6 +198,9 @@ pub trait MessageHandler: Send + Sync + 'static {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Processed,
+    /// Arrived before its aggregate's previous message was applied: recorded `parked`,
+    /// applied right after that one.
+    Parked,
     /// The id was already in the inbox: no effect.
     Duplicate,
     /// A technical failure, recorded; the retry sweeper takes it from here.
@@ -184,6 +223,7 @@ impl Outcome {
     pub fn label(&self) -> &'static str {
         match self {
             Outcome::Processed => "processed",
+            Outcome::Parked => "parked",
             Outcome::Duplicate => "duplicate",
             Outcome::Failed { .. } => "failed",
             Outcome::Dead { .. } => "dead",

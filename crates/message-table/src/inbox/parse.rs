@@ -8,7 +8,31 @@ use serde_json::Value;
 use sqlx::{Postgres, postgres::PgArguments, query::Query};
 use uuid::Uuid;
 
-use super::{Inbox, InboxMessage, InboxStatus, Incoming, Outcome, receive::log_outcome};
+use super::{Inbox, InboxMessage, InboxStatus, Incoming, Outcome, Position, receive::log_outcome};
+use crate::outbox::relay::AGGREGATE_SEQ_HEADER;
+
+/// The message's place in its aggregate (`aggregate_id` and `x-aggregate-seq` headers),
+/// `None` without a number; `Err` (poison) for a number that cannot be one, or without
+/// the aggregate it counts in.
+fn position(headers: &Value) -> Result<Option<Position>, String> {
+    let Some(seq) = headers.get(AGGREGATE_SEQ_HEADER) else {
+        return Ok(None);
+    };
+    let seq = seq
+        .as_i64()
+        .or_else(|| seq.as_str().and_then(|s| s.parse().ok()))
+        .filter(|&n| n >= 1)
+        .ok_or_else(|| format!("{AGGREGATE_SEQ_HEADER} {seq} is not a number from 1 up"))?;
+    let aggregate_id = headers
+        .get("aggregate_id")
+        .and_then(Value::as_str)
+        .filter(|a| !a.is_empty())
+        .ok_or_else(|| format!("{AGGREGATE_SEQ_HEADER} without an aggregate_id header"))?;
+    Ok(Some(Position {
+        aggregate_id: aggregate_id.to_string(),
+        seq,
+    }))
+}
 
 /// Clocks of the sending and receiving services may differ by this much.
 const CLOCK_SKEW_MARGIN: Duration = Duration::from_secs(300);
@@ -82,6 +106,7 @@ impl Inbox {
             message_id,
             event_type,
             payload,
+            position: position(&incoming.headers)?,
             headers: incoming.headers.clone(),
             attempt: 1,
             span,
@@ -141,15 +166,18 @@ impl Inbox {
         reason: String,
     ) -> sqlx::Result<Outcome> {
         let insert = sqlx::query(
-            "INSERT INTO inbox (message_id, event_type, payload, headers, status, attempts, last_error)
-             VALUES ($1, $2, $3, $4, $6, 0, $5)
+            "INSERT INTO inbox (message_id, event_type, payload, headers, status, attempts, last_error,
+                                aggregate_id, aggregate_seq)
+             VALUES ($1, $2, $3, $4, $8, 0, $5, $6, $7)
              ON CONFLICT (message_id) DO NOTHING",
         )
         .bind(msg.message_id)
         .bind(&msg.event_type)
         .bind(&msg.payload)
         .bind(&msg.headers)
-        .bind(&reason);
+        .bind(&reason)
+        .bind(msg.position.as_ref().map(|p| &p.aggregate_id))
+        .bind(msg.position.as_ref().map(|p| p.seq));
         if !self.insert_dead(insert).await? {
             return Ok(Outcome::Duplicate);
         }

@@ -1,9 +1,13 @@
 //! The receive algorithm, top to bottom in the order it runs (see the module docs of
 //! [`crate::inbox`] for the why): [`Inbox::receive_batch`] reads the deliveries
 //! (`Inbox::read`), then [`Inbox::run`] runs steps 1 to 4 in one transaction:
-//! `Inbox::remember`, `Inbox::process` (the handler, `record_failure`), commit.
+//! `Inbox::remember`, `Inbox::sort_out` (order per aggregate), `Inbox::process` (the
+//! handler, `record_failure`), `Inbox::advance` (parked successors), commit.
 
-use std::{collections::HashSet, panic::AssertUnwindSafe};
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    panic::AssertUnwindSafe,
+};
 
 use futures::FutureExt;
 use serde_json::Value;
@@ -11,7 +15,11 @@ use sqlx::{Acquire, PgConnection};
 use tracing::Instrument;
 use uuid::Uuid;
 
-use super::{HandlerError, Inbox, InboxMessage, InboxStatus, Incoming, Outcome, parse::Read};
+use super::{
+    HandlerError, Inbox, InboxMessage, InboxStatus, Incoming, Outcome, Position,
+    order::{self, Turn},
+    parse::Read,
+};
 use crate::{backoff::RetryPolicy, faults::Switch};
 
 /// Runs of one transaction that lost a race (deadlock, serialization failure) before its
@@ -116,9 +124,13 @@ impl Inbox {
 
     /// One run of [`Self::run`].
     async fn run_once(&self, msgs: &[&InboxMessage]) -> sqlx::Result<Option<Vec<Outcome>>> {
+        // Lock-key order; within it, each aggregate's messages by number.
         let mut order: Vec<usize> = (0..msgs.len()).collect();
         let keys: Vec<Option<String>> = msgs.iter().map(|m| self.handler.lock_key(m)).collect();
-        order.sort_by(|&a, &b| (&keys[a], msgs[a].message_id).cmp(&(&keys[b], msgs[b].message_id)));
+        let place = |i: usize| msgs[i].position.as_ref().map(|p| (&p.aggregate_id, p.seq));
+        order.sort_by(|&a, &b| {
+            (&keys[a], place(a), msgs[a].message_id).cmp(&(&keys[b], place(b), msgs[b].message_id))
+        });
 
         let mut tx = self.pool.begin().await?;
         // Step 1.
@@ -131,10 +143,10 @@ impl Inbox {
                 new.push(i);
             }
         }
-        if new.is_empty() {
-            // Committed: the copies are counted on their messages' rows.
-            tx.commit().await?;
-        } else {
+        // Step 1b: the numbered ones in their aggregate's order (see `order.rs`).
+        let (new, parked, started) = self.sort_out(&mut tx, msgs, new).await?;
+        let mut applied = BTreeMap::new();
+        if !new.is_empty() {
             // Steps 2 and 3.
             let new_msgs: Vec<&InboxMessage> = new.iter().map(|&i| msgs[i]).collect();
             let Some(processed) = self
@@ -144,16 +156,105 @@ impl Inbox {
                 tx.rollback().await?;
                 return Ok(None);
             };
-            // Step 4.
-            tx.commit().await?;
             for (i, outcome) in new.into_iter().zip(processed) {
+                if outcome == Outcome::Processed
+                    && let Some(p) = &msgs[i].position
+                {
+                    let last = applied.entry(p.aggregate_id.clone()).or_insert(p.seq);
+                    *last = p.seq.max(*last);
+                }
                 outcomes[i] = outcome;
             }
+        }
+        // An aggregate started at 1 by `sort_out` is there already, and nothing is parked
+        // behind it; one whose first message failed is taken back.
+        for aggregate in &started {
+            match applied.get(aggregate) {
+                Some(1) => {
+                    applied.remove(aggregate);
+                }
+                Some(_) => {}
+                None => order::unstart(&mut tx, aggregate).await?,
+            }
+        }
+        for i in parked {
+            outcomes[i] = Outcome::Parked;
+        }
+        // The parked messages that are next now run too, each alone.
+        let successors = self.advance(&mut tx, applied).await?;
+        // Step 4. Copies alone commit too: they are counted on their messages' rows.
+        tx.commit().await?;
+        for outcome in &successors {
+            self.counters.count(outcome);
         }
         for (msg, outcome) in msgs.iter().zip(&outcomes) {
             msg.span.in_scope(|| log_outcome(msg, outcome));
         }
         Ok(Some(outcomes))
+    }
+
+    /// Step 1b: of the new messages `new` (indexes into `msgs`, in handling order), those
+    /// to handle now, those recorded `parked` (numbered, and early), and the aggregates
+    /// started at 1 by this batch ([`order::start_positions`]). Those whose number was
+    /// applied already are left `Duplicate`: not handled, noted on their rows. Locks the
+    /// aggregates' positions; nothing to do when no message is numbered.
+    async fn sort_out(
+        &self,
+        tx: &mut PgConnection,
+        msgs: &[&InboxMessage],
+        new: Vec<usize>,
+    ) -> sqlx::Result<(Vec<usize>, Vec<usize>, HashSet<String>)> {
+        let positions: Vec<&Position> = new
+            .iter()
+            .filter_map(|&i| msgs[i].position.as_ref())
+            .collect();
+        if positions.is_empty() {
+            return Ok((new, Vec::new(), HashSet::new()));
+        }
+        let firsts: Vec<&str> = positions
+            .iter()
+            .filter(|p| p.seq == 1)
+            .map(|p| p.aggregate_id.as_str())
+            .collect();
+        let started = if firsts.is_empty() {
+            HashSet::new()
+        } else {
+            order::start_positions(tx, &firsts).await?
+        };
+        let others: Vec<&str> = positions
+            .iter()
+            .map(|p| p.aggregate_id.as_str())
+            .filter(|a| !started.contains(*a))
+            .collect();
+        let mut applied = if others.is_empty() {
+            HashMap::new()
+        } else {
+            order::lock_positions(tx, &others).await?
+        };
+        // Decided as from 0: the row's 1 is this batch's own, kept only if its message is.
+        for aggregate in &started {
+            applied.insert(aggregate.clone(), 0);
+        }
+        let (mut now, mut parked, mut late) = (Vec::new(), Vec::new(), Vec::new());
+        for i in new {
+            let Some(p) = &msgs[i].position else {
+                now.push(i);
+                continue;
+            };
+            let last = applied.entry(p.aggregate_id.clone()).or_default();
+            match order::turn(*last, p.seq) {
+                Turn::Now => {
+                    *last = p.seq;
+                    now.push(i);
+                }
+                Turn::Early => parked.push(i),
+                Turn::Late => late.push(i),
+            }
+        }
+        let ids = |is: &[usize]| is.iter().map(|&i| msgs[i].message_id).collect::<Vec<_>>();
+        order::park(tx, &ids(&parked)).await?;
+        order::drop_late(tx, &ids(&late)).await?;
+        Ok((now, parked, started))
     }
 
     /// Step 1: one insert of every id (sorted, so concurrent batches lock them in one
@@ -170,12 +271,23 @@ impl Inbox {
         let types: Vec<&str> = msgs.iter().map(|m| m.event_type.as_str()).collect();
         let payloads: Vec<&Value> = msgs.iter().map(|m| &m.payload).collect();
         let headers: Vec<&Value> = msgs.iter().map(|m| &m.headers).collect();
+        let aggregates: Vec<Option<&str>> = msgs
+            .iter()
+            .map(|m| m.position.as_ref().map(|p| p.aggregate_id.as_str()))
+            .collect();
+        let seqs: Vec<Option<i64>> = msgs
+            .iter()
+            .map(|m| m.position.as_ref().map(|p| p.seq))
+            .collect();
         // A new row has `duplicates = 0`; a known id's row counts one more copy.
         let inserted: Vec<Uuid> = sqlx::query_scalar(
             "WITH ins AS (
-               INSERT INTO inbox (message_id, event_type, payload, headers, status, attempts, processed_at)
-               SELECT DISTINCT ON (m.id) m.id, m.event_type, m.payload, m.headers, $5, 1, clock_timestamp()
-               FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::jsonb[]) AS m(id, event_type, payload, headers)
+               INSERT INTO inbox (message_id, event_type, payload, headers, status, attempts, processed_at,
+                                  aggregate_id, aggregate_seq)
+               SELECT DISTINCT ON (m.id) m.id, m.event_type, m.payload, m.headers, $5, 1, clock_timestamp(),
+                      m.aggregate_id, m.seq
+               FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::jsonb[], $6::text[], $7::bigint[])
+                    AS m(id, event_type, payload, headers, aggregate_id, seq)
                ORDER BY m.id
                ON CONFLICT (message_id) DO UPDATE SET duplicates = inbox.duplicates + 1
                RETURNING message_id, duplicates = 0 AS fresh)
@@ -186,6 +298,8 @@ impl Inbox {
         .bind(&payloads)
         .bind(&headers)
         .bind(InboxStatus::Processed)
+        .bind(&aggregates)
+        .bind(&seqs)
         .fetch_all(&mut *tx)
         .await?;
         Ok(inserted.into_iter().collect())
@@ -414,6 +528,9 @@ pub(super) fn log_outcome(msg: &InboxMessage, outcome: &Outcome) {
             tracing::info!(attempt, "retried message processed")
         }
         Outcome::Processed => tracing::debug!(attempt, "message processed"),
+        Outcome::Parked => {
+            tracing::info!("message parked until its aggregate's previous message is applied")
+        }
         Outcome::Duplicate => tracing::info!("duplicate message dropped by the inbox"),
         Outcome::Failed { error, .. } => {
             tracing::warn!(attempt, %error, "message failed; the retry sweeper will run it again")

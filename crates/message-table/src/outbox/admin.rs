@@ -56,6 +56,9 @@ pub struct OutboxStats {
     pub in_flight: i64,
     pub sent: i64,
     pub dead: i64,
+    /// Aggregates whose oldest unsent message is `dead`: their later messages wait for an
+    /// operator's requeue ([`blocked_aggregates`]).
+    pub blocked_aggregates: i64,
 }
 
 impl OutboxStats {
@@ -65,7 +68,7 @@ impl OutboxStats {
     }
 }
 
-pub async fn stats(db: impl PgExecutor<'_>) -> sqlx::Result<OutboxStats> {
+pub async fn stats(db: impl PgExecutor<'_> + Copy) -> sqlx::Result<OutboxStats> {
     let (pending, in_flight, sent, dead): (i64, i64, i64, i64) =
         sqlx::query_as(AssertSqlSafe(format!(
             "SELECT count(*) FILTER (WHERE {WAITING}),
@@ -83,7 +86,23 @@ pub async fn stats(db: impl PgExecutor<'_>) -> sqlx::Result<OutboxStats> {
         in_flight,
         sent,
         dead,
+        blocked_aggregates: blocked_aggregates(db).await?,
     })
+}
+
+/// Aggregates whose oldest unsent sequenced message is `dead`: the relay publishes none of
+/// their later messages until it is requeued (see "Order per aggregate" in [`crate::outbox`]).
+/// Served by the `outbox_dead` and `outbox_unsent_seq` indexes.
+pub async fn blocked_aggregates(db: impl PgExecutor<'_>) -> sqlx::Result<i64> {
+    sqlx::query_scalar(
+        "SELECT count(DISTINCT d.aggregate_id) FROM outbox d
+         WHERE d.status = 'dead' AND d.aggregate_seq IS NOT NULL
+           AND NOT EXISTS (SELECT 1 FROM outbox e
+                           WHERE e.aggregate_id = d.aggregate_id
+                             AND e.aggregate_seq < d.aggregate_seq AND e.status <> 'sent')",
+    )
+    .fetch_one(db)
+    .await
 }
 
 /// Seconds since the oldest row waiting to be published (pending, not in flight) was

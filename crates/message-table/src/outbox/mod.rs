@@ -31,6 +31,22 @@
 //! before marking the row leaves it to be published again. The consumer's
 //! [`inbox`](crate::inbox) removes that duplicate by message id.
 //!
+//! # Order per aggregate
+//! A message may carry its place among the messages about its aggregate
+//! ([`NewMessage::in_sequence`]: 1, 2, ...). [`relay::Relay::claim`] takes such a row only when
+//! no earlier row of its aggregate is unsent (pending, in flight or `dead`), so an aggregate
+//! has at most one message in flight and its next one is published only after the broker
+//! confirmed the previous one; a retry never overtakes. Rows of different aggregates still go
+//! out together in one pipelined window. A `dead` row holds back its own aggregate only
+//! ([`blocked_aggregates`] counts them); requeueing it lets the aggregate go on, in order.
+//! The receiving [`inbox`](crate::inbox) applies them in that order too.
+//!
+//! Who numbers the messages: the caller, from the aggregate's own row, which its transaction
+//! already writes and locks (order: the order row's insert is message 1, its one cancellation
+//! message 2). Two transactions writing messages of one aggregate are serialised by that row
+//! lock, so two messages never get one number, and no counter table costs a row write per
+//! message. A caller that cannot serialise its writers on such a row must not number them.
+//!
 //! # A dead relay's window, taken over in about a second
 //! A relay killed mid-window (SIGKILL, OOM, a deploy) used to leave its claimed rows for the
 //! whole lease (30 s by default). Now each relay process holds a session advisory lock under
@@ -66,7 +82,8 @@ use uuid::Uuid;
 use crate::backoff::RetryPolicy;
 pub use crate::status::OutboxStatus;
 pub use admin::{
-    OutboxStats, oldest_waiting_age, requeue_dead, requeue_for_republish, stats, status_of,
+    OutboxStats, blocked_aggregates, oldest_waiting_age, requeue_dead, requeue_for_republish,
+    stats, status_of,
 };
 
 /// The NOTIFY channel the relay listens on.
@@ -80,6 +97,9 @@ pub struct NewMessage {
     pub id: Uuid,
     /// The entity the message is about (an order id); carried as a header.
     pub aggregate_id: String,
+    /// This message's place among the messages about `aggregate_id` (1, 2, ...), or `None`
+    /// for a message without order. See "Order per aggregate" above for who assigns it.
+    pub aggregate_seq: Option<i64>,
     /// The event name, e.g. `OrderCreated`; sent as the AMQP `type` property.
     pub event_type: String,
     /// Topic routing key, e.g. `order.created`.
@@ -99,11 +119,20 @@ impl NewMessage {
         Self {
             id: Uuid::now_v7(),
             aggregate_id: aggregate_id.to_string(),
+            aggregate_seq: None,
             event_type: event_type.to_string(),
             routing_key: routing_key.to_string(),
             payload,
             headers: Default::default(),
         }
+    }
+
+    /// Makes this the `seq`-th message about its aggregate: the relay publishes it only after
+    /// every earlier one of the aggregate was confirmed, and the receiving inbox applies it
+    /// only right after the `seq - 1`-th.
+    pub fn in_sequence(mut self, seq: i64) -> Self {
+        self.aggregate_seq = Some(seq);
+        self
     }
 
     /// Adds a string header (carried in the row and in the AMQP headers).
@@ -200,11 +229,13 @@ async fn insert(
     // only once a row is written, is sent at commit.
     sqlx::query(
         "WITH new AS (
-             INSERT INTO outbox (id, aggregate_id, event_type, routing_key, payload, headers, expires_at)
-             SELECT m.id, m.aggregate_id, m.event_type, m.routing_key, m.payload, m.headers,
+             INSERT INTO outbox (id, aggregate_id, aggregate_seq, event_type, routing_key, payload,
+                                 headers, expires_at)
+             SELECT m.id, m.aggregate_id, m.seq, m.event_type, m.routing_key, m.payload, m.headers,
                     now() + make_interval(secs => $7)
-             FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::jsonb[])
-                  AS m(id, aggregate_id, event_type, routing_key, payload, headers)
+             FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::jsonb[],
+                         $9::bigint[])
+                  AS m(id, aggregate_id, event_type, routing_key, payload, headers, seq)
              RETURNING 1)
          SELECT pg_notify($8, '') WHERE $8 IS NOT NULL AND EXISTS (SELECT 1 FROM new)",
     )
@@ -216,6 +247,7 @@ async fn insert(
     .bind(&headers)
     .bind(ttl.as_secs_f64())
     .bind(notify)
+    .bind(msgs.iter().map(|m| m.aggregate_seq).collect::<Vec<_>>())
     .execute(&mut *tx)
     .await?;
     Ok(())

@@ -8,7 +8,9 @@
 //! 2. **Claim** ([`Relay::claim`]) up to `batch_size` due rows with `FOR UPDATE SKIP
 //!    LOCKED`, stamping each with this round's claim token and a lease, and **commit** the
 //!    claim before publishing.
-//!    Other relays skip these rows. The claim also names this process's
+//!    Other relays skip these rows. A row numbered within its aggregate is claimed only
+//!    once every earlier row of that aggregate is `sent` (see "Order per aggregate" in
+//!    [`crate::outbox`]). The claim also names this process's
 //!    [owner](super::owner): if the process dies, its lock session ends and the
 //!    [resend scheduler](super::resend_scheduler) of another instance hands the rows back
 //!    within a tick; if it only freezes, when the lease runs out.
@@ -73,11 +75,18 @@ use crate::{
     status::CLAIMABLE,
 };
 
+/// The AMQP header carrying a message's place among its aggregate's messages; the
+/// aggregate itself is in the `aggregate_id` header.
+pub const AGGREGATE_SEQ_HEADER: &str = "x-aggregate-seq";
+
 /// A claimed row, as it will be published.
 #[derive(Debug, Clone, FromRow)]
 pub struct OutboxRow {
     pub id: Uuid,
     pub aggregate_id: String,
+    /// Sent as the `x-aggregate-seq` header when set (see "Order per aggregate" in
+    /// [`crate::outbox`]).
+    pub aggregate_seq: Option<i64>,
     pub event_type: String,
     pub routing_key: String,
     pub payload: Value,
@@ -323,13 +332,23 @@ impl Relay {
     ///
     /// The rows also record this process's [owner](super::owner): should the process die,
     /// other instances take them back as soon as its lock session is gone.
+    ///
+    /// A sequenced row is taken only when no earlier row of its aggregate is unsent
+    /// (`NOT EXISTS`, on the `outbox_unsent_seq` index): its predecessor must be settled
+    /// `sent` first, so the relays never overtake within an aggregate, and one `dead` row
+    /// holds back its own aggregate only. Reading an older snapshot can only make a row look
+    /// blocked longer (rows become `sent`, never unsent, by a relay), never overtake.
     pub async fn claim(&self) -> sqlx::Result<Claim> {
         let token = Uuid::new_v4();
         let owner = self.owner().await;
         let mut rows: Vec<OutboxRow> = sqlx::query_as(AssertSqlSafe(format!(
             "WITH due AS (
-                 SELECT id FROM outbox
+                 SELECT id FROM outbox o
                  WHERE {CLAIMABLE}
+                   AND (o.aggregate_seq IS NULL OR NOT EXISTS (
+                       SELECT 1 FROM outbox e
+                       WHERE e.aggregate_id = o.aggregate_id
+                         AND e.aggregate_seq < o.aggregate_seq AND e.status <> 'sent'))
                  ORDER BY next_attempt_at, id
                  LIMIT $1
                  FOR UPDATE SKIP LOCKED)
@@ -337,7 +356,7 @@ impl Relay {
              SET claim_token = $2, lease_expires_at = now() + make_interval(secs => $3),
                  claim_owner = $4
              WHERE o.id = ANY(ARRAY(SELECT id FROM due))
-             RETURNING o.id, o.aggregate_id, o.event_type, o.routing_key, o.payload, o.headers, o.attempts,
+             RETURNING o.id, o.aggregate_id, o.aggregate_seq, o.event_type, o.routing_key, o.payload, o.headers, o.attempts,
                        o.created_at"
         )))
         .bind(self.cfg.batch_size)
@@ -557,6 +576,12 @@ impl Relay {
             ShortString::from("aggregate_id"),
             AMQPValue::LongString(LongString::from(row.aggregate_id.clone())),
         );
+        if let Some(seq) = row.aggregate_seq {
+            headers.insert(
+                ShortString::from(AGGREGATE_SEQ_HEADER),
+                AMQPValue::LongLongInt(seq),
+            );
+        }
         headers.insert(
             ShortString::from("attempt"),
             AMQPValue::LongInt(row.attempts + 1),
@@ -689,8 +714,9 @@ impl Relay {
 /// handled more (docs/benchmarks.md); the services run one by default. It needs nothing new for
 /// safety: each relay has its own connection, so confirms and returns never cross windows,
 /// and relays already share an outbox safely (`FOR UPDATE SKIP LOCKED`, each claim's token
-/// and lease), as several instances of a service do. Like several instances, they do not
-/// keep the order of messages.
+/// and lease), as several instances of a service do. Like several instances, they keep no
+/// order between unnumbered messages; numbered ones keep their aggregate's order, since the
+/// claim itself holds back a row whose predecessor is unsent (see [`Relay::claim`]).
 pub struct Relays(Vec<Relay>);
 
 impl Relays {

@@ -6,6 +6,7 @@ mod consumer;
 mod dead_letters;
 mod inbox;
 mod metrics;
+mod order;
 mod outbox;
 mod retention;
 mod support;

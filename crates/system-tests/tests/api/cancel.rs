@@ -107,6 +107,11 @@ async fn story(url: &str) -> Value {
 /// trigger puts its first attempt an hour away), so the OrderCancelled reaches pay first.
 /// Pay leaves a tombstone and answers PaymentCancelled; the order is CANCELLED. Then the
 /// OrderCreated is let go: pay handles it and charges nothing.
+///
+/// Numbered per order, the OrderCancelled would wait for its OrderCreated (the relay never
+/// overtakes within an order); the trigger also drops the numbers, as a sender that does
+/// not number its messages (an order of before the ordering, mid-deploy) writes them, so
+/// pay's own defence, the tombstone, is what is shown here.
 #[tokio::test]
 async fn an_order_cancelled_before_pay_sees_it_is_never_charged() {
     let amqp = test_kit::test_amqp();
@@ -114,11 +119,14 @@ async fn an_order_cancelled_before_pay_sees_it_is_never_charged() {
     sqlx::raw_sql(
         "CREATE FUNCTION hold_order_created() RETURNS trigger LANGUAGE plpgsql AS $$
          BEGIN
-             NEW.next_attempt_at := now() + interval '1 hour';
+             NEW.aggregate_seq := NULL;
+             IF NEW.event_type = 'OrderCreated' THEN
+                 NEW.next_attempt_at := now() + interval '1 hour';
+             END IF;
              RETURN NEW;
          END $$;
          CREATE TRIGGER hold_order_created BEFORE INSERT ON outbox
-         FOR EACH ROW WHEN (NEW.event_type = 'OrderCreated') EXECUTE FUNCTION hold_order_created();",
+         FOR EACH ROW EXECUTE FUNCTION hold_order_created();",
     )
     .execute(&sys.order_db.pool)
     .await

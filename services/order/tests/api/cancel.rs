@@ -606,3 +606,27 @@ async fn concurrent_cancels_of_one_order_cancel_it_once() {
     );
     assert_eq!(app.written().await, (2, 2));
 }
+
+/// An order's messages are numbered in the order they are written: `OrderCreated` 1, its
+/// `OrderCancelled` 2 (the relay publishes, and pay applies, them in that order).
+#[tokio::test]
+async fn an_orders_messages_are_numbered_created_then_cancelled() {
+    let app = spawn_order().await;
+    let id = app.buy().await;
+    let (code, _, body) = app.cancel(&id.to_string(), None).await;
+    assert_eq!(code, StatusCode::ACCEPTED, "{body}");
+    let numbered: Vec<(String, Option<i64>)> = sqlx::query_as(
+        "SELECT event_type, aggregate_seq FROM outbox WHERE aggregate_id = $1 ORDER BY id",
+    )
+    .bind(id.to_string())
+    .fetch_all(&app.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        numbered,
+        [
+            ("OrderCreated".to_string(), Some(1)),
+            ("OrderCancelled".to_string(), Some(2))
+        ]
+    );
+}

@@ -408,3 +408,58 @@ async fn a_batch_of_orders_and_cancellations_does_what_they_do_one_by_one() {
         assert_eq!(balance(&batched.pool, user).await, start, "{user}");
     }
 }
+
+/// `msg` numbered `seq` among its order's messages, as order's relay sends it.
+fn numbered(mut msg: Incoming, order_id: Uuid, seq: i64) -> Incoming {
+    msg.headers = json!({ "aggregate_id": order_id.to_string(), "x-aggregate-seq": seq });
+    msg
+}
+
+/// The numbers of pay's replies about `order_id`, oldest first.
+async fn reply_numbers(pool: &PgPool, order_id: Uuid) -> Vec<(String, Option<i64>)> {
+    sqlx::query_as(
+        "SELECT event_type, aggregate_seq FROM outbox WHERE aggregate_id = $1 ORDER BY id",
+    )
+    .bind(order_id.to_string())
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+/// Numbered by order, the cancellation that arrives first waits for the order it cancels:
+/// parked, then applied right after it, so the charge is made and refunded (no tombstone).
+/// Pay numbers its answers about the order 1 and 2, in the order it wrote them; and the
+/// tombstone, when there is one, is pay's first answer.
+#[tokio::test]
+async fn numbered_messages_are_applied_in_order_and_pays_answers_are_numbered_in_turn() {
+    let db = TestDb::new(&pay::MIGRATOR).await;
+    let inbox = inbox(&db);
+    let (id, created, cancelled) = order("alice", 900);
+
+    assert_eq!(
+        inbox.receive(numbered(cancelled, id, 2)).await,
+        Some(Outcome::Parked)
+    );
+    assert_eq!(payment(&db.pool, id).await, None);
+    assert_eq!(
+        inbox.receive(numbered(created, id, 1)).await,
+        Some(Outcome::Processed)
+    );
+    assert_eq!(payment(&db.pool, id).await.as_deref(), Some("REFUNDED"));
+    assert_eq!(balance(&db.pool, "alice").await, START);
+    assert_eq!(
+        reply_numbers(&db.pool, id).await,
+        [
+            ("PaymentCompleted".to_string(), Some(1)),
+            ("PaymentRefunded".to_string(), Some(2))
+        ]
+    );
+
+    // Unnumbered (as before ordering), the cancellation first leaves a tombstone: answer 1.
+    let (id, _, cancelled) = order("alice", 300);
+    assert_eq!(inbox.receive(cancelled).await, Some(Outcome::Processed));
+    assert_eq!(
+        reply_numbers(&db.pool, id).await,
+        [("PaymentCancelled".to_string(), Some(1))]
+    );
+}
