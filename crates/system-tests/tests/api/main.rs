@@ -13,6 +13,7 @@ mod flows;
 mod instances;
 mod metrics;
 mod openapi;
+mod ordering;
 mod readme;
 mod reconciler;
 mod takeover;
