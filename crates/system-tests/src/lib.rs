@@ -6,6 +6,7 @@ use std::{sync::Arc, time::Duration};
 use common::config::Settings;
 use message_table::{amqp::AmqpConfig, inbox::InboxCounters};
 use serde_json::{Value, json};
+use service_kit::service::ServiceConfig;
 use test_kit::{Instance, TestDb};
 use uuid::Uuid;
 
@@ -19,6 +20,7 @@ pub struct System {
     pub pay: String,
     pub pay_counters: Arc<InboxCounters>,
     pub http: reqwest::Client,
+    pay_config: ServiceConfig,
     _instances: Vec<Instance>,
 }
 
@@ -48,7 +50,8 @@ async fn start_system(
     let pay_db = TestDb::new(&pay::MIGRATOR).await;
     let mut pay_msg = test_kit::messaging(amqp, "test.pay", messages::PAY_QUEUE.routing_keys);
     pay_msg.demo_faults = demo_faults;
-    let pay = test_kit::spawn_pay(test_kit::service_config(&pay_db.url, &pay_msg, pool)).await;
+    let pay_config = test_kit::service_config(&pay_db.url, &pay_msg, pool);
+    let pay = test_kit::spawn_pay(pay_config.clone()).await;
     let pay_counters = pay.counters.clone();
 
     let order_db = TestDb::new(&order::MIGRATOR).await;
@@ -68,11 +71,18 @@ async fn start_system(
         pay: pay.base.clone(),
         pay_counters,
         http: reqwest::Client::new(),
+        pay_config,
         _instances: vec![pay, order],
     }
 }
 
 impl System {
+    /// One more pay instance on this system's database and queue, with the same settings:
+    /// it competes for pay's deliveries, and the test stops it when it likes.
+    pub async fn another_pay(&self) -> Instance {
+        test_kit::spawn_pay(self.pay_config.clone()).await
+    }
+
     /// `POST /order/buy` through the gateway; returns the order id.
     pub async fn buy(&self, user: &str, amount_cents: i64) -> Uuid {
         let res = self

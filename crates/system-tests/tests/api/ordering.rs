@@ -6,8 +6,10 @@
 //! commit and ack). Then, for every order: both inboxes applied its messages 1..n in order
 //! with nothing parked, it ended in a final state, and the money adds up.
 //!
-//! The services run in this process, so pay is not SIGKILLed here; `hold_ack` (the broker
-//! redelivers a committed batch) and `drop_broker_connection` stand in for that crash.
+//! Two pay instances compete for pay's queue; the second is stopped (gracefully: its
+//! unacked deliveries go back to the broker) and replaced three times during the run. The
+//! services run in this process, so none is SIGKILLed; `hold_ack` (a committed batch not
+//! acked, redelivered) and `drop_broker_connection` stand in for that crash.
 //! The seed is printed; `ORDERING_SEED=<n>` replays a run's stories (the faults' timing
 //! still varies with the machine).
 
@@ -38,7 +40,7 @@ const FINAL: [&str; 4] = ["PAID", "PAYMENT_FAILED", "CANCELLED", "REFUNDED"];
 enum Story {
     /// Bought and left alone: PAID.
     Buy,
-    /// Cancelled right after the buy, racing pay's answer: CANCELLED or REFUNDED.
+    /// Cancelled right after the buy, racing pay's answer: pay charges, then refunds: REFUNDED.
     CancelAtOnce,
     /// Cancelled once PAID: REFUNDED.
     CancelWhenPaid,
@@ -275,11 +277,14 @@ async fn parked_deliveries(base: &str) -> f64 {
         .value("inbox_deliveries_total", &[("outcome", "parked")])
 }
 
-/// Checks one service's inbox: per aggregate, the applied numbers are 1..n, applied in that
-/// order (`processed_at` never goes back), its position is n, and n is what the sender
-/// numbered (`sent`: aggregate -> highest `aggregate_seq` in the peer's outbox). Returns
-/// the messages it received.
-async fn check_inbox(name: &str, db: &sqlx::PgPool, sent: &HashMap<String, i64>) -> usize {
+/// Checks one service's inbox: per aggregate, the applied numbers are 1..n, each row
+/// `processed`, its position is n, and n is what the sender numbered (`sent`: aggregate ->
+/// highest `aggregate_seq` in the peer's outbox). Returns the rows received and the
+/// aggregates whose `processed_at` runs against their numbers: reported, not asserted, as a
+/// row applied on arrival has the time of its dedup insert, taken before the position lock
+/// that orders it, so that column is no strict witness of the order of application (the
+/// business effects are: see the test).
+async fn check_inbox(name: &str, db: &sqlx::PgPool, sent: &HashMap<String, i64>) -> (usize, usize) {
     let rows: Vec<(String, i64, String, Option<i64>)> = sqlx::query_as(
         "SELECT aggregate_id, aggregate_seq, status,
                 (extract(epoch FROM processed_at) * 1000000)::bigint FROM inbox
@@ -309,6 +314,7 @@ async fn check_inbox(name: &str, db: &sqlx::PgPool, sent: &HashMap<String, i64>)
         sent.len(),
         "{name}: an inbox row for each aggregate the peer numbered"
     );
+    let mut inversions = 0;
     for (agg, msgs) in &by_aggregate {
         let seqs: Vec<i64> = msgs.iter().map(|m| m.0).collect();
         let want: Vec<i64> = (1..=msgs.len() as i64).collect();
@@ -316,11 +322,9 @@ async fn check_inbox(name: &str, db: &sqlx::PgPool, sent: &HashMap<String, i64>)
         for (seq, status, _) in msgs {
             assert_eq!(*status, "processed", "{name}: {agg} #{seq}");
         }
-        // Same transaction, same timestamp: a parked successor may tie with its predecessor.
-        assert!(
-            msgs.windows(2).all(|w| w[0].2 <= w[1].2),
-            "{name}: aggregate {agg} applied out of order: {msgs:?}"
-        );
+        if msgs.windows(2).any(|w| w[0].2 > w[1].2) {
+            inversions += 1;
+        }
         assert_eq!(
             positions.get(*agg),
             Some(&(msgs.len() as i64)),
@@ -332,7 +336,7 @@ async fn check_inbox(name: &str, db: &sqlx::PgPool, sent: &HashMap<String, i64>)
             "{name}: {agg} applied all the peer sent"
         );
     }
-    rows.len()
+    (rows.len(), inversions)
 }
 
 /// aggregate -> highest `aggregate_seq` in a service's outbox: what it numbered.
@@ -366,6 +370,24 @@ async fn a_thousand_orders_under_faults_are_applied_in_order_and_the_money_adds_
         async move { faults(&sys, done).await }
     });
     let next = Arc::new(AtomicU64::new(0));
+    // A second pay competes for pay's deliveries (so one order's two messages can be taken
+    // by two instances); at each quarter of the run it is stopped and a fresh one started.
+    let restarts = tokio::spawn({
+        let (sys, next) = (sys.clone(), next.clone());
+        async move {
+            let mut extra = sys.another_pay().await;
+            let mut counters = vec![extra.counters.clone()];
+            for quarter in 1..4 {
+                while (next.load(Ordering::Relaxed) as usize) < quarter * ORDERS / 4 {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                extra.stop().await.expect("pay stops cleanly");
+                extra = sys.another_pay().await;
+                counters.push(extra.counters.clone());
+            }
+            (extra, counters)
+        }
+    });
     let ids = Arc::new(Mutex::new(vec![Uuid::nil(); ORDERS]));
     let clients: Vec<_> = (0..CLIENTS)
         .map(|_| {
@@ -386,6 +408,7 @@ async fn a_thousand_orders_under_faults_are_applied_in_order_and_the_money_adds_
         c.await.expect("a client panicked");
     }
     done.store(true, Ordering::Relaxed);
+    let (_last_pay, extra_counters) = restarts.await.expect("the restart task panicked");
     let faults_applied = fault_task.await.expect("the fault task panicked");
     let ids = ids.lock().unwrap().clone();
     let story_of: HashMap<Uuid, &Plan> = ids.iter().copied().zip(plans.iter()).collect();
@@ -409,8 +432,9 @@ async fn a_thousand_orders_under_faults_are_applied_in_order_and_the_money_adds_
     .await;
 
     // Order per aggregate, both ways.
-    let pay_received = check_inbox("pay", pay_db, &numbered(order_db).await).await;
-    let order_received = check_inbox("order", order_db, &numbered(pay_db).await).await;
+    let (pay_received, pay_inverted) = check_inbox("pay", pay_db, &numbered(order_db).await).await;
+    let (order_received, order_inverted) =
+        check_inbox("order", order_db, &numbered(pay_db).await).await;
 
     // Final states, each as its story allows.
     let statuses: HashMap<Uuid, String> = sqlx::query_as("SELECT id, status FROM orders")
@@ -428,9 +452,10 @@ async fn a_thousand_orders_under_faults_are_applied_in_order_and_the_money_adds_
             Story::Buy => &["PAID"],
             Story::NoFunds => &["PAYMENT_FAILED"],
             Story::CancelWhenPaid => &["REFUNDED"],
-            Story::CancelAtOnce | Story::CancelRetried | Story::CancelTwice => {
-                &["CANCELLED", "REFUNDED"]
-            }
+            // Pay applies OrderCancelled (2) only after OrderCreated (1): it charged, so it
+            // refunds. Taken the other way round, it would have left a tombstone and charged
+            // nothing, and the order would stay CANCELLED.
+            Story::CancelAtOnce | Story::CancelRetried | Story::CancelTwice => &["REFUNDED"],
         };
         assert!(
             allowed.contains(&status.as_str()),
@@ -462,13 +487,12 @@ async fn a_thousand_orders_under_faults_are_applied_in_order_and_the_money_adds_
     for (id, status) in &statuses {
         let payment = payments.get(id).map(|p| p.1.as_str());
         let want = match status.as_str() {
-            "PAID" => Some("COMPLETED"),
-            "PAYMENT_FAILED" => Some("FAILED"),
-            "REFUNDED" => Some("REFUNDED"),
-            // Cancelled before pay charged: a tombstone, or no row.
-            _ => payment.filter(|p| *p == "CANCELLED"),
+            "PAID" => "COMPLETED",
+            "PAYMENT_FAILED" => "FAILED",
+            "REFUNDED" => "REFUNDED",
+            other => unreachable!("{id}: {other} was refused above"),
         };
-        assert_eq!(payment, want, "{id} {status}: payment {payment:?}");
+        assert_eq!(payment, Some(want), "{id} {status}: its payment");
         assert_eq!(
             refunded.contains_key(id),
             status == "REFUNDED",
@@ -500,13 +524,20 @@ async fn a_thousand_orders_under_faults_are_applied_in_order_and_the_money_adds_
         *stories.entry(format!("{:?}", p.story)).or_default() += 1;
     }
     let pay_counters = sys.pay_counters.snapshot();
+    let (extra_parked, extra_duplicates) = extra_counters
+        .iter()
+        .map(|c| c.snapshot())
+        .fold((0, 0), |(p, d), s| (p + s.parked, d + s.duplicates));
     println!(
         "ordering: {ORDERS} orders, {events} client requests, stories {stories:?}; \
-         {faults_applied} faults applied; messages received: pay {pay_received}, order \
-         {order_received}; parked on arrival: pay {} (counter {}), order {}; duplicates \
-         dropped by pay {}; final states {finals:?}; refunds {}",
-        parked_deliveries(&sys.pay).await,
+         {faults_applied} faults applied, 3 restarts of the second pay; messages received: \
+         pay {pay_received}, order {order_received}; parked on arrival: pay {} (first \
+         instance, metric {}) + {extra_parked} (the others), order {}; duplicates dropped by \
+         pay {} + {extra_duplicates}; aggregates whose processed_at runs against their \
+         numbers: pay {pay_inverted}, order {order_inverted}; final states {finals:?}; \
+         refunds {}",
         pay_counters.parked,
+        parked_deliveries(&sys.pay).await,
         parked_deliveries(&sys.order).await,
         pay_counters.duplicates,
         refunds.len(),
