@@ -285,9 +285,10 @@ async fn parked_deliveries(base: &str) -> f64 {
 /// that orders it, so that column is no strict witness of the order of application (the
 /// business effects are: see the test).
 async fn check_inbox(name: &str, db: &sqlx::PgPool, sent: &HashMap<String, i64>) -> (usize, usize) {
-    let rows: Vec<(String, i64, String, Option<i64>)> = sqlx::query_as(
-        "SELECT aggregate_id, aggregate_seq, status,
-                (extract(epoch FROM processed_at) * 1000000)::bigint FROM inbox
+    let rows: Vec<Received> = sqlx::query_as(
+        "SELECT aggregate_id, aggregate_seq, status, attempts,
+                (extract(epoch FROM received_at) * 1000000)::bigint AS received_us,
+                (extract(epoch FROM processed_at) * 1000000)::bigint AS processed_us FROM inbox
          WHERE aggregate_id IS NOT NULL
            AND last_error IS DISTINCT FROM 'not handled: its aggregate had applied this number already'
          ORDER BY aggregate_id, aggregate_seq",
@@ -295,12 +296,9 @@ async fn check_inbox(name: &str, db: &sqlx::PgPool, sent: &HashMap<String, i64>)
     .fetch_all(db)
     .await
     .unwrap();
-    let mut by_aggregate: HashMap<&str, Vec<(i64, &str, Option<i64>)>> = HashMap::new();
-    for (agg, seq, status, at) in &rows {
-        by_aggregate
-            .entry(agg)
-            .or_default()
-            .push((*seq, status, *at));
+    let mut by_aggregate: HashMap<&str, Vec<&Received>> = HashMap::new();
+    for row in &rows {
+        by_aggregate.entry(&row.aggregate_id).or_default().push(row);
     }
     let positions: HashMap<String, i64> =
         sqlx::query_as("SELECT aggregate_id, applied_seq FROM inbox_sequences")
@@ -316,13 +314,26 @@ async fn check_inbox(name: &str, db: &sqlx::PgPool, sent: &HashMap<String, i64>)
     );
     let mut inversions = 0;
     for (agg, msgs) in &by_aggregate {
-        let seqs: Vec<i64> = msgs.iter().map(|m| m.0).collect();
+        let seqs: Vec<i64> = msgs.iter().map(|m| m.aggregate_seq).collect();
         let want: Vec<i64> = (1..=msgs.len() as i64).collect();
         assert_eq!(seqs, want, "{name}: aggregate {agg} applied 1..n, no gap");
-        for (seq, status, _) in msgs {
-            assert_eq!(*status, "processed", "{name}: {agg} #{seq}");
+        for m in msgs {
+            assert_eq!(m.status, "processed", "{name}: {m:?}");
         }
-        if msgs.windows(2).any(|w| w[0].2 > w[1].2) {
+        if msgs
+            .windows(2)
+            .any(|w| w[0].processed_us > w[1].processed_us)
+        {
+            let rows: Vec<String> = msgs
+                .iter()
+                .map(|m| {
+                    format!(
+                        "#{} attempts {} received_us {} processed_us {:?}",
+                        m.aggregate_seq, m.attempts, m.received_us, m.processed_us
+                    )
+                })
+                .collect();
+            println!("ordering: {name}: {agg}'s processed_at against its numbers: {rows:?}");
             inversions += 1;
         }
         assert_eq!(
@@ -337,6 +348,17 @@ async fn check_inbox(name: &str, db: &sqlx::PgPool, sent: &HashMap<String, i64>)
         );
     }
     (rows.len(), inversions)
+}
+
+/// An inbox row as the check reads it (times in microseconds since the epoch).
+#[derive(Debug, sqlx::FromRow)]
+struct Received {
+    aggregate_id: String,
+    aggregate_seq: i64,
+    status: String,
+    attempts: i32,
+    received_us: i64,
+    processed_us: Option<i64>,
 }
 
 /// aggregate -> highest `aggregate_seq` in a service's outbox: what it numbered.
