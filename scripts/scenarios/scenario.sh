@@ -66,7 +66,6 @@ reset_faults() {
 
 # restart_service NAME: starts NAME again (after a kill), without building.
 restart_service() { scripts/run-local.sh start-one "$1" >"$TMP/start-one.log" 2>&1 || die "$1 did not start again: $(cat "$TMP/start-one.log")"; }
-
 # kill_service NAME: SIGKILL, as a crash would; waits until it is gone.
 kill_service() {
     local pid
@@ -78,13 +77,10 @@ kill_service() {
 
 # stop_pay: pay stopped (SIGTERM); started again at exit if the scenario did not.
 stop_pay() { on_exit_do "service_pid pay >/dev/null || restart_service pay" && scripts/run-local.sh stop-one pay >/dev/null 2>&1; }
-
-# chaos ARGS...: the chaos tool (built with the services), for what it does to the broker.
+# chaos ARGS...: the chaos tool (built with the services): what it does to the broker, a row published by hand.
 chaos() { [[ -x "$BIN_DIR/chaos" ]] || { echo "$BIN_DIR/chaos is missing: ${BUILD[*]}" >&2 && return 1; } && "$BIN_DIR/chaos" "$@"; }
-
 # rmq ARGS...: rabbitmqctl (as root when needed); the scenarios that use it need a local RabbitMQ.
 rmq() { command -v rabbitmqctl >/dev/null || die "this scenario needs rabbitmqctl (a local RabbitMQ)" && as_root rabbitmqctl "$@"; }
-
 # broker_start: RabbitMQ's app running again (the exit cleanup of the scenario that stops it).
 broker_start() {
     local i
@@ -107,8 +103,7 @@ note() { printf '    %s\n' "$*"; }
 
 # expect DESCRIPTION COMMAND...: an expectation of the invariant; a failed one makes it FAIL.
 expect() {
-    local desc="$1"
-    shift
+    local desc="$1" && shift
     if "$@"; then printf '    ok: %s\n' "$desc"; else printf '    NOT OK: %s\n' "$desc" && FAILURES+=("$desc"); fi
 }
 
@@ -157,7 +152,6 @@ expect_paid_once() {
 
 # after SECS ORDER_ID: waits (up to SECS) for the order to be PAID, then shows its rows.
 after() { wait_until "$1" is_status "$2" PAID || true; step "after"; show_order "$2"; }
-
 # try_buy USER AMOUNT: POST /order/buy through the gateway; sets STATUS, BODY and ORDER_ID
 # (empty on failure).
 try_buy() {
@@ -170,7 +164,6 @@ try_buy() {
 
 # buy USER AMOUNT: try_buy; the scenario stops when no order was taken.
 buy() { try_buy "$@"; [[ -n "$ORDER_ID" ]] || die "no order: HTTP $STATUS $BODY"; }
-
 # admin SERVICE_URL METHOD PATH [JSON]: an admin request with the token; sets STATUS and BODY.
 admin() {
     local args=(-H "authorization: Bearer $ADMIN_TOKEN")
@@ -179,18 +172,10 @@ admin() {
     BODY="$(cat "$TMP/admin")"
 }
 
-# fault SERVICE_URL SWITCH JSON: turns a teaching switch on (dies when refused).
-fault() {
-    admin "$1" POST "/faults/$2" "$3"
-    [[ "$STATUS" == 200 ]] || die "POST /admin/faults/$2 $3 -> HTTP $STATUS $BODY"
-    note "switch $2 on: $(jq -c '{active, remaining_count, remaining_seconds, scenario}' <<<"$BODY")"
-}
-
-fault_off() {
-    admin "$1" DELETE "/faults/$2"
-    [[ "$STATUS" == 200 ]] || die "DELETE /admin/faults/$2 -> HTTP $STATUS $BODY"
-    note "switch $2 off"
-}
+# fault SERVICE_URL SWITCH JSON: a teaching switch on; fault_off SERVICE_URL SWITCH: off (both die when refused).
+fault() { toggle "$1" POST "$2" "$3" && note "switch $2 on: $(jq -c '{active, remaining_count, remaining_seconds, scenario}' <<<"$BODY")"; }
+fault_off() { toggle "$1" DELETE "$2" && note "switch $2 off"; }
+toggle() { admin "$1" "$2" "/faults/$3" "${4:-}" && [[ "$STATUS" == 200 ]] || die "$2 /admin/faults/$3 ${4:-}-> HTTP $STATUS $BODY"; }
 
 # duplicates: the duplicates pay's inbox dropped since it started; dups_at_least N: N or more.
 duplicates() { admin "$PAY_URL" GET /stats && jq -r '.inbox_since_start.duplicates' <<<"$BODY"; }

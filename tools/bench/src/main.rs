@@ -4,7 +4,8 @@
 //!
 //! Sections, in order: ceilings; drain; steady; max; relay and inbox alone; gateway
 //! overhead (footprints come from the max scenario); takeover (an order instance killed
-//! mid-window while another runs); queue_type (steady on classic against quorum queues,
+//! mid-window while another runs); events (orders bought then cancelled: four messages
+//! each through both outboxes and inboxes, `events.rs`); queue_type (steady on classic against quorum queues,
 //! `queue_type.rs`); cpu (each process's CPU per order at a steady rate, `cpu.rs`). Every
 //! figure is reported with its ratio
 //! to the matching ceiling and the target; nothing is asserted, because the machine
@@ -14,7 +15,7 @@
 //!
 //! `--smoke`: a few seconds per section, on whatever build it is run from, so the benchmark
 //! keeps working (scripts/test.sh runs it); its figures mean nothing.
-//! `BENCH_SECTIONS` (default all: `ceilings,drain,steady,max,halves,gateway,takeover,queue_type,cpu`)
+//! `BENCH_SECTIONS` (default all: `ceilings,drain,steady,max,halves,gateway,takeover,events,queue_type,cpu`)
 //! picks sections. Every section runs on quorum queues (the services' default) except where
 //! queue_type compares them with classic ones.
 //! `BENCH_PEERS=none` leaves the peer (RustStream) out; `BENCH_RATES` (comma-separated orders
@@ -25,6 +26,7 @@
 
 mod ceilings;
 mod cpu;
+mod events;
 mod gateway;
 mod generator;
 mod queue_type;
@@ -58,6 +60,8 @@ struct Plan {
     gateway_requests: usize,
     /// Kills of the takeover section (0: skipped).
     takeover_kills: usize,
+    /// Orders of the events section (each bought then cancelled: four messages).
+    events_orders: usize,
 }
 
 impl Plan {
@@ -74,6 +78,7 @@ impl Plan {
             halves_messages: 5_000,
             gateway_requests: 5_000,
             takeover_kills: 3,
+            events_orders: 1_000,
         }
     }
 
@@ -90,6 +95,7 @@ impl Plan {
             halves_messages: 200,
             gateway_requests: 300,
             takeover_kills: 1,
+            events_orders: 50,
         }
     }
 }
@@ -842,7 +848,7 @@ async fn main() {
             .collect();
     }
     let sections = std::env::var("BENCH_SECTIONS").unwrap_or_else(|_| {
-        "ceilings,drain,steady,max,halves,gateway,takeover,queue_type,cpu".into()
+        "ceilings,drain,steady,max,halves,gateway,takeover,events,queue_type,cpu".into()
     });
     let wanted = |name: &str| sections.split(',').any(|s| s.trim() == name);
     let dir = PathBuf::from(std::env::var("BENCH_OUT").unwrap_or_else(|_| {
@@ -882,6 +888,9 @@ async fn main() {
     }
     if wanted("takeover") {
         takeover(&plan, &mut run).await;
+    }
+    if wanted("events") {
+        events::section(&plan, &mut run).await;
     }
     if wanted("queue_type") {
         queue_type::section(&plan, &mut run).await;

@@ -37,7 +37,7 @@ const STALL: Duration = Duration::from_secs(60);
 /// Whether a scenario stalled: its figures are then meaningless, and the run fails.
 static STALLED: AtomicBool = AtomicBool::new(false);
 
-fn stalled(label: &str, at: &str) {
+pub fn stalled(label: &str, at: &str) {
     eprintln!("    [{label}] STALLED: no progress for {STALL:?} at {at}");
     STALLED.store(true, Ordering::Relaxed);
 }

@@ -28,6 +28,22 @@ pub enum Command {
     Refuse(QueueArgs),
     /// Undo `refuse`: pay's queue bound again, the refusing queue deleted.
     Accept(QueueArgs),
+    /// Publish one outbox row by hand, as the relay would, ahead of its turn (the
+    /// out-of-order scenario: an order's second message before its first).
+    Publish(PublishArgs),
+}
+
+#[derive(Args)]
+pub struct PublishArgs {
+    /// The outbox row to publish (its id).
+    #[arg(long)]
+    pub outbox_id: uuid::Uuid,
+    /// The database whose outbox holds it.
+    #[arg(long, env = "ORDER_DATABASE_URL")]
+    pub database_url: String,
+    /// The broker and exchange (`AMQP_URL`, `AMQP_EXCHANGE`), as the services read them.
+    #[command(flatten)]
+    pub amqp: service_kit::settings::AmqpSettings,
 }
 
 #[derive(Args)]

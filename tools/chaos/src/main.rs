@@ -200,6 +200,21 @@ async fn poison(a: args::PoisonArgs) -> ExitCode {
     }
 }
 
+/// `chaos publish`: one outbox row on the broker, and a line on stderr.
+async fn publish(a: args::PublishArgs) -> ExitCode {
+    let amqp = message_table::amqp::AmqpConfig::from(a.amqp);
+    match poison::publish_row(&amqp, &a.database_url, a.outbox_id).await {
+        Ok(what) => {
+            eprintln!("chaos publish: {what}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("chaos publish: error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 /// `chaos refuse` and `chaos accept`: the bindings changed, and a line on stderr.
 async fn refuse_or_accept(refuse: bool, a: args::QueueArgs) -> ExitCode {
     let amqp = message_table::amqp::AmqpConfig::from(a.amqp);
@@ -238,6 +253,7 @@ async fn main() -> ExitCode {
         Some(args::Command::Poison(a)) => return poison(a).await,
         Some(args::Command::Refuse(a)) => return refuse_or_accept(true, a).await,
         Some(args::Command::Accept(a)) => return refuse_or_accept(false, a).await,
+        Some(args::Command::Publish(a)) => return publish(a).await,
         None => {}
     }
     let config = match args::Config::resolve(cli.run) {

@@ -1,5 +1,6 @@
-//! Unreadable messages, published to pay's routing key on purpose: the check expects exactly
-//! those as `dead` in pay's inbox.
+//! Messages published by hand: unreadable ones to pay's routing key (the check expects
+//! exactly those as `dead` in pay's inbox), and an outbox row ahead of its turn (the
+//! out-of-order scenario), with the relay's own properties.
 
 use std::{fmt::Write as _, path::Path};
 
@@ -8,7 +9,10 @@ use lapin::{
     options::{BasicPublishOptions, ConfirmSelectOptions},
     types::ShortString,
 };
-use message_table::amqp::AmqpConfig;
+use message_table::{
+    amqp::AmqpConfig,
+    outbox::relay::{OutboxRow, properties},
+};
 use uuid::Uuid;
 
 use crate::AnyResult;
@@ -56,4 +60,50 @@ pub async fn poison(amqp: &AmqpConfig, routing_key: &str, count: u32, out: &Path
     std::fs::write(out, ids)?;
     let _ = conn.close(200, ShortString::from("bye")).await;
     Ok(())
+}
+
+/// Publishes outbox row `id` (read from `database_url`) as the relay would, whatever its
+/// status: the row is left as it is, so the relay still sends it in its turn.
+pub async fn publish_row(amqp: &AmqpConfig, database_url: &str, id: Uuid) -> AnyResult<String> {
+    let pool = sqlx::PgPool::connect(database_url).await?;
+    let row: OutboxRow = sqlx::query_as(
+        "SELECT id, aggregate_id, aggregate_seq, event_type, routing_key, payload, headers, attempts, created_at
+         FROM outbox WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(&pool)
+    .await?
+    .ok_or_else(|| format!("no outbox row {id}"))?;
+    pool.close().await;
+    let conn = message_table::amqp::connect(amqp, "chaos-publish")
+        .await
+        .map_err(|e| e.to_string())?;
+    let channel = conn.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let confirm = channel
+        .basic_publish(
+            ShortString::from(amqp.exchange.as_str()),
+            ShortString::from(row.routing_key.as_str()),
+            BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            &serde_json::to_vec(&row.payload)?,
+            properties(&row, "chaos-publish"),
+        )
+        .await?
+        .await?;
+    let _ = conn.close(200, ShortString::from("bye")).await;
+    if !confirm.is_ack() || confirm.take_message().is_some() {
+        return Err(format!("outbox row {id} was not routed").into());
+    }
+    Ok(format!(
+        "{} {id} (aggregate {} #{}) published with routing key {}",
+        row.event_type,
+        row.aggregate_id,
+        row.aggregate_seq.map_or("-".into(), |n| n.to_string()),
+        row.routing_key
+    ))
 }

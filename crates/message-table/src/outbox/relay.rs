@@ -96,6 +96,47 @@ pub struct OutboxRow {
     pub created_at: chrono::DateTime<chrono::Utc>,
 }
 
+/// The AMQP properties a row is published with (headers, id, type, age), by the relay and by
+/// whoever publishes a row by hand (the out-of-order scenario): one shape for both.
+pub fn properties(row: &OutboxRow, app_id: &str) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    if let Value::Object(map) = &row.headers {
+        for (k, v) in map {
+            let text = v
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| v.to_string());
+            headers.insert(
+                ShortString::from(k.as_str()),
+                AMQPValue::LongString(LongString::from(text)),
+            );
+        }
+    }
+    headers.insert(
+        ShortString::from("aggregate_id"),
+        AMQPValue::LongString(LongString::from(row.aggregate_id.clone())),
+    );
+    if let Some(seq) = row.aggregate_seq {
+        headers.insert(
+            ShortString::from(AGGREGATE_SEQ_HEADER),
+            AMQPValue::LongLongInt(seq),
+        );
+    }
+    headers.insert(
+        ShortString::from("attempt"),
+        AMQPValue::LongInt(row.attempts + 1),
+    );
+    BasicProperties::default()
+        .with_message_id(ShortString::from(row.id.to_string()))
+        .with_type(ShortString::from(row.event_type.as_str()))
+        .with_content_type(ShortString::from("application/json"))
+        .with_delivery_mode(2) // persistent
+        .with_app_id(ShortString::from(app_id))
+        // The message's creation, not this publish: a copy published again keeps its age.
+        .with_timestamp(row.created_at.timestamp().max(0) as u64)
+        .with_headers(headers)
+}
+
 /// The rows one round holds, and the token that proves it holds them.
 #[derive(Debug, Clone)]
 pub struct Claim {
@@ -459,7 +500,7 @@ impl Relay {
                 ..Default::default()
             },
             &body,
-            self.properties(row),
+            properties(row, &self.name),
         );
         match tokio::time::timeout_at(deadline, publish).await {
             Ok(Ok(confirm)) => Ok(confirm),
@@ -556,45 +597,6 @@ impl Relay {
             self.wake.notify_one();
         }
         Ok(())
-    }
-
-    fn properties(&self, row: &OutboxRow) -> BasicProperties {
-        let mut headers = FieldTable::default();
-        if let Value::Object(map) = &row.headers {
-            for (k, v) in map {
-                let text = v
-                    .as_str()
-                    .map(str::to_string)
-                    .unwrap_or_else(|| v.to_string());
-                headers.insert(
-                    ShortString::from(k.as_str()),
-                    AMQPValue::LongString(LongString::from(text)),
-                );
-            }
-        }
-        headers.insert(
-            ShortString::from("aggregate_id"),
-            AMQPValue::LongString(LongString::from(row.aggregate_id.clone())),
-        );
-        if let Some(seq) = row.aggregate_seq {
-            headers.insert(
-                ShortString::from(AGGREGATE_SEQ_HEADER),
-                AMQPValue::LongLongInt(seq),
-            );
-        }
-        headers.insert(
-            ShortString::from("attempt"),
-            AMQPValue::LongInt(row.attempts + 1),
-        );
-        BasicProperties::default()
-            .with_message_id(ShortString::from(row.id.to_string()))
-            .with_type(ShortString::from(row.event_type.as_str()))
-            .with_content_type(ShortString::from("application/json"))
-            .with_delivery_mode(2) // persistent
-            .with_app_id(ShortString::from(self.name.as_str()))
-            // The message's creation, not this publish: a copy published again keeps its age.
-            .with_timestamp(row.created_at.timestamp().max(0) as u64)
-            .with_headers(headers)
     }
 
     /// Step 1: a live confirm-mode channel, reconnecting when needed.
