@@ -22,13 +22,7 @@ pub const PAY_ROUTING_KEY: &str = messages::ORDER_CREATED.routing_key;
 
 /// Publishes `count` of them with `routing_key`; their ids go to `out`, one a line.
 pub async fn poison(amqp: &AmqpConfig, routing_key: &str, count: u32, out: &Path) -> AnyResult<()> {
-    let conn = message_table::amqp::connect(amqp, "chaos-poison")
-        .await
-        .map_err(|e| e.to_string())?;
-    let channel = conn.create_channel().await?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
+    let (conn, channel) = confirming_channel(amqp, "chaos-poison").await?;
     let mut ids = String::new();
     for n in 0..count {
         let id = Uuid::now_v7();
@@ -75,13 +69,7 @@ pub async fn publish_row(amqp: &AmqpConfig, database_url: &str, id: Uuid) -> Any
     .await?
     .ok_or_else(|| format!("no outbox row {id}"))?;
     pool.close().await;
-    let conn = message_table::amqp::connect(amqp, "chaos-publish")
-        .await
-        .map_err(|e| e.to_string())?;
-    let channel = conn.create_channel().await?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
+    let (conn, channel) = confirming_channel(amqp, "chaos-publish").await?;
     let confirm = channel
         .basic_publish(
             ShortString::from(amqp.exchange.as_str()),
@@ -106,4 +94,20 @@ pub async fn publish_row(amqp: &AmqpConfig, database_url: &str, id: Uuid) -> Any
         row.aggregate_seq.map_or("-".into(), |n| n.to_string()),
         row.routing_key
     ))
+}
+
+/// A connection named `name` and a channel on it in confirm mode; the caller closes the
+/// connection when done.
+async fn confirming_channel(
+    amqp: &AmqpConfig,
+    name: &str,
+) -> AnyResult<(lapin::Connection, lapin::Channel)> {
+    let conn = message_table::amqp::connect(amqp, name)
+        .await
+        .map_err(|e| e.to_string())?;
+    let channel = conn.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    Ok((conn, channel))
 }

@@ -255,15 +255,7 @@ async fn faults(sys: &System, done: Arc<AtomicBool>) -> u64 {
         tokio::time::sleep(Duration::from_millis(400)).await;
     }
     for base in [&order, &pay] {
-        for name in [
-            "pause_relay",
-            "fail_handler",
-            "lose_confirms",
-            "drop_broker_connection",
-            "stop_consumer",
-            "deliver_twice",
-            "hold_ack",
-        ] {
+        for name in message_table::faults::Switch::ALL.map(|s| s.name()) {
             switch(sys, base, Method::DELETE, name, Value::Null).await;
         }
     }
