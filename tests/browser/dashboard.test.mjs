@@ -131,6 +131,10 @@ try {
     await adminState.filter({ hasText: 'connected' }).waitFor({ timeout: 5_000 });
     await page.locator('#tables [data-service="pay"] dl').first().waitFor({ timeout: 5_000 });
     await switchOf('pay', 'fail_handler').filter({ hasText: 'inactive' }).waitFor({ timeout: 5_000 });
+    const tables = await page.locator('#tables').innerText();
+    for (const label of ['orders held by a dead message', 'parked (came before their predecessor)']) {
+      if (!tables.includes(label)) throw new Error(`the message tables lack "${label}": ${oneLine(tables)}`);
+    }
     const stored = await page.evaluate(() => sessionStorage.getItem('lmt-admin-token'));
     if (stored !== TOKEN) throw new Error('the token is not kept in sessionStorage');
   });
@@ -242,6 +246,10 @@ try {
     const story = storyOf(id);
     await story.filter({ hasText: 'handler attempts: 3' }).waitFor({ timeout: 5_000 });
     await switchOf('pay', 'fail_handler').filter({ hasText: 'inactive' }).waitFor({ timeout: 5_000 });
+    const tables = await page.locator('#tables').innerText();
+    for (const label of ['orders held by a dead message', 'parked (came before their predecessor)']) {
+      if (!tables.includes(label)) throw new Error(`the message tables lack "${label}": ${oneLine(tables)}`);
+    }
     await screenshot(page, '02-retried-then-paid');
   });
 

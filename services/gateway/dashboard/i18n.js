@@ -184,6 +184,8 @@ const ZH = {
   "{0} in order's inbox": '{0} 在 order 的 inbox 里',
   'Order settled: {0}': '订单进入终态：{0}',
   Cancel: '取消',
+  'orders held by a dead message': '被 dead 消息拖住的订单',
+  'parked (came before their predecessor)': '停放（先于前一条到达）',
   'Order {0} cancel accepted: {1}': '订单 {0} 的取消已受理：{1}',
   'Cancel refused: {0}': '取消被拒绝：{0}',
   "Cancelled: OrderCancelled in order's outbox, in one transaction with the status change": '已取消：OrderCancelled 写入 order 的 outbox，与状态变更在同一事务中',
