@@ -71,6 +71,7 @@ step "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
 step "gateway: neither sqlx nor lapin" crate_lacks gateway 'sqlx|lapin'
 step "message-table: neither axum nor clap" crate_lacks message-table 'axum|clap'
 step "cargo test" cargo test --workspace
+step "ordering under faults, alone" cargo test -p system-tests --test api ordering -- --ignored
 # A few seconds per section on the dev build just made: the benchmark keeps working.
 step "benchmark, smoke (scripts/bench.sh --smoke)" scripts/bench.sh --smoke
 step "end-to-end (scripts/e2e.sh)" scripts/e2e.sh

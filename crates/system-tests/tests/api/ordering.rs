@@ -370,6 +370,10 @@ async fn count(db: &sqlx::PgPool, sql: &'static str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(db).await.unwrap()
 }
 
+// Run alone, by its own step of scripts/test.sh: its load (1,000 orders under broker faults,
+// a second pay instance) stalled the broker for the tests run beside it, whose connections
+// then timed out.
+#[ignore = "run alone by scripts/test.sh (cargo test -p system-tests --test api ordering -- --ignored)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_thousand_orders_under_faults_are_applied_in_order_and_the_money_adds_up() {
     let seed = seed();
