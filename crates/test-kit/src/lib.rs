@@ -381,6 +381,12 @@ pub fn messaging(amqp: &AmqpConfig, queue_prefix: &str, routing_keys: &[&str]) -
     }
 }
 
+/// How long a test waits for a service to be ready, or for a broker connection. The broker is
+/// shared by every test binary and, under a full run's queue churn, has stopped answering for
+/// most of a minute (50 s seen in CI); the services retry and become ready after it, and a
+/// test must wait for that rather than fail on it.
+pub const READY_WITHIN: Duration = Duration::from_secs(90);
+
 /// A queue bound to the test exchange, read with `basic_get` so a test sees exactly what
 /// the broker holds.
 pub struct TestQueue {
@@ -391,9 +397,10 @@ pub struct TestQueue {
 
 impl TestQueue {
     pub async fn bind(amqp: &AmqpConfig, routing_keys: &[&str]) -> Self {
-        let conn = message_table::amqp::connect(amqp, "test-queue")
-            .await
-            .expect("connect to RabbitMQ");
+        let conn = eventually("a connection to RabbitMQ", READY_WITHIN, || async {
+            message_table::amqp::connect(amqp, "test-queue").await.ok()
+        })
+        .await;
         let channel = conn.create_channel().await.expect("channel");
         let name = unique_name("test.q");
         message_table::amqp::declare_queue(&channel, amqp, &name, routing_keys)
@@ -610,7 +617,7 @@ impl ServiceProcess {
         let url = format!("{}/readyz", self.base);
         eventually(
             &format!("{} is ready", self.bin.display()),
-            Duration::from_secs(30),
+            READY_WITHIN,
             || async {
                 let res = http_status(&url).await?;
                 (res == 200).then_some(())

@@ -2,7 +2,7 @@
 //! service, run it on port 0, wait until it is ready and stop it. A test that needs a crash
 //! (SIGKILL) runs the real binary instead ([`crate::ServiceProcess`]).
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use message_table::inbox::InboxCounters;
 use service_kit::service::{MessagingConfig, Service, ServiceConfig};
@@ -67,7 +67,7 @@ impl Instance {
         let running = tokio::spawn(app.run_until_stopped(shutdown));
         crate::eventually(
             &format!("{base}/readyz is 200"),
-            Duration::from_secs(20),
+            crate::READY_WITHIN,
             || async {
                 let res = reqwest::get(format!("{base}/readyz")).await.ok()?;
                 res.status().is_success().then_some(())
